@@ -1,0 +1,1 @@
+"""Herald: a multi-tenant notification API."""

@@ -1,0 +1,248 @@
+"""All of Herald's configuration, read from the environment in one place.
+
+Every variable is validated when the settings are loaded; a wrong value stops the process
+with a message that names the variable and says what it accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENVIRONMENTS = ("development", "test", "production")
+LOG_FORMATS = ("console", "json")
+QUEUES = ("high", "normal", "low")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in schemes:
+            raise ValueError(f"expected a URL starting with {' or '.join(schemes)}://")
+        return value
+
+    return parse
+
+
+def _secret_key(value: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except ValueError:
+        raise ValueError("expected url-safe base64 of 32 random bytes") from None
+    if len(raw) != 32:
+        raise ValueError(f"expected 32 bytes once decoded, got {len(raw)}")
+    return raw
+
+
+def _queues(value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown or not names:
+        raise ValueError(f"expected a comma-separated list of {', '.join(QUEUES)}")
+    return names
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its name, default, parser and meaning (for the README)."""
+
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    doc: str
+
+
+VARIABLES: tuple[Var, ...] = (
+    Var("HERALD_ENV", "development", _one_of(ENVIRONMENTS), "development, test or production"),
+    Var(
+        "DATABASE_URL",
+        None,
+        _url(("postgresql", "postgresql+asyncpg", "postgres")),
+        "PostgreSQL URL; unset: an embedded PostgreSQL under HERALD_DATA_DIR",
+    ),
+    Var(
+        "REDIS_URL",
+        None,
+        _url(("redis", "rediss", "unix")),
+        "Redis URL; unset: an embedded Redis under HERALD_DATA_DIR",
+    ),
+    Var("HERALD_DATA_DIR", ".herald", _text, "folder for embedded services' data and dev state"),
+    Var("HERALD_HOST", "127.0.0.1", _text, "address the API and dashboard listen on"),
+    Var("HERALD_PORT", "8000", _int_in(1, 65535), "port the API and dashboard listen on"),
+    Var(
+        "HERALD_PUBLIC_URL",
+        None,
+        _url(("http", "https")),
+        "URL at which users reach Herald; default http://HERALD_HOST:HERALD_PORT",
+    ),
+    Var(
+        "HERALD_SECRET_KEY",
+        None,
+        _secret_key,
+        "url-safe base64 of 32 bytes signing dashboard sessions; required in production "
+        "(development: generated once into HERALD_DATA_DIR)",
+    ),
+    Var("HERALD_LOG_LEVEL", "info", _one_of(("debug", "info", "warning", "error")), "log level"),
+    Var("HERALD_LOG_FORMAT", "console", _one_of(LOG_FORMATS), "console or json log lines"),
+    Var(
+        "HERALD_MAX_BODY_BYTES",
+        "1048576",
+        _int_in(1024, 64 * 1024 * 1024),
+        "largest request body accepted (413 above)",
+    ),
+    Var(
+        "HERALD_API_KEY_CACHE_SECONDS",
+        "1",
+        _float_in(0, 1),
+        "how long a process trusts a looked-up API key (revocation takes effect within it)",
+    ),
+    Var(
+        "HERALD_SIGNIN_MAX_FAILURES",
+        "5",
+        _int_in(1, 100),
+        "failed dashboard sign-ins in a row before the account is locked",
+    ),
+    Var(
+        "HERALD_SIGNIN_LOCKOUT_SECONDS",
+        "900",
+        _int_in(1, 86400),
+        "how long a locked dashboard account stays locked",
+    ),
+    Var(
+        "HERALD_WORKER_QUEUES",
+        "high,normal,low",
+        _queues,
+        "queues a `herald worker` serves when --queues is not given",
+    ),
+    Var(
+        "HERALD_SECURE_COOKIES",
+        None,
+        _bool,
+        "mark dashboard cookies Secure; default true in production, false otherwise",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    database_url: str | None
+    redis_url: str | None
+    data_dir: Path
+    host: str
+    port: int
+    public_url: str
+    secret_key: bytes | None
+    log_level: str
+    log_format: str
+    max_body_bytes: int
+    api_key_cache_seconds: float
+    signin_max_failures: int
+    signin_lockout_seconds: int
+    worker_queues: tuple[str, ...]
+    secure_cookies: bool
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; raise SettingsError naming the first bad one."""
+    source = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = source.get(var.name)
+        if raw is None or raw == "":
+            values[var.name] = None if var.default is None else var.parse(var.default)
+            continue
+        try:
+            values[var.name] = var.parse(raw)
+        except ValueError as error:
+            raise SettingsError(var.name, str(error)) from None
+
+    env = values["HERALD_ENV"]
+    if env == "production":
+        for required in ("DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY"):
+            if values[required] is None:
+                raise SettingsError(required, "must be set when HERALD_ENV=production")
+    secure = values["HERALD_SECURE_COOKIES"]
+    host, port = values["HERALD_HOST"], values["HERALD_PORT"]
+    return Settings(
+        env=env,
+        database_url=values["DATABASE_URL"],
+        redis_url=values["REDIS_URL"],
+        data_dir=Path(values["HERALD_DATA_DIR"]).resolve(),
+        host=host,
+        port=port,
+        public_url=(values["HERALD_PUBLIC_URL"] or f"http://{host}:{port}").rstrip("/"),
+        secret_key=values["HERALD_SECRET_KEY"],
+        log_level=values["HERALD_LOG_LEVEL"],
+        log_format=values["HERALD_LOG_FORMAT"],
+        max_body_bytes=values["HERALD_MAX_BODY_BYTES"],
+        api_key_cache_seconds=values["HERALD_API_KEY_CACHE_SECONDS"],
+        signin_max_failures=values["HERALD_SIGNIN_MAX_FAILURES"],
+        signin_lockout_seconds=values["HERALD_SIGNIN_LOCKOUT_SECONDS"],
+        worker_queues=values["HERALD_WORKER_QUEUES"],
+        secure_cookies=(env == "production") if secure is None else secure,
+    )

@@ -1,0 +1,78 @@
+"""Settings: defaults, validation, and errors that name the variable at fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import VARIABLES, SettingsError, load_settings
+
+GOOD_KEY = "q" * 43  # url-safe base64 of 32 bytes
+
+
+def test_defaults_need_nothing() -> None:
+    settings = load_settings({})
+    assert settings.env == "development"
+    assert settings.database_url is None and settings.redis_url is None
+    assert settings.port == 8000
+    assert settings.public_url == "http://127.0.0.1:8000"
+    assert settings.worker_queues == ("high", "normal", "low")
+    assert settings.secure_cookies is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HERALD_PORT", "eighty", "whole number"),
+        ("HERALD_PORT", "70000", "from 1 to 65535"),
+        ("HERALD_ENV", "staging", "one of development, test, production"),
+        ("DATABASE_URL", "mysql://x", "postgresql"),
+        ("REDIS_URL", "http://x", "redis"),
+        ("HERALD_SECRET_KEY", "short", "base64 of 32"),
+        ("HERALD_SECRET_KEY", "c2hvcnQ", "got 5"),
+        ("HERALD_API_KEY_CACHE_SECONDS", "5", "from 0 to 1"),
+        ("HERALD_WORKER_QUEUES", "high,urgent", "comma-separated list"),
+        ("HERALD_SECURE_COOKIES", "maybe", "true or false"),
+        ("HERALD_LOG_FORMAT", "xml", "console, json"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({variable: value})
+    assert raised.value.variable == variable
+    assert str(raised.value).startswith(f"{variable}: ")
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY"])
+def test_production_requires_real_services_and_a_secret(missing: str) -> None:
+    environ = {
+        "HERALD_ENV": "production",
+        "DATABASE_URL": "postgresql://db/herald",
+        "REDIS_URL": "redis://cache:6379/0",
+        "HERALD_SECRET_KEY": GOOD_KEY,
+    }
+    del environ[missing]
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ)
+    assert raised.value.variable == missing
+
+
+def test_production_defaults_to_secure_cookies() -> None:
+    settings = load_settings(
+        {
+            "HERALD_ENV": "production",
+            "DATABASE_URL": "postgresql://db/herald",
+            "REDIS_URL": "redis://cache:6379/0",
+            "HERALD_SECRET_KEY": GOOD_KEY,
+        }
+    )
+    assert settings.secure_cookies is True
+    assert len(settings.secret_key or b"") == 32
+
+
+def test_every_variable_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [var.name for var in VARIABLES if f"`{var.name}`" not in readme]
+    assert missing == []
