@@ -1,0 +1,9 @@
+"""Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
+
+from __future__ import annotations
+
+
+def load_all() -> None:
+    import app.audit.models
+    import app.auth.models
+    import app.tenants.models  # noqa: F401

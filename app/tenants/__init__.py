@@ -1,0 +1,1 @@
+"""Tenants: the companies that use Herald."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of Herald's PostgreSQL schema."""
