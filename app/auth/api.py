@@ -1,0 +1,95 @@
+"""/v1/api-keys: issue, list, read and revoke the tenant's API keys (scope `manage`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app.auth import keys
+from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
+from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
+from app.dependencies import DbSession
+from app.pagination import MAX_LIMIT
+from app.problems import Problem
+
+ApiRequest = Request[Principal, None, Any]
+
+
+def _not_found(key_id: FromPath[uuid.UUID]) -> Problem:
+    return Problem(404, "not_found", f"No API key {key_id} in this tenant.")
+
+
+class ApiKeyController(Controller):
+    path = "/api-keys"
+    tags = ["API keys"]
+    guards = [requires_scope("manage")]
+
+    @post("/", summary="Create an API key; the secret is in this answer only")
+    async def create_key(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[ApiKeyCreate]
+    ) -> ApiKeyCreated:
+        principal = request.user
+        mode = data.mode or principal.mode
+        if principal.mode == "test" and mode == "live":
+            raise Problem(
+                403,
+                "forbidden",
+                "A test-mode key cannot create live keys; use a live key with `manage`.",
+                errors=[{"field": "mode", "message": "live keys need a live caller"}],
+            )
+        issued = await keys.issue_key(
+            db_session,
+            tenant_id=principal.tenant_id,
+            name=data.name,
+            mode=mode,
+            scopes=list(data.scopes),
+            actor=principal.actor,
+        )
+        await db_session.commit()
+        out = ApiKeyOut.of(issued.key)
+        return ApiKeyCreated(
+            **{f: getattr(out, f) for f in out.__struct_fields__}, secret=issued.secret
+        )
+
+    @get("/", summary="List API keys, newest first")
+    async def list_keys(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+        cursor: FromQuery[uuid.UUID | None] = None,
+    ) -> ApiKeyList:
+        page = await keys.list_keys(
+            db_session, tenant_id=request.user.tenant_id, limit=limit, cursor=cursor
+        )
+        return ApiKeyList(
+            object="list",
+            data=[ApiKeyOut.of(k) for k in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @get("/{key_id:uuid}", summary="Read one API key")
+    async def get_key(
+        self, request: ApiRequest, db_session: DbSession, key_id: FromPath[uuid.UUID]
+    ) -> ApiKeyOut:
+        key = await keys.get_key(db_session, tenant_id=request.user.tenant_id, key_id=key_id)
+        if key is None:
+            raise _not_found(key_id)
+        return ApiKeyOut.of(key)
+
+    @delete("/{key_id:uuid}", status_code=200, summary="Revoke an API key (effective within 1 s)")
+    async def revoke_key(
+        self, request: ApiRequest, db_session: DbSession, key_id: FromPath[uuid.UUID]
+    ) -> ApiKeyOut:
+        key = await keys.revoke_key(
+            db_session, tenant_id=request.user.tenant_id, key_id=key_id, actor=request.user.actor
+        )
+        if key is None:
+            raise _not_found(key_id)
+        await db_session.commit()
+        return ApiKeyOut.of(key)

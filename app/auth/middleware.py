@@ -1,0 +1,57 @@
+"""Bearer API-key authentication for /v1, and scope guards for its routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from app.auth.keys import KeyRejected, Principal, authenticate
+from app.problems import Problem
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="herald"'}
+
+
+def _unauthorized(detail: str) -> NotAuthorizedException:
+    return NotAuthorizedException(detail=detail, headers=CHALLENGE)
+
+
+class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        if not header:
+            raise _unauthorized(
+                "No API key: send it as `Authorization: Bearer hk_live_…` (or hk_test_…)."
+            )
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise _unauthorized("The Authorization header must be `Bearer <API key>`.")
+        state = connection.app.state
+        async with state.sessions() as session:
+            try:
+                principal = await authenticate(session, secret.strip(), state.key_cache)
+            except KeyRejected as rejected:
+                raise _unauthorized(str(rejected)) from None
+        return AuthenticationResult(user=principal, auth=None)
+
+
+def requires_scope(
+    scope: str,
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal: Principal = connection.user
+        if scope not in principal.scopes:
+            raise Problem(
+                403,
+                "insufficient_scope",
+                f"This API key lacks the `{scope}` scope this endpoint requires.",
+                required_scope=scope,
+            )
+
+    return guard

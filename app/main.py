@@ -1,0 +1,123 @@
+"""The application factory: routes, authentication, dependencies, lifespan and OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
+
+import admin_ui
+from app.auth.api import ApiKeyController
+from app.auth.keys import KeyCache
+from app.auth.middleware import ApiKeyAuthenticationMiddleware
+from app.db import create_engine, session_factory
+from app.dependencies import provide_db_session
+from app.health import healthz, metrics, readyz
+from app.observability.logging import configure_logging
+from app.observability.middleware import request_context_middleware
+from app.problems import EXCEPTION_HANDLERS
+from app.runtime import EmbeddedServices
+from app.settings import Settings, load_settings
+from app.tenants.api import who_am_i
+
+API_VERSION = "2026-11-01"
+
+
+def secret_key(settings: Settings) -> bytes:
+    """The configured key; in development, one generated once and kept in the data folder."""
+    if settings.secret_key is not None:
+        return settings.secret_key
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        path.chmod(0o600)
+    return base64.urlsafe_b64decode(path.read_text().strip())
+
+
+def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        embedded = EmbeddedServices(settings.data_dir, settings.database_url, settings.redis_url)
+        urls = await asyncio.to_thread(embedded.start)
+        engine = create_engine(urls.database_url)
+        redis = Redis.from_url(urls.redis_url)
+        app.state.update(
+            engine=engine,
+            sessions=session_factory(engine),
+            redis=redis,
+            key_cache=KeyCache(settings.api_key_cache_seconds),
+        )
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+            await asyncio.to_thread(embedded.stop)
+
+    return lifespan
+
+
+def api_router() -> Router:
+    return Router(
+        path="/v1",
+        route_handlers=[who_am_i, ApiKeyController],
+        middleware=[ApiKeyAuthenticationMiddleware],
+        security=[{"apiKey": []}],
+    )
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Herald API",
+        version=API_VERSION,
+        description=(
+            "Multi-tenant notification API. Authenticate with `Authorization: Bearer "
+            "hk_live_…` (or `hk_test_…`). Errors are RFC 9457 problem+json."
+        ),
+        path="/docs",
+        render_plugins=[ScalarRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(
+                    type="http", scheme="bearer", description="An API key: hk_live_… or hk_test_…"
+                )
+            }
+        ),
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    dashboard = admin_ui.Dashboard(settings, secret_key(settings))
+    return Litestar(
+        route_handlers=[healthz, readyz, metrics, api_router(), *dashboard.routers()],
+        dependencies={"db_session": Provide(provide_db_session)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[request_context_middleware],
+        lifespan=[_lifespan(settings)],
+        openapi_config=openapi_config(),
+        template_config=dashboard.template_config(),
+        plugins=dashboard.plugins(),
+        csrf_config=CSRFConfig(
+            secret=secret_key(settings).hex(),
+            cookie_secure=settings.secure_cookies,
+            cookie_httponly=False,
+            cookie_samesite="strict",
+            exclude=["/v1/", "/webhooks/"],
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"settings": settings}),
+    )
