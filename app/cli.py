@@ -1,0 +1,240 @@
+"""The `herald` command: dev, api, worker, migrate, tenant, audit and openapi."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from app.settings import QUEUES, Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        raise click.UsageError(f"configuration error: {error}") from None
+
+
+def _with_services(settings: Settings) -> Settings:
+    """Settings whose URLs are set: embedded services are started (and stopped at exit)."""
+    from app.runtime import EmbeddedServices
+
+    if settings.database_url and settings.redis_url:
+        return settings
+    embedded = EmbeddedServices(settings.data_dir, settings.database_url, settings.redis_url)
+    urls = embedded.start()
+    atexit.register(embedded.stop)
+    return dataclasses.replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
+
+
+def _database_url(settings: Settings) -> str:
+    assert settings.database_url is not None
+    return settings.database_url
+
+
+@click.group()
+def main() -> None:
+    """Herald: a multi-tenant notification API."""
+
+
+@main.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest migration."""
+    from app.migrate import upgrade
+
+    settings = _with_services(_settings())
+    upgrade(_database_url(settings))
+    click.echo("database schema is up to date")
+
+
+@main.command()
+@click.option("--host", default=None, help="Listen address (default HERALD_HOST).")
+@click.option("--port", type=int, default=None, help="Listen port (default HERALD_PORT).")
+def api(host: str | None, port: int | None) -> None:
+    """Serve the REST API and the dashboard."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _with_services(_settings())
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        proxy_headers=True,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@main.command()
+@click.option(
+    "--queues", default=None, help="Comma-separated queues (default HERALD_WORKER_QUEUES)."
+)
+def worker(queues: str | None) -> None:
+    """Run workers for the given priority queues."""
+    from app.observability.logging import configure_logging
+    from jobs.worker import run_workers
+
+    settings = _with_services(_settings())
+    names = tuple(q.strip() for q in queues.split(",")) if queues else settings.worker_queues
+    unknown = [q for q in names if q not in QUEUES]
+    if unknown:
+        raise click.BadParameter(f"unknown queue {', '.join(unknown)}; use {', '.join(QUEUES)}")
+    configure_logging(settings.log_level, settings.log_format)
+    assert settings.redis_url is not None
+    asyncio.run(run_workers(settings, _database_url(settings), settings.redis_url, names))
+
+
+@main.group()
+def tenant() -> None:
+    """Manage tenants."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--mode", type=click.Choice(["live", "test"]), default="live", show_default=True)
+def tenant_create(name: str, mode: str) -> None:
+    """Create a tenant and print its first API key (shown once)."""
+    from app.seed import create_tenant_with_key
+
+    settings = _with_services(_settings())
+    tenant_id, secret = asyncio.run(create_tenant_with_key(_database_url(settings), name, mode))
+    click.echo(f"tenant  {tenant_id}\napi key {secret}   (shown once; store it now)")
+
+
+@main.group()
+def audit() -> None:
+    """Inspect the audit log."""
+
+
+@audit.command("verify")
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's chain.")
+def audit_verify(tenant_id: str | None) -> None:
+    """Recompute the audit log's hash chains; exit 1 when any is broken."""
+    from app.seed import verify_audit
+
+    settings = _with_services(_settings())
+    breaks = asyncio.run(verify_audit(_database_url(settings), tenant_id))
+    for item in breaks:
+        click.echo(f"BROKEN tenant {item.tenant_id} at entry {item.seq}: {item.reason}", err=True)
+    if breaks:
+        sys.exit(1)
+    click.echo("audit log intact")
+
+
+@main.command()
+@click.option(
+    "--output", type=click.Path(path_type=Path), default=ROOT / "docs/openapi/openapi.json"
+)
+def openapi(output: Path) -> None:
+    """Write the OpenAPI document of the REST API."""
+    from app.openapi import openapi_document
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(openapi_document())
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+def dev() -> None:
+    """What `make run` runs: migrate, seed a demo tenant, start the API and workers."""
+    from app.migrate import upgrade
+    from app.seed import seed_demo
+
+    settings = _with_services(_settings())
+    database_url = _database_url(settings)
+    upgrade(database_url)
+    demo = asyncio.run(seed_demo(database_url, settings.data_dir))
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.redis_url or ""}
+    herald = [sys.executable, "-m", "app.cli"]
+    children = [
+        subprocess.Popen([*herald, "api"], env=env),  # noqa: S603
+        subprocess.Popen([*herald, "worker"], env=env),  # noqa: S603
+    ]
+    try:
+        _wait_ready(settings, children)
+        _print_banner(settings, demo)
+        _supervise(children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _wait_ready(
+    settings: Settings, children: list[subprocess.Popen[Any]], timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://{settings.host}:{settings.port}/readyz"
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            raise click.ClickException(
+                "a Herald process exited during start-up; see its output above"
+            )
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def _print_banner(settings: Settings, demo: dict[str, str]) -> None:
+    base = settings.public_url
+    click.echo(
+        "\n".join(
+            [
+                "",
+                "Herald is running.",
+                f"  API         {base}/v1   (docs: {base}/docs)",
+                f"  Dashboard   {base}/",
+                f"  Sign in as  {demo['email']} / {demo['password']}",
+                f"  Demo key    {demo['api_key']}",
+                "",
+                f"  curl -H 'Authorization: Bearer {demo['api_key']}' {base}/v1/tenant",
+                "",
+                "Press Ctrl+C to stop.",
+            ]
+        ),
+    )
+
+
+def _supervise(children: list[subprocess.Popen[Any]]) -> None:
+    """Wait until a signal arrives or a child exits."""
+    stopping = False
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping:
+        if any(child.poll() is not None for child in children):
+            click.echo("a Herald process exited; stopping the others", err=True)
+            return
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()

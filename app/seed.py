@@ -1,0 +1,84 @@
+"""One-shot database tasks for the CLI: the demo tenant, tenants with a first key, audit checks."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from app.audit.service import ChainBreak, verify
+from app.auth import accounts, keys
+from app.auth.models import User
+from app.db import create_engine, session_factory
+from app.tenants.service import create_tenant
+
+DEMO_EMAIL = "demo@herald.example"
+DEMO_COMPANY = "Demo Company"
+
+
+async def create_tenant_with_key(database_url: str, name: str, mode: str) -> tuple[uuid.UUID, str]:
+    engine = create_engine(database_url, pool=False)
+    try:
+        async with session_factory(engine)() as session:
+            tenant = await create_tenant(session, name=name, actor="cli")
+            issued = await keys.issue_key(
+                session,
+                tenant_id=tenant.id,
+                name="first key",
+                mode=mode,
+                scopes=["send", "read", "manage"],
+                actor="cli",
+            )
+            await session.commit()
+            return tenant.id, issued.secret
+    finally:
+        await engine.dispose()
+
+
+async def seed_demo(database_url: str, data_dir: Path) -> dict[str, str]:
+    """The demo tenant and owner (created once), and a fresh hk_test_ key for this run."""
+    credentials_file = data_dir / "demo-credentials.json"
+    engine = create_engine(database_url, pool=False)
+    try:
+        async with session_factory(engine)() as session:
+            user = await session.scalar(select(User).where(func.lower(User.email) == DEMO_EMAIL))
+            if user is None or not credentials_file.exists():
+                password = secrets.token_urlsafe(12)
+                if user is None:
+                    user, _ = await accounts.sign_up(
+                        session,
+                        email=DEMO_EMAIL,
+                        name="Demo Owner",
+                        password=password,
+                        company=DEMO_COMPANY,
+                    )
+                else:
+                    user.password_hash = accounts.hash_password(password)
+                credentials_file.write_text(json.dumps({"email": DEMO_EMAIL, "password": password}))
+                credentials_file.chmod(0o600)
+            demo = json.loads(credentials_file.read_text())
+            tenant = (await accounts.tenants_of(session, user_id=user.id))[0].tenant
+            issued = await keys.issue_key(
+                session,
+                tenant_id=tenant.id,
+                name="demo key (make run)",
+                mode="test",
+                scopes=["send", "read", "manage"],
+                actor="cli",
+            )
+            await session.commit()
+            return {**demo, "api_key": issued.secret}
+    finally:
+        await engine.dispose()
+
+
+async def verify_audit(database_url: str, tenant_id: str | None) -> list[ChainBreak]:
+    engine = create_engine(database_url, pool=False)
+    try:
+        async with session_factory(engine)() as session:
+            return await verify(session, tenant_id=uuid.UUID(tenant_id) if tenant_id else None)
+    finally:
+        await engine.dispose()

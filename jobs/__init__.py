@@ -1,0 +1,1 @@
+"""Background jobs on arq: worker settings per priority queue and the job functions."""
