@@ -1,0 +1,61 @@
+"""Wiring of the dashboard: its routers, templates, static files, session cookie and plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar import Router
+from litestar.datastructures import CacheControlHeader, ResponseHeader
+from litestar.plugins import PluginProtocol
+from litestar.plugins.htmx import HTMXPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from admin_ui.accounts import AccountsController
+from admin_ui.errors import EXCEPTION_HANDLERS
+from admin_ui.keys import KeysController
+from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
+from admin_ui.session import session_middleware
+from app.settings import Settings
+
+HERE = Path(__file__).parent
+
+SECURITY_RESPONSE_HEADERS = [
+    ResponseHeader(name=name, value=value) for name, value in SECURITY_HEADERS.items()
+]
+
+
+class Dashboard:
+    """The dashboard as create_app mounts it: routers, template engine and plugins."""
+
+    def __init__(self, settings: Settings, secret_key: bytes) -> None:
+        self.settings = settings
+        self.secret_key = secret_key
+
+    def routers(self) -> list[Router]:
+        return [
+            Router(
+                path="/",
+                route_handlers=[AccountsController, KeysController],
+                middleware=[session_middleware(self.settings, self.secret_key)],
+                exception_handlers=EXCEPTION_HANDLERS,
+                response_headers=SECURITY_RESPONSE_HEADERS,
+                # Pages show tenant data and, once, a key's secret: never cache them.
+                cache_control=CacheControlHeader(no_store=True),
+                include_in_schema=False,
+            ),
+            create_static_files_router(
+                path="/static", directories=[HERE / "static"], include_in_schema=False
+            ),
+        ]
+
+    def template_config(self) -> TemplateConfig[JinjaTemplateEngine]:
+        return TemplateConfig(
+            directory=HERE / "templates",
+            engine=JinjaTemplateEngine,
+            engine_callback=register_template_helpers,
+        )
+
+    def plugins(self) -> list[PluginProtocol]:
+        return [HTMXPlugin()]

@@ -1,0 +1,151 @@
+"""Who is signed in to the dashboard: the session cookie's contents and the member they name.
+
+The session (an encrypted, signed cookie) holds only the user id and the current tenant id.
+Everything else, the role in particular, is read from the database on every request, so a
+changed or removed membership takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from litestar import Request
+from litestar.di import NamedDependency
+from litestar.exceptions import PermissionDeniedException
+from litestar.middleware.session.base import SessionMiddleware
+from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
+from litestar.types import ASGIApp
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import accounts
+from app.auth.models import User
+from app.dependencies import DbSession
+from app.settings import Settings
+from app.tenants.models import Tenant
+
+SESSION_COOKIE = "herald_session"
+SESSION_MAX_AGE = 12 * 3600  # a working day; people sign in again the next morning
+USER_ID = "user_id"
+TENANT_ID = "tenant_id"
+
+# Role → what it may change. Reading is open to every member of the tenant.
+KEY_MANAGERS = frozenset({"owner", "admin", "developer"})
+
+
+class SignInRequired(Exception):
+    """The request needs a signed-in member and has none; answered with a way to /signin."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """The signed-in person, in the tenant the session is working on, with their role there."""
+
+    user: User
+    tenant: Tenant
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.user.email}"
+
+    @property
+    def can_manage_keys(self) -> bool:
+        return self.role in KEY_MANAGERS
+
+
+def session_config(settings: Settings, secret_key: bytes) -> CookieBackendConfig:
+    return CookieBackendConfig(
+        secret=_derive_key(secret_key, b"herald dashboard session"),
+        key=SESSION_COOKIE,
+        max_age=SESSION_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=settings.secure_cookies,
+    )
+
+
+def session_middleware(settings: Settings, secret_key: bytes) -> Callable[[ASGIApp], ASGIApp]:
+    """The cookie-session middleware for the dashboard's router.
+
+    Litestar deep-copies routers on registration and the backend's cipher cannot be copied;
+    a plain function (copied by reference) hands the one backend to each route's stack.
+    """
+    backend = ClientSideSessionBackend(config=session_config(settings, secret_key))
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        return SessionMiddleware(app=app, backend=backend)
+
+    return wrap
+
+
+def _derive_key(secret_key: bytes, purpose: bytes) -> bytes:
+    # The app secret also keys the CSRF tokens; each use gets a key of its own.
+    return hmac.new(secret_key, purpose, hashlib.sha256).digest()
+
+
+def start_session(
+    request: Request[Any, Any, Any], user_id: uuid.UUID, tenant_id: uuid.UUID
+) -> None:
+    request.clear_session()
+    request.set_session({USER_ID: str(user_id), TENANT_ID: str(tenant_id)})
+
+
+def end_session(request: Request[Any, Any, Any]) -> None:
+    request.clear_session()
+
+
+def _session_uuid(request: Request[Any, Any, Any], name: str) -> uuid.UUID | None:
+    # A cleared session is the Empty sentinel rather than a dict.
+    session = request.scope.get("session")
+    value = session.get(name) if isinstance(session, dict) else None
+    try:
+        return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+async def signed_in_member(
+    request: Request[Any, Any, Any], db_session: AsyncSession
+) -> Member | None:
+    """The member the session names, or None when it names nobody who still has access."""
+    user_id = _session_uuid(request, USER_ID)
+    tenant_id = _session_uuid(request, TENANT_ID)
+    if user_id is None or tenant_id is None:
+        return None
+    user = await accounts.get_user(db_session, user_id=user_id)
+    if user is None:
+        return None
+    access = next(
+        (
+            access
+            for access in await accounts.tenants_of(db_session, user_id=user_id)
+            if access.tenant.id == tenant_id
+        ),
+        None,
+    )
+    return None if access is None else Member(user=user, tenant=access.tenant, role=access.role)
+
+
+async def provide_member(request: Request[Any, Any, Any], db_session: DbSession) -> Member:
+    """Dependency of every signed-in page."""
+    member = await signed_in_member(request, db_session)
+    if member is None:
+        end_session(request)
+        raise SignInRequired
+    return member
+
+
+SignedInMember: TypeAlias = NamedDependency[Member]
+
+
+def require_key_manager(member: Member) -> None:
+    if not member.can_manage_keys:
+        raise PermissionDeniedException(
+            f"Your role in {member.tenant.name} ({member.role}) can see API keys but not "
+            "create or revoke them."
+        )
