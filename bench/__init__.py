@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (`herald bench …`); not part of the test run."""

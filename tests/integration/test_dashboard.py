@@ -1,0 +1,308 @@
+"""The dashboard's first room, driven over HTTP: accounts, sessions, CSRF, API keys and RBAC.
+
+Everything runs against the real app, PostgreSQL and Redis; the client keeps cookies like a
+browser, and htmx requests are imitated with the HX-Request and x-csrftoken headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from argon2 import PasswordHasher
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.models import AuditEntry
+from app.auth import accounts, keys
+from app.auth.models import Membership, User
+from app.settings import Settings
+from tests.support import TenantKey
+
+PASSWORD = "correct horse battery"
+SECRET = re.compile(r"hk_(?:live|test)_[0-9A-Za-z]{32}")
+ROW_ID = re.compile(r'id="key-([0-9a-f-]{36})"')
+
+
+def unique_email(who: str = "ann") -> str:
+    return f"{who}-{uuid.uuid4().hex[:10]}@acme.example"
+
+
+async def csrf_token(client: httpx.AsyncClient) -> str:
+    """The token the CSRF cookie holds, fetching a page first when there is no cookie yet."""
+    if "csrftoken" not in client.cookies:
+        (await client.get("/signin")).raise_for_status()
+    return client.cookies["csrftoken"]
+
+
+def htmx_headers(token: str) -> dict[str, str]:
+    return {"HX-Request": "true", "x-csrftoken": token}
+
+
+async def post_form(client: httpx.AsyncClient, path: str, fields: dict[str, str]) -> httpx.Response:
+    """A form post as a browser sends it, CSRF token included."""
+    return await client.post(path, data={**fields, "_csrf_token": await csrf_token(client)})
+
+
+async def sign_up(
+    client: httpx.AsyncClient, email: str, *, company: str = "Acme Ltd", password: str = PASSWORD
+) -> httpx.Response:
+    fields = {"company": company, "name": "Ann Example", "email": email, "password": password}
+    return await post_form(client, "/signup", fields)
+
+
+async def sign_in(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
+    return await post_form(client, "/signin", {"email": email, "password": password})
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    response: httpx.Response
+    secret: str
+    key_id: uuid.UUID
+
+
+async def create_key(
+    client: httpx.AsyncClient, name: str = "Backend", scopes: tuple[str, ...] = ("send", "read")
+) -> CreatedKey:
+    data = {"name": name, "mode": "live", "scopes": list(scopes)}
+    response = await client.post("/keys", data=data, headers=htmx_headers(await csrf_token(client)))
+    assert response.status_code == 201, response.text
+    secrets = SECRET.findall(response.text)
+    assert len(set(secrets)) == 1, "the created key's secret appears in the answer"
+    row = ROW_ID.search(response.text)
+    assert row, "the answer carries the new key's row"
+    return CreatedKey(response, secrets[0], uuid.UUID(row.group(1)))
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, secret: str, status: int, within: float
+) -> httpx.Response:
+    """GET /v1/tenant with the key until it answers `status` (the key cache delays revocation)."""
+    deadline = time.monotonic() + within
+    while True:
+        response = await client.get("/v1/tenant", headers={"Authorization": f"Bearer {secret}"})
+        if response.status_code == status or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.1)
+
+
+async def add_member(session: AsyncSession, tenant_id: uuid.UUID, role: str, email: str) -> None:
+    user = User(
+        email=email, name=f"{role.title()} Example", password_hash=PasswordHasher().hash(PASSWORD)
+    )
+    session.add(user)
+    await session.flush()
+    session.add(Membership(user_id=user.id, tenant_id=tenant_id, role=role))
+    await session.commit()
+
+
+async def test_sign_up_creates_tenant_and_owner_and_lands_on_keys(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    email = unique_email()
+    response = await sign_up(client, email, company="Initech")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/keys"
+    session_cookie = next(
+        header
+        for header in response.headers.get_list("set-cookie")
+        if header.startswith("herald_session=")
+    ).lower()
+    assert "httponly" in session_cookie
+    assert "samesite=lax" in session_cookie
+
+    page = await client.get("/keys")
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "Initech" in page.text
+    assert "Create key" in page.text
+
+    user = await session.scalar(select(User).where(User.email == email))
+    assert user is not None
+    memberships = await accounts.tenants_of(session, user_id=user.id)
+    assert [(m.tenant.name, m.role) for m in memberships] == [("Initech", "owner")]
+
+
+async def test_sign_up_shows_field_errors_next_to_the_field(client: httpx.AsyncClient) -> None:
+    response = await sign_up(client, unique_email(), password="short")
+    assert response.status_code == 422
+    error = re.search(
+        r'id="field-password".*?<p class="field-error"[^>]*>([^<]*)</p>', response.text, re.S
+    )
+    assert error and "at least 10 characters" in error.group(1)
+    assert (await client.get("/keys")).status_code == 303, "no session after a failed sign-up"
+
+
+async def test_unauthenticated_keys_page_redirects_to_sign_in(client: httpx.AsyncClient) -> None:
+    response = await client.get("/keys")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/signin"
+    assert (await client.get("/")).headers["location"] == "/signin"
+
+
+async def test_sign_in_with_wrong_password_fails(client: httpx.AsyncClient) -> None:
+    email = unique_email()
+    await sign_up(client, email)
+    await post_form(client, "/signout", {})
+    assert (await client.get("/keys")).status_code == 303, "signed out"
+
+    refused = await sign_in(client, email, "not the password")
+    assert refused.status_code == 400
+    assert "The e-mail or password is wrong." in refused.text
+    assert (await client.get("/keys")).status_code == 303, "still signed out"
+
+    accepted = await sign_in(client, email.upper(), PASSWORD)
+    assert accepted.status_code == 303
+    assert (await client.get("/keys")).status_code == 200
+
+
+async def test_sign_in_locks_out_after_max_failures(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    email = unique_email()
+    await sign_up(client, email)
+    await post_form(client, "/signout", {})
+
+    for attempt in range(1, settings.signin_max_failures):
+        response = await sign_in(client, email, f"wrong password {attempt}")
+        assert response.status_code == 400, f"attempt {attempt} is only refused"
+    locking = await sign_in(client, email, "wrong password, the last straw")
+    assert locking.status_code == 429
+    assert "locked" in locking.text
+    assert int(locking.headers["retry-after"]) > 0
+
+    right_password = await sign_in(client, email, PASSWORD)
+    assert right_password.status_code == 429, "the right password is refused while locked"
+    assert "locked" in right_password.text
+    assert (await client.get("/keys")).status_code == 303
+
+
+async def test_post_without_csrf_token_is_refused(client: httpx.AsyncClient) -> None:
+    email = unique_email()
+    await csrf_token(client)
+    no_token = await client.post("/signin", data={"email": email, "password": PASSWORD})
+    assert no_token.status_code == 403
+    assert "This form has expired" in no_token.text
+
+    await sign_up(client, email)
+    forged = await client.post(
+        "/keys",
+        data={"name": "x", "mode": "live", "scopes": "send"},
+        headers={"HX-Request": "true"},
+    )
+    assert forged.status_code == 403
+    wrong = await client.post(
+        "/keys", data={"name": "x", "mode": "live", "scopes": "send", "_csrf_token": "0" * 128}
+    )
+    assert wrong.status_code == 403
+    assert ROW_ID.search((await client.get("/keys")).text) is None, "no key was created"
+
+
+async def test_created_key_is_shown_once_authenticates_and_revocation_takes_effect(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    email = unique_email()
+    await sign_up(client, email, company="Umbrella")
+    created = await create_key(client, name="Billing service")
+    assert "Billing service" in created.response.text
+    assert "no-store" in created.response.headers["cache-control"]
+
+    page = await client.get("/keys")
+    assert created.secret not in page.text, "the secret is shown once only"
+    assert created.secret[: keys.PREFIX_LENGTH] in page.text
+    assert f'id="key-{created.key_id}"' in page.text
+
+    api = await client.get("/v1/tenant", headers={"Authorization": f"Bearer {created.secret}"})
+    assert api.status_code == 200, api.text
+    assert api.json()["name"] == "Umbrella"
+    assert api.json()["api_key"]["scopes"] == ["read", "send"]
+
+    revoked = await client.post(
+        f"/keys/{created.key_id}/revoke", headers=htmx_headers(await csrf_token(client))
+    )
+    assert revoked.status_code == 200
+    assert "Revoked" in revoked.text
+    assert ">Revoke</button>" not in revoked.text
+
+    after = await wait_for_status(client, created.secret, 401, settings.api_key_cache_seconds + 2)
+    assert after.status_code == 401, after.text
+
+    actions = (
+        await session.execute(
+            select(AuditEntry.action, AuditEntry.actor).where(
+                AuditEntry.target == str(created.key_id)
+            )
+        )
+    ).all()
+    assert sorted(actions) == [
+        ("api_key.created", f"user:{email}"),
+        ("api_key.revoked", f"user:{email}"),
+    ]
+
+
+async def test_key_form_errors_come_back_with_the_form(client: httpx.AsyncClient) -> None:
+    await sign_up(client, unique_email())
+    response = await client.post(
+        "/keys",
+        data={"name": " ", "mode": "prod"},
+        headers=htmx_headers(await csrf_token(client)),
+    )
+    assert response.status_code == 422
+    assert 'id="key-create"' in response.text
+    assert response.text.count('class="field-error"') == 3
+    assert "hk_" not in SECRET.sub("", response.text).replace("hk_live_…", "")
+
+
+async def test_viewer_sees_keys_but_cannot_create_or_revoke(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    email = unique_email("vic")
+    await add_member(session, tenant.tenant_id, "viewer", email)
+    assert (await sign_in(client, email, PASSWORD)).status_code == 303
+
+    page = await client.get("/keys")
+    assert page.status_code == 200
+    assert f'id="key-{tenant.key_id}"' in page.text
+    assert "Create key" not in page.text
+    assert ">Revoke</button>" not in page.text
+
+    token = await csrf_token(client)
+    create = await client.post(
+        "/keys",
+        data={"name": "sneaky", "mode": "live", "scopes": "manage"},
+        headers=htmx_headers(token),
+    )
+    assert create.status_code == 403
+    revoke = await client.post(f"/keys/{tenant.key_id}/revoke", headers=htmx_headers(token))
+    assert revoke.status_code == 403
+
+    listed = await keys.list_keys(session, tenant_id=tenant.tenant_id)
+    assert [key.name for key in listed.items] == ["test key"]
+    assert listed.items[0].revoked_at is None
+    api = await client.get("/v1/tenant", headers=tenant.headers)
+    assert api.status_code == 200
+
+
+async def test_a_tenant_cannot_revoke_another_tenants_key(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    await sign_up(client, unique_email("mallory"), company="Globex")
+    response = await client.post(
+        f"/keys/{tenant.key_id}/revoke", headers=htmx_headers(await csrf_token(client))
+    )
+    assert response.status_code in (403, 404)
+    plain = await post_form(client, f"/keys/{tenant.key_id}/revoke", {})
+    assert plain.status_code in (403, 404)
+
+    page = await client.get("/keys")
+    assert str(tenant.key_id) not in page.text
+
+    session.expire_all()
+    key = await keys.get_key(session, tenant_id=tenant.tenant_id, key_id=tenant.key_id)
+    assert key is not None and key.revoked_at is None
+    assert (await client.get("/v1/tenant", headers=tenant.headers)).status_code == 200

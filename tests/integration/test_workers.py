@@ -1,0 +1,82 @@
+"""arq workers: each priority queue is consumed by its own worker, and SIGTERM is graceful."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+from arq.jobs import Job, JobStatus
+
+from app.runtime import ServiceUrls
+from jobs import queues
+from jobs.worker import build_worker
+
+
+async def test_each_queue_runs_its_own_jobs(service_urls: ServiceUrls) -> None:
+    pool = await queues.connect(service_urls.redis_url)
+    try:
+        for queue in queues.QUEUE_NAMES:
+            assert await queues.enqueue(pool, queue, "ping", queue, job_id=f"ping-{queue}")
+        # The same id cannot be enqueued twice while the first is pending.
+        assert not await queues.enqueue(pool, "high", "ping", "again", job_id="ping-high")
+
+        high = build_worker("high", redis_url=service_urls.redis_url, ctx={}, burst=True)
+        await high.main()
+        await high.close()
+        assert high.jobs_complete == 1
+        assert (
+            await Job("ping-high", pool, _queue_name=queues.QUEUE_NAMES["high"]).result(timeout=1)
+            == "pong:high"
+        )
+        # A high-priority worker leaves the other queues alone.
+        assert (
+            await Job("ping-low", pool, _queue_name=queues.QUEUE_NAMES["low"]).status()
+            == JobStatus.queued
+        )
+
+        for queue in ("normal", "low"):
+            worker = build_worker(queue, redis_url=service_urls.redis_url, ctx={}, burst=True)
+            await worker.main()
+            await worker.close()
+            assert (
+                await Job(f"ping-{queue}", pool, _queue_name=queues.QUEUE_NAMES[queue]).result(
+                    timeout=1
+                )
+                == f"pong:{queue}"
+            )
+    finally:
+        await pool.aclose()
+
+
+async def test_worker_process_serves_and_stops_on_sigterm(service_urls: ServiceUrls) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": service_urls.database_url,
+        "REDIS_URL": service_urls.redis_url,
+        "HERALD_ENV": "test",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--queues", "high,normal"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    pool = await queues.connect(service_urls.redis_url)
+    try:
+        await queues.enqueue(pool, "normal", "ping", "from-test", job_id="ping-process")
+        assert (
+            await Job("ping-process", pool, _queue_name=queues.QUEUE_NAMES["normal"]).result(
+                timeout=20
+            )
+            == "pong:from-test"
+        )
+        process.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(process.wait, 30)
+        assert exit_code == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await pool.aclose()
