@@ -94,6 +94,26 @@ def _secret_key(value: str) -> bytes:
     return raw
 
 
+def _encryption_keys(value: str) -> tuple[tuple[str, bytes], ...]:
+    keys = []
+    for part in value.split(","):
+        kid, sep, encoded = part.strip().partition(":")
+        if not sep or not kid:
+            raise ValueError("expected comma-separated id:key pairs, e.g. k1:<base64 of 32 bytes>")
+        keys.append((kid, _secret_key(encoded)))
+    return tuple(keys)
+
+
+def _base_urls(value: str) -> dict[str, str]:
+    urls = {}
+    for part in value.split(","):
+        name, sep, url = part.strip().partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise ValueError("expected comma-separated provider=URL pairs, e.g. sendgrid=http://…")
+        urls[name] = url.rstrip("/")
+    return urls
+
+
 def _queues(value: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in value.split(",") if part.strip())
     unknown = [name for name in names if name not in QUEUES]
@@ -175,6 +195,25 @@ VARIABLES: tuple[Var, ...] = (
         "queues a `herald worker` serves when --queues is not given",
     ),
     Var(
+        "HERALD_ENCRYPTION_KEYS",
+        None,
+        _encryption_keys,
+        "id:key pairs (key: url-safe base64 of 32 bytes) encrypting provider credentials; the "
+        "first encrypts, all decrypt; required in production (development: generated once)",
+    ),
+    Var(
+        "HERALD_ALLOW_PRIVATE_URLS",
+        "false",
+        _bool,
+        "let webhook URLs resolve to private, loopback or link-local addresses (tests, on-premise)",
+    ),
+    Var(
+        "HERALD_PROVIDER_BASE_URLS",
+        None,
+        _base_urls,
+        "operator override of provider API endpoints, e.g. sendgrid=http://127.0.0.1:9000",
+    ),
+    Var(
         "HERALD_SECURE_COOKIES",
         None,
         _bool,
@@ -201,6 +240,9 @@ class Settings:
     signin_lockout_seconds: int
     worker_queues: tuple[str, ...]
     secure_cookies: bool
+    encryption_keys: tuple[tuple[str, bytes], ...] | None
+    allow_private_urls: bool
+    provider_base_urls: dict[str, str]
 
     @property
     def is_production(self) -> bool:
@@ -223,7 +265,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     env = values["HERALD_ENV"]
     if env == "production":
-        for required in ("DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY"):
+        for required in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "HERALD_SECRET_KEY",
+            "HERALD_ENCRYPTION_KEYS",
+        ):
             if values[required] is None:
                 raise SettingsError(required, "must be set when HERALD_ENV=production")
     secure = values["HERALD_SECURE_COOKIES"]
@@ -245,4 +292,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         signin_lockout_seconds=values["HERALD_SIGNIN_LOCKOUT_SECONDS"],
         worker_queues=values["HERALD_WORKER_QUEUES"],
         secure_cookies=(env == "production") if secure is None else secure,
+        encryption_keys=values["HERALD_ENCRYPTION_KEYS"],
+        allow_private_urls=values["HERALD_ALLOW_PRIVATE_URLS"],
+        provider_base_urls=values["HERALD_PROVIDER_BASE_URLS"] or {},
     )

@@ -33,6 +33,8 @@ def test_defaults_need_nothing() -> None:
         ("HERALD_WORKER_QUEUES", "high,urgent", "comma-separated list"),
         ("HERALD_SECURE_COOKIES", "maybe", "true or false"),
         ("HERALD_LOG_FORMAT", "xml", "console, json"),
+        ("HERALD_ENCRYPTION_KEYS", "nokid", "id:key pairs"),
+        ("HERALD_PROVIDER_BASE_URLS", "sendgrid=ftp://x", "provider=URL"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:
@@ -43,13 +45,16 @@ def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str
     assert expected in str(raised.value)
 
 
-@pytest.mark.parametrize("missing", ["DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY"])
+@pytest.mark.parametrize(
+    "missing", ["DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY", "HERALD_ENCRYPTION_KEYS"]
+)
 def test_production_requires_real_services_and_a_secret(missing: str) -> None:
     environ = {
         "HERALD_ENV": "production",
         "DATABASE_URL": "postgresql://db/herald",
         "REDIS_URL": "redis://cache:6379/0",
         "HERALD_SECRET_KEY": GOOD_KEY,
+        "HERALD_ENCRYPTION_KEYS": f"k1:{GOOD_KEY}",
     }
     del environ[missing]
     with pytest.raises(SettingsError) as raised:
@@ -64,9 +69,11 @@ def test_production_defaults_to_secure_cookies() -> None:
             "DATABASE_URL": "postgresql://db/herald",
             "REDIS_URL": "redis://cache:6379/0",
             "HERALD_SECRET_KEY": GOOD_KEY,
+            "HERALD_ENCRYPTION_KEYS": f"k2:{GOOD_KEY},k1:{GOOD_KEY}",
         }
     )
     assert settings.secure_cookies is True
+    assert [kid for kid, _ in settings.encryption_keys or ()] == ["k2", "k1"]
     assert len(settings.secret_key or b"") == 32
 
 
