@@ -1,0 +1,1 @@
+"""Recipients (a tenant's end users), categories, preferences and suppressions."""

@@ -1,0 +1,349 @@
+"""/v1/recipients, /v1/categories and /v1/suppressions.
+
+Scopes: reading needs `read`; every write (PUT, POST, DELETE) needs `send`, the scope of
+the integrations that register users as they notify them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
+from app.channels import Channel
+from app.dependencies import DbSession
+from app.pagination import MAX_LIMIT
+from app.problems import Problem
+from app.recipients import preferences as prefs
+from app.recipients import service, suppressions
+from app.recipients.models import Recipient
+from app.recipients.schemas import (
+    CategoryList,
+    CategoryOut,
+    CategoryUpdate,
+    Preferences,
+    RecipientBatch,
+    RecipientBatchResult,
+    RecipientInput,
+    RecipientList,
+    RecipientOut,
+    RecipientUpdate,
+    SuppressionCreate,
+    SuppressionList,
+    SuppressionOut,
+)
+from app.recipients.validation import RecipientInvalid
+
+ApiRequest = Request[Principal, None, Any]
+READ = [requires_scope("read")]
+SEND = [requires_scope("send")]
+# Changing what overrides opt-outs, or lifting bounce protection, is configuration.
+MANAGE = [requires_scope("manage")]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
+
+
+def invalid(error: RecipientInvalid, prefix: str | None = None) -> Problem:
+    """A 422 naming every refused field (`recipients[i].field` in a batch)."""
+    errors = [
+        {"field": e.path(prefix) if prefix else e.field, "message": e.message} for e in error.errors
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return Problem(422, "validation_error", detail, errors=errors)
+
+
+def _no_recipient(external_id: str) -> Problem:
+    return Problem(404, "not_found", f"No recipient {external_id!r} in this tenant.")
+
+
+async def _recipient(db_session: DbSession, tenant_id: uuid.UUID, external_id: str) -> Recipient:
+    recipient = await service.get_recipient(
+        db_session, tenant_id=tenant_id, external_id=external_id
+    )
+    if recipient is None:
+        raise _no_recipient(external_id)
+    return recipient
+
+
+CREATED = {201: ResponseSpec(data_container=RecipientOut, description="Created")}
+
+
+class RecipientController(Controller):
+    path = "/recipients"
+    tags = ["Recipients"]
+
+    @put(
+        "/{external_id:str}",
+        guards=SEND,
+        status_code=200,
+        responses=CREATED,
+        summary="Create or update a recipient (201 when created)",
+    )
+    async def put_recipient(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        external_id: FromPath[str],
+        data: JSONBody[RecipientUpdate],
+    ) -> Response[RecipientOut]:
+        fields = {name: getattr(data, name) for name in data.__struct_fields__}
+        item = RecipientInput(external_id=external_id, **fields)
+        try:
+            [upserted] = await service.upsert_with_outcome(
+                db_session, tenant_id=request.user.tenant_id, items=[item]
+            )
+        except RecipientInvalid as error:
+            raise invalid(error) from None
+        await db_session.commit()
+        status = 201 if upserted.created else 200
+        return Response(RecipientOut.of(upserted.recipient), status_code=status)
+
+    @get("/{external_id:str}", guards=READ, summary="Read a recipient")
+    async def get_recipient(
+        self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
+    ) -> RecipientOut:
+        return RecipientOut.of(await _recipient(db_session, request.user.tenant_id, external_id))
+
+    @delete(
+        "/{external_id:str}",
+        guards=SEND,
+        status_code=200,
+        summary="Erase a recipient's personal data; the external id becomes free",
+    )
+    async def erase_recipient(
+        self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
+    ) -> RecipientOut:
+        erased = await service.erase_recipient(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            external_id=external_id,
+            actor=request.user.actor,
+        )
+        if erased is None:
+            raise _no_recipient(external_id)
+        await db_session.commit()
+        return RecipientOut.of(erased)
+
+    @get("/", guards=READ, summary="List recipients, newest first")
+    async def list_recipients(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        limit: Limit = 20,
+        cursor: FromQuery[uuid.UUID | None] = None,
+        email: FromQuery[str | None] = None,
+        phone: FromQuery[str | None] = None,
+    ) -> RecipientList:
+        if phone is not None and not phone.startswith("+"):
+            # An unencoded '+' in a query string arrives as a space.
+            phone = "+" + phone.strip()
+        try:
+            page = await service.list_recipients(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                limit=limit,
+                cursor=cursor,
+                email=email,
+                phone=phone,
+            )
+        except RecipientInvalid as error:
+            raise invalid(error) from None
+        return RecipientList(
+            object="list",
+            data=[RecipientOut.of(r) for r in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @post(
+        "/batch",
+        guards=SEND,
+        status_code=200,
+        summary="Create or update up to 1,000 recipients at once",
+    )
+    async def batch(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[RecipientBatch]
+    ) -> RecipientBatchResult:
+        if not data.recipients:
+            raise invalid(RecipientInvalid("recipients", "at least one recipient is required"))
+        try:
+            outcome = await service.upsert_with_outcome(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                items=data.recipients,
+            )
+        except RecipientInvalid as error:
+            raise invalid(error, prefix="recipients") from None
+        await db_session.commit()
+        created = sum(1 for u in outcome if u.created)
+        return RecipientBatchResult(
+            object="recipient_batch",
+            created=created,
+            updated=len(outcome) - created,
+            data=[RecipientOut.of(u.recipient) for u in outcome],
+        )
+
+    @get("/{external_id:str}/preferences", guards=READ, summary="A recipient's preferences")
+    async def get_preferences(
+        self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
+    ) -> Preferences:
+        tenant_id = request.user.tenant_id
+        recipient = await _recipient(db_session, tenant_id, external_id)
+        found = await prefs.get_preferences(
+            db_session, tenant_id=tenant_id, recipient_id=recipient.id
+        )
+        return Preferences(channels=found.channels, categories=found.categories)
+
+    @put(
+        "/{external_id:str}/preferences",
+        guards=SEND,
+        summary="Set the switches given; the others stay",
+    )
+    async def put_preferences(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        external_id: FromPath[str],
+        data: JSONBody[Preferences],
+    ) -> Preferences:
+        tenant_id = request.user.tenant_id
+        recipient = await _recipient(db_session, tenant_id, external_id)
+        try:
+            stored = await prefs.set_preferences(
+                db_session,
+                tenant_id=tenant_id,
+                recipient_id=recipient.id,
+                channels=data.channels,
+                categories=data.categories,
+                actor=request.user.actor,
+            )
+        except RecipientInvalid as error:
+            raise invalid(error) from None
+        await db_session.commit()
+        return Preferences(channels=stored.channels, categories=stored.categories)
+
+
+def _category_out(record: prefs.CategoryRecord) -> CategoryOut:
+    return CategoryOut(
+        key=record.key,
+        object="category",
+        name=record.name,
+        description=record.description,
+        critical=record.critical,
+        default=record.default,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+class CategoryController(Controller):
+    path = "/categories"
+    tags = ["Categories"]
+
+    @get("/", guards=READ, summary="List categories, the built-in ones included")
+    async def list_categories(self, request: ApiRequest, db_session: DbSession) -> CategoryList:
+        records = await prefs.list_categories(db_session, tenant_id=request.user.tenant_id)
+        return CategoryList(object="list", data=[_category_out(r) for r in records])
+
+    @put(
+        "/{key:str}",
+        guards=MANAGE,
+        status_code=200,
+        responses={201: ResponseSpec(data_container=CategoryOut, description="Created")},
+        summary="Create or replace a category (201 when the key is new)",
+    )
+    async def put_category(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        key: FromPath[str],
+        data: JSONBody[CategoryUpdate],
+    ) -> Response[CategoryOut]:
+        try:
+            record, created = await prefs.put_category(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                key=key,
+                name=data.name,
+                description=data.description,
+                critical=data.critical,
+                actor=request.user.actor,
+            )
+        except RecipientInvalid as error:
+            raise invalid(error) from None
+        await db_session.commit()
+        return Response(_category_out(record), status_code=201 if created else 200)
+
+
+class SuppressionController(Controller):
+    path = "/suppressions"
+    tags = ["Suppressions"]
+
+    @get("/", guards=READ, summary="List suppressed addresses, newest first")
+    async def list_suppressions(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        limit: Limit = 20,
+        cursor: FromQuery[uuid.UUID | None] = None,
+        channel: FromQuery[Channel | None] = None,
+        address: FromQuery[str | None] = None,
+    ) -> SuppressionList:
+        page = await suppressions.list_suppressions(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            limit=limit,
+            cursor=cursor,
+            channel=channel,
+            address=address,
+        )
+        return SuppressionList(
+            object="list",
+            data=[SuppressionOut.of(s) for s in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @post(
+        "/",
+        guards=SEND,
+        status_code=200,
+        responses={201: ResponseSpec(data_container=SuppressionOut, description="Created")},
+        summary="Suppress an address on a channel (201 when new)",
+    )
+    async def add_suppression(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[SuppressionCreate]
+    ) -> Response[SuppressionOut]:
+        try:
+            row, created = await suppressions.add_suppression(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                channel=data.channel,
+                address=data.address,
+                reason=data.reason,
+                source=data.source or request.user.actor,
+                actor=request.user.actor,
+            )
+        except RecipientInvalid as error:
+            raise invalid(error) from None
+        await db_session.commit()
+        return Response(SuppressionOut.of(row), status_code=201 if created else 200)
+
+    @delete("/{suppression_id:uuid}", guards=MANAGE, status_code=200, summary="Lift a suppression")
+    async def remove_suppression(
+        self, request: ApiRequest, db_session: DbSession, suppression_id: FromPath[uuid.UUID]
+    ) -> SuppressionOut:
+        removed = await suppressions.remove_suppression(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            suppression_id=suppression_id,
+            actor=request.user.actor,
+        )
+        if removed is None:
+            raise Problem(404, "not_found", f"No suppression {suppression_id} in this tenant.")
+        await db_session.commit()
+        return SuppressionOut.of(removed)

@@ -1,0 +1,122 @@
+"""recipients, categories, preferences and suppressions: who may be reached, where and how.
+
+Every row carries tenant_id. Preferences reference their recipient through
+(tenant_id, recipient_id), so a preference can never point at another tenant's recipient.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    literal_column,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.channels import CHANNELS
+from app.db import Base, CreatedAt, UuidPrimaryKey
+
+SUPPRESSION_REASONS = (
+    "hard_bounce",
+    "complaint",
+    "unsubscribed",
+    "invalid_address",
+    "unregistered_device",
+    "manual",
+)
+
+# RETURNed by INSERT ... ON CONFLICT DO UPDATE: true for a row inserted, false for one updated
+# (the updated row version's xmax holds the id of the transaction updating it).
+WAS_INSERTED = literal_column("xmax = 0", Boolean).label("inserted")
+
+
+class UpdatedAt:
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
+    __tablename__ = "recipients"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "external_id"),
+        # Keyset pagination within a tenant, and the target of preferences' tenant-safe FK.
+        UniqueConstraint("tenant_id", "id"),
+        Index("ix_recipients_tenant_id_email", "tenant_id", text("lower(email)")),
+        Index("ix_recipients_tenant_id_phone", "tenant_id", "phone"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    push_tokens: Mapped[list[dict[str, str]]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
+    erased_at: Mapped[datetime | None]
+
+
+class Category(CreatedAt, UpdatedAt, Base):
+    __tablename__ = "categories"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    critical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class Preference(UpdatedAt, Base):
+    """One switch: recipient x category ('*' = every category) x channel."""
+
+    __tablename__ = "preferences"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "recipient_id"],
+            ["recipients.tenant_id", "recipients.id"],
+            ondelete="CASCADE",
+            name="fk_preferences_recipient",
+        ),
+        CheckConstraint(f"channel IN {CHANNELS!r}", name="channel"),
+    )
+
+    tenant_id: Mapped[uuid.UUID]
+    recipient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    enabled: Mapped[bool]
+
+
+class Suppression(UuidPrimaryKey, CreatedAt, Base):
+    __tablename__ = "suppressions"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "channel", "address"),
+        Index("ix_suppressions_tenant_id_id", "tenant_id", "id"),
+        CheckConstraint(f"channel IN {CHANNELS!r}", name="channel"),
+        CheckConstraint(f"reason IN {SUPPRESSION_REASONS!r}", name="reason"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(2048))
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(200))

@@ -1,0 +1,109 @@
+"""Planning deliveries: for each recipient x channel, the address to use or why to skip.
+
+Two queries at most, whatever the number of recipients: their preferences (skipped for a
+critical category) and the suppressions among their addresses. Critical categories ignore
+opt-outs, never suppressions: a hard-bounced or complaining address stays unreachable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.channels import CHANNELS
+from app.recipients.models import Preference, Recipient
+from app.recipients.preferences import ALL_CATEGORIES, CategoryView
+from app.recipients.suppressions import suppressed
+from app.recipients.validation import suppression_key
+
+NO_ADDRESS = "no_address"
+OPTED_OUT = "opted_out"
+SUPPRESSED = "suppressed"
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    recipient_id: uuid.UUID
+    channel: str
+    address: str  # "" when the recipient has none for the channel
+    skip_reason: str | None  # None: deliver; else no_address | opted_out | suppressed
+
+
+def addresses(recipient: Recipient, channel: str) -> list[str]:
+    """The recipient's addresses on a channel; push has one per device token."""
+    if recipient.erased_at is not None:
+        return []
+    if channel == "push":
+        return [f"{t['provider']}:{t['token']}" for t in recipient.push_tokens]
+    value = {
+        "email": recipient.email,
+        "sms": recipient.phone,
+        "webhook": recipient.webhook_url,
+        "inbox": recipient.external_id,
+    }[channel]
+    return [value] if value else []
+
+
+async def _opted_out(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    recipient_ids: list[uuid.UUID],
+    channels: list[str],
+    category: str,
+) -> set[tuple[uuid.UUID, str]]:
+    """(recipient, channel) switched off for every category or for this one."""
+    rows = await session.execute(
+        select(Preference.recipient_id, Preference.channel).where(
+            Preference.tenant_id == tenant_id,
+            Preference.recipient_id == any_(bindparam("ids", recipient_ids, type_=ARRAY(Uuid))),
+            Preference.category.in_([ALL_CATEGORIES, category]),
+            Preference.channel.in_(channels),
+            Preference.enabled.is_(False),
+        )
+    )
+    return set(rows.tuples())
+
+
+async def plan_deliveries(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    recipients: list[Recipient],
+    channels: list[str],
+    category: CategoryView,
+) -> list[PlannedDelivery]:
+    """One PlannedDelivery per recipient x channel x address, in that order."""
+    unknown = [channel for channel in channels if channel not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown channels: {', '.join(unknown)}")
+    if not recipients or not channels:
+        return []
+    candidates = [
+        (recipient, channel, address)
+        for recipient in recipients
+        for channel in dict.fromkeys(channels)
+        for address in addresses(recipient, channel) or [""]
+    ]
+    opted_out: set[tuple[uuid.UUID, str]] = set()
+    if not category.critical:
+        ids = list({recipient.id for recipient in recipients})
+        opted_out = await _opted_out(session, tenant_id, ids, list(channels), category.key)
+    wanted = {(c, suppression_key(c, address)) for _, c, address in candidates if address}
+    blocked = await suppressed(session, tenant_id=tenant_id, pairs=wanted)
+
+    def skip_reason(recipient: Recipient, channel: str, address: str) -> str | None:
+        if not address:
+            return NO_ADDRESS
+        if (recipient.id, channel) in opted_out:
+            return OPTED_OUT
+        if (channel, suppression_key(channel, address)) in blocked:
+            return SUPPRESSED
+        return None
+
+    return [
+        PlannedDelivery(recipient.id, channel, address, skip_reason(recipient, channel, address))
+        for recipient, channel, address in candidates
+    ]
