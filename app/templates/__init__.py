@@ -1,0 +1,1 @@
+"""Tenant message templates: storage, versions and sandboxed rendering."""

@@ -1,0 +1,234 @@
+"""/v1/templates: save versions, read, list, delete and preview the tenant's templates.
+
+Writes need scope `manage`, reads and previews `read`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
+from app.dependencies import DbSession
+from app.pagination import MAX_LIMIT
+from app.problems import Problem, field_error
+from app.templates import service
+from app.templates.content import SmsContent
+from app.templates.models import TemplateVersion
+from app.templates.rendering import RenderFailed, render
+from app.templates.schemas import (
+    ChannelPreview,
+    PreviewError,
+    PreviewRequest,
+    SmsStats,
+    TemplateDeleted,
+    TemplateList,
+    TemplateOut,
+    TemplatePreview,
+    TemplateSummary,
+    TemplateWrite,
+)
+from app.templates.sms import count_segments
+from app.templates.sources import is_locale
+from app.templates.validation import KEY_PATTERN, InvalidTemplate, is_key
+
+ApiRequest = Request[Principal, None, Any]
+Version = Annotated[int | None, QueryParameter(ge=1)]
+
+
+def _checked_key(key: str) -> str:
+    if not is_key(key):
+        raise field_error("key", f"a template key matches {KEY_PATTERN}")
+    return key
+
+
+def _not_found(key: str, version: int | None = None) -> Problem:
+    what = f"version {version} of template" if version is not None else "template"
+    return Problem(404, "not_found", f"No {what} {key!r} in this tenant.")
+
+
+def _invalid(error: InvalidTemplate) -> Problem:
+    return Problem(422, "validation_error", str(error), errors=error.errors)
+
+
+async def _template(
+    db_session: DbSession, request: ApiRequest, key: str, version: int | None
+) -> TemplateVersion:
+    template = await service.get_template(
+        db_session, tenant_id=request.user.tenant_id, key=_checked_key(key), version=version
+    )
+    if template is None:
+        raise _not_found(key, version)
+    return template
+
+
+class TemplateController(Controller):
+    path = "/templates"
+    tags = ["Templates"]
+
+    @put(
+        "/{key:str}",
+        status_code=201,
+        guards=[requires_scope("manage")],
+        summary="Save the next version of a template (version 1 when the key is new)",
+    )
+    async def save_template(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        key: FromPath[str],
+        data: JSONBody[TemplateWrite],
+    ) -> TemplateOut:
+        principal = request.user
+        try:
+            saved = await service.save_template(
+                db_session,
+                tenant_id=principal.tenant_id,
+                key=key,
+                content=_builtins(data.content),
+                locales={tag: _builtins(value) for tag, value in data.locales.items()},
+                name=data.name,
+                category=data.category,
+                default_locale=data.default_locale,
+                actor=principal.actor,
+            )
+        except InvalidTemplate as error:
+            raise _invalid(error) from None
+        await db_session.commit()
+        return TemplateOut.of(saved)
+
+    @get("/", guards=[requires_scope("read")], summary="List templates (latest versions)")
+    async def list_templates(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+        cursor: FromQuery[uuid.UUID | None] = None,
+    ) -> TemplateList:
+        page = await service.list_templates(
+            db_session, tenant_id=request.user.tenant_id, limit=limit, cursor=cursor
+        )
+        return TemplateList(
+            object="list",
+            data=[TemplateSummary.of(t) for t in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @get("/{key:str}", guards=[requires_scope("read")], summary="Read a template version")
+    async def get_template(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        key: FromPath[str],
+        version: Version = None,
+    ) -> TemplateOut:
+        return TemplateOut.of(await _template(db_session, request, key, version))
+
+    @get(
+        "/{key:str}/versions",
+        guards=[requires_scope("read")],
+        summary="List a template's versions, newest first",
+    )
+    async def list_versions(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        key: FromPath[str],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+        cursor: Version = None,
+    ) -> TemplateList:
+        page = await service.list_versions(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            key=_checked_key(key),
+            limit=limit,
+            before=cursor,
+        )
+        if not page.items and cursor is None:
+            raise _not_found(key)
+        return TemplateList(
+            object="list",
+            data=[TemplateSummary.of(t) for t in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @delete(
+        "/{key:str}",
+        status_code=200,
+        guards=[requires_scope("manage")],
+        summary="Delete a template: every version; sending with it is refused afterwards",
+    )
+    async def delete_template(
+        self, request: ApiRequest, db_session: DbSession, key: FromPath[str]
+    ) -> TemplateDeleted:
+        deleted = await service.delete_template(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            key=_checked_key(key),
+            actor=request.user.actor,
+        )
+        if not deleted:
+            raise _not_found(key)
+        await db_session.commit()
+        return TemplateDeleted(object="template", key=key, deleted=True, versions_deleted=deleted)
+
+    @post(
+        "/{key:str}/preview",
+        status_code=200,
+        guards=[requires_scope("read")],
+        summary="Render every channel of a template with sample data",
+    )
+    async def preview_template(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        key: FromPath[str],
+        data: JSONBody[PreviewRequest],
+    ) -> TemplatePreview:
+        if data.locale is not None and not is_locale(data.locale):
+            raise field_error("locale", "a locale tag such as en or fr-CA")
+        template = await _template(db_session, request, key, data.version)
+        # Rendering is CPU work of up to 100 ms per channel: keep it off the event loop.
+        channels = await asyncio.to_thread(_preview_channels, template, data)
+        return TemplatePreview(
+            object="template_preview",
+            key=template.key,
+            version=template.version,
+            locale=data.locale,
+            channels=channels,
+        )
+
+
+def _builtins(value: Any) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(value)
+    return result
+
+
+def _preview_channels(template: TemplateVersion, body: PreviewRequest) -> dict[str, ChannelPreview]:
+    return {channel: _preview(template, channel, body) for channel in template.channels}
+
+
+def _preview(template: TemplateVersion, channel: str, body: PreviewRequest) -> ChannelPreview:
+    found = template.content_for(channel, body.locale)
+    locale = found.locale if found is not None else template.default_locale
+    try:
+        content = render(
+            template, channel, locale=body.locale, data=body.data, recipient=body.recipient
+        )
+    except RenderFailed as failed:
+        return ChannelPreview(
+            locale=locale, ok=False, error=PreviewError(field=failed.field, message=str(failed))
+        )
+    sms = None
+    if isinstance(content, SmsContent):
+        stats = count_segments(content.text)
+        sms = SmsStats(length=stats.length, encoding=stats.encoding, segments=stats.segments)
+    return ChannelPreview(locale=locale, ok=True, content=content, sms=sms)

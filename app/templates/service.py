@@ -1,0 +1,175 @@
+"""Templates of a tenant: saving immutable versions, reading, listing and deleting them.
+
+A save inserts the next version under a per-(tenant, key) advisory lock, so concurrent saves
+get consecutive versions instead of colliding on UNIQUE(tenant_id, key, version). A delete
+soft-deletes every version; reads and sends no longer see them, and a later save continues
+the numbering (versions are never reused).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import exists, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from app.audit import service as audit
+from app.pagination import Page, keyset_page
+from app.templates.models import Template, TemplateVersion
+from app.templates.validation import check_template
+
+
+async def _lock(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> None:
+    """Serialise saves and deletes of one template until the transaction ends."""
+    # Taken before audit.append's per-tenant lock, always in that order: no deadlock.
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"template:{tenant_id}:{key}"},
+    )
+
+
+async def save_template(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    key: str,
+    content: dict[str, Any],
+    locales: dict[str, Any] | None = None,
+    name: str | None = None,
+    category: str | None = None,
+    default_locale: str = "en",
+    actor: str,
+) -> TemplateVersion:
+    """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields."""
+    checked = check_template(
+        key=key,
+        name=name,
+        category=category,
+        default_locale=default_locale,
+        content=content,
+        locales=locales or {},
+    )
+    await _lock(session, tenant_id, key)
+    latest = await session.scalar(
+        select(func.max(Template.version)).where(
+            Template.tenant_id == tenant_id, Template.key == key
+        )
+    )
+    row = Template(
+        tenant_id=tenant_id,
+        key=key,
+        version=(latest or 0) + 1,
+        name=checked.name,
+        category=checked.category,
+        default_locale=checked.default_locale,
+        content=checked.content,
+        locales=checked.locales,
+        created_by=actor,
+    )
+    session.add(row)
+    await session.flush()
+    saved = TemplateVersion.of(row)
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="template.saved",
+        target=key,
+        details={
+            "id": str(row.id),
+            "version": row.version,
+            "channels": list(saved.channels),
+            "locales": sorted(checked.locales),
+        },
+    )
+    return saved
+
+
+async def get_template(
+    session: AsyncSession, *, tenant_id: uuid.UUID, key: str, version: int | None = None
+) -> TemplateVersion | None:
+    """The latest (or the given) version of `key`; None when missing or deleted."""
+    query = select(Template).where(
+        Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+    )
+    if version is None:
+        query = query.order_by(Template.version.desc()).limit(1)
+    else:
+        query = query.where(Template.version == version)
+    row = await session.scalar(query)
+    return None if row is None else TemplateVersion.of(row)
+
+
+async def list_templates(
+    session: AsyncSession, *, tenant_id: uuid.UUID, limit: int = 100, cursor: uuid.UUID | None
+) -> Page[TemplateVersion]:
+    """The latest version of each live template, most recently saved first."""
+    newer = aliased(Template)
+    query = select(Template).where(
+        Template.tenant_id == tenant_id,
+        Template.deleted_at.is_(None),
+        ~exists().where(
+            newer.tenant_id == Template.tenant_id,
+            newer.key == Template.key,
+            newer.version > Template.version,
+            newer.deleted_at.is_(None),
+        ),
+    )
+    page = await keyset_page(session, query, Template.id, limit=limit, cursor=cursor)
+    return Page([TemplateVersion.of(row) for row in page.items], page.has_more, page.next_cursor)
+
+
+async def list_versions(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    key: str,
+    limit: int = 100,
+    before: int | None = None,
+) -> Page[TemplateVersion]:
+    """Live versions of `key`, newest first; the cursor is a version number."""
+    query = select(Template).where(
+        Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+    )
+    if before is not None:
+        query = query.where(Template.version < before)
+    rows = list(
+        (await session.scalars(query.order_by(Template.version.desc()).limit(limit + 1))).all()
+    )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = str(rows[-1].version) if has_more else None
+    return Page([TemplateVersion.of(row) for row in rows], has_more, next_cursor)
+
+
+async def delete_template(
+    session: AsyncSession, *, tenant_id: uuid.UUID, key: str, actor: str
+) -> int:
+    """Soft-delete every version of `key`; returns how many (0: there was nothing to delete)."""
+    await _lock(session, tenant_id, key)
+    versions = list(
+        (
+            await session.scalars(
+                update(Template)
+                .where(
+                    Template.tenant_id == tenant_id,
+                    Template.key == key,
+                    Template.deleted_at.is_(None),
+                )
+                .values(deleted_at=func.now())
+                .returning(Template.version)
+            )
+        ).all()
+    )
+    if versions:
+        await audit.append(
+            session,
+            tenant_id=tenant_id,
+            actor=actor,
+            action="template.deleted",
+            target=key,
+            details={"versions": len(versions), "latest_version": max(versions)},
+        )
+    return len(versions)
