@@ -1,0 +1,117 @@
+"""Secrets at rest: AES-256-GCM under a ring of named keys, for rotation.
+
+A sealed value is `nonce (12 random bytes) || ciphertext || tag`; the id of the key that
+sealed it is stored beside it (a column of its own), so that after a rotation old rows still
+open with the key they name while new rows are sealed with the first configured key.
+
+Associated data binds a ciphertext to where it belongs (for provider credentials: the tenant
+and the config row). It is authenticated, not stored: a ciphertext copied into another row or
+another tenant fails to open there, because the associated data it is opened with differs.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from app.settings import Settings
+
+NONCE_BYTES = 12  # 96 bits: the size GCM is specified for; random per seal
+KEY_BYTES = 32
+DEV_KEY_ID = "local"
+DEV_KEY_FILE = "encryption_key"
+
+
+class DecryptionError(ValueError):
+    """A sealed value cannot be opened: unknown key id, wrong associated data, or tampering."""
+
+
+class Keyring:
+    """Named AES-256 keys; the first seals, any of them opens what it sealed."""
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        for key_id, key in keys:
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"key {key_id!r} must be {KEY_BYTES} bytes, not {len(key)}")
+        self._keys = {key_id: AESGCM(key) for key_id, key in keys}
+        self.current_key_id = keys[0][0]
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def encrypt(self, plaintext: bytes, *, associated_data: bytes) -> tuple[str, bytes]:
+        """Seal with the current key; returns (key id, nonce || ciphertext || tag)."""
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._keys[self.current_key_id].encrypt(nonce, plaintext, associated_data)
+        return self.current_key_id, nonce + sealed
+
+    def decrypt(self, key_id: str, sealed: bytes, *, associated_data: bytes) -> bytes:
+        """Open a value sealed under `key_id` with exactly this associated data."""
+        aead = self._keys.get(key_id)
+        if aead is None:
+            raise DecryptionError(
+                f"no configured encryption key has id {key_id!r} (HERALD_ENCRYPTION_KEYS)"
+            )
+        if len(sealed) < NONCE_BYTES + 16:
+            raise DecryptionError("sealed value is too short")
+        try:
+            return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
+        except InvalidTag:
+            raise DecryptionError("sealed value does not authenticate") from None
+
+
+_rings: dict[tuple[object, ...], Keyring] = {}
+_default: Keyring | None = None
+
+
+def keyring_for(settings: Settings) -> Keyring:
+    """The keyring the settings describe; in development, one key generated once on disk.
+
+    The last keyring built here is also the process default (`default_keyring`), so code
+    without settings at hand (a service function called from a job) uses the same keys as
+    the app or worker that started the process.
+    """
+    global _default
+    cache_key = (settings.encryption_keys, settings.data_dir)
+    ring = _rings.get(cache_key)
+    if ring is None:
+        ring = Keyring(settings.encryption_keys or [(DEV_KEY_ID, _dev_key(settings.data_dir))])
+        _rings[cache_key] = ring
+    _default = ring
+    return ring
+
+
+def default_keyring() -> Keyring:
+    """The keyring of this process: the last one `keyring_for` built, else the environment's."""
+    if _default is not None:
+        return _default
+    from app.settings import load_settings
+
+    return keyring_for(load_settings())
+
+
+def _dev_key(data_dir: Path) -> bytes:
+    # Production requires HERALD_ENCRYPTION_KEYS (settings refuse to load without it); this
+    # file only spares developers and tests from configuring a key.
+    path = data_dir / DEV_KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        temporary = data_dir / f".{DEV_KEY_FILE}.{os.getpid()}"
+        temporary.write_text(base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode())
+        temporary.chmod(0o600)
+        try:
+            # A hard link appears whole or not at all: racing processes all keep the first key.
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return base64.urlsafe_b64decode(path.read_text().strip())

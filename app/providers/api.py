@@ -1,0 +1,172 @@
+"""/v1/providers: a tenant's provider accounts per channel (scope `manage`).
+
+Credentials are accepted, validated per provider, sealed, and never returned: answers show a
+`fingerprint` instead. A test-mode key may read configs but not change them: test keys are
+the ones that end up in CI logs, and whoever holds one must not be able to redirect a
+tenant's live mail (say, to an SMTP server of their own).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, post, put
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from app import crypto
+from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
+from app.channels import Channel
+from app.crypto import Keyring
+from app.dependencies import DbSession
+from app.pagination import MAX_LIMIT
+from app.problems import Problem, field_error
+from app.providers import service
+from app.providers.credentials import InvalidProviderConfig
+from app.providers.schemas import (
+    ProviderCreate,
+    ProviderDeleted,
+    ProviderList,
+    ProviderOut,
+    ProviderSaved,
+    ProviderUpdate,
+)
+
+ApiRequest = Request[Principal, None, Any]
+
+
+def _not_found(provider_id: uuid.UUID) -> Problem:
+    return Problem(404, "not_found", f"No provider config {provider_id} in this tenant.")
+
+
+def _live_caller(principal: Principal) -> None:
+    if principal.mode == "test":
+        raise Problem(
+            403,
+            "forbidden",
+            "A test-mode key cannot change provider configs; use a live key with `manage`.",
+        )
+
+
+def _keyring(request: ApiRequest) -> Keyring:
+    return crypto.keyring_for(request.app.state.settings)
+
+
+class ProviderController(Controller):
+    path = "/providers"
+    tags = ["Providers"]
+    guards = [requires_scope("manage")]
+
+    @post("/", summary="Add a provider config; a generated webhook secret is in this answer only")
+    async def create_provider(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[ProviderCreate]
+    ) -> ProviderSaved:
+        _live_caller(request.user)
+        config_input = service.ConfigInput(
+            channel=data.channel,
+            provider=data.provider,
+            name=data.name,
+            priority=data.priority,
+            rate_per_second=data.rate_per_second,
+            burst=data.burst,
+            credentials=data.credentials,
+            options=data.options,
+            enabled=data.enabled,
+        )
+        try:
+            saved = await service.create_config(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                data=config_input,
+                actor=request.user.actor,
+                keyring=_keyring(request),
+            )
+        except InvalidProviderConfig as invalid:
+            raise field_error(invalid.field, invalid.message) from None
+        await db_session.commit()
+        return ProviderSaved.with_secret(saved.config, saved.generated_secret)
+
+    @get("/", summary="List provider configs, newest first")
+    async def list_providers(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+        cursor: FromQuery[uuid.UUID | None] = None,
+        channel: FromQuery[Channel | None] = None,
+    ) -> ProviderList:
+        page = await service.list_configs(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            limit=limit,
+            cursor=cursor,
+            channel=channel,
+        )
+        return ProviderList(
+            object="list",
+            data=[ProviderOut.of(config) for config in page.items],
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+        )
+
+    @get("/{provider_id:uuid}", summary="Read one provider config (without credentials)")
+    async def get_provider(
+        self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
+    ) -> ProviderOut:
+        config = await service.get_config(
+            db_session, tenant_id=request.user.tenant_id, config_id=provider_id
+        )
+        if config is None:
+            raise _not_found(provider_id)
+        return ProviderOut.of(config)
+
+    @put("/{provider_id:uuid}", summary="Change a provider config; absent fields are kept")
+    async def update_provider(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        provider_id: FromPath[uuid.UUID],
+        data: JSONBody[ProviderUpdate],
+    ) -> ProviderSaved:
+        _live_caller(request.user)
+        changes = service.ConfigChanges(
+            name=data.name,
+            priority=data.priority,
+            rate_per_second=data.rate_per_second,
+            burst=data.burst,
+            credentials=data.credentials,
+            options=data.options,
+            enabled=data.enabled,
+        )
+        try:
+            saved = await service.update_config(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                config_id=provider_id,
+                changes=changes,
+                actor=request.user.actor,
+                keyring=_keyring(request),
+            )
+        except InvalidProviderConfig as invalid:
+            raise field_error(invalid.field, invalid.message) from None
+        if saved is None:
+            raise _not_found(provider_id)
+        await db_session.commit()
+        return ProviderSaved.with_secret(saved.config, saved.generated_secret)
+
+    @delete("/{provider_id:uuid}", status_code=200, summary="Delete a provider config")
+    async def delete_provider(
+        self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
+    ) -> ProviderDeleted:
+        _live_caller(request.user)
+        deleted = await service.delete_config(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            config_id=provider_id,
+            actor=request.user.actor,
+        )
+        if not deleted:
+            raise _not_found(provider_id)
+        await db_session.commit()
+        return ProviderDeleted(id=provider_id, object="provider", deleted=True)

@@ -1,0 +1,117 @@
+"""Request and response bodies of /v1/providers. Credentials go in, never out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from app.channels import Channel
+from app.providers.credentials import Provider
+from app.providers.models import ProviderConfig
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=1000, description="Lower is tried first.")]
+Rate = Annotated[float, msgspec.Meta(gt=0, le=100_000, description="Sends per second.")]
+Burst = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
+Credentials = Annotated[
+    dict[str, Any],
+    msgspec.Meta(description="Secret settings of the provider; stored encrypted, never returned."),
+]
+Options = Annotated[dict[str, Any], msgspec.Meta(description="Non-secret settings.")]
+
+
+class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    channel: Channel
+    provider: Provider
+    name: Name
+    priority: Priority = 0
+    rate_per_second: Rate | None = None
+    burst: Burst | None = None
+    credentials: Credentials = msgspec.field(default_factory=dict)
+    options: Options = msgspec.field(default_factory=dict)
+    enabled: bool = True
+
+
+class ProviderUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """Absent fields keep their value; `credentials` and `options`, when given, replace the
+    stored object whole. Channel and provider cannot change: create another config."""
+
+    name: Name | None = None
+    priority: Priority | None = None
+    rate_per_second: Rate | None = None
+    burst: Burst | None = None
+    credentials: Credentials | None = None
+    options: Options | None = None
+    enabled: bool | None = None
+
+
+class ProviderOut(msgspec.Struct):
+    id: uuid.UUID
+    object: Literal["provider"]
+    channel: Channel
+    provider: Provider
+    name: str
+    priority: int
+    rate_per_second: float
+    burst: int
+    enabled: bool
+    options: dict[str, Any]
+    fingerprint: Annotated[
+        str, msgspec.Meta(description="First 16 hex digits of the credentials' SHA-256.")
+    ]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, config: ProviderConfig) -> ProviderOut:
+        return cls(**_fields(config))
+
+
+class ProviderSaved(ProviderOut, omit_defaults=True):
+    secret: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="A webhook signing secret Herald generated: in this answer only."
+            ),
+        ]
+        | None
+    ) = None
+
+    @classmethod
+    def with_secret(cls, config: ProviderConfig, secret: str | None) -> ProviderSaved:
+        return cls(**_fields(config), secret=secret)
+
+
+def _fields(config: ProviderConfig) -> dict[str, Any]:
+    return {
+        "id": config.id,
+        "object": "provider",
+        "channel": config.channel,
+        "provider": config.provider,
+        "name": config.name,
+        "priority": config.priority,
+        "rate_per_second": config.rate_per_second,
+        "burst": config.burst,
+        "enabled": config.enabled,
+        "options": config.options,
+        "fingerprint": config.fingerprint,
+        "created_at": config.created_at,
+        "updated_at": config.updated_at,
+    }
+
+
+class ProviderList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[ProviderOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ProviderDeleted(msgspec.Struct):
+    id: uuid.UUID
+    object: Literal["provider"]
+    deleted: bool
