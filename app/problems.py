@@ -113,6 +113,7 @@ def problem_response(
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`")
+_NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]+)`")
 
 
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
@@ -127,6 +128,11 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
             message = message[: match.start()]
             path = match.group("path")
             field = f"{field}.{path}" if field and field != "data" and path else path or field
+        named = _NAMED_FIELD.search(message)
+        if named:  # a missing or unknown member of the object `field` points at
+            inner = named.group("name")
+            # Litestar names the whole body "data"; below it, keys are paths into the body.
+            field = inner if field in ("", "data") else f"{field}.{inner}"
         errors.append({"field": field or "body", "message": message})
     return errors
 
