@@ -40,6 +40,14 @@ def _with_services(settings: Settings) -> Settings:
     return dataclasses.replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
 
 
+def _migrated() -> Settings:
+    from app.migrate import upgrade
+
+    settings = _with_services(_settings())
+    upgrade(_database_url(settings))
+    return settings
+
+
 def _database_url(settings: Settings) -> str:
     assert settings.database_url is not None
     return settings.database_url
@@ -53,10 +61,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Upgrade the database schema to the newest migration."""
-    from app.migrate import upgrade
-
-    settings = _with_services(_settings())
-    upgrade(_database_url(settings))
+    _migrated()
     click.echo("database schema is up to date")
 
 
@@ -149,15 +154,41 @@ def openapi(output: Path) -> None:
     click.echo(f"wrote {output}")
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures (not tests)."""
+
+
+@bench.command("ingest")
+@click.option("--requests", "total", default=20_000, show_default=True)
+@click.option("--concurrency", default=64, show_default=True)
+@click.option("--api-processes", default=2, show_default=True)
+def bench_ingest(total: int, concurrency: int, api_processes: int) -> None:
+    """Single POST /v1/notifications: accepted and committed per second."""
+    from bench import ingest
+
+    settings = _migrated()
+    ingest.run(settings, total=total, concurrency=concurrency, api_processes=api_processes)
+
+
+@bench.command("e2e")
+@click.option("--recipients", default=20_000, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--timeout", default=300.0, show_default=True)
+def bench_e2e(recipients: int, workers: int, timeout: float) -> None:
+    """N recipients through dispatch and delivery on the sandbox: messages/s, latency."""
+    from bench import e2e
+
+    e2e.run(_migrated(), recipients=recipients, workers=workers, timeout=timeout)
+
+
 @main.command()
 def dev() -> None:
     """What `make run` runs: migrate, seed a demo tenant, start the API and workers."""
-    from app.migrate import upgrade
     from app.seed import seed_demo
 
-    settings = _with_services(_settings())
+    settings = _migrated()
     database_url = _database_url(settings)
-    upgrade(database_url)
     demo = asyncio.run(seed_demo(database_url, settings.data_dir))
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.redis_url or ""}
     herald = [sys.executable, "-m", "app.cli"]

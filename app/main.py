@@ -24,12 +24,19 @@ from app.auth.middleware import ApiKeyAuthenticationMiddleware
 from app.db import create_engine, session_factory
 from app.dependencies import provide_db_session
 from app.health import healthz, metrics, readyz
+from app.inbox.api import InboxController
+from app.inbox.tokens import InboxTokenSigner
+from app.notifications.api import NotificationController, list_messages
 from app.observability.logging import configure_logging
 from app.observability.middleware import request_context_middleware
 from app.problems import EXCEPTION_HANDLERS
+from app.providers.api import ProviderController
+from app.recipients.api import CategoryController, RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
+from app.templates.api import TemplateController
 from app.tenants.api import who_am_i
+from jobs import queues
 
 API_VERSION = "2026-11-01"
 
@@ -53,15 +60,18 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
         urls = await asyncio.to_thread(embedded.start)
         engine = create_engine(urls.database_url)
         redis = Redis.from_url(urls.redis_url)
+        arq = await queues.connect(urls.redis_url)
         app.state.update(
             engine=engine,
             sessions=session_factory(engine),
             redis=redis,
+            arq=arq,
             key_cache=KeyCache(settings.api_key_cache_seconds),
         )
         try:
             yield
         finally:
+            await arq.aclose()
             await redis.aclose()
             await engine.dispose()
             await asyncio.to_thread(embedded.stop)
@@ -72,7 +82,18 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
 def api_router() -> Router:
     return Router(
         path="/v1",
-        route_handlers=[who_am_i, ApiKeyController],
+        route_handlers=[
+            who_am_i,
+            ApiKeyController,
+            NotificationController,
+            list_messages,
+            InboxController,
+            RecipientController,
+            CategoryController,
+            SuppressionController,
+            ProviderController,
+            TemplateController,
+        ],
         middleware=[ApiKeyAuthenticationMiddleware],
         security=[{"apiKey": []}],
     )
@@ -119,5 +140,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
             exclude=["/v1/", "/webhooks/"],
         ),
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "inbox_tokens": InboxTokenSigner(secret_key(settings))}),
     )

@@ -6,4 +6,8 @@ from __future__ import annotations
 def load_all() -> None:
     import app.audit.models
     import app.auth.models
+    import app.notifications.models
+    import app.providers.models
+    import app.recipients.models
+    import app.templates.models
     import app.tenants.models  # noqa: F401

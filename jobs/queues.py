@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 from arq import ArqRedis, create_pool
@@ -22,8 +24,58 @@ async def connect(redis_url: str) -> ArqRedis:
 
 
 async def enqueue(
-    pool: ArqRedis, queue: str, function: str, *args: Any, job_id: str | None = None
+    pool: ArqRedis,
+    queue: str,
+    function: str,
+    *args: Any,
+    job_id: str | None = None,
+    defer_until: datetime | None = None,
 ) -> bool:
     """Put one job on a priority queue; False when a job with that id is already there."""
-    job = await pool.enqueue_job(function, *args, _queue_name=QUEUE_NAMES[queue], _job_id=job_id)
+    job = await pool.enqueue_job(
+        function,
+        *args,
+        _queue_name=QUEUE_NAMES[queue],
+        _job_id=job_id,
+        _defer_until=defer_until,
+    )
     return job is not None
+
+
+async def enqueue_dispatch(
+    pool: ArqRedis, notification_id: uuid.UUID, priority: str, send_at: datetime | None
+) -> bool:
+    # The job id is the notification's: enqueueing it twice (a retry, the relay) is harmless.
+    return await enqueue(
+        pool,
+        priority,
+        "dispatch",
+        str(notification_id),
+        job_id=f"dispatch:{notification_id}",
+        defer_until=send_at,
+    )
+
+
+async def enqueue_delivery(pool: ArqRedis, priority: str, message_ids: list[uuid.UUID]) -> bool:
+    return await enqueue(
+        pool,
+        priority,
+        "deliver",
+        [str(message_id) for message_id in message_ids],
+        priority,
+        job_id=f"deliver:{message_ids[0]}:{len(message_ids)}",
+    )
+
+
+async def enqueue_retry(
+    pool: ArqRedis, priority: str, message_id: uuid.UUID, attempt: int, at: datetime
+) -> bool:
+    return await enqueue(
+        pool,
+        priority,
+        "deliver",
+        [str(message_id)],
+        priority,
+        job_id=f"retry:{message_id}:{attempt}",
+        defer_until=at,
+    )

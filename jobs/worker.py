@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 from arq.worker import Worker
 
 from app.db import create_engine, session_factory
+from app.delivery.service import Deliverer
+from app.providers.http import new_client
 from app.settings import Settings
 from jobs.functions import FUNCTIONS
 from jobs.queues import POLL_DELAYS, QUEUE_NAMES, redis_settings
@@ -48,11 +52,28 @@ def build_worker(
     )
 
 
+@asynccontextmanager
+async def worker_context(settings: Settings, database_url: str) -> AsyncIterator[dict[str, Any]]:
+    """What every job of a process shares: database sessions, one HTTP client, the deliverer."""
+    engine = create_engine(database_url)
+    sessions = session_factory(engine)
+    async with new_client() as http:
+        yield {
+            "settings": settings,
+            "sessions": sessions,
+            "deliverer": Deliverer(sessions=sessions, http=http, settings=settings),
+        }
+    await engine.dispose()
+
+
 async def run_workers(
     settings: Settings, database_url: str, redis_url: str, queues: tuple[str, ...]
 ) -> None:
-    engine = create_engine(database_url)
-    ctx: dict[str, Any] = {"settings": settings, "sessions": session_factory(engine)}
+    async with worker_context(settings, database_url) as ctx:
+        await _serve(ctx, redis_url, queues)
+
+
+async def _serve(ctx: dict[str, Any], redis_url: str, queues: tuple[str, ...]) -> None:
     workers = [build_worker(queue, redis_url=redis_url, ctx=ctx) for queue in queues]
     loop = asyncio.get_running_loop()
 
@@ -71,4 +92,3 @@ async def run_workers(
     finally:
         for worker in workers:
             await worker.close()
-        await engine.dispose()

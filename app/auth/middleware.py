@@ -11,6 +11,8 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from app.auth.keys import KeyRejected, Principal, authenticate
+from app.inbox.tokens import PREFIX as INBOX_TOKEN_PREFIX
+from app.inbox.tokens import TokenRejected
 from app.problems import Problem
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="herald"'}
@@ -33,6 +35,13 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         if scheme.lower() != "bearer" or not secret.strip():
             raise _unauthorized("The Authorization header must be `Bearer <API key>`.")
         state = connection.app.state
+        if secret.strip().startswith(INBOX_TOKEN_PREFIX):
+            try:
+                return AuthenticationResult(
+                    user=state.inbox_tokens.verify(secret.strip()), auth=None
+                )
+            except TokenRejected as rejected:
+                raise _unauthorized(str(rejected)) from None
         async with state.sessions() as session:
             try:
                 principal = await authenticate(session, secret.strip(), state.key_cache)
@@ -45,7 +54,7 @@ def requires_scope(
     scope: str,
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal: Principal = connection.user
+        principal: Principal = connection.user  # or a RecipientPrincipal, whose only scope is inbox
         if scope not in principal.scopes:
             raise Problem(
                 403,

@@ -8,11 +8,20 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from arq.jobs import Job, JobStatus
 
 from app.runtime import ServiceUrls
 from jobs import queues
 from jobs.worker import build_worker
+
+
+@pytest.fixture(autouse=True)
+async def empty_queues(service_urls: ServiceUrls) -> None:
+    """Jobs other tests left deferred (retries) would otherwise land in these workers."""
+    pool = await queues.connect(service_urls.redis_url)
+    await pool.delete(*queues.QUEUE_NAMES.values())
+    await pool.aclose()
 
 
 async def test_each_queue_runs_its_own_jobs(service_urls: ServiceUrls) -> None:

@@ -1,0 +1,1 @@
+"""Delivery: claiming queued messages, sending them through providers, recording outcomes."""

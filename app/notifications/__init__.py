@@ -1,0 +1,1 @@
+"""Notifications: the requests tenants make, and the messages they fan out into."""

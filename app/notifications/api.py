@@ -1,0 +1,193 @@
+"""/v1/notifications and /v1/messages: send, inspect, cancel."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from litestar import Controller, Request, Response, get, post
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+
+from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
+from app.channels import Channel
+from app.dependencies import DbSession
+from app.notifications import intake, queries
+from app.notifications.models import Notification
+from app.notifications.schemas import (
+    CancelResult,
+    MessageList,
+    MessageOut,
+    NotificationAccepted,
+    NotificationCreate,
+    NotificationOut,
+)
+from app.pagination import MAX_LIMIT
+from app.problems import Problem, field_error
+from jobs import queues
+
+log = structlog.get_logger(__name__)
+
+ApiRequest = Request[Principal, None, Any]
+MessageStatus = Literal["queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
+
+
+def _accepted(notification: Notification) -> NotificationAccepted:
+    return NotificationAccepted(
+        id=notification.id,
+        object="notification",
+        status=notification.status,
+        created_at=notification.created_at,
+        send_at=notification.send_at,
+    )
+
+
+def message_out(view: queries.MessageView) -> MessageOut:
+    m = view.message
+    return MessageOut(
+        id=m.id,
+        object="message",
+        notification_id=m.notification_id,
+        recipient=view.recipient,
+        channel=m.channel,
+        address=m.address,
+        status=m.status,
+        skip_reason=m.skip_reason,
+        attempts=m.attempts,
+        provider=m.provider,
+        provider_message_id=m.provider_message_id,
+        error_class=m.error_class,
+        last_error=m.last_error,
+        next_attempt_at=m.next_attempt_at,
+        created_at=m.created_at,
+        sent_at=m.sent_at,
+    )
+
+
+def _not_found(notification_id: uuid.UUID) -> Problem:
+    return Problem(404, "not_found", f"No notification {notification_id} in this tenant.")
+
+
+class NotificationController(Controller):
+    path = "/notifications"
+    tags = ["Notifications"]
+
+    @post(
+        "/",
+        status_code=202,
+        guards=[requires_scope("send")],
+        summary="Send a notification; 202 once it is durably accepted",
+    )
+    async def send(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        data: JSONBody[NotificationCreate],
+        idempotency_key: Annotated[
+            str | None, HeaderParameter(header="Idempotency-Key", min_length=1, max_length=255)
+        ] = None,
+    ) -> Response[NotificationAccepted]:
+        try:
+            accepted = await intake.accept(
+                db_session, principal=request.user, body=data, idempotency_key=idempotency_key
+            )
+        except intake.InvalidNotification as invalid:
+            raise field_error(invalid.field, str(invalid)) from None
+        except intake.IdempotencyConflict as conflict:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                f"Idempotency-Key {idempotency_key!r} was used for notification "
+                f"{conflict.original_id} with a different body; use a new key.",
+                errors=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
+            ) from None
+        await db_session.commit()
+        notification = accepted.notification
+        if notification.status == "accepted":
+            await _enqueue(request, notification)
+        headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
+        return Response(_accepted(notification), status_code=202, headers=headers)
+
+    @get(
+        "/{notification_id:uuid}",
+        guards=[requires_scope("read")],
+        summary="A notification and its messages",
+    )
+    async def read(
+        self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
+    ) -> NotificationOut:
+        view = await queries.get_notification(
+            db_session, tenant_id=request.user.tenant_id, notification_id=notification_id
+        )
+        if view is None:
+            raise _not_found(notification_id)
+        n = view.notification
+        return NotificationOut(
+            id=n.id,
+            object="notification",
+            status=n.status,
+            mode=n.mode,
+            template=n.template_key,
+            template_version=n.template_version,
+            category=n.category,
+            channels=n.channels,
+            priority=n.priority,
+            send_at=n.send_at,
+            created_at=n.created_at,
+            dispatched_at=n.dispatched_at,
+            counts=view.counts,
+            problems=n.problems,
+            messages=[message_out(m) for m in view.messages],
+            has_more_messages=view.has_more_messages,
+        )
+
+    @post(
+        "/{notification_id:uuid}/cancel",
+        status_code=200,
+        guards=[requires_scope("send")],
+        summary="Cancel: messages not yet sent are skipped",
+    )
+    async def cancel(
+        self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
+    ) -> CancelResult:
+        outcome = await queries.cancel(
+            db_session, tenant_id=request.user.tenant_id, notification_id=notification_id
+        )
+        if outcome is None:
+            raise _not_found(notification_id)
+        await db_session.commit()
+        notification, cancelled = outcome
+        return CancelResult(notification.id, "notification", notification.status, cancelled)
+
+
+async def _enqueue(request: ApiRequest, notification: Notification) -> None:
+    try:
+        await queues.enqueue_dispatch(
+            request.app.state.arq, notification.id, notification.priority, notification.send_at
+        )
+    except Exception:  # the row is committed: the outbox relay enqueues it later
+        log.exception("enqueue failed", notification_id=str(notification.id))
+
+
+@get("/messages", tags=["Notifications"], guards=[requires_scope("read")], summary="List messages")
+async def list_messages(
+    request: ApiRequest,
+    db_session: DbSession,
+    status: FromQuery[MessageStatus | None] = None,
+    channel: FromQuery[Channel | None] = None,
+    recipient: FromQuery[str | None] = None,
+    notification: FromQuery[uuid.UUID | None] = None,
+    since: FromQuery[datetime | None] = None,
+    until: FromQuery[datetime | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+    cursor: FromQuery[uuid.UUID | None] = None,
+) -> MessageList:
+    filters = queries.MessageFilters(status, channel, recipient, notification, since, until)
+    page = await queries.list_messages(
+        db_session, tenant_id=request.user.tenant_id, filters=filters, limit=limit, cursor=cursor
+    )
+    return MessageList(
+        "list", [message_out(v) for v in page.items], page.has_more, page.next_cursor
+    )

@@ -1,0 +1,203 @@
+"""Dispatch: turn one accepted notification into rendered messages, ready for delivery.
+
+Decided once, here: who the audience is, which (recipient, channel, address) pairs may be
+sent to (preferences, suppressions, missing addresses), and what each says. Content is
+rendered once per (channel, locale) unless the template reads `recipient`, in which case
+per recipient. Messages are written with bulk inserts; re-running dispatch after a crash
+inserts nothing twice and hands back the same delivery batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.ids import uuid7
+from app.notifications.models import Message, Notification, Render
+from app.recipients import service as recipients
+from app.recipients.models import Recipient
+from app.templates.models import TemplateVersion
+from app.templates.rendering import RenderFailed, is_personalised, render
+from app.templates.service import get_template
+
+DELIVERY_BATCH_SIZE = 100
+INSERT_CHUNK = 1_000  # rows per INSERT, well under PostgreSQL's 32,767 bind parameters
+
+
+@dataclass(frozen=True)
+class DeliveryBatch:
+    channel: str
+    priority: str
+    message_ids: list[uuid.UUID]
+
+
+async def dispatch(session: AsyncSession, *, notification_id: uuid.UUID) -> list[DeliveryBatch]:
+    """Write the notification's messages (once) and return its queued messages in batches."""
+    # The row lock serialises dispatch with cancellation of the same notification.
+    notification = await session.scalar(
+        select(Notification).where(Notification.id == notification_id).with_for_update()
+    )
+    if notification is None or notification.status in ("cancelled", "failed"):
+        return []
+    if notification.status == "accepted":
+        await _fan_out(session, notification)
+    return await queued_batches(session, notification)
+
+
+async def _fan_out(session: AsyncSession, notification: Notification) -> None:
+    tenant_id = notification.tenant_id
+    template = await get_template(
+        session,
+        tenant_id=tenant_id,
+        key=notification.template_key,
+        version=notification.template_version,
+    )
+    category = await recipients.get_category(
+        session, tenant_id=tenant_id, key=notification.category
+    )
+    if template is None or category is None:
+        missing = "template" if template is None else "category"
+        notification.status = "failed"
+        notification.problems = {missing: "deleted after the notification was accepted"}
+        return
+    wanted = notification.audience["recipients"]
+    people = await recipients.get_by_external_ids(session, tenant_id=tenant_id, external_ids=wanted)
+    plans = await recipients.plan_deliveries(
+        session,
+        tenant_id=tenant_id,
+        recipients=people,
+        channels=notification.channels,
+        category=category,
+    )
+    # Rendering is CPU work (up to 100 ms a channel): off the event loop, like preview.
+    renders, messages = await asyncio.to_thread(
+        _compose, notification, template, {p.id: p for p in people}, plans
+    )
+    await _insert(session, Render, renders, conflict=False)
+    await _insert(session, Message, messages, conflict=True)
+    found = {p.external_id for p in people}
+    unknown = [external_id for external_id in wanted if external_id not in found]
+    notification.status = "dispatched"
+    notification.dispatched_at = utcnow()
+    if unknown:
+        notification.problems = {"unknown_recipients": unknown[:100]}
+
+
+def _compose(
+    notification: Notification,
+    template: TemplateVersion,
+    people: dict[uuid.UUID, Recipient],
+    plans: Sequence[recipients.PlannedDelivery],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Render content and build message rows; one render per (channel, locale) when possible."""
+    renders: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    shared: dict[tuple[str, str | None], uuid.UUID | RenderFailed] = {}
+    for plan in plans:
+        row = _message_row(notification, plan)
+        messages.append(row)
+        if plan.skip_reason is not None:
+            continue
+        person = people[plan.recipient_id]
+        locale = notification.locale or person.locale
+        if is_personalised(template, plan.channel, locale):
+            outcome = _render(notification, template, plan.channel, locale, person, renders)
+        else:
+            key = (plan.channel, locale)
+            if key not in shared:
+                shared[key] = _render(notification, template, plan.channel, locale, None, renders)
+            outcome = shared[key]
+        if isinstance(outcome, RenderFailed):
+            row.update(
+                status="failed", error_class="render", last_error=f"{outcome.field}: {outcome}"
+            )
+        else:
+            row["render_id"] = outcome
+    return renders, messages
+
+
+def _render(
+    notification: Notification,
+    template: TemplateVersion,
+    channel: str,
+    locale: str | None,
+    person: Recipient | None,
+    renders: list[dict[str, Any]],
+) -> uuid.UUID | RenderFailed:
+    context = recipients.template_context(person) if person is not None else None
+    try:
+        content = render(
+            template, channel, locale=locale, data=notification.data, recipient=context
+        )
+    except RenderFailed as failed:
+        return failed
+    render_id = uuid7()
+    renders.append(
+        {
+            "id": render_id,
+            "notification_id": notification.id,
+            "tenant_id": notification.tenant_id,
+            "channel": channel,
+            "locale": locale,
+            "content": msgspec.to_builtins(content),
+        }
+    )
+    return render_id
+
+
+def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -> dict[str, Any]:
+    return {
+        "id": uuid7(),
+        "notification_id": notification.id,
+        "tenant_id": notification.tenant_id,
+        "recipient_id": plan.recipient_id,
+        "channel": plan.channel,
+        "address": plan.address,
+        "render_id": None,
+        "status": "skipped" if plan.skip_reason else "queued",
+        "skip_reason": plan.skip_reason,
+        "error_class": None,
+        "last_error": None,
+        "created_at": utcnow(),
+    }
+
+
+async def _insert(
+    session: AsyncSession, model: Any, rows: list[dict[str, Any]], *, conflict: bool
+) -> None:
+    for chunk in _chunks(rows, INSERT_CHUNK):
+        statement = insert(model).values(chunk)
+        if conflict:
+            statement = statement.on_conflict_do_nothing()
+        await session.execute(statement)
+
+
+async def queued_batches(session: AsyncSession, notification: Notification) -> list[DeliveryBatch]:
+    rows = await session.execute(
+        select(Message.id, Message.channel)
+        .where(Message.notification_id == notification.id, Message.status == "queued")
+        .order_by(Message.channel, Message.id)
+    )
+    by_channel: dict[str, list[uuid.UUID]] = defaultdict(list)
+    for message_id, channel in rows.all():
+        by_channel[channel].append(message_id)
+    return [
+        DeliveryBatch(channel, notification.priority, chunk)
+        for channel, ids in by_channel.items()
+        for chunk in _chunks(ids, DELIVERY_BATCH_SIZE)
+    ]
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,180 @@
+"""Accepting a notification: validate, write it in one transaction, honour idempotency keys.
+
+The caller gets its 202 once the row is committed; nothing here talks to a provider.
+The same Idempotency-Key with the same body returns the original notification; with a
+different body it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.keys import Principal
+from app.db import utcnow
+from app.ids import uuid7
+from app.notifications.models import Notification
+from app.notifications.schemas import MAX_DATA_BYTES, NotificationCreate
+from app.recipients import service as recipients
+from app.recipients.schemas import RecipientInput
+from app.templates.service import get_template
+
+MAX_SCHEDULE_AHEAD = timedelta(days=90)
+DEFAULT_CATEGORY = "transactional"
+
+
+class InvalidNotification(ValueError):
+    """The request cannot be accepted; `field` names the offending part of the body."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, original_id: uuid.UUID) -> None:
+        super().__init__(str(original_id))
+        self.original_id = original_id
+
+
+@dataclass(frozen=True)
+class Accepted:
+    notification: Notification
+    replayed: bool
+
+
+def request_hash(body: NotificationCreate) -> str:
+    canonical = json.dumps(msgspec.to_builtins(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def accept(
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    body: NotificationCreate,
+    idempotency_key: str | None,
+) -> Accepted:
+    """Validate and store the notification; the caller commits and then enqueues dispatch."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        earlier = await _by_idempotency_key(session, principal.tenant_id, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, digest)
+    values = await _validated_values(session, principal, body)
+    statement = insert(Notification).values(
+        **values, idempotency_key=idempotency_key, request_hash=digest
+    )
+    if idempotency_key is not None:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=[Notification.tenant_id, Notification.idempotency_key]
+        )
+    inserted = await session.scalar(statement.returning(Notification))
+    if inserted is None:  # a concurrent request with the same key won the insert
+        await session.rollback()
+        assert idempotency_key is not None
+        earlier = await _by_idempotency_key(session, principal.tenant_id, idempotency_key)
+        assert earlier is not None
+        return _replay(earlier, digest)
+    return Accepted(notification=inserted, replayed=False)
+
+
+def _replay(earlier: Notification, digest: str) -> Accepted:
+    if earlier.request_hash != digest:
+        raise IdempotencyConflict(earlier.id)
+    return Accepted(notification=earlier, replayed=True)
+
+
+async def _by_idempotency_key(
+    session: AsyncSession, tenant_id: uuid.UUID, key: str
+) -> Notification | None:
+    found: Notification | None = await session.scalar(
+        select(Notification).where(
+            Notification.tenant_id == tenant_id, Notification.idempotency_key == key
+        )
+    )
+    return found
+
+
+async def _validated_values(
+    session: AsyncSession, principal: Principal, body: NotificationCreate
+) -> dict[str, Any]:
+    tenant_id = principal.tenant_id
+    template = await get_template(session, tenant_id=tenant_id, key=body.template)
+    if template is None:
+        raise InvalidNotification("template", f"no template {body.template!r} in this tenant")
+    channels = _channels(body, template.channels)
+    category_key = body.category or template.category or DEFAULT_CATEGORY
+    if await recipients.get_category(session, tenant_id=tenant_id, key=category_key) is None:
+        raise InvalidNotification("category", f"no category {category_key!r} in this tenant")
+    if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
+        raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
+    return {
+        "id": uuid7(),
+        "tenant_id": tenant_id,
+        "api_key_id": principal.key_id,
+        "mode": principal.mode,
+        "template_key": template.key,
+        "template_version": template.version,
+        "category": category_key,
+        "channels": channels,
+        "audience": {"recipients": await _audience(session, principal, body.to)},
+        "data": body.data,
+        "locale": body.locale,
+        "priority": body.priority,
+        "send_at": _send_at(body.send_at),
+        "status": "accepted",
+        "created_at": utcnow(),
+    }
+
+
+def _channels(body: NotificationCreate, available: list[str]) -> list[str]:
+    if body.channels is None:
+        return list(available)
+    for index, channel in enumerate(body.channels):
+        if channel not in available:
+            raise InvalidNotification(
+                f"channels[{index}]",
+                f"template {body.template!r} has no {channel} content "
+                f"(it has: {', '.join(available)})",
+            )
+    return list(dict.fromkeys(body.channels))
+
+
+async def _audience(
+    session: AsyncSession, principal: Principal, to: list[str | RecipientInput]
+) -> list[str]:
+    """External ids of the audience; inline recipients are upserted first, in one statement."""
+    inline = [item for item in to if isinstance(item, RecipientInput)]
+    if inline:
+        try:
+            await recipients.upsert_recipients(session, tenant_id=principal.tenant_id, items=inline)
+        except recipients.RecipientInvalid as invalid:
+            index = to.index(inline[getattr(invalid, "index", 0)])
+            raise InvalidNotification(f"to[{index}].{invalid.field}", str(invalid)) from None
+    ids = [item if isinstance(item, str) else item.external_id for item in to]
+    return list(dict.fromkeys(ids))
+
+
+def _send_at(send_at: datetime | None) -> datetime | None:
+    if send_at is None:
+        return None
+    if send_at.tzinfo is None:
+        raise InvalidNotification(
+            "send_at", "send_at needs a time zone offset, e.g. 2026-01-01T09:00:00Z"
+        )
+    now = datetime.now(UTC)
+    if send_at > now + MAX_SCHEDULE_AHEAD:
+        raise InvalidNotification("send_at", "send_at is more than 90 days ahead")
+    return send_at if send_at > now else None

@@ -1,0 +1,142 @@
+"""notifications, renders, messages and attempts: the send path's durable state.
+
+A notification is one accepted request. Dispatch turns it into messages, one per
+(recipient, channel, address), each pointing at the rendered content it delivers.
+Every provider call is an attempt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, CreatedAt, UuidPrimaryKey
+
+PRIORITIES = ("high", "normal", "low")
+NOTIFICATION_STATUSES = ("accepted", "dispatched", "cancelled", "failed")
+MESSAGE_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
+
+
+class Notification(UuidPrimaryKey, CreatedAt, Base):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        CheckConstraint(f"priority IN {PRIORITIES!r}", name="priority"),
+        CheckConstraint(f"status IN {NOTIFICATION_STATUSES!r}", name="status"),
+        Index("ix_notifications_tenant_id_id", "tenant_id", "id"),
+        Index(
+            "ix_notifications_pending",
+            "created_at",
+            postgresql_where=text("status = 'accepted'"),
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    api_key_id: Mapped[uuid.UUID | None]
+    mode: Mapped[str] = mapped_column(String(8))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    template_key: Mapped[str] = mapped_column(String(100))
+    template_version: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str] = mapped_column(String(64))
+    channels: Mapped[list[str]] = mapped_column(ARRAY(String(16)))
+    audience: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    priority: Mapped[str] = mapped_column(String(8))
+    send_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), default="accepted")
+    dispatched_at: Mapped[datetime | None]
+    problems: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+
+
+class Render(UuidPrimaryKey, Base):
+    """Content rendered once per (template, channel, locale), or per recipient when personalised."""
+
+    __tablename__ = "renders"
+
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[uuid.UUID]
+    channel: Mapped[str] = mapped_column(String(16))
+    locale: Mapped[str | None] = mapped_column(String(35))
+    content: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class Message(UuidPrimaryKey, CreatedAt, Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "recipient_id", "channel", "address"),
+        CheckConstraint(f"status IN {MESSAGE_STATUSES!r}", name="status"),
+        Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+        Index(
+            "ix_messages_inbox",
+            "tenant_id",
+            "recipient_id",
+            "id",
+            postgresql_where=text("channel = 'inbox' AND status = 'sent'"),
+        ),
+        Index(
+            "ix_messages_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
+        ),
+    )
+
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    tenant_id: Mapped[uuid.UUID]
+    recipient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(Text)
+    render_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("renders.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(16))
+    skip_reason: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    error_class: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    tenant_id: Mapped[uuid.UUID]
+    n: Mapped[int] = mapped_column(Integer)
+    provider: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime]
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str | None] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

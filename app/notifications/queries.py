@@ -1,0 +1,129 @@
+"""Reading notifications and messages, and cancelling what has not been sent yet."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.notifications.models import Message, Notification
+from app.pagination import Page
+from app.recipients.models import Recipient
+
+MESSAGES_SHOWN = 100
+
+
+@dataclass(frozen=True)
+class MessageView:
+    message: Message
+    recipient: str
+
+
+@dataclass(frozen=True)
+class NotificationView:
+    notification: Notification
+    counts: dict[str, int]
+    messages: list[MessageView]
+    has_more_messages: bool
+
+
+@dataclass(frozen=True)
+class MessageFilters:
+    status: str | None = None
+    channel: str | None = None
+    recipient: str | None = None
+    notification_id: uuid.UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def get_notification(
+    session: AsyncSession, *, tenant_id: uuid.UUID, notification_id: uuid.UUID
+) -> NotificationView | None:
+    notification = await session.scalar(
+        select(Notification).where(
+            Notification.tenant_id == tenant_id, Notification.id == notification_id
+        )
+    )
+    if notification is None:
+        return None
+    counts = dict(
+        (
+            await session.execute(
+                select(Message.status, func.count())
+                .where(Message.tenant_id == tenant_id, Message.notification_id == notification_id)
+                .group_by(Message.status)
+            )
+        ).all()
+    )
+    page = await list_messages(
+        session,
+        tenant_id=tenant_id,
+        filters=MessageFilters(notification_id=notification_id),
+        limit=MESSAGES_SHOWN,
+        cursor=None,
+    )
+    return NotificationView(notification, counts, page.items, page.has_more)
+
+
+async def list_messages(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    filters: MessageFilters,
+    limit: int,
+    cursor: uuid.UUID | None,
+) -> Page[MessageView]:
+    query = (
+        select(Message, Recipient.external_id)
+        .join(Recipient, Recipient.id == Message.recipient_id)
+        .where(Message.tenant_id == tenant_id)
+    )
+    if filters.status:
+        query = query.where(Message.status == filters.status)
+    if filters.channel:
+        query = query.where(Message.channel == filters.channel)
+    if filters.recipient:
+        query = query.where(
+            Recipient.tenant_id == tenant_id, Recipient.external_id == filters.recipient
+        )
+    if filters.notification_id:
+        query = query.where(Message.notification_id == filters.notification_id)
+    if filters.since:
+        query = query.where(Message.created_at >= filters.since)
+    if filters.until:
+        query = query.where(Message.created_at < filters.until)
+    if cursor is not None:
+        query = query.where(Message.id < cursor)
+    rows = (await session.execute(query.order_by(Message.id.desc()).limit(limit + 1))).all()
+    views = [MessageView(message, external_id) for message, external_id in rows[:limit]]
+    has_more = len(rows) > limit
+    return Page(views, has_more, str(views[-1].message.id) if has_more and views else None)
+
+
+async def cancel(
+    session: AsyncSession, *, tenant_id: uuid.UUID, notification_id: uuid.UUID
+) -> tuple[Notification, int] | None:
+    """Cancel the notification and every message not yet handed to a provider."""
+    notification = await session.scalar(
+        select(Notification)
+        .where(Notification.tenant_id == tenant_id, Notification.id == notification_id)
+        .with_for_update()  # waits for a dispatch in progress, so none of its messages escape
+    )
+    if notification is None:
+        return None
+    if notification.status in ("accepted", "dispatched"):
+        notification.status = "cancelled"
+    result = await session.execute(
+        update(Message)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.notification_id == notification_id,
+            Message.status.in_(("queued", "retrying")),
+        )
+        .values(status="cancelled", next_attempt_at=None, updated_at=func.now())
+    )
+    return notification, result.rowcount  # type: ignore[attr-defined]
