@@ -68,21 +68,27 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default=None, help="Listen address (default HERALD_HOST).")
 @click.option("--port", type=int, default=None, help="Listen port (default HERALD_PORT).")
-def api(host: str | None, port: int | None) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=1, help="Server processes.")
+def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the REST API and the dashboard."""
     import uvicorn
 
     from app.main import create_app
 
     settings = _with_services(_settings())
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        proxy_headers=True,
-        log_level="warning",
-        access_log=False,
-    )
+    options: dict[str, Any] = {
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "proxy_headers": True,
+        "log_level": "warning",
+        "access_log": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Worker processes build their own app from the environment: hand them the services.
+    os.environ.update(DATABASE_URL=_database_url(settings), REDIS_URL=settings.redis_url or "")
+    uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
 
 
 @main.command()
@@ -160,15 +166,14 @@ def bench() -> None:
 
 
 @bench.command("ingest")
-@click.option("--requests", "total", default=20_000, show_default=True)
-@click.option("--concurrency", default=64, show_default=True)
+@click.option("--seconds", default=15, show_default=True)
+@click.option("--connections", default=64, show_default=True)
 @click.option("--api-processes", default=2, show_default=True)
-def bench_ingest(total: int, concurrency: int, api_processes: int) -> None:
-    """Single POST /v1/notifications: accepted and committed per second."""
+def bench_ingest(seconds: int, connections: int, api_processes: int) -> None:
+    """Single POST /v1/notifications: accepted and committed per second (uses wrk)."""
     from bench import ingest
 
-    settings = _migrated()
-    ingest.run(settings, total=total, concurrency=concurrency, api_processes=api_processes)
+    ingest.run(_migrated(), seconds=seconds, connections=connections, api_processes=api_processes)
 
 
 @bench.command("e2e")

@@ -1,59 +1,41 @@
 """`herald bench ingest`: single POST /v1/notifications, accepted and committed per second.
 
-Starts API processes against the configured (or embedded) services, fires single-recipient
-notifications from concurrent clients for a fixed count, then counts the committed rows.
+Starts the API (several server processes) against the configured or embedded services and
+drives it with wrk (Debian package `wrk`), whose C load generator leaves the two cores to
+the server; every request is one single-recipient notification with its own data. Then it
+counts the committed rows: every 202 must be one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
-import httpx
+import click
 from sqlalchemy import func, select
 
 from app.db import create_engine, session_factory
 from app.notifications.models import Notification
 from app.seed import create_tenant_with_key
 from app.settings import Settings
-from bench.common import (
-    free_port,
-    herald,
-    percentile,
-    prepare_tenant,
-    running,
-    service_env,
-    wait_ready,
-)
+from bench.common import free_port, herald, prepare_tenant, running, service_env, wait_ready
 
-
-async def _fire(
-    base_url: str, secret: str, total: int, concurrency: int
-) -> tuple[int, list[float], float]:
-    headers = {"Authorization": f"Bearer {secret}"}
-    latencies: list[float] = []
-    accepted = 0
-    counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=30
-    ) as client:
-
-        async def worker() -> None:
-            nonlocal accepted
-            for n in counter:
-                began = time.perf_counter()
-                response = await client.post(
-                    "/v1/notifications",
-                    json={"template": "bench", "to": [f"user-{n % 100}"], "data": {"order": n}},
-                )
-                latencies.append(time.perf_counter() - began)
-                accepted += response.status_code == 202
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return accepted, latencies, elapsed
+WRK_SCRIPT = """
+local n = 0
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer %(secret)s"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  n = n + 1
+  local to = '"to": ["user-' .. (n %% 100) .. '"]'
+  local body = '{"template": "bench", ' .. to .. ', "data": {"order": ' .. n .. '}}'
+  return wrk.format(nil, "/v1/notifications", nil, body)
+end
+"""
 
 
 async def _committed(database_url: str, tenant_id: object) -> int:
@@ -68,35 +50,50 @@ async def _committed(database_url: str, tenant_id: object) -> int:
     return int(count or 0)
 
 
-def run(settings: Settings, *, total: int, concurrency: int, api_processes: int) -> None:
+def _wrk(url: str, secret: str, seconds: int, connections: int) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "notify.lua"
+        script.write_text(WRK_SCRIPT % {"secret": secret})
+        command = [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def _figure(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    return match.group(1) if match else "?"
+
+
+def run(settings: Settings, *, seconds: int, connections: int, api_processes: int) -> None:
+    if shutil.which("wrk") is None:
+        raise click.ClickException("herald bench ingest needs wrk: apt-get install wrk")
     assert settings.database_url is not None
     tenant_id, secret = asyncio.run(
         create_tenant_with_key(settings.database_url, "bench ingest", "test")
     )
-    ports = [free_port() for _ in range(api_processes)]
-    env = service_env(settings, HERALD_API_KEY_CACHE_SECONDS="1")
-    with running([herald("api", "--port", str(port)) for port in ports], env):
-        urls = [f"http://127.0.0.1:{port}" for port in ports]
-        for url in urls:
-            wait_ready(url)
-        prepare_tenant(urls[0], secret, recipients=100)
-
-        async def all_servers() -> list[tuple[int, list[float], float]]:
-            share = total // len(urls)
-            return await asyncio.gather(
-                *(_fire(url, secret, share, max(1, concurrency // len(urls))) for url in urls)
-            )
-
-        results = asyncio.run(all_servers())
-    accepted = sum(r[0] for r in results)
-    latencies = [lat for r in results for lat in r[1]]
-    elapsed = max(r[2] for r in results)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = herald("api", "--port", str(port), "--workers", str(api_processes))
+    with running([command], service_env(settings)):
+        wait_ready(url)
+        prepare_tenant(url, secret, recipients=100)
+        report = _wrk(url, secret, seconds, connections)
     committed = asyncio.run(_committed(settings.database_url, tenant_id))
-    print(f"ingest: {api_processes} API process(es), {concurrency} clients, {total} requests")
-    print(f"  accepted (202)   {accepted}")
-    print(f"  committed rows   {committed}")
-    print(f"  throughput       {accepted / elapsed:,.0f} notifications/s")
-    print(
-        f"  latency          p50 {percentile(latencies, 0.5) * 1000:.1f} ms · "
-        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+    requests = int(_figure(r"(\d+) requests in", report))
+    failed = int(
+        _figure(r"Non-2xx or 3xx responses: (\d+)", report + "Non-2xx or 3xx responses: 0")
     )
+    print(f"ingest: {api_processes} API processes, wrk {connections} connections, {seconds} s")
+    print(f"  requests         {requests} ({failed} not 202)")
+    print(f"  committed rows   {committed}")
+    print(f"  throughput       {committed / seconds:,.0f} notifications/s accepted and committed")
+    p50, p99 = _figure(r"50%\s+(\S+)", report), _figure(r"99%\s+(\S+)", report)
+    print(f"  latency          p50 {p50} · p99 {p99}")

@@ -18,6 +18,7 @@ from arq.worker import Worker
 
 from app.db import create_engine, session_factory
 from app.delivery.service import Deliverer
+from app.models import load_all
 from app.providers.http import new_client
 from app.settings import Settings
 from jobs.functions import FUNCTIONS
@@ -55,6 +56,7 @@ def build_worker(
 @asynccontextmanager
 async def worker_context(settings: Settings, database_url: str) -> AsyncIterator[dict[str, Any]]:
     """What every job of a process shares: database sessions, one HTTP client, the deliverer."""
+    load_all()  # foreign keys resolve against every table, not only the ones jobs import
     engine = create_engine(database_url)
     sessions = session_factory(engine)
     async with new_client() as http:

@@ -15,7 +15,6 @@ from app.auth.middleware import requires_scope
 from app.channels import Channel
 from app.dependencies import DbSession
 from app.notifications import intake, queries
-from app.notifications.models import Notification
 from app.notifications.schemas import (
     CancelResult,
     MessageList,
@@ -34,7 +33,7 @@ ApiRequest = Request[Principal, None, Any]
 MessageStatus = Literal["queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
 
 
-def _accepted(notification: Notification) -> NotificationAccepted:
+def _accepted(notification: intake.AcceptedNotification) -> NotificationAccepted:
     return NotificationAccepted(
         id=notification.id,
         object="notification",
@@ -162,7 +161,7 @@ class NotificationController(Controller):
         return CancelResult(notification.id, "notification", notification.status, cancelled)
 
 
-async def _enqueue(request: ApiRequest, notification: Notification) -> None:
+async def _enqueue(request: ApiRequest, notification: intake.AcceptedNotification) -> None:
     try:
         await queues.enqueue_dispatch(
             request.app.state.arq, notification.id, notification.priority, notification.send_at

@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
 from arq.jobs import Job, JobStatus
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.runtime import ServiceUrls
 from jobs import queues
 from jobs.worker import build_worker
+from tests.send_path import notification, notify, put_recipient, put_template
+from tests.support import make_tenant
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +93,34 @@ async def test_worker_process_serves_and_stops_on_sigterm(service_urls: ServiceU
         if process.poll() is None:
             process.kill()
         await pool.aclose()
+
+
+async def test_a_notification_through_worker_processes(
+    client: httpx.AsyncClient, session: AsyncSession, service_urls: ServiceUrls
+) -> None:
+    """`herald worker` processes (not in-process workers) take a notification to `sent`."""
+    sandbox = await make_tenant(session, "Process-delivered", mode="test")
+    await put_template(
+        client, sandbox, "proc", {"inbox": {"title": "Hi", "body": "From a process"}}
+    )
+    await put_recipient(client, sandbox, "proc-1")
+    env = {
+        **os.environ,
+        "DATABASE_URL": service_urls.database_url,
+        "REDIS_URL": service_urls.redis_url,
+        "HERALD_ENV": "test",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"], env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        accepted = await notify(client, sandbox, template="proc", to=["proc-1"])
+        for _ in range(100):
+            view = await notification(client, sandbox, accepted["id"])
+            if view["counts"].get("sent"):
+                break
+            await asyncio.sleep(0.1)
+        assert view["counts"] == {"sent": 1}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
