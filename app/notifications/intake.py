@@ -26,7 +26,7 @@ from app.notifications.models import Notification
 from app.notifications.schemas import MAX_DATA_BYTES, NotificationCreate
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
-from app.templates.service import get_template
+from app.templates.service import latest_summary
 
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
 DEFAULT_CATEGORY = "transactional"
@@ -128,7 +128,7 @@ async def _validated_values(
     session: AsyncSession, principal: Principal, body: NotificationCreate
 ) -> dict[str, Any]:
     tenant_id = principal.tenant_id
-    template = await get_template(session, tenant_id=tenant_id, key=body.template)
+    template = await latest_summary(session, tenant_id=tenant_id, key=body.template)
     if template is None:
         raise InvalidNotification("template", f"no template {body.template!r} in this tenant")
     channels = _channels(body, template.channels)

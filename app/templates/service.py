@@ -9,6 +9,7 @@ the numbering (versions are never reused).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exists, func, select, text, update
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.audit import service as audit
+from app.channels import CHANNELS
 from app.pagination import Page, keyset_page
 from app.templates.models import Template, TemplateVersion
 from app.templates.validation import check_template
@@ -100,6 +102,38 @@ async def get_template(
         query = query.where(Template.version == version)
     row = await session.scalar(query)
     return None if row is None else TemplateVersion.of(row)
+
+
+@dataclass(frozen=True)
+class TemplateSummary:
+    """What accepting a notification needs of a template: no content, no JSON decoding."""
+
+    key: str
+    version: int
+    category: str | None
+    channels: list[str]
+
+
+async def latest_summary(
+    session: AsyncSession, *, tenant_id: uuid.UUID, key: str
+) -> TemplateSummary | None:
+    """The newest live version's number, category and channels, in one light query."""
+    keys = select(func.jsonb_object_keys(Template.content)).correlate(Template)
+    channels = func.array(keys.scalar_subquery())
+    row = (
+        await session.execute(
+            select(Template.version, Template.category, channels)
+            .where(
+                Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+            )
+            .order_by(Template.version.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    present = set(row[2])
+    return TemplateSummary(key, row[0], row[1], [c for c in CHANNELS if c in present])
 
 
 async def list_templates(
