@@ -14,8 +14,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
+import redis
 from sqlalchemy import func, select
 
 from app.db import create_engine, session_factory
@@ -24,6 +26,7 @@ from app.seed import create_tenant_with_key
 from app.settings import Settings
 from bench.common import free_port, herald, prepare_tenant, running, service_env, wait_ready
 
+SCRATCH_REDIS_DB = 15
 WRK_SCRIPT = """
 local n = 0
 wrk.method = "POST"
@@ -67,6 +70,10 @@ def _wrk(url: str, secret: str, seconds: int, connections: int) -> str:
         return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
+def _scratch_database(redis_url: str) -> str:
+    return urlsplit(redis_url)._replace(path=f"/{SCRATCH_REDIS_DB}").geturl()
+
+
 def _figure(pattern: str, text: str) -> str:
     match = re.search(pattern, text)
     return match.group(1) if match else "?"
@@ -82,10 +89,14 @@ def run(settings: Settings, *, seconds: int, connections: int, api_processes: in
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = herald("api", "--port", str(port), "--workers", str(api_processes))
-    with running([command], service_env(settings)):
+    # Ingest only: the dispatch jobs it enqueues go to a Redis database of their own, emptied
+    # afterwards, so no worker (nor a later benchmark) inherits the backlog.
+    redis_url = _scratch_database(settings.redis_url or "")
+    with running([command], service_env(settings, REDIS_URL=redis_url)):
         wait_ready(url)
         prepare_tenant(url, secret, recipients=100)
         report = _wrk(url, secret, seconds, connections)
+    redis.Redis.from_url(redis_url).flushdb()
     committed = asyncio.run(_committed(settings.database_url, tenant_id))
     requests = int(_figure(r"(\d+) requests in", report))
     failed = int(
