@@ -25,7 +25,11 @@ async def test_revocation_reaches_another_process_within_a_second(
             assert (await other.get("/v1/tenant", headers=holder.headers)).status_code == 200
             revoked = await client.delete(f"/v1/api-keys/{holder.key_id}", headers=holder.headers)
             assert revoked.status_code == 200
-            started = time.monotonic()
-            while (await other.get("/v1/tenant", headers=holder.headers)).status_code == 200:
-                assert time.monotonic() - started < 1.0 + 0.2, "still accepted after 1 s"
+            revoked_at = time.monotonic()
+            while True:
+                asked_at = time.monotonic()
+                if (await other.get("/v1/tenant", headers=holder.headers)).status_code != 200:
+                    break
+                # A request that set out more than 1 s after the revocation must be refused.
+                assert asked_at - revoked_at < 1.0, "still accepted 1 s after revocation"
                 await asyncio.sleep(0.05)
