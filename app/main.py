@@ -23,6 +23,7 @@ from app.auth.keys import KeyCache
 from app.auth.middleware import ApiKeyAuthenticationMiddleware
 from app.db import create_engine, session_factory
 from app.dependencies import provide_db_session
+from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController
 from app.inbox.tokens import InboxTokenSigner
@@ -87,6 +88,7 @@ def api_router() -> Router:
             ApiKeyController,
             NotificationController,
             list_messages,
+            DlqController,
             InboxController,
             RecipientController,
             CategoryController,

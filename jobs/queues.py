@@ -56,14 +56,18 @@ async def enqueue_dispatch(
     )
 
 
-async def enqueue_delivery(pool: ArqRedis, priority: str, message_ids: list[uuid.UUID]) -> bool:
+async def enqueue_delivery(
+    pool: ArqRedis, priority: str, message_ids: list[uuid.UUID], *, job_id: str | None = None
+) -> bool:
+    # arq refuses a job id whose job or result it still holds: a redelivery (a DLQ replay)
+    # passes its own id, or it would be dropped as a duplicate of the first delivery.
     return await enqueue(
         pool,
         priority,
         "deliver",
         [str(message_id) for message_id in message_ids],
         priority,
-        job_id=f"deliver:{message_ids[0]}:{len(message_ids)}",
+        job_id=job_id or f"deliver:{message_ids[0]}:{len(message_ids)}",
     )
 
 
@@ -76,6 +80,8 @@ async def enqueue_retry(
         "deliver",
         [str(message_id)],
         priority,
-        job_id=f"retry:{message_id}:{attempt}",
+        # The due time makes the id unique even when a replay restarts the attempt count
+        # while the previous retry's result is still kept.
+        job_id=f"retry:{message_id}:{attempt}:{int(at.timestamp() * 1000)}",
         defer_until=at,
     )

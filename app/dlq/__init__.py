@@ -1,0 +1,1 @@
+"""The dead-letter queue: failed messages, listed, grouped, replayed or discarded."""
