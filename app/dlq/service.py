@@ -17,9 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.notifications.models import Attempt, Message, Notification
-from app.notifications.queries import MessageView
+from app.notifications.queries import MessageView, message_page
 from app.pagination import Page
-from app.recipients.models import Recipient
 
 DISCARDED = "discarded"
 
@@ -101,17 +100,7 @@ async def list_failed(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
-    query = (
-        select(Message, Recipient.external_id)
-        .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(*_conditions(tenant_id, filters))
-    )
-    if cursor is not None:
-        query = query.where(Message.id < cursor)
-    rows = (await session.execute(query.order_by(Message.id.desc()).limit(limit + 1))).all()
-    views = [MessageView(message, external_id) for message, external_id in rows[:limit]]
-    has_more = len(rows) > limit
-    return Page(views, has_more, str(views[-1].message.id) if has_more and views else None)
+    return await message_page(session, _conditions(tenant_id, filters), limit=limit, cursor=cursor)
 
 
 async def groups(session: AsyncSession, *, tenant_id: uuid.UUID, filters: Filters) -> list[Group]:

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.notifications.models import Message, Notification
@@ -77,25 +77,35 @@ async def list_messages(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
+    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id]
+    if filters.status:
+        conditions.append(Message.status == filters.status)
+    if filters.channel:
+        conditions.append(Message.channel == filters.channel)
+    if filters.recipient:
+        conditions.append(Recipient.external_id == filters.recipient)
+    if filters.notification_id:
+        conditions.append(Message.notification_id == filters.notification_id)
+    if filters.since:
+        conditions.append(Message.created_at >= filters.since)
+    if filters.until:
+        conditions.append(Message.created_at < filters.until)
+    return await message_page(session, conditions, limit=limit, cursor=cursor)
+
+
+async def message_page(
+    session: AsyncSession,
+    conditions: list[ColumnElement[bool]],
+    *,
+    limit: int,
+    cursor: uuid.UUID | None,
+) -> Page[MessageView]:
+    """Messages matching `conditions` (which must include the tenant), newest first."""
     query = (
         select(Message, Recipient.external_id)
         .join(Recipient, Recipient.id == Message.recipient_id)
-        .where(Message.tenant_id == tenant_id)
+        .where(*conditions)
     )
-    if filters.status:
-        query = query.where(Message.status == filters.status)
-    if filters.channel:
-        query = query.where(Message.channel == filters.channel)
-    if filters.recipient:
-        query = query.where(
-            Recipient.tenant_id == tenant_id, Recipient.external_id == filters.recipient
-        )
-    if filters.notification_id:
-        query = query.where(Message.notification_id == filters.notification_id)
-    if filters.since:
-        query = query.where(Message.created_at >= filters.since)
-    if filters.until:
-        query = query.where(Message.created_at < filters.until)
     if cursor is not None:
         query = query.where(Message.id < cursor)
     rows = (await session.execute(query.order_by(Message.id.desc()).limit(limit + 1))).all()
