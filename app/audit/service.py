@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
@@ -130,12 +130,3 @@ def _check(entry: AuditEntry, prev_hash: str, expected_seq: int) -> str | None:
     if recomputed != entry.hash:
         return "contents do not match the stored hash"
     return None
-
-
-async def count(session: AsyncSession, *, tenant_id: uuid.UUID) -> int:
-    return int(
-        await session.scalar(
-            select(func.count()).select_from(AuditEntry).where(AuditEntry.tenant_id == tenant_id)
-        )
-        or 0
-    )

@@ -25,6 +25,7 @@ from app.dlq.schemas import (
     ReplayResult,
 )
 from app.notifications.api import message_out
+from app.notifications.queries import MessageFilters
 from app.pagination import MAX_LIMIT
 from app.problems import field_error
 from jobs import queues
@@ -44,9 +45,25 @@ def _selection(body: DlqSelection) -> service.Selection:
         raise field_error("ids", "give either ids or filter")
     f = body.filter
     return service.Selection(
-        filters=service.Filters(
-            f.error_class, f.provider, f.channel, f.notification, f.since, f.until
-        )
+        filters=_filters(f.error_class, f.provider, f.channel, f.notification, f.since, f.until)
+    )
+
+
+def _filters(
+    error_class: str | None,
+    provider: str | None,
+    channel: str | None,
+    notification: uuid.UUID | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> MessageFilters:
+    return MessageFilters(
+        channel=channel,
+        notification_id=notification,
+        since=since,
+        until=until,
+        error_class=error_class,
+        provider=provider,
     )
 
 
@@ -69,7 +86,7 @@ class DlqController(Controller):
         cursor: FromQuery[uuid.UUID | None] = None,
     ) -> DlqList:
         tenant_id = request.user.tenant_id
-        filters = service.Filters(error_class, provider, channel, notification, since, until)
+        filters = _filters(error_class, provider, channel, notification, since, until)
         page = await service.list_failed(
             db_session, tenant_id=tenant_id, filters=filters, limit=limit, cursor=cursor
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,20 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.notifications.models import Attempt, Message, Notification
-from app.notifications.queries import MessageView, message_page
+from app.notifications.queries import MessageFilters, MessageView, message_conditions, message_page
 from app.pagination import Page
 
 DISCARDED = "discarded"
-
-
-@dataclass(frozen=True)
-class Filters:
-    error_class: str | None = None
-    provider: str | None = None
-    channel: str | None = None
-    notification_id: uuid.UUID | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -38,7 +28,7 @@ class Selection:
     """Explicit ids, or every failed message matching the filters."""
 
     ids: list[uuid.UUID] | None = None
-    filters: Filters | None = None
+    filters: MessageFilters | None = None
 
 
 @dataclass(frozen=True)
@@ -62,23 +52,8 @@ class ReplayOutcome:
     not_replayable: int
 
 
-def _conditions(tenant_id: uuid.UUID, filters: Filters | None) -> list[ColumnElement[bool]]:
-    conditions = [Message.tenant_id == tenant_id, Message.status == "failed"]
-    if filters is None:
-        return conditions
-    if filters.error_class:
-        conditions.append(Message.error_class == filters.error_class)
-    if filters.provider:
-        conditions.append(Message.provider == filters.provider)
-    if filters.channel:
-        conditions.append(Message.channel == filters.channel)
-    if filters.notification_id:
-        conditions.append(Message.notification_id == filters.notification_id)
-    if filters.since:
-        conditions.append(Message.created_at >= filters.since)
-    if filters.until:
-        conditions.append(Message.created_at < filters.until)
-    return conditions
+def _conditions(tenant_id: uuid.UUID, filters: MessageFilters | None) -> list[ColumnElement[bool]]:
+    return message_conditions(tenant_id, replace(filters or MessageFilters(), status="failed"))
 
 
 def _selected(tenant_id: uuid.UUID, selection: Selection) -> list[ColumnElement[bool]]:
@@ -96,14 +71,16 @@ async def list_failed(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
-    filters: Filters,
+    filters: MessageFilters,
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
     return await message_page(session, _conditions(tenant_id, filters), limit=limit, cursor=cursor)
 
 
-async def groups(session: AsyncSession, *, tenant_id: uuid.UUID, filters: Filters) -> list[Group]:
+async def groups(
+    session: AsyncSession, *, tenant_id: uuid.UUID, filters: MessageFilters
+) -> list[Group]:
     """Counts of every matching failed message by (error class, provider, last status code)."""
     last_attempt = (
         select(Attempt.status_code)

@@ -38,6 +38,30 @@ class MessageFilters:
     notification_id: uuid.UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
+    error_class: str | None = None
+    provider: str | None = None
+
+
+def message_conditions(tenant_id: uuid.UUID, filters: MessageFilters) -> list[ColumnElement[bool]]:
+    """WHERE clauses of the tenant's messages matching `filters`.
+
+    A `recipient` filter names recipients.external_id: the query must join recipients.
+    """
+    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id]
+    equal_to = {
+        Message.status: filters.status,
+        Message.channel: filters.channel,
+        Recipient.external_id: filters.recipient,
+        Message.notification_id: filters.notification_id,
+        Message.error_class: filters.error_class,
+        Message.provider: filters.provider,
+    }
+    conditions += [column == value for column, value in equal_to.items() if value]
+    if filters.since:
+        conditions.append(Message.created_at >= filters.since)
+    if filters.until:
+        conditions.append(Message.created_at < filters.until)
+    return conditions
 
 
 async def get_notification(
@@ -77,19 +101,7 @@ async def list_messages(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
-    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id]
-    if filters.status:
-        conditions.append(Message.status == filters.status)
-    if filters.channel:
-        conditions.append(Message.channel == filters.channel)
-    if filters.recipient:
-        conditions.append(Recipient.external_id == filters.recipient)
-    if filters.notification_id:
-        conditions.append(Message.notification_id == filters.notification_id)
-    if filters.since:
-        conditions.append(Message.created_at >= filters.since)
-    if filters.until:
-        conditions.append(Message.created_at < filters.until)
+    conditions = message_conditions(tenant_id, filters)
     return await message_page(session, conditions, limit=limit, cursor=cursor)
 
 
