@@ -98,6 +98,14 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "next_attempt_at",
             postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
         ),
+        # The sweeper: claims whose lease ran out.
+        Index(
+            "ix_messages_claims",
+            "claimed_until",
+            postgresql_where=text("status = 'sending'"),
+        ),
+        # The dead-letter queue of a tenant, newest first.
+        Index("ix_messages_failed", "tenant_id", "id", postgresql_where=text("status = 'failed'")),
     )
 
     notification_id: Mapped[uuid.UUID] = mapped_column(
@@ -113,6 +121,8 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
     status: Mapped[str] = mapped_column(String(16))
     skip_reason: Mapped[str | None] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Attempts answered "rate limited": recorded, but not spent from the retry budget.
+    rate_limited_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
     provider: Mapped[str | None] = mapped_column(String(32))
