@@ -19,11 +19,14 @@ DEMO_EMAIL = "demo@herald.example"
 DEMO_COMPANY = "Demo Company"
 
 
-async def create_tenant_with_key(database_url: str, name: str, mode: str) -> tuple[uuid.UUID, str]:
+async def create_tenant_with_key(
+    database_url: str, name: str, mode: str, plan: str = "free"
+) -> tuple[uuid.UUID, str]:
     engine = create_engine(database_url, pool=False)
     try:
         async with session_factory(engine)() as session:
             tenant = await create_tenant(session, name=name, actor="cli")
+            tenant.plan = plan  # benchmarks take a plan whose rate limits they cannot reach
             issued = await keys.issue_key(
                 session,
                 tenant_id=tenant.id,

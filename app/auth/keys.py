@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.auth.models import KEY_MODES, SCOPES, ApiKey
 from app.pagination import Page, keyset_page
+from app.tenants.models import Tenant
 
 KEY_PATTERN = re.compile(r"^hk_(live|test)_[0-9A-Za-z]{32}$")
 _ALPHABET = string.ascii_letters + string.digits
@@ -50,6 +51,7 @@ class Principal:
     key_prefix: str
     mode: str
     scopes: frozenset[str]
+    plan: str = "free"  # the tenant's plan, for its rate limits
 
     @property
     def actor(self) -> str:
@@ -194,13 +196,19 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
     cached = cache.get(key_hash)
     if cached is not None:
         return cached
-    # One statement both authenticates and records the use.
+    # One statement authenticates, records the use and reads the tenant's plan.
     row = (
         await session.execute(
             update(ApiKey)
-            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            .where(
+                ApiKey.key_hash == key_hash,
+                ApiKey.revoked_at.is_(None),
+                Tenant.id == ApiKey.tenant_id,
+            )
             .values(last_used_at=func.now())
-            .returning(ApiKey.id, ApiKey.tenant_id, ApiKey.prefix, ApiKey.mode, ApiKey.scopes)
+            .returning(
+                ApiKey.id, ApiKey.tenant_id, ApiKey.prefix, ApiKey.mode, ApiKey.scopes, Tenant.plan
+            )
         )
     ).first()
     await session.commit()
@@ -215,6 +223,7 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
         key_prefix=row.prefix,
         mode=row.mode,
         scopes=frozenset(row.scopes),
+        plan=row.plan,
     )
     cache.put(key_hash, principal)
     return principal

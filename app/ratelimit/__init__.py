@@ -1,0 +1,21 @@
+"""Rate limiting: token buckets in Redis, and the API's per-key intake limit."""
+
+from app.ratelimit.buckets import (
+    Bucket,
+    Grant,
+    TokenBuckets,
+    api_key_bucket,
+    inbox_bucket,
+    provider_bucket,
+    tenant_bucket,
+)
+
+__all__ = [
+    "Bucket",
+    "Grant",
+    "TokenBuckets",
+    "api_key_bucket",
+    "inbox_bucket",
+    "provider_bucket",
+    "tenant_bucket",
+]

@@ -1,0 +1,193 @@
+"""Token buckets in Redis, shared by every process: one Lua script call per decision.
+
+A bucket holds up to `burst` tokens and refills at `rate` tokens per second. `take` debits
+n tokens from several buckets at once, atomically: it grants as many as the emptiest bucket
+holds (possibly fewer than asked, possibly none) and takes that many from each, so a batch
+of deliveries asks once for the tenant's and the provider's buckets together.
+
+Each bucket is a Redis hash {t: tokens as a float string, ts: last refill in microseconds
+of the Redis server's clock}. The server's clock (`TIME`) is the only clock: processes on
+machines whose clocks disagree still share one rate. A key expires once it would have
+refilled to full, so idle buckets vanish; a missing key is a full bucket.
+
+Keys are `herald:tb:{<scope>}:<rest>` where `Bucket.key` is `<scope>:<rest>`: the scope is
+the tenant id, a Redis Cluster hash tag, so all of one tenant's buckets live in one slot
+and a single script may touch them together. Build keys with the helpers below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from app.tenants.plans import PlanLimits
+
+KEY_PREFIX = "herald:tb:"
+# The fixed limits of one recipient's inbox token: one person's front-end, whatever the plan.
+INBOX_RATE = 10.0
+INBOX_BURST = 50
+
+# KEYS: the buckets. ARGV[1]: n, then rate and burst of each bucket in KEYS' order.
+# Returns {granted, remaining, wait in whole microseconds, 1-based index of the limiting
+# bucket}: Redis truncates Lua numbers to integers on the way out, so no fractions leave.
+_TAKE = """
+local n = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local levels = {}
+local granted = n
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local level = tonumber(state[1])
+  local last = tonumber(state[2])
+  if level == nil or last == nil then
+    level = burst
+  elseif now > last then
+    level = math.min(burst, level + (now - last) * rate / 1000000)
+  else
+    level = math.min(burst, level)
+  end
+  levels[i] = level
+  granted = math.min(granted, math.floor(level))
+end
+if granted < 0 then granted = 0 end
+local limiting, worst_wait, worst_left = 1, -1, nil
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local left = levels[i] - granted
+  local wait = 0
+  if left < 1 then wait = (1 - left) / rate end
+  if wait > worst_wait or (wait == worst_wait and left < worst_left) then
+    limiting, worst_wait, worst_left = i, wait, left
+  end
+  -- Nothing taken: the stored level refills to the same value later, so leave it be.
+  if granted > 0 then
+    redis.call('HSET', KEYS[i], 't', string.format('%.17g', left), 'ts', string.format('%.0f', now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((burst - left) / rate * 1000) + 1000)
+  end
+end
+-- The line: messages not granted now are told when their turn comes. The limiting bucket
+-- keeps the time its line ends (q); the first of them waits for the later of that time
+-- and the next token, and the line grows by one token interval per message. Callers
+-- that come back at their turn find tokens there, instead of all at the first token.
+local rest = n - granted
+local turn = 0
+if rest > 0 then
+  local key = KEYS[limiting]
+  local rate = tonumber(ARGV[2 * limiting])
+  local line_end = tonumber(redis.call('HGET', key, 'q')) or 0
+  local first = math.max(line_end, now + worst_wait * 1000000)
+  local new_end = first + rest * 1000000 / rate
+  redis.call('HSET', key, 'q', string.format('%.0f', new_end))
+  local keep = math.ceil((new_end - now) / 1000) + 1000
+  if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
+  turn = first - now
+end
+return {granted, math.floor(worst_left), math.ceil(worst_wait * 1000000), limiting,
+        math.ceil(turn)}
+"""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bucket: `key` is `<tenant id>:<kind>[:<id>…]`; its first segment is the hash tag.
+
+    Every bucket of one `take` must share that first segment (one Redis Cluster slot).
+    """
+
+    key: str  # e.g. "<tenant uuid>:tenant", "<tenant uuid>:provider:<config uuid>"
+    rate: float  # tokens per second
+    burst: int  # capacity
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.burst < 1:
+            raise ValueError(f"bucket {self.key}: rate must be > 0 and burst >= 1")
+        if not self.key.partition(":")[0] or ":" not in self.key:
+            raise ValueError(f"bucket key {self.key!r} must be <scope>:<name>")
+
+    @property
+    def scope(self) -> str:
+        return self.key.partition(":")[0]
+
+    @property
+    def redis_key(self) -> str:
+        scope, _, rest = self.key.partition(":")
+        return f"{KEY_PREFIX}{{{scope}}}:{rest}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int  # tokens taken (0..n)
+    remaining: int  # whole tokens left in the limiting bucket after the take
+    wait: float  # seconds until the limiting bucket holds a whole token (0.0 if it does)
+    rate: float  # the limiting bucket's rate: spread deferred work at it
+    limit: int  # the limiting bucket's burst
+    # Seconds until the turn of the first message not granted, in the limiting bucket's
+    # line; the k-th after it comes k / rate later (0.0 when all were granted).
+    turn: float = 0.0
+
+
+def tenant_bucket(tenant_id: uuid.UUID | str, limits: PlanLimits) -> Bucket:
+    """The tenant's send bucket: messages handed to providers, all channels together."""
+    return Bucket(f"{tenant_id}:tenant", limits.send_rate, limits.send_burst)
+
+
+def provider_bucket(
+    tenant_id: uuid.UUID | str, config: uuid.UUID | str, rate: float, burst: int
+) -> Bucket:
+    """One provider account of the tenant (a provider config id, or a provider's name)."""
+    return Bucket(f"{tenant_id}:provider:{config}", rate, burst)
+
+
+def api_key_bucket(
+    tenant_id: uuid.UUID | str, key_id: uuid.UUID | str, limits: PlanLimits
+) -> Bucket:
+    """API requests made with one key."""
+    return Bucket(f"{tenant_id}:apikey:{key_id}", limits.api_rate, limits.api_burst)
+
+
+def inbox_bucket(tenant_id: uuid.UUID | str, recipient_id: uuid.UUID | str) -> Bucket:
+    """API requests made with inbox tokens of one recipient, whichever token it is."""
+    return Bucket(f"{tenant_id}:inbox:{recipient_id}", INBOX_RATE, INBOX_BURST)
+
+
+class TokenBuckets:
+    """Takes tokens from buckets kept in Redis; build one per process and share it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(_TAKE)
+
+    async def take(self, buckets: Sequence[Bucket], n: int) -> Grant:
+        """Take up to n tokens from every bucket at once; n=0 only reports.
+
+        Grants min(n, whole tokens of the emptiest bucket) and debits that many from each.
+        Raises redis.exceptions.RedisError (or OSError) when Redis cannot be reached.
+        """
+        if not buckets:
+            raise ValueError("take needs at least one bucket")
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        scope = buckets[0].scope
+        if any(bucket.scope != scope for bucket in buckets):
+            raise ValueError("the buckets of one take must share their scope (one Cluster slot)")
+        args: list[float | int] = [n]
+        for bucket in buckets:
+            args += (bucket.rate, bucket.burst)
+        granted, remaining, wait_us, limiting, turn_us = await self._script(
+            keys=[bucket.redis_key for bucket in buckets], args=args
+        )
+        by = buckets[int(limiting) - 1]
+        return Grant(
+            int(granted),
+            int(remaining),
+            int(wait_us) / 1_000_000,
+            by.rate,
+            by.burst,
+            int(turn_us) / 1_000_000,
+        )
