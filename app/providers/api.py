@@ -4,15 +4,22 @@ Credentials are accepted, validated per provider, sealed, and never returned: an
 `fingerprint` instead. A test-mode key may read configs but not change them: test keys are
 the ones that end up in CI logs, and whoever holds one must not be able to redirect a
 tenant's live mail (say, to an SMTP server of their own).
+
+Reads show each config's circuit breaker, read from Redis in one round trip per answer; a
+Redis that does not answer costs the `breaker` object (null), never the answer itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
+import structlog
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from redis.exceptions import RedisError
 
 from app import crypto
 from app.auth.keys import Principal
@@ -23,7 +30,9 @@ from app.dependencies import DbSession
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
 from app.providers import service
+from app.providers.breaker import REDIS_TIMEOUT, BreakerState, CircuitBreakers, route_key_for
 from app.providers.credentials import InvalidProviderConfig
+from app.providers.models import ProviderConfig
 from app.providers.schemas import (
     ProviderCreate,
     ProviderDeleted,
@@ -34,6 +43,8 @@ from app.providers.schemas import (
 )
 
 ApiRequest = Request[Principal, None, Any]
+
+log = structlog.get_logger(__name__)
 
 
 def _not_found(provider_id: uuid.UUID) -> Problem:
@@ -51,6 +62,41 @@ def _live_caller(principal: Principal) -> None:
 
 def _keyring(request: ApiRequest) -> Keyring:
     return crypto.keyring_for(request.app.state.settings)
+
+
+def _breakers(request: ApiRequest) -> CircuitBreakers:
+    breakers: CircuitBreakers = request.app.state.breakers
+    return breakers
+
+
+async def _breaker_states(
+    request: ApiRequest, configs: Sequence[ProviderConfig]
+) -> dict[str, BreakerState]:
+    """The configs' breakers by route key; empty when Redis does not answer in time."""
+    keys = [route_key_for(config.id, config.channel) for config in configs]
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            return await _breakers(request).states(request.user.tenant_id, keys)
+    except (RedisError, OSError, TimeoutError) as error:
+        log.warning("breaker states unavailable", error=f"{type(error).__name__}: {error}")
+        return {}
+
+
+async def _with_breakers(
+    request: ApiRequest, configs: Sequence[ProviderConfig]
+) -> list[ProviderOut]:
+    states = await _breaker_states(request, configs)
+    return [
+        ProviderOut.of(config, states.get(route_key_for(config.id, config.channel)))
+        for config in configs
+    ]
+
+
+async def _saved(request: ApiRequest, saved: service.SavedConfig) -> ProviderSaved:
+    config = saved.config
+    states = await _breaker_states(request, [config])
+    breaker = states.get(route_key_for(config.id, config.channel))
+    return ProviderSaved.with_secret(config, saved.generated_secret, breaker)
 
 
 class ProviderController(Controller):
@@ -85,7 +131,7 @@ class ProviderController(Controller):
         except InvalidProviderConfig as invalid:
             raise field_error(invalid.field, invalid.message) from None
         await db_session.commit()
-        return ProviderSaved.with_secret(saved.config, saved.generated_secret)
+        return await _saved(request, saved)
 
     @get("/", summary="List provider configs, newest first")
     async def list_providers(
@@ -105,7 +151,7 @@ class ProviderController(Controller):
         )
         return ProviderList(
             object="list",
-            data=[ProviderOut.of(config) for config in page.items],
+            data=await _with_breakers(request, page.items),
             has_more=page.has_more,
             next_cursor=page.next_cursor,
         )
@@ -119,7 +165,7 @@ class ProviderController(Controller):
         )
         if config is None:
             raise _not_found(provider_id)
-        return ProviderOut.of(config)
+        return (await _with_breakers(request, [config]))[0]
 
     @put("/{provider_id:uuid}", summary="Change a provider config; absent fields are kept")
     async def update_provider(
@@ -153,7 +199,7 @@ class ProviderController(Controller):
         if saved is None:
             raise _not_found(provider_id)
         await db_session.commit()
-        return ProviderSaved.with_secret(saved.config, saved.generated_secret)
+        return await _saved(request, saved)
 
     @delete("/{provider_id:uuid}", status_code=200, summary="Delete a provider config")
     async def delete_provider(
@@ -170,3 +216,31 @@ class ProviderController(Controller):
             raise _not_found(provider_id)
         await db_session.commit()
         return ProviderDeleted(id=provider_id, object="provider", deleted=True)
+
+    @post(
+        "/{provider_id:uuid}/breaker/reset",
+        status_code=200,
+        summary="Close the config's circuit breaker by hand; answers the config",
+    )
+    async def reset_breaker(
+        self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
+    ) -> ProviderOut:
+        _live_caller(request.user)
+        try:
+            config = await service.reset_breaker(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                config_id=provider_id,
+                actor=request.user.actor,
+                breakers=_breakers(request),
+            )
+        except (RedisError, TimeoutError):
+            raise Problem(
+                503,
+                "service_unavailable",
+                "Redis did not answer: the breaker was not reset. Try again.",
+            ) from None
+        if config is None:
+            raise _not_found(provider_id)
+        await db_session.commit()
+        return (await _with_breakers(request, [config]))[0]

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.channels import Channel
+from app.providers.breaker import BreakerState
 from app.providers.credentials import Provider
 from app.providers.models import ProviderConfig
 
@@ -48,6 +49,36 @@ class ProviderUpdate(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool | None = None
 
 
+class BreakerOut(msgspec.Struct):
+    state: Annotated[
+        Literal["closed", "open", "half_open"],
+        msgspec.Meta(
+            description="closed: in use; open: skipped until `retry_at`; half_open: one "
+            "probe message decides whether it closes or opens again."
+        ),
+    ]
+    calls: Annotated[int, msgspec.Meta(description="Outcomes counted in the current window.")]
+    failures: int
+    opened_at: datetime | None
+    retry_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="Open: when a probe may go; half-open: when the probe expires."),
+    ]
+
+    @classmethod
+    def of(cls, state: BreakerState) -> BreakerOut:
+        return cls(state.state, state.calls, state.failures, state.opened_at, state.retry_at)
+
+
+Breaker = Annotated[
+    BreakerOut | None,
+    msgspec.Meta(
+        description="The config's circuit breaker, shared by all workers; null when its state "
+        "could not be read (Redis did not answer)."
+    ),
+]
+
+
 class ProviderOut(msgspec.Struct):
     id: uuid.UUID
     object: Literal["provider"]
@@ -64,10 +95,11 @@ class ProviderOut(msgspec.Struct):
     ]
     created_at: datetime
     updated_at: datetime
+    breaker: Breaker
 
     @classmethod
-    def of(cls, config: ProviderConfig) -> ProviderOut:
-        return cls(**_fields(config))
+    def of(cls, config: ProviderConfig, breaker: BreakerState | None) -> ProviderOut:
+        return cls(**_fields(config), breaker=_breaker(breaker))
 
 
 class ProviderSaved(ProviderOut, omit_defaults=True):
@@ -82,8 +114,14 @@ class ProviderSaved(ProviderOut, omit_defaults=True):
     ) = None
 
     @classmethod
-    def with_secret(cls, config: ProviderConfig, secret: str | None) -> ProviderSaved:
-        return cls(**_fields(config), secret=secret)
+    def with_secret(
+        cls, config: ProviderConfig, secret: str | None, breaker: BreakerState | None
+    ) -> ProviderSaved:
+        return cls(**_fields(config), breaker=_breaker(breaker), secret=secret)
+
+
+def _breaker(state: BreakerState | None) -> BreakerOut | None:
+    return None if state is None else BreakerOut.of(state)
 
 
 def _fields(config: ProviderConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ tenant's channel. Test mode always gets the sandbox, whatever is configured.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -30,6 +31,7 @@ from app.ids import uuid7
 from app.pagination import Page, keyset_page
 from app.providers import adapters
 from app.providers.base import ProviderAdapter
+from app.providers.breaker import REDIS_TIMEOUT, CircuitBreakers, route_key_for
 from app.providers.credentials import SPECS, InvalidProviderConfig, normalize
 from app.providers.models import ProviderConfig
 from app.settings import Settings
@@ -268,6 +270,39 @@ async def delete_config(
         details=details,
     )
     return True
+
+
+async def reset_breaker(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    config_id: uuid.UUID,
+    actor: str,
+    breakers: CircuitBreakers,
+) -> ProviderConfig | None:
+    """Close a config's circuit breaker by hand; None when the tenant has no such config.
+
+    The audit entry is written first, in the caller's transaction, and the caller commits
+    after the reset: a reset that Redis refuses (RedisError, or TimeoutError after
+    REDIS_TIMEOUT seconds) leaves no entry, and no reset goes unaudited.
+    """
+    config = await get_config(session, tenant_id=tenant_id, config_id=config_id)
+    if config is None:
+        return None
+    route_key = route_key_for(config.id, config.channel)
+    async with asyncio.timeout(REDIS_TIMEOUT):
+        before = (await breakers.states(tenant_id, [route_key]))[route_key]
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="provider.breaker_reset",
+        target=str(config.id),
+        details={**_summary(config), "breaker": before.state, "failures": before.failures},
+    )
+    async with asyncio.timeout(REDIS_TIMEOUT):
+        await breakers.reset(tenant_id, route_key)
+    return config
 
 
 def _summary(config: ProviderConfig) -> dict[str, Any]:
