@@ -29,6 +29,7 @@ from app.recipients.models import Recipient
 from app.templates.models import TemplateVersion
 from app.templates.rendering import RenderFailed, is_personalised, render
 from app.templates.service import get_template
+from app.tenants.settings import get_kill_switches
 
 DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 1_000  # rows per INSERT, well under PostgreSQL's 32,767 bind parameters
@@ -78,6 +79,8 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         recipients=people,
         channels=notification.channels,
         category=category,
+        # drop_noncritical skips channels here; pause is applied at the delivery claim.
+        kill_switches=await get_kill_switches(session, tenant_id=tenant_id),
     )
     # Rendering is CPU work (up to 100 ms a channel): off the event loop, like preview.
     renders, messages = await asyncio.to_thread(

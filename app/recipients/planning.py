@@ -3,12 +3,16 @@
 Two queries at most, whatever the number of recipients: their preferences (skipped for a
 critical category) and the suppressions among their addresses. Critical categories ignore
 opt-outs, never suppressions: a hard-bounced or complaining address stays unreachable.
+A tenant's `drop_noncritical` kill switch on a channel skips that channel for every
+non-critical category (`pause` holds messages at delivery, not here).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from sqlalchemy import ARRAY, Uuid, any_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +26,9 @@ from app.recipients.validation import suppression_key
 NO_ADDRESS = "no_address"
 OPTED_OUT = "opted_out"
 SUPPRESSED = "suppressed"
+KILL_SWITCH = "kill_switch"
+DROP_NONCRITICAL = "drop_noncritical"  # the kill-switch mode that acts at dispatch
+NO_SWITCHES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,8 @@ class PlannedDelivery:
     recipient_id: uuid.UUID
     channel: str
     address: str  # "" when the recipient has none for the channel
-    skip_reason: str | None  # None: deliver; else no_address | opted_out | suppressed
+    # None: deliver; else kill_switch | no_address | opted_out | suppressed
+    skip_reason: str | None
 
 
 def addresses(recipient: Recipient, channel: str) -> list[str]:
@@ -74,8 +82,12 @@ async def plan_deliveries(
     recipients: list[Recipient],
     channels: list[str],
     category: CategoryView,
+    kill_switches: Mapping[str, str] = NO_SWITCHES,
 ) -> list[PlannedDelivery]:
-    """One PlannedDelivery per recipient x channel x address, in that order."""
+    """One PlannedDelivery per recipient x channel x address, in that order.
+
+    `kill_switches` is the tenant's {channel: mode}; critical categories ignore them.
+    """
     unknown = [channel for channel in channels if channel not in CHANNELS]
     if unknown:
         raise ValueError(f"unknown channels: {', '.join(unknown)}")
@@ -87,14 +99,23 @@ async def plan_deliveries(
         for channel in dict.fromkeys(channels)
         for address in addresses(recipient, channel) or [""]
     ]
-    opted_out: set[tuple[uuid.UUID, str]] = set()
+    dropped: set[str] = set()
     if not category.critical:
+        dropped = {c for c in channels if kill_switches.get(c) == DROP_NONCRITICAL}
+    flowing = [channel for channel in dict.fromkeys(channels) if channel not in dropped]
+    opted_out: set[tuple[uuid.UUID, str]] = set()
+    if not category.critical and flowing:
         ids = list({recipient.id for recipient in recipients})
-        opted_out = await _opted_out(session, tenant_id, ids, list(channels), category.key)
-    wanted = {(c, suppression_key(c, address)) for _, c, address in candidates if address}
+        opted_out = await _opted_out(session, tenant_id, ids, flowing, category.key)
+    wanted = {
+        (c, suppression_key(c, address)) for _, c, address in candidates if address and c in flowing
+    }
     blocked = await suppressed(session, tenant_id=tenant_id, pairs=wanted)
 
     def skip_reason(recipient: Recipient, channel: str, address: str) -> str | None:
+        # The tenant's switch comes first: it is why nothing went out on the channel.
+        if channel in dropped:
+            return KILL_SWITCH
         if not address:
             return NO_ADDRESS
         if (recipient.id, channel) in opted_out:

@@ -1,18 +1,43 @@
-"""/v1/tenant: who the calling key belongs to."""
+"""/v1/tenant: who the calling key belongs to, and the tenant's delivery settings.
+
+Reading the settings needs `read`, changing them `manage`. Kill switches and the retry
+policy are the tenant's, not the key's: a test key with `manage` changes them for live
+traffic too.
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-from litestar import Request, get
+import structlog
+from litestar import Controller, Request, get, put
+from litestar.params import FromPath, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
+from app.auth.middleware import requires_scope
 from app.dependencies import DbSession
-from app.problems import Problem
+from app.problems import Problem, field_error
+from app.tenants import settings
+from app.tenants.schemas import (
+    KillSwitchChange,
+    KillSwitches,
+    KillSwitchUpdate,
+    RetryPolicyOut,
+    RetryPolicyUpdate,
+)
 from app.tenants.service import get_tenant
+from jobs import queues
+
+log = structlog.get_logger(__name__)
+
+ApiRequest = Request[Principal, None, Any]
+READ = [requires_scope("read")]
+MANAGE = [requires_scope("manage")]
 
 
 class CallingKey(msgspec.Struct):
@@ -29,14 +54,20 @@ class TenantOut(msgspec.Struct):
     plan: str
     created_at: datetime
     api_key: CallingKey
+    kill_switches: dict[str, str]
+    retry_policy: RetryPolicyOut
+
+
+def _gone() -> Problem:
+    return Problem(404, "not_found", "This key's tenant no longer exists.")
 
 
 @get("/tenant", tags=["Tenant"], summary="The tenant and key making this call")
-async def who_am_i(request: Request[Principal, None, Any], db_session: DbSession) -> TenantOut:
+async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
     principal = request.user
     tenant = await get_tenant(db_session, tenant_id=principal.tenant_id)
     if tenant is None:  # deleted between authentication and now
-        raise Problem(404, "not_found", "This key's tenant no longer exists.")
+        raise _gone()
     return TenantOut(
         id=tenant.id,
         object="tenant",
@@ -49,4 +80,101 @@ async def who_am_i(request: Request[Principal, None, Any], db_session: DbSession
             mode=principal.mode,
             scopes=sorted(principal.scopes),
         ),
+        kill_switches=dict(settings.switches_of(tenant.kill_switches)),
+        retry_policy=RetryPolicyOut.of(settings.RetryPolicy.of(tenant.retry_policy)),
     )
+
+
+async def _release(request: ApiRequest, db_session: AsyncSession, work: settings.ResumeWork) -> int:
+    """Queue the messages a lifted pause held; returns how many were queued."""
+    batches = await settings.held_batches(
+        db_session, tenant_id=work.tenant_id, channel=work.channel
+    )
+    millis = int(time.time() * 1000)
+    released = 0
+    for priority, ids in batches:
+        try:
+            if await queues.enqueue_delivery(
+                request.app.state.arq,
+                priority,
+                ids,
+                job_id=f"resume:{ids[0]}:{len(ids)}:{millis}",
+            ):
+                released += len(ids)
+        except Exception:  # committed; pausing and resuming again releases them
+            log.exception("resume enqueue failed", message_ids=[str(i) for i in ids])
+    return released
+
+
+class TenantSettingsController(Controller):
+    path = "/tenant"
+    tags = ["Tenant"]
+
+    @get("/kill-switches", guards=READ, summary="The tenant's kill switches per channel")
+    async def get_kill_switches(self, request: ApiRequest, db_session: DbSession) -> KillSwitches:
+        switches = await settings.get_kill_switches(db_session, tenant_id=request.user.tenant_id)
+        return KillSwitches("kill_switches", dict(switches))
+
+    @put(
+        "/kill-switches/{channel:str}",
+        guards=MANAGE,
+        status_code=200,
+        summary="Pause a channel, drop its non-critical messages, or switch it back on",
+    )
+    async def put_kill_switch(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        channel: FromPath[str],
+        data: JSONBody[KillSwitchUpdate],
+    ) -> KillSwitchChange:
+        try:
+            work = await settings.set_kill_switch(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                channel=channel,
+                mode=None if data.mode == "off" else data.mode,
+                actor=request.user.actor,
+            )
+        except settings.SettingInvalid as error:
+            raise field_error(error.field, error.message) from None
+        except settings.TenantNotFound:
+            raise _gone() from None
+        await db_session.commit()
+        # After commit: a deliver job must find the switch off, or it would hold them again.
+        released = await _release(request, db_session, work) if work.resumes else 0
+        return KillSwitchChange(
+            object="kill_switch",
+            channel=channel,
+            mode=data.mode,
+            previous=work.previous or "off",
+            channels=dict(work.switches),
+            released=released,
+        )
+
+    @get("/retry-policy", guards=READ, summary="The tenant's retry policy")
+    async def get_retry_policy(self, request: ApiRequest, db_session: DbSession) -> RetryPolicyOut:
+        try:
+            policy = await settings.get_retry_policy(db_session, tenant_id=request.user.tenant_id)
+        except settings.TenantNotFound:
+            raise _gone() from None
+        return RetryPolicyOut.of(policy)
+
+    @put("/retry-policy", guards=MANAGE, status_code=200, summary="Replace the retry policy")
+    async def put_retry_policy(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[RetryPolicyUpdate]
+    ) -> RetryPolicyOut:
+        wanted = settings.RetryPolicy(data.max_attempts, data.window_hours)
+        try:
+            policy = await settings.set_retry_policy(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                policy=wanted,
+                actor=request.user.actor,
+            )
+        except settings.SettingInvalid as error:
+            raise field_error(error.field, error.message) from None
+        except settings.TenantNotFound:
+            raise _gone() from None
+        await db_session.commit()
+        return RetryPolicyOut.of(policy)

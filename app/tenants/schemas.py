@@ -1,0 +1,56 @@
+"""Bodies of /v1/tenant and its delivery settings (kill switches, retry policy).
+
+Limits are checked again by app/tenants/settings.py, which Python callers reach without
+msgspec's decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from app.tenants.settings import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
+
+KillSwitchMode = Literal["pause", "drop_noncritical", "off"]
+
+_DEFAULT = RetryPolicy()
+
+
+class KillSwitchUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    mode: KillSwitchMode
+
+
+class KillSwitches(msgspec.Struct):
+    object: Literal["kill_switches"]
+    channels: dict[str, str]  # only switched channels; an absent one flows normally
+
+
+class KillSwitchChange(msgspec.Struct):
+    object: Literal["kill_switch"]
+    channel: str
+    mode: KillSwitchMode
+    previous: KillSwitchMode
+    channels: dict[str, str]  # every switch of the tenant after the change
+    released: int  # held messages queued for delivery again (a pause was lifted)
+
+
+class RetryPolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The PUT body: it replaces the whole policy; a member left out takes its default."""
+
+    max_attempts: Annotated[
+        int, msgspec.Meta(ge=MAX_ATTEMPTS_RANGE[0], le=MAX_ATTEMPTS_RANGE[1])
+    ] = _DEFAULT.max_attempts
+    window_hours: Annotated[
+        float, msgspec.Meta(ge=WINDOW_HOURS_RANGE[0], le=WINDOW_HOURS_RANGE[1])
+    ] = _DEFAULT.window_hours
+
+
+class RetryPolicyOut(msgspec.Struct):
+    object: Literal["retry_policy"]
+    max_attempts: int
+    window_hours: float
+
+    @classmethod
+    def of(cls, policy: RetryPolicy) -> RetryPolicyOut:
+        return cls("retry_policy", policy.max_attempts, policy.window_hours)

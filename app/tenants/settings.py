@@ -1,0 +1,242 @@
+"""A tenant's delivery settings: kill switches per channel and the retry policy.
+
+Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
+- `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
+  leaves them alone until the pause is lifted, when `held_batches` finds them again.
+- `drop_noncritical`: dispatch writes the channel's messages of non-critical categories
+  `skipped` (skip_reason `kill_switch`); critical categories still flow.
+
+The retry policy (tenants.retry_policy) is read by delivery through `RetryPolicy.of`,
+which takes the defaults for anything absent or unusable in the stored JSON.
+
+Each change is one UPDATE of the tenant row (`||`, `-`, a whole-value SET), so changes
+racing on different channels all stick, and is audited in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any, Literal, cast
+
+from sqlalchemy import String, bindparam, func, or_, select, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import service as audit
+from app.channels import CHANNELS
+from app.notifications.models import PRIORITIES, Message, Notification
+from app.tenants.models import Tenant
+
+KillSwitch = Literal["pause", "drop_noncritical"]
+KILL_SWITCHES: tuple[KillSwitch, ...] = ("pause", "drop_noncritical")
+
+MAX_ATTEMPTS_RANGE = (1, 20)
+WINDOW_HOURS_RANGE = (1.0, 72.0)
+RESUME_BATCH = 100  # message ids per deliver job when a pause is lifted
+
+
+class SettingInvalid(ValueError):
+    """A setting is refused; `field` names it as the API does."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class TenantNotFound(LookupError):
+    """The tenant row is gone (deleted between authentication and now)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8  # 1..20 attempts in all, the first included
+    window_hours: float = 24.0  # 1..72: no attempt is scheduled later than created_at + window
+
+    @classmethod
+    def of(cls, stored: Mapping[str, Any]) -> RetryPolicy:
+        """The policy stored as JSON; an absent, mistyped or out-of-range member is defaulted."""
+        if not isinstance(stored, Mapping):  # None, or JSON that is not an object
+            stored = {}
+        attempts: Any = stored.get("max_attempts")
+        hours: Any = stored.get("window_hours")
+        policy = cls()
+        if not _in_range(attempts, MAX_ATTEMPTS_RANGE, integral=True):
+            attempts = policy.max_attempts
+        if not _in_range(hours, WINDOW_HOURS_RANGE, integral=False):
+            hours = policy.window_hours
+        return cls(max_attempts=int(attempts), window_hours=float(hours))
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.window_hours)
+
+    def check(self) -> None:
+        """Raise SettingInvalid naming the first member out of range."""
+        if not _in_range(self.max_attempts, MAX_ATTEMPTS_RANGE, integral=True):
+            low, high = MAX_ATTEMPTS_RANGE
+            raise SettingInvalid("max_attempts", f"an integer from {low} to {high}")
+        if not _in_range(self.window_hours, WINDOW_HOURS_RANGE, integral=False):
+            low_h, high_h = WINDOW_HOURS_RANGE
+            raise SettingInvalid("window_hours", f"a number from {low_h:g} to {high_h:g}")
+
+
+def _in_range(value: Any, bounds: tuple[float, float], *, integral: bool) -> bool:
+    # bool is an int to Python, never a count or a duration to us.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if integral and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and bounds[0] <= value <= bounds[1]
+
+
+@dataclass(frozen=True)
+class ResumeWork:
+    """A kill-switch change, and whether it lifted a pause (held messages must be released)."""
+
+    tenant_id: uuid.UUID
+    channel: str
+    previous: KillSwitch | None
+    mode: KillSwitch | None
+    switches: dict[str, KillSwitch]  # every switch of the tenant after the change
+
+    @property
+    def resumes(self) -> bool:
+        return self.previous == "pause" and self.mode != "pause"
+
+
+def switches_of(stored: Mapping[str, Any] | None) -> dict[str, KillSwitch]:
+    """The stored map, keeping only known channels and modes (by channel order)."""
+    if not isinstance(stored, Mapping):
+        stored = {}
+    return {
+        channel: cast(KillSwitch, stored[channel])
+        for channel in CHANNELS
+        if stored.get(channel) in KILL_SWITCHES
+    }
+
+
+async def get_kill_switches(
+    session: AsyncSession, *, tenant_id: uuid.UUID
+) -> dict[str, KillSwitch]:
+    """{channel: mode} for the channels switched; one query. Empty for an unknown tenant."""
+    stored = await session.scalar(select(Tenant.kill_switches).where(Tenant.id == tenant_id))
+    return switches_of(stored)
+
+
+# The CTE locks the row first, so `previous` is what this change replaces even when another
+# change of the same tenant commits meanwhile; `||` / `-` then apply to the newest row.
+_SET_SWITCH = """
+WITH old AS (
+    SELECT id, kill_switches ->> :channel AS previous FROM tenants WHERE id = :tenant_id FOR UPDATE
+)
+UPDATE tenants AS t SET kill_switches = {change}
+  FROM old
+ WHERE t.id = old.id
+RETURNING old.previous, t.kill_switches
+"""
+_SWITCH_ON = text(
+    _SET_SWITCH.format(change="t.kill_switches || jsonb_build_object(:channel, :mode)")
+).bindparams(bindparam("channel", type_=String), bindparam("mode", type_=String))
+_SWITCH_OFF = text(_SET_SWITCH.format(change="t.kill_switches - :channel")).bindparams(
+    bindparam("channel", type_=String)
+)
+
+
+async def set_kill_switch(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    channel: str,
+    mode: KillSwitch | None,
+    actor: str,
+) -> ResumeWork:
+    """Switch one channel (None: off) in the caller's transaction; audited.
+
+    After commit, when the result `resumes`, the caller releases `held_batches`.
+    """
+    if channel not in CHANNELS:
+        raise SettingInvalid("channel", f"unknown channel; one of {', '.join(CHANNELS)}")
+    if mode is not None and mode not in KILL_SWITCHES:
+        raise SettingInvalid("mode", f"one of {', '.join(KILL_SWITCHES)}, or off")
+    params: dict[str, Any] = {"tenant_id": tenant_id, "channel": channel}
+    statement = _SWITCH_OFF if mode is None else _SWITCH_ON
+    if mode is not None:
+        params["mode"] = mode
+    row = (await session.execute(statement, params)).first()
+    if row is None:
+        raise TenantNotFound(str(tenant_id))
+    previous = cast(KillSwitch, row[0]) if row[0] in KILL_SWITCHES else None
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="tenant.kill_switch",
+        target=channel,
+        details={"mode": mode or "off", "previous": previous or "off"},
+    )
+    return ResumeWork(tenant_id, channel, previous, mode, switches_of(row[1]))
+
+
+async def held_batches(
+    session: AsyncSession, *, tenant_id: uuid.UUID, channel: str, size: int = RESUME_BATCH
+) -> list[tuple[str, list[uuid.UUID]]]:
+    """(priority, ids) batches of the channel's messages waiting for delivery, high first.
+
+    Messages whose retry is due later keep the deferred job that will deliver them.
+    """
+    rows = await session.execute(
+        select(Notification.priority, Message.id)
+        .join(Notification, Notification.id == Message.notification_id)
+        .where(
+            Message.tenant_id == tenant_id,
+            Notification.tenant_id == tenant_id,
+            Message.channel == channel,
+            Message.status.in_(("queued", "retrying")),
+            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
+        )
+        .order_by(Message.id)
+    )
+    by_priority: dict[str, list[uuid.UUID]] = {priority: [] for priority in PRIORITIES}
+    for priority, message_id in rows:
+        by_priority[priority].append(message_id)
+    return [
+        (priority, ids[start : start + size])
+        for priority, ids in by_priority.items()
+        for start in range(0, len(ids), size)
+    ]
+
+
+async def get_retry_policy(session: AsyncSession, *, tenant_id: uuid.UUID) -> RetryPolicy:
+    stored = await session.scalar(select(Tenant.retry_policy).where(Tenant.id == tenant_id))
+    if stored is None:
+        raise TenantNotFound(str(tenant_id))
+    return RetryPolicy.of(stored)
+
+
+_SET_POLICY = text(
+    "UPDATE tenants SET retry_policy = :policy WHERE id = :tenant_id RETURNING retry_policy"
+).bindparams(bindparam("policy", type_=JSONB))
+
+
+async def set_retry_policy(
+    session: AsyncSession, *, tenant_id: uuid.UUID, policy: RetryPolicy, actor: str
+) -> RetryPolicy:
+    """Replace the tenant's retry policy in the caller's transaction; audited."""
+    policy.check()
+    stored = await session.scalar(_SET_POLICY, {"policy": asdict(policy), "tenant_id": tenant_id})
+    if stored is None:
+        raise TenantNotFound(str(tenant_id))
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="tenant.retry_policy",
+        target=str(tenant_id),
+        details=asdict(policy),
+    )
+    return RetryPolicy.of(stored)

@@ -1,0 +1,379 @@
+"""Kill switches per (tenant, channel): the API, its audit trail and isolation, atomic
+updates under concurrency, `drop_noncritical` at dispatch through real workers, and the
+release of held messages when a pause is lifted."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import service as audit
+from app.audit.models import AuditEntry
+from app.db import utcnow
+from app.notifications.dispatch import dispatch
+from app.notifications.models import Message
+from app.recipients import service as recipients
+from app.recipients.preferences import CategoryView
+from app.runtime import ServiceUrls
+from app.tenants import settings as tenant_settings
+from app.tenants.models import Tenant
+from jobs import queues
+from tests.integration.test_api_auth import assert_problem
+from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
+from tests.support import TenantKey, make_tenant, settings_for
+
+CONTENT = {
+    "email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"},
+    "inbox": {"title": "Hello", "body": "Hi {{ name }}"},
+}
+
+
+@pytest.fixture
+async def sandbox(session: AsyncSession) -> TenantKey:
+    return await make_tenant(session, "Switched", mode="test")
+
+
+async def switch(
+    client: httpx.AsyncClient, tenant: TenantKey, channel: str, mode: str
+) -> dict[str, Any]:
+    response = await client.put(
+        f"/v1/tenant/kill-switches/{channel}", headers=tenant.headers, json={"mode": mode}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def switches(client: httpx.AsyncClient, tenant: TenantKey) -> dict[str, str]:
+    response = await client.get("/v1/tenant/kill-switches", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "kill_switches"
+    channels: dict[str, str] = body["channels"]
+    return channels
+
+
+async def run_workers(service_urls: ServiceUrls) -> None:
+    async with workers(settings_for(service_urls.database_url, service_urls.redis_url)) as ctx:
+        await drain(ctx, service_urls.redis_url)
+
+
+def by_channel(view: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    return {m["channel"]: (m["status"], m["skip_reason"]) for m in view["messages"]}
+
+
+async def test_round_trip(client: httpx.AsyncClient, tenant: TenantKey) -> None:
+    assert await switches(client, tenant) == {}
+
+    paused = await switch(client, tenant, "email", "pause")
+    assert paused == {
+        "object": "kill_switch",
+        "channel": "email",
+        "mode": "pause",
+        "previous": "off",
+        "channels": {"email": "pause"},
+        "released": 0,
+    }
+    dropped = await switch(client, tenant, "sms", "drop_noncritical")
+    assert dropped["channels"] == {"email": "pause", "sms": "drop_noncritical"}
+    assert await switches(client, tenant) == {"email": "pause", "sms": "drop_noncritical"}
+
+    who = (await client.get("/v1/tenant", headers=tenant.headers)).json()
+    assert who["kill_switches"] == {"email": "pause", "sms": "drop_noncritical"}
+
+    changed = await switch(client, tenant, "sms", "pause")
+    assert (changed["previous"], changed["mode"]) == ("drop_noncritical", "pause")
+    off = await switch(client, tenant, "email", "off")
+    assert (off["previous"], off["mode"], off["channels"]) == ("pause", "off", {"sms": "pause"})
+    assert (await switch(client, tenant, "email", "off"))["previous"] == "off"  # idempotent
+    assert await switches(client, tenant) == {"sms": "pause"}
+
+
+async def test_changes_are_audited(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
+) -> None:
+    await switch(client, tenant, "push", "drop_noncritical")
+    await switch(client, tenant, "push", "off")
+    entries = (
+        await session.scalars(
+            select(AuditEntry)
+            .where(
+                AuditEntry.tenant_id == tenant.tenant_id,
+                AuditEntry.action == "tenant.kill_switch",
+            )
+            .order_by(AuditEntry.seq)
+        )
+    ).all()
+    assert [(e.target, e.details) for e in entries] == [
+        ("push", {"mode": "drop_noncritical", "previous": "off"}),
+        ("push", {"mode": "off", "previous": "drop_noncritical"}),
+    ]
+    assert all(e.actor.startswith("api_key:hk_live_") for e in entries)
+    assert await audit.verify(session, tenant_id=tenant.tenant_id) == []
+
+
+@pytest.mark.parametrize(
+    ("channel", "body", "field"),
+    [
+        ("fax", {"mode": "pause"}, "channel"),
+        ("EMAIL", {"mode": "pause"}, "channel"),
+        ("email", {"mode": "stop"}, "mode"),
+        ("email", {"mode": None}, "mode"),
+        ("email", {}, "mode"),
+        ("email", {"mode": "pause", "until": "tomorrow"}, "until"),
+    ],
+)
+async def test_bad_input(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    channel: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    response = await client.put(
+        f"/v1/tenant/kill-switches/{channel}", headers=tenant.headers, json=body
+    )
+    problem = assert_problem(response, 422, "validation_error")
+    assert [e["field"] for e in problem["errors"]] == [field]  # type: ignore[attr-defined]
+    assert await switches(client, tenant) == {}
+    with pytest.raises(tenant_settings.SettingInvalid) as refused:
+        await tenant_settings.set_kill_switch(
+            session, tenant_id=tenant.tenant_id, channel="fax", mode="pause", actor="test"
+        )
+    assert refused.value.field == "channel"
+    await session.rollback()
+
+
+async def test_not_json(client: httpx.AsyncClient, tenant: TenantKey) -> None:
+    response = await client.put(
+        "/v1/tenant/kill-switches/email",
+        headers={**tenant.headers, "content-type": "application/json"},
+        content=b"{mode",
+    )
+    assert_problem(response, 400, "invalid_json")
+
+
+async def test_scopes(client: httpx.AsyncClient, session: AsyncSession) -> None:
+    reader = await make_tenant(session, "Reader", scopes=["read"])
+    sender = await make_tenant(session, "Sender", scopes=["send"])
+    assert await switches(client, reader) == {}
+    response = await client.put(
+        "/v1/tenant/kill-switches/email", headers=reader.headers, json={"mode": "pause"}
+    )
+    assert_problem(response, 403, "insufficient_scope")
+    response = await client.get("/v1/tenant/kill-switches", headers=sender.headers)
+    assert_problem(response, 403, "insufficient_scope")
+    assert await tenant_settings.get_kill_switches(session, tenant_id=reader.tenant_id) == {}
+
+
+async def test_test_keys_switch_the_whole_tenant(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    sandbox = await make_tenant(session, "Both", mode="test")
+    await switch(client, sandbox, "sms", "pause")
+    assert await tenant_settings.get_kill_switches(session, tenant_id=sandbox.tenant_id) == {
+        "sms": "pause"
+    }
+
+
+async def test_tenant_isolation(
+    client: httpx.AsyncClient, tenant: TenantKey, other_tenant: TenantKey, session: AsyncSession
+) -> None:
+    await switch(client, tenant, "email", "pause")
+    assert await switches(client, other_tenant) == {}
+    # The other tenant's key can only ever change its own row.
+    await switch(client, other_tenant, "email", "drop_noncritical")
+    await switch(client, other_tenant, "sms", "pause")
+    released = await switch(client, other_tenant, "email", "off")
+    assert released["channels"] == {"sms": "pause"}
+    assert await switches(client, tenant) == {"email": "pause"}
+    assert await switches(client, other_tenant) == {"sms": "pause"}
+    row = await session.scalar(
+        select(Tenant.kill_switches)
+        .where(Tenant.id == tenant.tenant_id)
+        .execution_options(populate_existing=True)
+    )
+    assert row == {"email": "pause"}
+    who = (await client.get("/v1/tenant", headers=other_tenant.headers)).json()
+    assert who["kill_switches"] == {"sms": "pause"}
+
+
+async def test_concurrent_switches_all_stick(client: httpx.AsyncClient, tenant: TenantKey) -> None:
+    modes = {
+        "email": "pause",
+        "sms": "drop_noncritical",
+        "push": "pause",
+        "webhook": "drop_noncritical",
+        "inbox": "pause",
+    }
+    for _ in range(5):
+        answers = await asyncio.gather(*(switch(client, tenant, c, m) for c, m in modes.items()))
+        assert all(a["previous"] == "off" for a in answers)
+        assert await switches(client, tenant) == modes
+        await asyncio.gather(*(switch(client, tenant, c, "off") for c in modes))
+        assert await switches(client, tenant) == {}
+
+
+async def test_one_of_concurrent_resumes_sees_the_pause(
+    client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    await switch(client, tenant, "email", "pause")
+    answers = await asyncio.gather(*(switch(client, tenant, "email", "off") for _ in range(10)))
+    assert sorted(a["previous"] for a in answers) == ["off"] * 9 + ["pause"]
+
+
+async def test_planning_drops_noncritical_channels(
+    session: AsyncSession, client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    await put_recipient(client, tenant, "ada", email="ada@example.com")
+    people = await recipients.get_by_external_ids(
+        session, tenant_id=tenant.tenant_id, external_ids=["ada"]
+    )
+    marketing = CategoryView("marketing", "Marketing", critical=False)
+    security = CategoryView("security", "Security", critical=True)
+    channels = ["email", "sms", "inbox"]
+
+    async def plan(category: CategoryView, kill: dict[str, str]) -> list[tuple[str, str | None]]:
+        plans = await recipients.plan_deliveries(
+            session,
+            tenant_id=tenant.tenant_id,
+            recipients=people,
+            channels=channels,
+            category=category,
+            kill_switches=kill,
+        )
+        return [(p.channel, p.skip_reason) for p in plans]
+
+    kill = {"email": "drop_noncritical", "sms": "drop_noncritical", "inbox": "pause"}
+    assert await plan(marketing, kill) == [
+        ("email", "kill_switch"),
+        ("sms", "kill_switch"),  # the switch wins over a missing address
+        ("inbox", None),  # pause holds at delivery, not at dispatch
+    ]
+    assert await plan(security, kill) == [("email", None), ("sms", "no_address"), ("inbox", None)]
+    assert await plan(marketing, {}) == [("email", None), ("sms", "no_address"), ("inbox", None)]
+
+
+async def test_drop_noncritical_through_the_send_path(
+    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+) -> None:
+    await put_template(client, sandbox, "news", CONTENT)
+    await put_recipient(client, sandbox, "ada", email="ada@example.com")
+    await switch(client, sandbox, "email", "drop_noncritical")
+
+    promo = await notify(
+        client, sandbox, template="news", to=["ada"], category="marketing", data={"name": "A"}
+    )
+    otp = await notify(
+        client, sandbox, template="news", to=["ada"], category="security", data={"name": "A"}
+    )
+    await run_workers(service_urls)
+
+    assert by_channel(await notification(client, sandbox, promo["id"])) == {
+        "email": ("skipped", "kill_switch"),
+        "inbox": ("sent", None),
+    }
+    assert by_channel(await notification(client, sandbox, otp["id"])) == {
+        "email": ("sent", None),
+        "inbox": ("sent", None),
+    }
+
+    # Switched back on, the channel flows again for every category.
+    await switch(client, sandbox, "email", "off")
+    later = await notify(
+        client, sandbox, template="news", to=["ada"], category="marketing", data={"name": "A"}
+    )
+    await run_workers(service_urls)
+    assert by_channel(await notification(client, sandbox, later["id"]))["email"] == ("sent", None)
+
+
+async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
+    redis = Redis.from_url(redis_url)
+    try:
+        return {
+            priority: [job.decode() for job in await redis.zrange(name, 0, -1)]
+            for priority, name in queues.QUEUE_NAMES.items()
+        }
+    finally:
+        await redis.aclose()
+
+
+async def test_lifting_a_pause_releases_held_messages(
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+) -> None:
+    other = await make_tenant(session, "Neighbour", mode="test")
+    for tenant in (sandbox, other):
+        await put_template(client, tenant, "news", CONTENT)
+        await put_recipient(client, tenant, "ada", email="ada@example.com")
+        await put_recipient(client, tenant, "bob", email="bob@example.com")
+        await switch(client, tenant, "email", "pause")
+    await run_workers(service_urls)  # nothing left over from earlier tests
+
+    def send(tenant: TenantKey, priority: str, to: list[str]) -> Any:
+        body = {"template": "news", "to": to, "priority": priority, "data": {"name": "A"}}
+        return notify(client, tenant, **body)
+
+    urgent = await send(sandbox, "high", ["ada"])
+    bulk = await send(sandbox, "normal", ["ada", "bob"])
+    later = await send(sandbox, "low", ["bob"])
+    neighbour = await send(other, "normal", ["ada"])
+    # Dispatch (run here, not by a worker) still writes the paused channel's messages.
+    for accepted in (urgent, bulk, later, neighbour):
+        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await session.commit()
+    held = by_channel(await notification(client, sandbox, urgent["id"]))
+    assert held == {"email": ("queued", None), "inbox": ("queued", None)}
+    # Workers running meanwhile claim nothing of the paused channel: it stays queued.
+    urgent_ids = [
+        uuid.UUID(m["id"]) for m in (await notification(client, sandbox, urgent["id"]))["messages"]
+    ]
+    pool = await queues.connect(service_urls.redis_url)
+    try:
+        await queues.enqueue_many(pool, [queues.delivery_job("high", urgent_ids)])
+    finally:
+        await pool.aclose()
+    await run_workers(service_urls)
+    held = by_channel(await notification(client, sandbox, urgent["id"]))
+    assert held == {"email": ("queued", None), "inbox": ("sent", None)}
+    # A retry due later keeps the deferred job that will deliver it: not released.
+    [retry_later] = [
+        m["id"]
+        for m in (await notification(client, sandbox, later["id"]))["messages"]
+        if m["channel"] == "email"
+    ]
+    await session.execute(
+        update(Message)
+        .where(Message.id == uuid.UUID(retry_later))
+        .values(status="retrying", next_attempt_at=utcnow() + timedelta(hours=1))
+    )
+    await session.commit()
+
+    resumed = await switch(client, sandbox, "email", "off")
+    # ada (high), ada and bob (normal); not the inbox, the neighbour, or the later retry.
+    assert resumed["released"] == 3
+    jobs = await queued_jobs(service_urls.redis_url)
+    assert [j for j in jobs["high"] if j.startswith("resume:")] != []
+    assert [j for j in jobs["normal"] if j.startswith("resume:")] != []
+    assert [j for j in jobs["low"] if j.startswith("resume:")] == []
+    assert (await switch(client, sandbox, "email", "off"))["released"] == 0
+
+    await run_workers(service_urls)
+    for accepted in (urgent, bulk):
+        view = await notification(client, sandbox, accepted["id"])
+        assert {m["status"] for m in view["messages"]} == {"sent"}, view["messages"]
+    statuses = {
+        m["id"]: m["status"] for m in (await notification(client, sandbox, later["id"]))["messages"]
+    }
+    assert statuses[retry_later] == "retrying"
