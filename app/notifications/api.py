@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
@@ -23,6 +24,7 @@ from app.notifications.schemas import (
     NotificationCreate,
     NotificationOut,
 )
+from app.notifications.writer import IntakeUnavailable, IntakeWriter
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
 from jobs import queues
@@ -89,9 +91,14 @@ class NotificationController(Controller):
         ] = None,
     ) -> Response[NotificationAccepted]:
         try:
-            accepted = await intake.accept(
-                db_session, principal=request.user, body=data, idempotency_key=idempotency_key
-            )
+            accepted = await _accept(request, db_session, data, idempotency_key)
+        except IntakeUnavailable:
+            raise Problem(
+                503,
+                "unavailable",
+                "The notification could not be stored; nothing was accepted. Retry with the "
+                "same Idempotency-Key.",
+            ) from None
         except intake.InvalidNotification as invalid:
             raise field_error(invalid.field, str(invalid)) from None
         except intake.IdempotencyConflict as conflict:
@@ -102,12 +109,8 @@ class NotificationController(Controller):
                 f"{conflict.original_id} with a different body; use a new key.",
                 errors=[{"field": "Idempotency-Key", "message": "reused with a different body"}],
             ) from None
-        await db_session.commit()
-        notification = accepted.notification
-        if notification.status == "accepted":
-            await _enqueue(request, notification)
         headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
-        return Response(_accepted(notification), status_code=202, headers=headers)
+        return Response(_accepted(accepted.notification), status_code=202, headers=headers)
 
     @get(
         "/{notification_id:uuid}",
@@ -161,13 +164,29 @@ class NotificationController(Controller):
         return CancelResult(notification.id, "notification", notification.status, cancelled)
 
 
-async def _enqueue(request: ApiRequest, notification: intake.AcceptedNotification) -> None:
-    try:
-        await queues.enqueue_dispatch(
-            request.app.state.arq, notification.id, notification.priority, notification.send_at
-        )
-    except Exception:  # the row is committed: the outbox relay enqueues it later
-        log.exception("enqueue failed", notification_id=str(notification.id))
+async def _accept(
+    request: ApiRequest,
+    db_session: AsyncSession,
+    body: NotificationCreate,
+    idempotency_key: str | None,
+) -> intake.Accepted:
+    """Plain requests share a group commit; inline recipients need a transaction of their own."""
+    if all(isinstance(item, str) for item in body.to):
+        writer: IntakeWriter = request.app.state.intake_writer
+        return await writer.accept(request.user, body, idempotency_key)
+    accepted = await intake.accept(
+        db_session, principal=request.user, body=body, idempotency_key=idempotency_key
+    )
+    await db_session.commit()
+    notification = accepted.notification
+    if notification.status == "accepted" and not accepted.replayed:
+        try:
+            await queues.enqueue_dispatch(
+                request.app.state.arq, notification.id, notification.priority, notification.send_at
+            )
+        except Exception:  # the row is committed: the outbox relay enqueues it later
+            log.exception("enqueue failed", notification_id=str(notification.id))
+    return accepted
 
 
 @get("/messages", tags=["Notifications"], guards=[requires_scope("read")], summary="List messages")

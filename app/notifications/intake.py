@@ -8,7 +8,6 @@ different body it is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from app.notifications.models import Notification
 from app.notifications.schemas import MAX_DATA_BYTES, NotificationCreate
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
-from app.templates.service import latest_summary
+from app.templates.service import TemplateSummary, latest_summary
 
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
 DEFAULT_CATEGORY = "transactional"
@@ -65,13 +64,14 @@ class Accepted:
     replayed: bool
 
 
+_CANONICAL = msgspec.json.Encoder(order="sorted")
 _TABLE = cast(Table, Notification.__table__)
 _ANSWER = (_TABLE.c.id, _TABLE.c.status, _TABLE.c.priority, _TABLE.c.created_at, _TABLE.c.send_at)
 
 
 def request_hash(body: NotificationCreate) -> str:
-    canonical = json.dumps(msgspec.to_builtins(body), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # Sorted keys: the same body sent with its members in another order is the same request.
+    return hashlib.sha256(_CANONICAL.encode(body)).hexdigest()
 
 
 async def accept(
@@ -129,24 +129,49 @@ async def _validated_values(
 ) -> dict[str, Any]:
     tenant_id = principal.tenant_id
     template = await latest_summary(session, tenant_id=tenant_id, key=body.template)
+    category_key = category_of(body, template)
+    category_found = (
+        await recipients.get_category(session, tenant_id=tenant_id, key=category_key) is not None
+    )
+    row = notification_row(principal, body, template, category_found=category_found)
+    row["audience"] = {"recipients": await _audience(session, principal, body.to)}
+    return row
+
+
+def category_of(body: NotificationCreate, template: TemplateSummary | None) -> str:
+    return body.category or (template.category if template else None) or DEFAULT_CATEGORY
+
+
+def notification_row(
+    principal: Principal,
+    body: NotificationCreate,
+    template: TemplateSummary | None,
+    *,
+    category_found: bool,
+) -> dict[str, Any]:
+    """The notifications row for a request, once its template and category were looked up.
+
+    The audience holds the ids as given; inline recipients are the caller's to upsert.
+    """
     if template is None:
         raise InvalidNotification("template", f"no template {body.template!r} in this tenant")
     channels = _channels(body, template.channels)
-    category_key = body.category or template.category or DEFAULT_CATEGORY
-    if await recipients.get_category(session, tenant_id=tenant_id, key=category_key) is None:
+    category_key = category_of(body, template)
+    if not category_found:
         raise InvalidNotification("category", f"no category {category_key!r} in this tenant")
     if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
         raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
+    ids = [item if isinstance(item, str) else item.external_id for item in body.to]
     return {
         "id": uuid7(),
-        "tenant_id": tenant_id,
+        "tenant_id": principal.tenant_id,
         "api_key_id": principal.key_id,
         "mode": principal.mode,
         "template_key": template.key,
         "template_version": template.version,
         "category": category_key,
         "channels": channels,
-        "audience": {"recipients": await _audience(session, principal, body.to)},
+        "audience": {"recipients": list(dict.fromkeys(ids))},
         "data": body.data,
         "locale": body.locale,
         "priority": body.priority,
