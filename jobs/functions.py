@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from arq.typing import WorkerCoroutine
 
-from app.delivery.service import Deliverer
+from app.delivery.service import Deliverer, Due
 from app.notifications.dispatch import dispatch as dispatch_notification
 from jobs import queues
 
@@ -22,21 +24,32 @@ async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
     async with ctx["sessions"]() as session:
         batches = await dispatch_notification(session, notification_id=uuid.UUID(notification_id))
         await session.commit()
-    for batch in batches:
-        await queues.enqueue_delivery(ctx["redis"], batch.priority, batch.message_ids)
+    await queues.enqueue_many(
+        ctx["redis"], [queues.delivery_job(b.priority, b.message_ids) for b in batches]
+    )
     return len(batches)
 
 
 async def deliver(ctx: dict[str, Any], message_ids: list[str], priority: str) -> int:
-    """Send one batch of messages; schedule the ones to try again. Returns the count sent on."""
+    """Send one batch of messages; schedule the ones to run again. Returns the count asked."""
     deliverer: Deliverer = ctx["deliverer"]
-    ids = [uuid.UUID(message_id) for message_id in message_ids]
-    retries = await deliverer.deliver(ids)
-    for retry in retries:
-        await queues.enqueue_retry(
-            ctx["redis"], priority, retry.message_id, retry.attempt, retry.at
-        )
-    return len(ids)
+    due = await deliverer.deliver([uuid.UUID(message_id) for message_id in message_ids])
+    await queues.enqueue_many(ctx["redis"], later_jobs(due))
+    return len(message_ids)
+
+
+def later_jobs(due: list[Due]) -> list[queues.QueuedJob]:
+    """A retry is a job of its own; messages given back unsent come back together with
+    those due at the same moment (the router times its groups so)."""
+    jobs = [queues.retry_job(d.priority, d.message_id, d.attempt, d.at) for d in due if d.attempt]
+    together: dict[tuple[str, datetime], list[Due]] = defaultdict(list)
+    for item in due:
+        if not item.attempt:
+            together[(item.priority, item.at)].append(item)
+    for group in together.values():
+        for start in range(0, len(group), queues.WAIT_GROUP_SIZE):
+            jobs.append(queues.waiting_job(group[start : start + queues.WAIT_GROUP_SIZE]))
+    return jobs
 
 
 FUNCTIONS: list[WorkerCoroutine] = [ping, dispatch, deliver]

@@ -15,12 +15,17 @@ from typing import Any
 
 import structlog
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from app.db import create_engine, session_factory
+from app.delivery.routing import Router
 from app.delivery.service import Deliverer
 from app.models import load_all
+from app.providers.breaker import CircuitBreakers
 from app.providers.http import new_client
+from app.ratelimit.buckets import TokenBuckets
 from app.settings import Settings
+from jobs.cron import cron_jobs
 from jobs.functions import FUNCTIONS
 from jobs.queues import POLL_DELAYS, QUEUE_NAMES, redis_settings
 
@@ -40,6 +45,9 @@ def build_worker(
 ) -> Worker:
     return Worker(
         functions=FUNCTIONS,
+        # The relay and the sweeper, on every queue: arq runs each tick once (jobs/cron.py).
+        # A burst worker stops when its queue is empty; a tick would keep it waiting.
+        cron_jobs=None if burst else cron_jobs(),
         queue_name=QUEUE_NAMES[queue],
         redis_settings=redis_settings(redis_url),
         ctx=ctx,
@@ -54,24 +62,36 @@ def build_worker(
 
 
 @asynccontextmanager
-async def worker_context(settings: Settings, database_url: str) -> AsyncIterator[dict[str, Any]]:
-    """What every job of a process shares: database sessions, one HTTP client, the deliverer."""
+async def worker_context(
+    settings: Settings, database_url: str, redis_url: str | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """What every job of a process shares: database sessions, one HTTP client, the deliverer
+    with its token buckets and circuit breakers."""
     load_all()  # foreign keys resolve against every table, not only the ones jobs import
     engine = create_engine(database_url)
     sessions = session_factory(engine)
-    async with new_client() as http:
-        yield {
-            "settings": settings,
-            "sessions": sessions,
-            "deliverer": Deliverer(sessions=sessions, http=http, settings=settings),
-        }
-    await engine.dispose()
+    url = redis_url or settings.redis_url
+    assert url is not None, "workers need REDIS_URL"
+    redis = Redis.from_url(url)
+    router = Router(buckets=TokenBuckets(redis), breakers=CircuitBreakers(redis))
+    try:
+        async with new_client() as http:
+            yield {
+                "settings": settings,
+                "sessions": sessions,
+                "deliverer": Deliverer(
+                    sessions=sessions, http=http, settings=settings, router=router
+                ),
+            }
+    finally:
+        await redis.aclose()
+        await engine.dispose()
 
 
 async def run_workers(
     settings: Settings, database_url: str, redis_url: str, queues: tuple[str, ...]
 ) -> None:
-    async with worker_context(settings, database_url) as ctx:
+    async with worker_context(settings, database_url, redis_url) as ctx:
         await _serve(ctx, redis_url, queues)
 
 
@@ -81,6 +101,8 @@ async def _serve(ctx: dict[str, Any], redis_url: str, queues: tuple[str, ...]) -
 
     def stop(signum: signal.Signals) -> None:
         log.info("worker shutting down", signal=signum.name, grace_seconds=SHUTDOWN_GRACE)
+        # Sends already made finish; claimed messages not yet sent are given back.
+        ctx["deliverer"].stopping.set()
         for worker in workers:
             worker.handle_sig_wait_for_completion(signum)
 

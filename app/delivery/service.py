@@ -1,16 +1,21 @@
-"""Deliver a batch of messages: claim atomically, send with bounded concurrency, record in bulk.
+"""Deliver a batch of messages: claim, route, send with bounded concurrency, record in bulk.
 
-The claim is one UPDATE that moves messages from queued/retrying to sending with a lease;
-a message another worker holds, or one cancelled meanwhile, is not claimed. Outcomes are
-written with one bulk UPDATE of messages and one INSERT of attempts.
+Claimed messages are grouped by tenant, channel and provider routes; the router decides
+which provider sends each one now and which wait (tokens, open breakers). Sends run with
+bounded concurrency; outcomes are written with one bulk UPDATE of messages and one INSERT
+of attempts, and each route's breaker hears how its calls went. What the caller gets back
+is every message that must run again, and when: retries, waits and, on shutdown, the
+messages whose send had not started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,23 +24,29 @@ import httpx
 import msgspec
 import structlog
 from prometheus_client import Counter, Histogram
-from sqlalchemy import text, update
+from redis.exceptions import RedisError
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import utcnow
-from app.delivery.retry import MAX_ATTEMPTS, retry_delay
+from app.delivery.claims import Claimed, claim, release
+from app.delivery.retry import retry_delay
+from app.delivery.routing import UNGUARDED, Allocation, Router, Send
 from app.notifications.models import Attempt, Message
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult
+from app.providers.breaker import route_key_for
 from app.providers.service import ProviderRoute, build_adapter, routes_for
 from app.recipients.service import add_suppressions
 from app.settings import Settings
-from app.templates.content import Content
+from app.tenants.settings import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
-CLAIM_LEASE = timedelta(seconds=120)
 SEND_CONCURRENCY = 32
+# When Redis (buckets, breakers) cannot be asked, claimed messages wait this long.
+ROUTING_UNAVAILABLE_WAIT = timedelta(seconds=5)
+FAILURE_CLASSES = ("transient", "config")  # what a breaker counts against a provider
 
 MESSAGES_SENT = Counter(
     "herald_messages_total",
@@ -44,87 +55,117 @@ MESSAGES_SENT = Counter(
 )
 SEND_LATENCY = Histogram("herald_provider_latency_seconds", "Provider call latency", ["provider"])
 
-_CLAIM = text(
-    """
-    UPDATE messages AS m
-       SET status = 'sending', claimed_until = now() + :lease, attempts = m.attempts + 1,
-           updated_at = now()
-      FROM renders AS r, notifications AS n
-     WHERE m.id = ANY(:ids)
-       AND m.status IN ('queued', 'retrying')
-       AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-       AND r.id = m.render_id AND n.id = m.notification_id
-    RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
-              m.attempts, r.content, n.mode
-    """
-)
-
-
-@dataclass
-class Claimed:
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    notification_id: uuid.UUID
-    recipient_id: uuid.UUID
-    channel: str
-    address: str
-    attempt: int
-    content: Content
-    mode: str
+RouteTable = dict[tuple[uuid.UUID, str, str], list[ProviderRoute]]
 
 
 @dataclass(frozen=True)
-class Retry:
+class Due:
+    """A message to run again at `at`; `attempt` is 0 when it was not an attempt."""
+
     message_id: uuid.UUID
-    attempt: int
+    priority: str
     at: datetime
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Sent:
+    send: Send
+    provider: str
+    result: SendResult
+    latency_ms: int
 
 
 @dataclass
 class Deliverer:
-    """What a worker process keeps between batches: sessions, one HTTP client, built adapters."""
+    """What a worker process keeps between batches: sessions, HTTP client, router, adapters."""
 
     sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
     settings: Settings
+    router: Router
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)
+    # Set on shutdown: sends not yet started are given back instead of made.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def deliver(self, message_ids: list[uuid.UUID]) -> list[Retry]:
+    async def deliver(self, message_ids: Sequence[uuid.UUID]) -> list[Due]:
+        """Send what may go now; return every message to run again, and when."""
         async with self.sessions() as session:
             claimed = await claim(session, message_ids)
             await session.commit()
             if not claimed:
                 return []
-            routes = await self._routes(session, claimed)
-        started = utcnow()
-        results = await _send_all(claimed, lambda message: self._send(message, routes))
+            routes = await _routes(session, claimed)
+        now = utcnow()
+        allocation = await self._allocate(claimed, routes, now)
+        outcomes = await self._send_all(allocation.sends)
+        started = [o for o in outcomes if isinstance(o, Sent)]
+        unstarted = [o for o in outcomes if isinstance(o, Send)]
+        waiting = allocation.waiting + [(s.message, now) for s in unstarted]
+        await self._tell_breakers(started)
         async with self.sessions() as session:
-            retries = await record(session, claimed, results, started)
+            retries = await record(session, started, now)
+            await release(session, [(m.id, at) for m, at in waiting])
             await session.commit()
-        return retries
+        return retries + [Due(m.id, m.priority, at) for m, at in waiting]
 
-    async def _routes(
-        self, session: AsyncSession, claimed: list[Claimed]
-    ) -> dict[tuple[uuid.UUID, str, str], list[ProviderRoute]]:
-        wanted = {(m.tenant_id, m.channel, m.mode) for m in claimed if m.channel != "inbox"}
-        return {
-            key: await routes_for(session, tenant_id=key[0], channel=key[1], mode=key[2])
-            for key in wanted
-        }
+    async def _allocate(
+        self, claimed: list[Claimed], routes: RouteTable, now: datetime
+    ) -> Allocation:
+        allocation = Allocation()
+        for (tenant_id, channel, mode, platform), group in _groups(claimed).items():
+            if channel == "inbox":  # Herald's own store: no provider, no tokens
+                allocation.sends += [Send(message, None) for message in group]
+                continue
+            candidates = [
+                r
+                for r in routes.get((tenant_id, channel, mode), [])
+                if not platform or r.provider == platform or r.provider in UNGUARDED
+            ]
+            try:
+                part = await self.router.allocate(group, candidates, now)
+            except RedisError as error:
+                log.warning("routing unavailable: messages wait", error=str(error))
+                part = Allocation(waiting=[(m, now + ROUTING_UNAVAILABLE_WAIT) for m in group])
+            allocation.sends += part.sends
+            allocation.waiting += part.waiting
+        return allocation
 
-    async def _send(
-        self, message: Claimed, routes: dict[tuple[uuid.UUID, str, str], list[ProviderRoute]]
-    ) -> tuple[str, SendResult]:
+    async def _send_all(self, sends: list[Send]) -> list[Sent | Send]:
+        """Every send's outcome; a send still waiting for its turn at shutdown comes back as is."""
+        gate = asyncio.Semaphore(SEND_CONCURRENCY)
+
+        async def one(send: Send) -> Sent | Send:
+            async with gate:
+                if self.stopping.is_set():
+                    return send
+                return await self._send(send)
+
+        return list(await asyncio.gather(*(one(send) for send in sends)))
+
+    async def _send(self, send: Send) -> Sent:
+        message, route = send.message, send.route
+        began = time.perf_counter()
+        try:
+            provider, result = await self._call(message, route)
+        except Exception as error:  # an adapter bug must not lose the batch's outcomes
+            log.exception("adapter raised", message_id=str(message.id))
+            provider = route.provider if route else "unknown"
+            result = SendResult(
+                ok=False, error_class="transient", error=f"internal error: {type(error).__name__}"
+            )
+        elapsed = time.perf_counter() - began
+        if route is not None:
+            SEND_LATENCY.labels(route.provider).observe(elapsed)
+        return Sent(send, provider, result, int(elapsed * 1000))
+
+    async def _call(self, message: Claimed, route: ProviderRoute | None) -> tuple[str, SendResult]:
         if message.channel == "inbox":  # the inbox is Herald's own store: the row is the delivery
             return "inbox", SendResult(ok=True)
-        route = _route_for(
-            message, routes.get((message.tenant_id, message.channel, message.mode), [])
-        )
         if route is None:
             return "none", SendResult(
                 ok=False, error_class="config", error=f"no {message.channel} provider is configured"
             )
-        adapter = self._adapter(route)
         outbound = OutboundMessage(
             message_id=message.id,
             tenant_id=message.tenant_id,
@@ -134,10 +175,7 @@ class Deliverer:
             content=message.content,
             headers={},
         )
-        began = time.perf_counter()
-        result = await adapter.send(outbound)
-        SEND_LATENCY.labels(route.provider).observe(time.perf_counter() - began)
-        return route.provider, result
+        return route.provider, await self._adapter(route).send(outbound)
 
     def _adapter(self, route: ProviderRoute) -> ProviderAdapter:
         key = f"{route.config_id}:{route.provider}:{hash(msgspec.json.encode(route.credentials))}"
@@ -147,99 +185,83 @@ class Deliverer:
             self.adapters[key] = adapter
         return adapter
 
-
-def _route_for(message: Claimed, routes: list[ProviderRoute]) -> ProviderRoute | None:
-    if message.channel == "push" and message.mode != "test":
-        platform = message.address.split(":", 1)[0]
-        routes = [route for route in routes if route.provider == platform]
-    return routes[0] if routes else None
-
-
-async def claim(session: AsyncSession, message_ids: list[uuid.UUID]) -> list[Claimed]:
-    rows = await session.execute(_CLAIM, {"ids": message_ids, "lease": CLAIM_LEASE})
-    return [
-        Claimed(
-            id=row.id,
-            tenant_id=row.tenant_id,
-            notification_id=row.notification_id,
-            recipient_id=row.recipient_id,
-            channel=row.channel,
-            address=row.address,
-            attempt=row.attempts,
-            content=msgspec.convert(row.content, Content),
-            mode=row.mode,
-        )
-        for row in rows
-    ]
-
-
-async def _send_all(
-    claimed: list[Claimed], send: Callable[[Claimed], Awaitable[tuple[str, SendResult]]]
-) -> list[tuple[str, SendResult, int]]:
-    gate = asyncio.Semaphore(SEND_CONCURRENCY)
-
-    async def one(message: Claimed) -> tuple[str, SendResult, int]:
-        async with gate:
-            began = time.perf_counter()
+    async def _tell_breakers(self, started: list[Sent]) -> None:
+        tally: dict[tuple[uuid.UUID, str, bool], list[int]] = defaultdict(lambda: [0, 0])
+        for outcome in started:
+            route = outcome.send.route
+            if route is None or route.provider in UNGUARDED:
+                continue
+            key = (outcome.send.message.tenant_id, route_key_for(route.config_id, route.channel))
+            failed = outcome.result.error_class in FAILURE_CLASSES
+            tally[(*key, outcome.send.probe)][1 if failed else 0] += 1
+        for (tenant_id, route_key, probe), (successes, failures) in tally.items():
             try:
-                provider, result = await send(message)
-            except Exception as error:  # an adapter bug must not lose the batch's outcomes
-                log.exception("adapter raised", message_id=str(message.id))
-                provider, result = (
-                    "unknown",
-                    SendResult(
-                        ok=False,
-                        error_class="transient",
-                        error=f"internal error: {type(error).__name__}",
-                    ),
+                await self.router.breakers.record(
+                    tenant_id, route_key, successes=successes, failures=failures, probe=probe
                 )
-            return provider, result, int((time.perf_counter() - began) * 1000)
+            except RedisError as error:
+                log.warning("breaker not updated", route=route_key, error=str(error))
 
-    return list(await asyncio.gather(*(one(message) for message in claimed)))
+
+def _groups(claimed: list[Claimed]) -> dict[tuple[uuid.UUID, str, str, str], list[Claimed]]:
+    groups: dict[tuple[uuid.UUID, str, str, str], list[Claimed]] = defaultdict(list)
+    for message in claimed:
+        platform = message.platform if message.mode == "live" else ""
+        groups[(message.tenant_id, message.channel, message.mode, platform)].append(message)
+    return groups
 
 
-async def record(
-    session: AsyncSession,
-    claimed: list[Claimed],
-    results: list[tuple[str, SendResult, int]],
-    started: datetime,
-) -> list[Retry]:
+async def _routes(session: AsyncSession, claimed: list[Claimed]) -> RouteTable:
+    wanted = {(m.tenant_id, m.channel, m.mode) for m in claimed if m.channel != "inbox"}
+    return {
+        key: await routes_for(session, tenant_id=key[0], channel=key[1], mode=key[2])
+        for key in wanted
+    }
+
+
+async def record(session: AsyncSession, started: list[Sent], now: datetime) -> list[Due]:
     """Write every outcome in bulk; return the messages to try again, and when."""
-    now = utcnow()
     updates: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
-    retries: list[Retry] = []
+    retries: list[Due] = []
     suppressions: dict[uuid.UUID, list[tuple[str, str, str, str]]] = {}
-    for message, (provider, result, latency_ms) in zip(claimed, results, strict=True):
-        update_row = _outcome(message, provider, result, now)
-        updates.append(update_row)
-        if update_row["status"] == "retrying":
-            retries.append(Retry(message.id, message.attempt, update_row["next_attempt_at"]))
+    for outcome in started:
+        message, provider, result = outcome.send.message, outcome.provider, outcome.result
+        row = _outcome(message, provider, result, now)
+        updates.append(row)
+        if row["status"] == "retrying":
+            retries.append(
+                Due(message.id, message.priority, row["next_attempt_at"], message.attempt)
+            )
         if result.suppress_address:
             reason = "unregistered_device" if message.channel == "push" else "hard_bounce"
             suppressions.setdefault(message.tenant_id, []).append(
                 (message.channel, message.address, reason, provider)
             )
-        attempts.append(
-            {
-                "message_id": message.id,
-                "tenant_id": message.tenant_id,
-                "n": message.attempt,
-                "provider": provider,
-                "started_at": started,
-                "latency_ms": latency_ms,
-                "outcome": "sent" if result.ok else "failed",
-                "error_class": result.error_class,
-                "status_code": result.status_code,
-                "error": result.error,
-            }
-        )
-        MESSAGES_SENT.labels(message.channel, provider, update_row["status"]).inc()
-    await session.execute(update(Message), updates)
-    await session.execute(insert(Attempt), attempts)
+        attempts.append(_attempt_row(outcome, now))
+        MESSAGES_SENT.labels(message.channel, provider, row["status"]).inc()
+    if updates:
+        await session.execute(update(Message), updates)
+        await session.execute(insert(Attempt), attempts)
     for tenant_id, entries in suppressions.items():
         await add_suppressions(session, tenant_id=tenant_id, entries=entries)
     return retries
+
+
+def _attempt_row(outcome: Sent, started: datetime) -> dict[str, Any]:
+    message, result = outcome.send.message, outcome.result
+    return {
+        "message_id": message.id,
+        "tenant_id": message.tenant_id,
+        "n": message.attempt,
+        "provider": outcome.provider,
+        "started_at": started,
+        "latency_ms": outcome.latency_ms,
+        "outcome": "sent" if result.ok else "failed",
+        "error_class": result.error_class,
+        "status_code": result.status_code,
+        "error": result.error,
+    }
 
 
 def _outcome(message: Claimed, provider: str, result: SendResult, now: datetime) -> dict[str, Any]:
@@ -253,11 +275,34 @@ def _outcome(message: Claimed, provider: str, result: SendResult, now: datetime)
         "next_attempt_at": None,
         "sent_at": None,
         "provider_message_id": result.provider_message_id,
+        "rate_limited_attempts": message.rate_limited_attempts,
     }
     if result.ok:
         return {**row, "status": "sent", "sent_at": now}
-    retryable = result.error_class in ("transient", "rate_limited")
-    if retryable and message.attempt < MAX_ATTEMPTS:
-        delay = retry_delay(message.attempt, result.retry_after)
-        return {**row, "status": "retrying", "next_attempt_at": now + timedelta(seconds=delay)}
-    return {**row, "status": "failed"}
+    rate_limited = result.error_class == "rate_limited"
+    if rate_limited:
+        row["rate_limited_attempts"] += 1
+    at = _next_attempt(message, result, now)
+    if at is None:
+        return {**row, "status": "failed"}
+    return {**row, "status": "retrying", "next_attempt_at": at}
+
+
+def _next_attempt(message: Claimed, result: SendResult, now: datetime) -> datetime | None:
+    """When to try again under the tenant's retry policy; None sends it to the DLQ.
+
+    Rate-limited answers are not spent from the attempt budget, only the time window.
+    """
+    if result.error_class not in ("transient", "rate_limited"):
+        return None
+    policy = RetryPolicy.of(message.retry_policy)
+    rate_limited = result.error_class == "rate_limited"
+    spent = message.attempt - message.rate_limited_attempts - (1 if rate_limited else 0)
+    if not rate_limited and spent >= policy.max_attempts:
+        return None
+    if rate_limited and result.retry_after:
+        delay = result.retry_after + random.uniform(0, 1)  # spread the herd past the reset
+    else:
+        delay = retry_delay(max(spent, 1), result.retry_after)
+    at = now + timedelta(seconds=delay)
+    return at if at <= message.created_at + policy.window else None

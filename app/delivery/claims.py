@@ -1,0 +1,108 @@
+"""Claiming messages for delivery, and giving back the ones not sent.
+
+The claim is one UPDATE that moves messages from queued/retrying to sending with a lease
+and counts the attempt; a message another worker holds, one cancelled meanwhile, one not
+yet due, or one whose tenant paused its channel is not claimed. A message released
+without a provider call gets its attempt back and waits until the time it is given.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.templates.content import Content
+
+CLAIM_LEASE = timedelta(seconds=120)
+
+_CLAIM = text(
+    """
+    UPDATE messages AS m
+       SET status = 'sending', claimed_until = now() + :lease, attempts = m.attempts + 1,
+           updated_at = now()
+      FROM renders AS r, notifications AS n, tenants AS t
+     WHERE m.id = ANY(:ids)
+       AND m.status IN ('queued', 'retrying')
+       AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
+       AND r.id = m.render_id AND n.id = m.notification_id AND t.id = m.tenant_id
+       AND (t.kill_switches ->> m.channel) IS DISTINCT FROM 'pause'
+    RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
+              m.attempts, m.rate_limited_attempts, m.created_at, r.content, n.mode,
+              n.priority, t.plan, t.retry_policy
+    """
+)
+
+# Not an attempt: the count goes back, and a message that had failed before keeps saying so.
+_RELEASE = text(
+    """
+    UPDATE messages AS m
+       SET status = CASE WHEN m.attempts > 1 THEN 'retrying' ELSE 'queued' END,
+           attempts = m.attempts - 1, claimed_until = NULL, next_attempt_at = w.at,
+           updated_at = now()
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS w(id, at)
+     WHERE m.id = w.id AND m.status = 'sending'
+    """
+)
+
+
+@dataclass
+class Claimed:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    notification_id: uuid.UUID
+    recipient_id: uuid.UUID
+    channel: str
+    address: str
+    attempt: int  # this attempt's number, counted from 1
+    rate_limited_attempts: int  # earlier attempts a provider answered "rate limited"
+    created_at: datetime
+    content: Content
+    mode: str
+    priority: str
+    plan: str
+    retry_policy: dict[str, Any]
+
+    @property
+    def platform(self) -> str:
+        """Push messages name their platform in the address (`fcm:<token>`)."""
+        return self.address.split(":", 1)[0] if self.channel == "push" else ""
+
+
+async def claim(
+    session: AsyncSession, message_ids: Sequence[uuid.UUID], lease: timedelta = CLAIM_LEASE
+) -> list[Claimed]:
+    rows = await session.execute(_CLAIM, {"ids": list(message_ids), "lease": lease})
+    return [
+        Claimed(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            notification_id=row.notification_id,
+            recipient_id=row.recipient_id,
+            channel=row.channel,
+            address=row.address,
+            attempt=row.attempts,
+            rate_limited_attempts=row.rate_limited_attempts,
+            created_at=row.created_at,
+            content=msgspec.convert(row.content, Content),
+            mode=row.mode,
+            priority=row.priority,
+            plan=row.plan,
+            retry_policy=row.retry_policy,
+        )
+        for row in rows
+    ]
+
+
+async def release(session: AsyncSession, waiting: Sequence[tuple[uuid.UUID, datetime]]) -> None:
+    """Give claimed messages back unsent; each is due again at its time."""
+    if waiting:
+        await session.execute(
+            _RELEASE, {"ids": [m for m, _ in waiting], "ats": [at for _, at in waiting]}
+        )

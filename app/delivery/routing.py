@@ -1,0 +1,120 @@
+"""Which provider sends each claimed message now, and which messages wait.
+
+For one group of messages (same tenant, channel and provider routes) the routes are tried
+in priority order. A route's circuit breaker admits some calls (all when closed, one probe
+when half-open, none when open); those go to the next route (failover). Admitted calls
+take tokens from the tenant's bucket and the route's bucket in one Redis call; messages
+that get none wait for the exact time the buckets refill, spread at the limiting rate, so
+no worker ever sleeps holding them. With every route's breaker open, messages wait for
+the earliest probe rather than fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from prometheus_client import Counter
+
+from app.delivery.claims import Claimed
+from app.providers.breaker import CircuitBreakers, route_key_for
+from app.providers.service import ProviderRoute
+from app.ratelimit.buckets import Bucket, TokenBuckets, provider_bucket, tenant_bucket
+from app.tenants.plans import limits_for
+
+# Breakers guard real provider accounts; the sandbox's outcomes are chosen by address,
+# so its simulated failures must not trip anything.
+UNGUARDED = ("sandbox",)
+
+DEFERRED = Counter(
+    "herald_messages_deferred_total", "Messages put back to wait, by reason", ["reason"]
+)
+
+
+@dataclass(frozen=True)
+class Send:
+    message: Claimed
+    route: ProviderRoute | None  # None: the inbox, or a channel with no provider at all
+    probe: bool = False  # the half-open breaker's one trial call
+
+
+@dataclass
+class Allocation:
+    sends: list[Send] = field(default_factory=list)
+    waiting: list[tuple[Claimed, datetime]] = field(default_factory=list)  # not an attempt
+
+
+@dataclass
+class Router:
+    buckets: TokenBuckets
+    breakers: CircuitBreakers
+
+    async def allocate(
+        self, messages: Sequence[Claimed], routes: Sequence[ProviderRoute], now: datetime
+    ) -> Allocation:
+        """Messages of one tenant and channel, and that channel's routes by priority."""
+        allocation = Allocation()
+        if not routes:
+            allocation.sends += [Send(message, None) for message in messages]
+            return allocation
+        pending = list(messages)
+        retry_at: datetime | None = None
+        for route in routes:
+            if not pending:
+                break
+            admitted, probe, route_retry = await self._admit(route, pending)
+            if route_retry is not None:
+                retry_at = min(retry_at or route_retry, route_retry)
+            chosen, pending = pending[:admitted], pending[admitted:]
+            await self._take_tokens(route, chosen, probe, now, allocation)
+        # Every route refused (breakers open): wait for the first probe, not an attempt.
+        wake = retry_at or now + timedelta(seconds=1)
+        allocation.waiting += [(message, wake) for message in pending]
+        DEFERRED.labels("breaker_open").inc(len(pending))
+        return allocation
+
+    async def _admit(
+        self, route: ProviderRoute, pending: list[Claimed]
+    ) -> tuple[int, bool, datetime | None]:
+        if route.provider in UNGUARDED:
+            return len(pending), False, None
+        tenant_id = pending[0].tenant_id
+        key = route_key_for(route.config_id, route.channel)
+        admission = await self.breakers.admit(tenant_id, key, len(pending))
+        return admission.allowed, admission.probe, admission.retry_at
+
+    async def _take_tokens(
+        self,
+        route: ProviderRoute,
+        chosen: list[Claimed],
+        probe: bool,
+        now: datetime,
+        allocation: Allocation,
+    ) -> None:
+        if not chosen:
+            return
+        grant = await self.buckets.take(_buckets(route, chosen[0]), len(chosen))
+        allocation.sends += [Send(m, route, probe) for m in chosen[: grant.granted]]
+        rest = chosen[grant.granted :]
+        # Each message has its own turn in the bucket's line, so deferred batches of every
+        # worker come back as the bucket refills, not all at the next token. They come back
+        # in groups due at their last member's turn: a group no larger than half the burst
+        # finds its tokens still there (a bucket holds no more than its burst).
+        size = max(1, grant.limit // 2)
+        for start in range(0, len(rest), size):
+            group = rest[start : start + size]
+            last_turn = grant.turn + (start + len(group) - 1) / grant.rate
+            at = now + timedelta(seconds=last_turn)
+            allocation.waiting += [(message, at) for message in group]
+        DEFERRED.labels("rate_limit").inc(len(rest))
+
+
+def _buckets(route: ProviderRoute, message: Claimed) -> list[Bucket]:
+    tenant = tenant_bucket(message.tenant_id, limits_for(message.plan))
+    if route.config_id is None:  # the sandbox: no provider account to protect
+        return [tenant]
+    provider = provider_bucket(
+        message.tenant_id, route.config_id, route.rate_per_second, route.burst
+    )
+    return [tenant, provider]

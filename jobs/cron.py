@@ -1,0 +1,136 @@
+"""Periodic jobs that rebuild the queue from PostgreSQL: the outbox relay and the sweeper.
+
+- `relay` (every RELAY_EVERY s): accepted notifications due more than RELAY_AFTER ago get
+  their dispatch job again (job id `dispatch:<id>`: refused while the first one is queued or
+  running). arq also refuses an id whose result it keeps (keep_result, 60 s): a dispatch that
+  ran and raised blocks its re-enqueue for that long, which is acceptable.
+- `sweep` (every SWEEP_EVERY s): messages whose claim expired are released and enqueued;
+  queued or retrying messages due more than SWEEP_OVERDUE_AFTER ago are enqueued again.
+
+Every queue's worker registers both (jobs/worker.py). arq enqueues a tick under the job id
+`cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
+worker's enqueue wins and the others are refused while the job is queued or running. arq's
+cron default keep_result=0 would drop that id once the run ends, so a worker whose
+heartbeat came late (all its job slots busy) could enqueue the same tick again and run it a
+second time; CRON_KEEP_RESULT keeps the id for longer than any such delay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from arq import ArqRedis
+from arq.cron import CronJob, cron
+from prometheus_client import Counter
+
+from app.delivery.sweeper import DueMessage, expired_claims, overdue
+from app.notifications.relay import stale_accepted
+from jobs import queues
+
+log = structlog.get_logger(__name__)
+
+RELAY_EVERY = 5  # seconds
+RELAY_AFTER = timedelta(seconds=10)  # the API's own enqueue has had time to land
+RELAY_LIMIT = 1_000
+SWEEP_EVERY = 10  # seconds
+SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
+SWEEP_LIMIT = 1_000  # per reason and tick
+SWEEP_BATCH = 100  # message ids per deliver job, as dispatch makes them
+CRON_TIMEOUT = 60  # seconds; below the workers' job_timeout, so arq's in-progress TTL holds
+CRON_KEEP_RESULT = 300  # seconds a tick's id stays taken after its run
+
+RELAY_ENQUEUED = Counter(
+    "herald_relay_enqueued_total", "Dispatch jobs the outbox relay enqueued again"
+)
+SWEEPER_REQUEUED = Counter(
+    "herald_sweeper_requeued_total",
+    "Messages the sweeper enqueued again",
+    ["reason"],  # expired_claim | overdue
+)
+
+
+async def relay(
+    ctx: dict[str, Any], *, older_than: timedelta = RELAY_AFTER, limit: int = RELAY_LIMIT
+) -> int:
+    """Enqueue dispatch for notifications still accepted after their due time; the count."""
+    async with ctx["sessions"]() as session:
+        pending = await stale_accepted(session, older_than=older_than, limit=limit)
+    enqueued = 0
+    for notification in pending:
+        enqueued += await queues.enqueue_dispatch(
+            ctx["redis"], notification.id, notification.priority, notification.send_at
+        )
+    RELAY_ENQUEUED.inc(enqueued)
+    # A stale row whose job is still there (a backlog) is found but not enqueued again.
+    _log("relay", stale=len(pending), enqueued=enqueued)
+    return enqueued
+
+
+async def sweep(
+    ctx: dict[str, Any],
+    *,
+    overdue_after: timedelta = SWEEP_OVERDUE_AFTER,
+    limit: int = SWEEP_LIMIT,
+) -> dict[str, int]:
+    """Release expired claims and enqueue them with the overdue messages; counts by reason."""
+    async with ctx["sessions"]() as session:
+        # Committed before enqueueing: a lost enqueue leaves them due, for the next sweep.
+        released = await expired_claims(session, limit=limit)
+        await session.commit()
+        late = await overdue(session, older_than=overdue_after, limit=limit)
+        await session.commit()
+    counts = {
+        "expired_claim": await _enqueue(ctx["redis"], released),
+        "overdue": await _enqueue(ctx["redis"], late),
+    }
+    for reason, count in counts.items():
+        SWEEPER_REQUEUED.labels(reason).inc(count)
+    _log("sweep", **counts)
+    return counts
+
+
+async def _enqueue(pool: ArqRedis, messages: Sequence[DueMessage]) -> int:
+    """Deliver jobs of up to SWEEP_BATCH ids per (priority, channel); the ids enqueued."""
+    groups: dict[tuple[str, str], list[DueMessage]] = defaultdict(list)
+    for message in messages:
+        groups[(message.priority, message.channel)].append(message)
+    tick = int(time.time())
+    enqueued = 0
+    for (priority, _), group in groups.items():
+        for start in range(0, len(group), SWEEP_BATCH):
+            ids = [message.id for message in group[start : start + SWEEP_BATCH]]
+            # Its own id: a deliver or retry job of the same messages may still hold theirs.
+            job_id = f"sweep:{ids[0]}:{len(ids)}:{tick}"
+            if await queues.enqueue_delivery(pool, priority, ids, job_id=job_id):
+                enqueued += len(ids)
+    return enqueued
+
+
+def _log(event: str, **counts: int) -> None:
+    # Every few seconds on every deployment: only a tick that found something is news.
+    (log.info if any(counts.values()) else log.debug)(event, **counts)
+
+
+def cron_jobs() -> list[CronJob]:
+    """Fresh CronJob objects: arq keeps each one's next run on it, so workers must not share."""
+    return [
+        cron(
+            relay,
+            name="cron:relay",
+            second=set(range(0, 60, RELAY_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            sweep,
+            name="cron:sweep",
+            second=set(range(0, 60, SWEEP_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+    ]

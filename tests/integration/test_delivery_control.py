@@ -1,0 +1,300 @@
+"""What a deliver job decides besides sending: token waits, the retry budget and window,
+breaker failover, shutdown and an unreachable Redis. Each case runs the real deliverer of
+a worker context against real PostgreSQL and Redis, and local provider servers."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.delivery.routing import Router
+from app.delivery.service import Deliverer, Due
+from app.notifications.dispatch import dispatch
+from app.notifications.models import Attempt, Message
+from app.providers.breaker import CircuitBreakers
+from app.ratelimit.buckets import TokenBuckets
+from app.runtime import ServiceUrls
+from tests.fakes import FakeProvider, Mailbox
+from tests.send_path import notify, put_recipient, put_template, workers
+from tests.support import TenantKey, free_port, settings_for
+
+HOOK = {"webhook": {"body": {"event": "ping", "n": "{{ n }}"}}}
+MAIL = {"email": {"subject": "Hi", "text": "Hello"}}
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider().start()
+    fake.answer(204)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+@pytest.fixture
+async def deliverer(service_urls: ServiceUrls, provider: FakeProvider) -> AsyncIterator[Deliverer]:
+    settings = settings_for(
+        service_urls.database_url,
+        service_urls.redis_url,
+        HERALD_ALLOW_PRIVATE_URLS="true",
+        HERALD_PROVIDER_BASE_URLS=f"sendgrid={provider.url}",
+    )
+    async with workers(settings) as ctx:
+        yield ctx["deliverer"]
+
+
+async def add_provider(client: httpx.AsyncClient, tenant: TenantKey, **config: Any) -> str:
+    response = await client.post("/v1/providers", headers=tenant.headers, json=config)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def queued(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, template: str, n: int
+) -> list[uuid.UUID]:
+    """Send one notification to n recipients and dispatch it here; its message ids."""
+    to = [f"r{i}" for i in range(n)]
+    accepted = await notify(client, tenant, template=template, to=to, data={"n": 1})
+    await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+    await session.commit()
+    ids = await session.scalars(
+        select(Message.id)
+        .where(Message.notification_id == uuid.UUID(accepted["id"]))
+        .order_by(Message.id)
+    )
+    return list(ids)
+
+
+async def states(session: AsyncSession, ids: list[uuid.UUID]) -> list[tuple[str, int, int]]:
+    session.expire_all()
+    rows = await session.execute(
+        select(Message.status, Message.attempts, Message.rate_limited_attempts)
+        .where(Message.id.in_(ids))
+        .order_by(Message.id)
+    )
+    return [tuple(row) for row in rows.all()]  # type: ignore[misc]
+
+
+def webhook_ids(provider: FakeProvider) -> list[str]:
+    return [headers["webhook-id"] for _, _, headers, _ in provider.requests]
+
+
+async def hook_recipients(
+    client: httpx.AsyncClient, tenant: TenantKey, provider: FakeProvider, n: int
+) -> None:
+    await put_template(client, tenant, "hook", HOOK)
+    for i in range(n):
+        await put_recipient(client, tenant, f"r{i}", webhook_url=f"{provider.url}/hook")
+
+
+async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(
+        client,
+        tenant,
+        channel="webhook",
+        provider="webhook",
+        name="slow",
+        rate_per_second=4,
+        burst=3,
+    )
+    await hook_recipients(client, tenant, provider, 8)
+    ids = await queued(client, session, tenant, "hook", 8)
+
+    due = await deliverer.deliver(ids)
+
+    assert len(provider.requests) == 3  # the burst
+    assert set(webhook_ids(provider)) <= {str(i) for i in ids}
+    assert len(due) == 5 and all(d.attempt == 0 for d in due)  # waits, not retries
+    times = sorted(d.at for d in due)
+    # One token every 1/4 s: each waiting message is due a quarter second after the last.
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert all(gap == pytest.approx(0.25, abs=0.01) for gap in gaps), gaps
+    found = await states(session, ids)
+    assert sorted(found).count(("sent", 1, 0)) == 3
+    assert sorted(found).count(("queued", 0, 0)) == 5
+    # A waiting message is not claimed before its time.
+    early = [d.message_id for d in due]
+    assert await deliverer.deliver(early) == []
+    assert len(provider.requests) == 3
+
+
+async def test_rate_limited_answers_do_not_spend_the_attempt_budget(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    response = await client.put(
+        "/v1/tenant/retry-policy", headers=tenant.headers, json={"max_attempts": 1}
+    )
+    assert response.status_code == 200, response.text
+    await hook_recipients(client, tenant, provider, 2)
+    [limited, broken] = await queued(client, session, tenant, "hook", 2)
+
+    provider.answer(429, b"", {"Retry-After": "1"})
+    [due] = await deliverer.deliver([limited])
+    assert due.attempt == 1 and due.at > utcnow() + timedelta(seconds=0.9)
+    assert await states(session, [limited]) == [("retrying", 1, 1)]
+    await session.execute(update(Message).values(next_attempt_at=utcnow()))
+    await session.commit()
+    provider.answer(204)
+    assert await deliverer.deliver([limited]) == []
+    assert await states(session, [limited]) == [("sent", 2, 1)]
+    codes = await session.scalars(
+        select(Attempt.status_code).where(Attempt.message_id == limited).order_by(Attempt.n)
+    )
+    assert list(codes) == [429, 204]
+
+    # A server error spends the budget of one attempt: straight to the dead-letter queue.
+    provider.answer(500)
+    assert await deliverer.deliver([broken]) == []
+    assert await states(session, [broken]) == [("failed", 1, 0)]
+
+
+async def test_no_retry_is_scheduled_past_the_window(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await client.put(
+        "/v1/tenant/retry-policy",
+        headers=tenant.headers,
+        json={"max_attempts": 8, "window_hours": 1},
+    )
+    await hook_recipients(client, tenant, provider, 2)
+    [old, fresh] = await queued(client, session, tenant, "hook", 2)
+    await session.execute(
+        update(Message).where(Message.id == old).values(created_at=utcnow() - timedelta(hours=2))
+    )
+    await session.commit()
+    provider.answer(503)
+    due = await deliverer.deliver([old, fresh])
+    assert [d.message_id for d in due] == [fresh]
+    assert await states(session, [old, fresh]) == [("failed", 1, 0), ("retrying", 1, 0)]
+
+
+async def test_an_open_breaker_fails_over_then_messages_wait(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    mailbox: tuple[Mailbox, int],
+    deliverer: Deliverer,
+    service_urls: ServiceUrls,
+) -> None:
+    box, port = mailbox
+    sender = {"from_email": "hi@acme.test"}
+    primary = await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="sendgrid",
+        name="primary",
+        priority=0,
+        credentials={"api_key": "SG.key"},
+        options=sender,
+    )
+    backup = await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="smtp",
+        name="backup",
+        priority=1,
+        options={**sender, "host": "127.0.0.1", "port": port, "security": "none"},
+    )
+    await put_template(client, tenant, "mail", MAIL)
+    for i in range(4):
+        await put_recipient(client, tenant, f"r{i}", email=f"r{i}@example.com")
+    provider.answer(202)
+    breakers = deliverer.router.breakers
+    await breakers.record(tenant.tenant_id, primary, successes=0, failures=25)
+
+    first = await queued(client, session, tenant, "mail", 2)
+    assert await deliverer.deliver(first) == []
+    assert provider.requests == [] and len(box.received) == 2
+    providers = await session.scalars(select(Message.provider).where(Message.id.in_(first)))
+    assert set(providers) == {"smtp"}
+    listed = (await client.get("/v1/providers", headers=tenant.headers)).json()["data"]
+    assert {p["name"]: p["breaker"]["state"] for p in listed} == {
+        "primary": "open",
+        "backup": "closed",
+    }
+
+    # Both open: nothing is sent, nothing fails; the messages wait for the first probe.
+    await breakers.record(tenant.tenant_id, backup, successes=0, failures=25)
+    second = await queued(client, session, tenant, "mail", 4)
+    second = [i for i in second if i not in first]
+    due = await deliverer.deliver(second)
+    assert sorted(d.message_id for d in due) == sorted(second)
+    assert all(d.attempt == 0 and d.at > utcnow() for d in due)
+    assert set(await states(session, second)) == {("queued", 0, 0)}
+    assert provider.requests == [] and len(box.received) == 2
+
+
+async def test_shutdown_gives_unsent_messages_back(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await hook_recipients(client, tenant, provider, 3)
+    ids = await queued(client, session, tenant, "hook", 3)
+    deliverer.stopping.set()
+    due: list[Due] = await deliverer.deliver(ids)
+    assert provider.requests == []
+    assert sorted(d.message_id for d in due) == ids
+    assert set(await states(session, ids)) == {("queued", 0, 0)}
+
+
+async def test_without_redis_for_routing_messages_wait(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await hook_recipients(client, tenant, provider, 2)
+    ids = await queued(client, session, tenant, "hook", 2)
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    deliverer.router = Router(buckets=TokenBuckets(dead), breakers=CircuitBreakers(dead))
+    try:
+        due = await deliverer.deliver(ids)
+    finally:
+        await dead.aclose()
+    assert provider.requests == []
+    assert sorted(d.message_id for d in due) == ids
+    assert set(await states(session, ids)) == {("queued", 0, 0)}
