@@ -187,6 +187,18 @@ def bench_e2e(recipients: int, workers: int, timeout: float) -> None:
     e2e.run(_migrated(), recipients=recipients, workers=workers, timeout=timeout)
 
 
+@bench.command("ratelimit")
+@click.option("--rate", default=200.0, show_default=True, help="The provider's messages/s.")
+@click.option("--burst", default=20, show_default=True)
+@click.option("--seconds", default=60, show_default=True, help="Backlog, in seconds at rate.")
+@click.option("--workers", default=4, show_default=True)
+def bench_ratelimit(rate: float, burst: int, seconds: int, workers: int) -> None:
+    """Worker processes sharing one provider's bucket: achieved rate against the contract."""
+    from bench import ratelimit
+
+    ratelimit.run(_migrated(), rate=rate, burst=burst, seconds=seconds, workers=workers)
+
+
 @main.command()
 def dev() -> None:
     """What `make run` runs: migrate, seed a demo tenant, start the API and workers."""

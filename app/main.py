@@ -28,15 +28,19 @@ from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController
 from app.inbox.tokens import InboxTokenSigner
 from app.notifications.api import NotificationController, list_messages
+from app.notifications.writer import IntakeWriter
 from app.observability.logging import configure_logging
 from app.observability.middleware import request_context_middleware
 from app.problems import EXCEPTION_HANDLERS
 from app.providers.api import ProviderController
+from app.providers.breaker import CircuitBreakers
+from app.ratelimit.buckets import TokenBuckets
+from app.ratelimit.middleware import rate_limit_middleware
 from app.recipients.api import CategoryController, RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
 from app.templates.api import TemplateController
-from app.tenants.api import who_am_i
+from app.tenants.api import TenantSettingsController, who_am_i
 from jobs import queues
 
 API_VERSION = "2026-11-01"
@@ -66,12 +70,18 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             engine=engine,
             sessions=session_factory(engine),
             redis=redis,
+            breakers=CircuitBreakers(redis),
             arq=arq,
             key_cache=KeyCache(settings.api_key_cache_seconds),
+            token_buckets=TokenBuckets(redis),
         )
+        intake_writer = IntakeWriter(engine, arq)
+        intake_writer.start()
+        app.state.intake_writer = intake_writer
         try:
             yield
         finally:
+            await intake_writer.stop()
             await arq.aclose()
             await redis.aclose()
             await engine.dispose()
@@ -85,6 +95,7 @@ def api_router() -> Router:
         path="/v1",
         route_handlers=[
             who_am_i,
+            TenantSettingsController,
             ApiKeyController,
             NotificationController,
             list_messages,
@@ -96,7 +107,8 @@ def api_router() -> Router:
             ProviderController,
             TemplateController,
         ],
-        middleware=[ApiKeyAuthenticationMiddleware],
+        # Authentication first: the rate limit takes from the authenticated key's bucket.
+        middleware=[ApiKeyAuthenticationMiddleware, rate_limit_middleware],
         security=[{"apiKey": []}],
     )
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+from sqlalchemy import text
 
+from app.db import create_engine
 from app.settings import Settings
 
 
@@ -98,3 +102,26 @@ def prepare_tenant(base_url: str, secret: str, recipients: int) -> None:
                 for n in range(start, min(recipients, start + 1000))
             ]
             client.post("/v1/recipients/batch", json={"recipients": batch}).raise_for_status()
+
+
+async def _retire(database_url: str, tenant_id: uuid.UUID) -> None:
+    engine = create_engine(database_url, pool=False)
+    async with engine.begin() as connection:
+        for statement in _RETIRE:
+            await connection.execute(text(statement), {"tenant": tenant_id})
+    await engine.dispose()
+
+
+# A bench tenant leaves no work behind: the relay and the sweeper would otherwise pick up
+# its undelivered rows in whatever runs next on the same database.
+_RETIRE = (
+    "UPDATE notifications SET status = 'cancelled'"
+    " WHERE tenant_id = :tenant AND status = 'accepted'",
+    "UPDATE messages SET status = 'cancelled', claimed_until = NULL"
+    " WHERE tenant_id = :tenant AND status IN ('queued', 'retrying', 'sending')",
+)
+
+
+def retire_tenant(database_url: str, tenant_id: uuid.UUID) -> None:
+    """Cancel whatever the bench tenant left undelivered."""
+    asyncio.run(_retire(database_url, tenant_id))

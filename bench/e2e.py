@@ -23,6 +23,7 @@ from bench.common import (
     herald,
     percentile,
     prepare_tenant,
+    retire_tenant,
     running,
     service_env,
     wait_ready,
@@ -86,7 +87,7 @@ async def _span(database_url: str, tenant_id: uuid.UUID) -> float:
 def run(settings: Settings, *, recipients: int, workers: int, timeout: float) -> None:
     assert settings.database_url is not None
     tenant_id, secret = asyncio.run(
-        create_tenant_with_key(settings.database_url, "bench e2e", "test")
+        create_tenant_with_key(settings.database_url, "bench e2e", "test", plan="enterprise")
     )
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -101,6 +102,7 @@ def run(settings: Settings, *, recipients: int, workers: int, timeout: float) ->
                 _progress(settings.database_url, tenant_id, recipients, timeout)
             )
     span = asyncio.run(_span(settings.database_url, tenant_id))
+    retire_tenant(settings.database_url, tenant_id)
     print(f"e2e: {recipients} recipients, {workers} worker process(es), sandbox e-mail provider")
     print(f"  accepted in      {intake:.2f} s ({-(-recipients // BATCH)} notifications)")
     print(f"  sent             {len(latencies)} of {recipients}")

@@ -24,7 +24,15 @@ from app.db import create_engine, session_factory
 from app.notifications.models import Notification
 from app.seed import create_tenant_with_key
 from app.settings import Settings
-from bench.common import free_port, herald, prepare_tenant, running, service_env, wait_ready
+from bench.common import (
+    free_port,
+    herald,
+    prepare_tenant,
+    retire_tenant,
+    running,
+    service_env,
+    wait_ready,
+)
 
 SCRATCH_REDIS_DB = 15
 WRK_SCRIPT = """
@@ -84,7 +92,7 @@ def run(settings: Settings, *, seconds: int, connections: int, api_processes: in
         raise click.ClickException("herald bench ingest needs wrk: apt-get install wrk")
     assert settings.database_url is not None
     tenant_id, secret = asyncio.run(
-        create_tenant_with_key(settings.database_url, "bench ingest", "test")
+        create_tenant_with_key(settings.database_url, "bench ingest", "test", plan="enterprise")
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -98,6 +106,7 @@ def run(settings: Settings, *, seconds: int, connections: int, api_processes: in
         report = _wrk(url, secret, seconds, connections)
     redis.Redis.from_url(redis_url).flushdb()
     committed = asyncio.run(_committed(settings.database_url, tenant_id))
+    retire_tenant(settings.database_url, tenant_id)
     requests = int(_figure(r"(\d+) requests in", report))
     failed = int(
         _figure(r"Non-2xx or 3xx responses: (\d+)", report + "Non-2xx or 3xx responses: 0")

@@ -20,8 +20,6 @@ class Tenant(UuidPrimaryKey, CreatedAt, Base):
     name: Mapped[str] = mapped_column(String(200))
     plan: Mapped[str] = mapped_column(String(32), default="free", server_default="free")
     # {channel: "pause" | "drop_noncritical"}; a channel absent from it flows normally.
-    kill_switches: Mapped[dict[str, str]] = mapped_column(
-        JSONB, default=dict, server_default="{}"
-    )
+    kill_switches: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default="{}")
     # {"max_attempts": n, "window_hours": h}; absent members take the defaults.
     retry_policy: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")

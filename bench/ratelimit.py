@@ -1,0 +1,180 @@
+"""`herald bench ratelimit`: worker processes sharing one provider's token bucket.
+
+One tenant (live key) has one webhook provider config at `--rate` messages/s with burst
+`--burst`; its recipients' webhook URLs point at a local receiver, which notes when each
+message arrives. A backlog of `--seconds` times `--rate` messages is queued, `--workers` worker
+processes deliver it, and the bench prints the messages received in each second, the
+overall rate, and the busiest one-second window, against the contract (rate, rate + burst).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from bisect import bisect_left
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+from sqlalchemy import func, select
+
+from app.db import create_engine, session_factory
+from app.notifications.models import Attempt
+from app.seed import create_tenant_with_key
+from app.settings import Settings
+from bench.common import free_port, herald, retire_tenant, running, service_env, wait_ready
+
+BATCH = 1_000
+
+
+class Receiver:
+    """The tenant's webhook endpoint: arrival time of each message id (first arrival kept)."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.duplicates = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                arrived = time.time()
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                message_id = self.headers.get("webhook-id", "")
+                with lock:
+                    if message_id in receiver.arrivals:
+                        receiver.duplicates += 1
+                    else:
+                        receiver.arrivals[message_id] = arrived
+                self.send_response(204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        # A deep accept queue: refused connections would count as provider failures.
+        ThreadingHTTPServer.request_queue_size = 1024
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _prepare(
+    base_url: str, secret: str, receiver: Receiver, rate: float, burst: int, n: int
+) -> None:
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
+        config = {
+            "channel": "webhook",
+            "provider": "webhook",
+            "name": "bench receiver",
+            "rate_per_second": rate,
+            "burst": burst,
+        }
+        client.post("/v1/providers", json=config).raise_for_status()
+        template = {"name": "Bench", "content": {"webhook": {"body": {"n": "{{ n }}"}}}}
+        client.put("/v1/templates/bench", json=template).raise_for_status()
+        for start in range(0, n, BATCH):
+            batch = [
+                {"external_id": f"hook-{i}", "webhook_url": receiver.url}
+                for i in range(start, min(n, start + BATCH))
+            ]
+            client.post("/v1/recipients/batch", json={"recipients": batch}).raise_for_status()
+
+
+def _send(base_url: str, secret: str, n: int) -> None:
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
+        for start in range(0, n, BATCH):
+            to = [f"hook-{i}" for i in range(start, min(n, start + BATCH))]
+            body = {"template": "bench", "to": to, "data": {"n": start}}
+            client.post("/v1/notifications", json=body).raise_for_status()
+
+
+def _wait(receiver: Receiver, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(receiver.arrivals) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def busiest_window(times: list[float], width: float = 1.0) -> int:
+    """The most arrivals in any window of `width` seconds (windows start at an arrival)."""
+    ordered = sorted(times)
+    return max(
+        (bisect_left(ordered, start + width) - i for i, start in enumerate(ordered)), default=0
+    )
+
+
+def run(settings: Settings, *, rate: float, burst: int, seconds: int, workers: int) -> None:
+    assert settings.database_url is not None
+    tenant_id, secret = asyncio.run(
+        create_tenant_with_key(settings.database_url, "bench ratelimit", "live", plan="enterprise")
+    )
+    total = int(rate * seconds)
+    receiver = Receiver()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = service_env(settings, HERALD_ALLOW_PRIVATE_URLS="true")
+    with running([herald("api", "--port", str(port))], env):
+        wait_ready(base_url)
+        _prepare(base_url, secret, receiver, rate, burst, total)
+        _send(base_url, secret, total)  # the whole backlog is queued before any worker runs
+        commands = [herald("worker", "--queues", "normal") for _ in range(workers)]
+        with running(commands, env):
+            _wait(receiver, total, timeout=seconds * 3 + 60)
+    times = sorted(receiver.arrivals.values())
+    attempts = asyncio.run(_attempts(settings.database_url, tenant_id))
+    retire_tenant(settings.database_url, tenant_id)
+    _report(times, total, receiver.duplicates, attempts, rate=rate, burst=burst, workers=workers)
+
+
+async def _attempts(database_url: str, tenant_id: uuid.UUID) -> str:
+    """Provider calls by outcome: a failed call would trip the breaker and skew the rate."""
+    engine = create_engine(database_url, pool=False)
+    async with session_factory(engine)() as session:
+        rows = await session.execute(
+            select(Attempt.outcome, Attempt.error_class, func.count())
+            .where(Attempt.tenant_id == tenant_id)
+            .group_by(Attempt.outcome, Attempt.error_class)
+        )
+        found = ", ".join(f"{o}{f' ({e})' if e else ''}: {n}" for o, e, n in rows.all())
+    await engine.dispose()
+    return found or "none"
+
+
+def _report(
+    times: list[float],
+    total: int,
+    duplicates: int,
+    attempts: str,
+    *,
+    rate: float,
+    burst: int,
+    workers: int,
+) -> None:
+    print(f"ratelimit: {workers} worker processes, one provider at {rate:g}/s, burst {burst}")
+    print(f"  received         {len(times)} of {total} ({duplicates} duplicates)")
+    print(f"  attempts         {attempts}")
+    if len(times) < 2:
+        return
+    first = times[0]
+    per_second = Counter(int(t - first) for t in times)
+    last_second = max(per_second)
+    print("  per second       " + " ".join(str(per_second[s]) for s in range(last_second + 1)))
+    # Overall: messages after the first, over the time from first to last arrival. The
+    # burst is a head start the bucket grants once, so it is left out of the rate.
+    span = times[-1] - first
+    sustained = (len(times) - burst) / span if span > 0 else float("nan")
+    overall = len(times) / span if span > 0 else float("nan")
+    print(f"  overall          {overall:.1f} messages/s ({overall / rate - 1:+.2%} of contract)")
+    print(f"  sustained        {sustained:.1f} messages/s after the burst", end=" ")
+    print(f"({sustained / rate - 1:+.2%})")
+    busiest = busiest_window(times)
+    verdict = "within" if busiest <= rate + burst else "ABOVE"
+    print(f"  busiest 1 s      {busiest} messages ({verdict} rate + burst = {rate + burst:g})")
