@@ -52,11 +52,15 @@ def asyncpg_url(url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {url}")
 
 
-def create_engine(url: str, *, pool: bool = True, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool: bool = True, pool_size: int = 10, pre_ping: bool = True
+) -> AsyncEngine:
+    """pre_ping checks each connection at checkout (three round trips); a caller that
+    invalidates connections itself on connection errors can do without."""
     if not pool:
         return create_async_engine(asyncpg_url(url), poolclass=NullPool)
     return create_async_engine(
-        asyncpg_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        asyncpg_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping
     )
 
 

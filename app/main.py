@@ -75,13 +75,17 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             key_cache=KeyCache(settings.api_key_cache_seconds),
             token_buckets=TokenBuckets(redis),
         )
-        intake_writer = IntakeWriter(engine, arq)
+        # Its own small pool: the writer runs one batch at a time and checks connections
+        # itself, so it skips the per-checkout ping of the request pool.
+        intake_engine = create_engine(urls.database_url, pool_size=2, pre_ping=False)
+        intake_writer = IntakeWriter(intake_engine, arq)
         intake_writer.start()
         app.state.intake_writer = intake_writer
         try:
             yield
         finally:
             await intake_writer.stop()
+            await intake_engine.dispose()
             await arq.aclose()
             await redis.aclose()
             await engine.dispose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -52,8 +52,9 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
 
 def requires_scope(
     scope: str,
-) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
+    # A coroutine: Litestar runs a plain function guard in a worker thread, on every call.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.user  # or a RecipientPrincipal, whose only scope is inbox
         if scope not in principal.scopes:
             raise Problem(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
@@ -84,14 +84,13 @@ class NotificationController(Controller):
     async def send(
         self,
         request: ApiRequest,
-        db_session: DbSession,
         data: JSONBody[NotificationCreate],
         idempotency_key: Annotated[
             str | None, HeaderParameter(header="Idempotency-Key", min_length=1, max_length=255)
         ] = None,
     ) -> Response[NotificationAccepted]:
         try:
-            accepted = await _accept(request, db_session, data, idempotency_key)
+            accepted = await _accept(request, data, idempotency_key)
         except IntakeUnavailable:
             raise Problem(
                 503,
@@ -165,19 +164,18 @@ class NotificationController(Controller):
 
 
 async def _accept(
-    request: ApiRequest,
-    db_session: AsyncSession,
-    body: NotificationCreate,
-    idempotency_key: str | None,
+    request: ApiRequest, body: NotificationCreate, idempotency_key: str | None
 ) -> intake.Accepted:
     """Plain requests share a group commit; inline recipients need a transaction of their own."""
     if all(isinstance(item, str) for item in body.to):
         writer: IntakeWriter = request.app.state.intake_writer
         return await writer.accept(request.user, body, idempotency_key)
-    accepted = await intake.accept(
-        db_session, principal=request.user, body=body, idempotency_key=idempotency_key
-    )
-    await db_session.commit()
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with sessions() as session:
+        accepted = await intake.accept(
+            session, principal=request.user, body=body, idempotency_key=idempotency_key
+        )
+        await session.commit()
     notification = accepted.notification
     if notification.status == "accepted" and not accepted.replayed:
         try:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from prometheus_client import Histogram
@@ -180,12 +181,18 @@ class IntakeWriter:
             raw = await connection.get_raw_connection()
             db = raw.driver_connection
             assert db is not None
-            await self._validate(db, batch)
-            valid = [request for request in batch if request.row is not None]
-            inserted = await self._insert(db, valid)
-            conflicted = [r for r in valid if r.row is not None and r.row["id"] not in inserted]
-            if conflicted:
-                await self._replay(db, conflicted)
+            try:
+                await self._validate(db, batch)
+                valid = [request for request in batch if request.row is not None]
+                inserted = await self._insert(db, valid)
+                conflicted = [r for r in valid if r.row is not None and r.row["id"] not in inserted]
+                if conflicted:
+                    await self._replay(db, conflicted)
+            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                # The writer's pool does not ping at checkout: a broken connection is
+                # dropped here, so the next batch gets a new one.
+                await connection.invalidate()
+                raise
         accepted: list[AcceptedNotification] = []
         for request in valid:
             if request.row is not None and request.row["id"] in inserted:

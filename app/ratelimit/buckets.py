@@ -17,11 +17,14 @@ and a single script may touch them together. Build keys with the helpers below.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from app.tenants.plans import PlanLimits
 
@@ -158,10 +161,18 @@ def inbox_bucket(tenant_id: uuid.UUID | str, recipient_id: uuid.UUID | str) -> B
 
 
 class TokenBuckets:
-    """Takes tokens from buckets kept in Redis; build one per process and share it."""
+    """Takes tokens from buckets kept in Redis; build one per process and share it.
+
+    `take` asks Redis at once. `take_together` is for many small callers (one token per
+    API request): the takes of callers that arrive while one round trip is in flight go
+    out together in the next, as one pipeline of script calls.
+    """
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._script = redis.register_script(_TAKE)
+        self._waiting: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def take(self, buckets: Sequence[Bucket], n: int) -> Grant:
         """Take up to n tokens from every bucket at once; n=0 only reports.
@@ -169,25 +180,75 @@ class TokenBuckets:
         Grants min(n, whole tokens of the emptiest bucket) and debits that many from each.
         Raises redis.exceptions.RedisError (or OSError) when Redis cannot be reached.
         """
-        if not buckets:
-            raise ValueError("take needs at least one bucket")
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        scope = buckets[0].scope
-        if any(bucket.scope != scope for bucket in buckets):
-            raise ValueError("the buckets of one take must share their scope (one Cluster slot)")
-        args: list[float | int] = [n]
-        for bucket in buckets:
-            args += (bucket.rate, bucket.burst)
-        granted, remaining, wait_us, limiting, turn_us = await self._script(
-            keys=[bucket.redis_key for bucket in buckets], args=args
-        )
-        by = buckets[int(limiting) - 1]
-        return Grant(
-            int(granted),
-            int(remaining),
-            int(wait_us) / 1_000_000,
-            by.rate,
-            by.burst,
-            int(turn_us) / 1_000_000,
-        )
+        keys, args = _call(buckets, n)
+        return _grant(buckets, await self._script(keys=keys, args=args))
+
+    async def take_together(self, buckets: Sequence[Bucket], n: int) -> Grant:
+        """Like take, sharing a round trip with the takes of concurrent callers."""
+        _call(buckets, n)  # refuse bad arguments in the caller, not in the batch
+        future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+        self._waiting.append((buckets, n, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._pipelined(batch)
+            except Exception as error:  # every caller of the batch hears of it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (buckets, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(_grant(buckets, result))
+
+    async def _pipelined(
+        self, batch: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]]
+    ) -> list[Any]:
+        # EVALSHA in a plain pipeline: redis-py's script objects would add a SCRIPT EXISTS
+        # round trip to every pipeline. A NOSCRIPT answer (a Redis restart, SCRIPT FLUSH)
+        # loads the script and asks again.
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for buckets, n, _ in batch:
+                keys, args = _call(buckets, n)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *(str(a) for a in args))
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results) or attempt:
+                break
+            await self._redis.script_load(_TAKE)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+
+def _call(buckets: Sequence[Bucket], n: int) -> tuple[list[str], list[float | int]]:
+    if not buckets:
+        raise ValueError("take needs at least one bucket")
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    scope = buckets[0].scope
+    if any(bucket.scope != scope for bucket in buckets):
+        raise ValueError("the buckets of one take must share their scope (one Cluster slot)")
+    args: list[float | int] = [n]
+    for bucket in buckets:
+        args += (bucket.rate, bucket.burst)
+    return [bucket.redis_key for bucket in buckets], args
+
+
+def _grant(buckets: Sequence[Bucket], result: Any) -> Grant:
+    granted, remaining, wait_us, limiting, turn_us = result
+    by = buckets[int(limiting) - 1]
+    return Grant(
+        int(granted),
+        int(remaining),
+        int(wait_us) / 1_000_000,
+        by.rate,
+        by.burst,
+        int(turn_us) / 1_000_000,
+    )

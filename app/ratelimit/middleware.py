@@ -5,9 +5,10 @@ inbox tokens of one recipient share a small fixed bucket. Over the limit the ans
 problem+json with Retry-After and the IETF draft RateLimit-* headers; under it, the
 response carries RateLimit-Limit and RateLimit-Remaining.
 
-It runs after authentication (it reads `scope["user"]`) and costs one EVALSHA. When Redis
-cannot answer, the request goes through: accepting a notification depends on PostgreSQL
-only, and a limit we cannot check must not become an outage.
+It runs after authentication (it reads `scope["user"]`) and costs one EVALSHA, sent in one
+pipeline with those of the requests that arrive meanwhile. When Redis cannot answer, the
+request goes through: accepting a notification depends on PostgreSQL only, and a limit
+we cannot check must not become an outage.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
         buckets: TokenBuckets = scope["litestar_app"].state.token_buckets
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                grant = await buckets.take((bucket,), 1)
+                grant = await buckets.take_together((bucket,), 1)
         except (RedisError, OSError, TimeoutError) as error:
             _fail_open.warn(error)
             await app(scope, receive, send)

@@ -191,3 +191,30 @@ async def test_refused_messages_queue_behind_earlier_ones(buckets: TokenBuckets)
     assert everything.turn >= second.turn + 4 / 10.0 - 0.05
     # Granting everything asked leaves the line alone and reports no turn.
     assert (await buckets.take([bucket], 0)).turn == 0.0
+
+
+async def test_takes_made_together_share_round_trips_and_the_limit(
+    redis: Redis, buckets: TokenBuckets
+) -> None:
+    bucket = Bucket(f"{scope()}:apikey:together", FROZEN, 30)
+    other = Bucket(f"{scope()}:apikey:apart", FROZEN, 5)
+    calls_before = await _evalsha_calls(redis)
+    grants = await asyncio.gather(
+        *(buckets.take_together([bucket], 1) for _ in range(50)),
+        *(buckets.take_together([other], 1) for _ in range(10)),
+    )
+    assert sum(g.granted for g in grants[:50]) == 30  # each bucket keeps its own limit
+    assert sum(g.granted for g in grants[50:]) == 5
+    assert all(g.wait > 0 for g in grants[:50] if not g.granted)
+    # Sixty takes, one script call each, but sent in few pipelines: the coalescing worked
+    # if the script was not reloaded and every call was answered.
+    assert await _evalsha_calls(redis) - calls_before == 60
+    # After a SCRIPT FLUSH the batch loads the script again and still answers everyone.
+    await redis.script_flush()
+    again = await asyncio.gather(*(buckets.take_together([other], 0) for _ in range(3)))
+    assert [g.granted for g in again] == [0, 0, 0]
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
