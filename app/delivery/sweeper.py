@@ -20,6 +20,8 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.tenants.settings import RetryPolicy
+
 LOST_ERROR = "worker lost its claim"
 
 
@@ -34,7 +36,9 @@ class DueMessage:
 # now keeps its row), release them, and write a 'lost' attempt for each. The attempt keeps
 # its number: the provider may have been called. Its start is the claim's time (the claim
 # sets updated_at); which provider it used is not known. Messages of a paused channel are
-# released too but not returned: they wait for the pause to be lifted, like the rest.
+# released too but not returned: they wait for the pause to be lifted, like the rest. A
+# message that has lost its claim with the tenant's whole attempt budget spent goes to the
+# dead-letter queue instead: one that crashes every worker that takes it must stop.
 _EXPIRED = text(
     """
     WITH lost AS (
@@ -46,11 +50,17 @@ _EXPIRED = text(
            FOR UPDATE SKIP LOCKED
     ), released AS (
         UPDATE messages AS m
-           SET status = 'retrying', claimed_until = NULL, next_attempt_at = now(),
+           SET status = CASE WHEN m.attempts - m.rate_limited_attempts >= (
+                               CASE WHEN jsonb_typeof(t.retry_policy -> 'max_attempts') = 'number'
+                                    THEN (t.retry_policy ->> 'max_attempts')::numeric
+                                    ELSE :default_max END)
+                             THEN 'failed' ELSE 'retrying' END,
+               claimed_until = NULL, next_attempt_at = now(),
                error_class = 'transient', last_error = :error, updated_at = now()
-          FROM lost
-         WHERE m.id = lost.id
-        RETURNING m.id, m.tenant_id, m.notification_id, m.channel, m.attempts, lost.claimed_at
+          FROM lost, tenants AS t
+         WHERE m.id = lost.id AND t.id = m.tenant_id
+        RETURNING m.id, m.tenant_id, m.notification_id, m.channel, m.attempts, m.status,
+                  lost.claimed_at
     ), recorded AS (
         INSERT INTO attempts (message_id, tenant_id, n, provider, started_at, latency_ms,
                               outcome, error_class, error)
@@ -62,7 +72,7 @@ _EXPIRED = text(
       FROM released AS r
       JOIN notifications AS n ON n.id = r.notification_id
       JOIN tenants AS t ON t.id = r.tenant_id
-     WHERE (t.kill_switches ->> r.channel) IS DISTINCT FROM 'pause'
+     WHERE (t.kill_switches ->> r.channel) IS DISTINCT FROM 'pause' AND r.status = 'retrying'
      ORDER BY r.id
     """
 )
@@ -110,7 +120,8 @@ _OVERDUE = text(
 
 async def expired_claims(session: AsyncSession, *, limit: int) -> list[DueMessage]:
     """Release up to `limit` messages whose claim ran out; the ones to enqueue again."""
-    rows = await session.execute(_EXPIRED, {"limit": limit, "error": LOST_ERROR})
+    params = {"limit": limit, "error": LOST_ERROR, "default_max": RetryPolicy().max_attempts}
+    rows = await session.execute(_EXPIRED, params)
     return [DueMessage(row.id, row.priority, row.channel) for row in rows]
 
 

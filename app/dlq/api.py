@@ -126,7 +126,7 @@ class DlqController(Controller):
                 await queues.enqueue_delivery(
                     request.app.state.arq, priority, ids, job_id=f"replay:{call}:{n}"
                 )
-            except Exception:  # committed as queued; nothing re-enqueues them yet (see docs)
+            except Exception:  # committed as queued: the sweeper enqueues them once overdue
                 log.exception("replay enqueue failed", message_ids=[str(i) for i in ids])
         return ReplayResult(len(outcome.moved), outcome.not_replayable)
 

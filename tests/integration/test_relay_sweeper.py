@@ -428,7 +428,7 @@ async def test_sweep_holds_a_paused_channel_and_requeues_it_once_lifted(
         ),
         (
             sweeper._EXPIRED,
-            {"limit": 1000, "error": "x"},
+            {"limit": 1000, "error": "x", "default_max": 8},
             "ix_messages_claims",
             ["(claimed_until < now())"],
         ),
@@ -492,3 +492,45 @@ async def test_a_cron_tick_runs_once_across_queues(
         cron_job.next_run = tick if cron_job.name == "cron:relay" else tick + timedelta(hours=1)
     await normal.run_cron(tick, 0.5)
     assert await redis.zcard(queues.QUEUE_NAMES["normal"]) == 0
+
+
+async def test_a_claim_lost_with_the_budget_spent_goes_to_the_dead_letter_queue(
+    api: httpx.AsyncClient,
+    db: AsyncSession,
+    redis: ArqRedis,
+    ctx: dict[str, Any],
+    receiver: FakeProvider,
+) -> None:
+    """A message that kills every worker that claims it must stop being handed out."""
+    tenant = await webhook_tenant(api, db, receiver, "Poison", ["p1"])
+    policy = await api.put(
+        "/v1/tenant/retry-policy", headers=tenant.headers, json={"max_attempts": 2}
+    )
+    assert policy.status_code == 200, policy.text
+    accepted = await notify(api, tenant, template="event", to=["p1"], data={"what": "p"})
+    await enqueued_by_the_api(redis, accepted)
+    await redis.flushdb()
+    await dispatch(db, notification_id=uuid.UUID(accepted["id"]))
+    await db.commit()
+    [message_id] = await message_ids(api, tenant, accepted["id"])
+    outcomes = []
+    for _ in range(2):  # claimed, the worker dies, the lease runs out; twice
+        assert [m.id for m in await claim(db, [message_id])] == [message_id]
+        await db.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(claimed_until=Message.claimed_until - LONG_AGO)
+        )
+        await db.commit()
+        outcomes.append(await cron.sweep(with_redis(ctx, redis)))
+        await db.execute(update(Message).values(next_attempt_at=None))
+        await db.commit()
+    # The first loss is retried; the second spent the budget of two: dead-lettered, not queued.
+    assert outcomes == [{"expired_claim": 1, "overdue": 0}, {"expired_claim": 0, "overdue": 0}]
+    [dead] = (await notification(api, tenant, accepted["id"]))["messages"]
+    assert (dead["status"], dead["attempts"], dead["error_class"]) == ("failed", 2, "transient")
+    assert await attempts_of(db, message_id) == [
+        (1, "lost", "transient"),
+        (2, "lost", "transient"),
+    ]
+    assert receiver.requests == []
