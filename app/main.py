@@ -27,7 +27,7 @@ from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController
 from app.inbox.tokens import InboxTokenSigner
-from app.notifications.api import NotificationController, list_messages
+from app.notifications.api import NotificationController, list_messages, read_message
 from app.notifications.writer import IntakeWriter
 from app.observability.logging import configure_logging
 from app.observability.middleware import request_context_middleware
@@ -103,6 +103,7 @@ def api_router() -> Router:
             ApiKeyController,
             NotificationController,
             list_messages,
+            read_message,
             DlqController,
             InboxController,
             RecipientController,

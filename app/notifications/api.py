@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import msgspec
 import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -17,7 +18,9 @@ from app.channels import Channel
 from app.dependencies import DbSession
 from app.notifications import intake, queries
 from app.notifications.schemas import (
+    AttemptOut,
     CancelResult,
+    MessageDetail,
     MessageList,
     MessageOut,
     NotificationAccepted,
@@ -185,6 +188,40 @@ async def _accept(
         except Exception:  # the row is committed: the outbox relay enqueues it later
             log.exception("enqueue failed", notification_id=str(notification.id))
     return accepted
+
+
+@get(
+    "/messages/{message_id:uuid}",
+    tags=["Notifications"],
+    guards=[requires_scope("read")],
+    summary="A message and every attempt to deliver it",
+)
+async def read_message(
+    request: ApiRequest, db_session: DbSession, message_id: FromPath[uuid.UUID]
+) -> MessageDetail:
+    found = await queries.get_message(
+        db_session, tenant_id=request.user.tenant_id, message_id=message_id
+    )
+    if found is None:
+        raise Problem(404, "not_found", f"No message {message_id} in this tenant.")
+    view, attempts = found
+    return MessageDetail(
+        **msgspec.structs.asdict(message_out(view)),
+        rate_limited_attempts=view.message.rate_limited_attempts,
+        history=[
+            AttemptOut(
+                n=a.n,
+                provider=a.provider,
+                started_at=a.started_at,
+                latency_ms=a.latency_ms,
+                outcome=a.outcome,
+                error_class=a.error_class,
+                status_code=a.status_code,
+                error=a.error,
+            )
+            for a in attempts
+        ],
+    )
 
 
 @get("/messages", tags=["Notifications"], guards=[requires_scope("read")], summary="List messages")

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.notifications.models import Message, Notification
+from app.notifications.models import Attempt, Message, Notification
 from app.pagination import Page
 from app.recipients.models import Recipient
 
@@ -124,6 +124,27 @@ async def message_page(
     views = [MessageView(message, external_id) for message, external_id in rows[:limit]]
     has_more = len(rows) > limit
     return Page(views, has_more, str(views[-1].message.id) if has_more and views else None)
+
+
+async def get_message(
+    session: AsyncSession, *, tenant_id: uuid.UUID, message_id: uuid.UUID
+) -> tuple[MessageView, list[Attempt]] | None:
+    """One message of the tenant and every attempt made to deliver it, oldest first."""
+    row = (
+        await session.execute(
+            select(Message, Recipient.external_id)
+            .join(Recipient, Recipient.id == Message.recipient_id)
+            .where(Message.tenant_id == tenant_id, Message.id == message_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    attempts = await session.scalars(
+        select(Attempt)
+        .where(Attempt.tenant_id == tenant_id, Attempt.message_id == message_id)
+        .order_by(Attempt.id)
+    )
+    return MessageView(row[0], row[1]), list(attempts)
 
 
 async def cancel(

@@ -74,6 +74,22 @@ class NotificationOut(msgspec.Struct):
     has_more_messages: bool
 
 
+class AttemptOut(msgspec.Struct):
+    n: int
+    provider: str
+    started_at: datetime
+    latency_ms: int
+    outcome: str  # sent | failed | lost (the worker died holding the message)
+    error_class: str | None
+    status_code: int | None
+    error: str | None
+
+
+class MessageDetail(MessageOut):
+    rate_limited_attempts: int = 0  # attempts answered "rate limited": not spent from the budget
+    history: list[AttemptOut] = msgspec.field(default_factory=list)
+
+
 class MessageList(msgspec.Struct):
     object: Literal["list"]
     data: list[MessageOut]

@@ -172,6 +172,14 @@ async def test_rate_limited_answers_do_not_spend_the_attempt_budget(
     )
     assert list(codes) == [429, 204]
 
+    detail = await client.get(f"/v1/messages/{limited}", headers=tenant.headers)
+    assert detail.status_code == 200, detail.text
+    body = detail.json()
+    assert (body["status"], body["attempts"], body["rate_limited_attempts"]) == ("sent", 2, 1)
+    assert [
+        (a["n"], a["outcome"], a["error_class"], a["status_code"]) for a in body["history"]
+    ] == [(1, "failed", "rate_limited", 429), (2, "sent", None, 204)]
+
     # A server error spends the budget of one attempt: straight to the dead-letter queue.
     provider.answer(500)
     assert await deliverer.deliver([broken]) == []
@@ -298,3 +306,20 @@ async def test_without_redis_for_routing_messages_wait(
     assert provider.requests == []
     assert sorted(d.message_id for d in due) == ids
     assert set(await states(session, ids)) == {("queued", 0, 0)}
+
+
+async def test_a_message_of_another_tenant_is_not_found(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    other_tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await hook_recipients(client, tenant, provider, 1)
+    [message_id] = await queued(client, session, tenant, "hook", 1)
+    mine = await client.get(f"/v1/messages/{message_id}", headers=tenant.headers)
+    assert mine.status_code == 200 and mine.json()["history"] == []
+    theirs = await client.get(f"/v1/messages/{message_id}", headers=other_tenant.headers)
+    assert theirs.status_code == 404
+    assert theirs.json()["type"].endswith("/not_found")
