@@ -30,10 +30,15 @@ async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
     return len(batches)
 
 
-async def deliver(ctx: dict[str, Any], message_ids: list[str], priority: str) -> int:
-    """Send one batch of messages; schedule the ones to run again. Returns the count asked."""
+async def deliver(
+    ctx: dict[str, Any], message_ids: list[str], priority: str, returning: bool = False
+) -> int:
+    """Send one batch of messages; schedule the ones to run again. Returns the count asked.
+
+    `returning`: a batch that waited for its turn at the token buckets."""
     deliverer: Deliverer = ctx["deliverer"]
-    due = await deliverer.deliver([uuid.UUID(message_id) for message_id in message_ids])
+    ids = [uuid.UUID(message_id) for message_id in message_ids]
+    due = await deliverer.deliver(ids, returning=returning)
     await queues.enqueue_many(ctx["redis"], later_jobs(due))
     return len(message_ids)
 

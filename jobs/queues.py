@@ -148,4 +148,4 @@ def waiting_job(group: Sequence[Any]) -> QueuedJob:
     ids = [str(item.message_id) for item in group]
     at = max(item.at for item in group)
     job_id = f"wait:{ids[0]}:{len(ids)}:{int(at.timestamp() * 1000)}"
-    return QueuedJob(group[0].priority, "deliver", (ids, group[0].priority), job_id, at)
+    return QueuedJob(group[0].priority, "deliver", (ids, group[0].priority, True), job_id, at)

@@ -11,6 +11,7 @@ the earliest probe rather than fail.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from app.tenants.plans import limits_for
 # Breakers guard real provider accounts; the sandbox's outcomes are chosen by address,
 # so its simulated failures must not trip anything.
 UNGUARDED = ("sandbox",)
+JITTER_ALLOWANCE = 0.05  # seconds of a provider's rate kept back from its burst
 
 DEFERRED = Counter(
     "herald_messages_deferred_total", "Messages put back to wait, by reason", ["reason"]
@@ -51,9 +53,18 @@ class Router:
     breakers: CircuitBreakers
 
     async def allocate(
-        self, messages: Sequence[Claimed], routes: Sequence[ProviderRoute], now: datetime
+        self,
+        messages: Sequence[Claimed],
+        routes: Sequence[ProviderRoute],
+        now: datetime,
+        *,
+        returning: bool = False,
     ) -> Allocation:
-        """Messages of one tenant and channel, and that channel's routes by priority."""
+        """Messages of one tenant and channel, and that channel's routes by priority.
+
+        `returning`: the messages waited for their turn already; what they still lack puts
+        them at the head of the bucket's line.
+        """
         allocation = Allocation()
         if not routes:
             allocation.sends += [Send(message, None) for message in messages]
@@ -67,7 +78,7 @@ class Router:
             if route_retry is not None:
                 retry_at = min(retry_at or route_retry, route_retry)
             chosen, pending = pending[:admitted], pending[admitted:]
-            await self._take_tokens(route, chosen, probe, now, allocation)
+            await self._take_tokens(route, chosen, probe, now, allocation, returning)
         # Every route refused (breakers open): wait for the first probe, not an attempt.
         wake = retry_at or now + timedelta(seconds=1)
         allocation.waiting += [(message, wake) for message in pending]
@@ -91,10 +102,12 @@ class Router:
         probe: bool,
         now: datetime,
         allocation: Allocation,
+        returning: bool,
     ) -> None:
         if not chosen:
             return
-        grant = await self.buckets.take(_buckets(route, chosen[0]), len(chosen))
+        buckets = _buckets(route, chosen[0])
+        grant = await self.buckets.take(buckets, len(chosen), at_head=returning)
         allocation.sends += [Send(m, route, probe) for m in chosen[: grant.granted]]
         rest = chosen[grant.granted :]
         # Each message has its own turn in the bucket's line, so deferred batches of every
@@ -115,6 +128,17 @@ def _buckets(route: ProviderRoute, message: Claimed) -> list[Bucket]:
     if route.config_id is None:  # the sandbox: no provider account to protect
         return [tenant]
     provider = provider_bucket(
-        message.tenant_id, route.config_id, route.rate_per_second, route.burst
+        message.tenant_id, route.config_id, route.rate_per_second, provider_burst(route)
     )
     return [tenant, provider]
+
+
+def provider_burst(route: ProviderRoute) -> int:
+    """The burst Herald lets itself use of a provider's contract.
+
+    A token is taken a little before the request reaches the provider, and that delay
+    varies (event loop, connection, scheduling). Requests taken apart can arrive together,
+    so part of the burst is kept back to absorb it: what `JITTER_ALLOWANCE` seconds of the
+    rate would bring. The provider then sees no second above rate + burst.
+    """
+    return max(1, route.burst - math.ceil(route.rate_per_second * JITTER_ALLOWANCE))

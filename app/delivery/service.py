@@ -88,8 +88,14 @@ class Deliverer:
     # Set on shutdown: sends not yet started are given back instead of made.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def deliver(self, message_ids: Sequence[uuid.UUID]) -> list[Due]:
-        """Send what may go now; return every message to run again, and when."""
+    async def deliver(
+        self, message_ids: Sequence[uuid.UUID], *, returning: bool = False
+    ) -> list[Due]:
+        """Send what may go now; return every message to run again, and when.
+
+        `returning`: these messages were given back to wait for tokens and their turn has
+        come (see Router.allocate).
+        """
         async with self.sessions() as session:
             claimed = await claim(session, message_ids)
             await session.commit()
@@ -97,7 +103,7 @@ class Deliverer:
                 return []
             routes = await _routes(session, claimed)
         now = utcnow()
-        allocation = await self._allocate(claimed, routes, now)
+        allocation = await self._allocate(claimed, routes, now, returning)
         outcomes = await self._send_all(allocation.sends)
         started = [o for o in outcomes if isinstance(o, Sent)]
         unstarted = [o for o in outcomes if isinstance(o, Send)]
@@ -110,7 +116,7 @@ class Deliverer:
         return retries + [Due(m.id, m.priority, at) for m, at in waiting]
 
     async def _allocate(
-        self, claimed: list[Claimed], routes: RouteTable, now: datetime
+        self, claimed: list[Claimed], routes: RouteTable, now: datetime, returning: bool
     ) -> Allocation:
         allocation = Allocation()
         for (tenant_id, channel, mode, platform), group in _groups(claimed).items():
@@ -123,7 +129,7 @@ class Deliverer:
                 if not platform or r.provider == platform or r.provider in UNGUARDED
             ]
             try:
-                part = await self.router.allocate(group, candidates, now)
+                part = await self.router.allocate(group, candidates, now, returning=returning)
             except RedisError as error:
                 log.warning("routing unavailable: messages wait", error=str(error))
                 part = Allocation(waiting=[(m, now + ROUTING_UNAVAILABLE_WAIT) for m in group])

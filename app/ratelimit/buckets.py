@@ -79,14 +79,23 @@ end
 -- keeps the time its line ends (q); the first of them waits for the later of that time
 -- and the next token, and the line grows by one token interval per message. Callers
 -- that come back at their turn find tokens there, instead of all at the first token.
+-- Callers whose turn has come already (ARGV[#KEYS * 2 + 2] = 1) and still found too few
+-- tokens go to the head of the line: they wait for the next tokens, and the line's end
+-- moves back by as many, since the tokens they missed were used by others.
 local rest = n - granted
 local turn = 0
 if rest > 0 then
   local key = KEYS[limiting]
   local rate = tonumber(ARGV[2 * limiting])
+  local at_head = tonumber(ARGV[#KEYS * 2 + 2]) == 1
   local line_end = tonumber(redis.call('HGET', key, 'q')) or 0
-  local first = math.max(line_end, now + worst_wait * 1000000)
+  local next_token = now + worst_wait * 1000000
+  local first = math.max(line_end, next_token)
   local new_end = first + rest * 1000000 / rate
+  if at_head then
+    first = next_token
+    new_end = math.max(line_end, next_token) + rest * 1000000 / rate
+  end
   redis.call('HSET', key, 'q', string.format('%.0f', new_end))
   local keep = math.ceil((new_end - now) / 1000) + 1000
   if redis.call('PTTL', key) < keep then redis.call('PEXPIRE', key, keep) end
@@ -174,13 +183,15 @@ class TokenBuckets:
         self._waiting: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def take(self, buckets: Sequence[Bucket], n: int) -> Grant:
+    async def take(self, buckets: Sequence[Bucket], n: int, *, at_head: bool = False) -> Grant:
         """Take up to n tokens from every bucket at once; n=0 only reports.
 
-        Grants min(n, whole tokens of the emptiest bucket) and debits that many from each.
+        Grants min(n, whole tokens of the emptiest bucket) and debits that many from each;
+        `turn` says when those not granted may come back. `at_head`: the caller's turn has
+        come already, so what it lacks goes to the head of the line, not the end.
         Raises redis.exceptions.RedisError (or OSError) when Redis cannot be reached.
         """
-        keys, args = _call(buckets, n)
+        keys, args = _call(buckets, n, at_head)
         return _grant(buckets, await self._script(keys=keys, args=args))
 
     async def take_together(self, buckets: Sequence[Bucket], n: int) -> Grant:
@@ -227,7 +238,9 @@ class TokenBuckets:
         return results
 
 
-def _call(buckets: Sequence[Bucket], n: int) -> tuple[list[str], list[float | int]]:
+def _call(
+    buckets: Sequence[Bucket], n: int, at_head: bool = False
+) -> tuple[list[str], list[float | int]]:
     if not buckets:
         raise ValueError("take needs at least one bucket")
     if n < 0:
@@ -238,6 +251,7 @@ def _call(buckets: Sequence[Bucket], n: int) -> tuple[list[str], list[float | in
     args: list[float | int] = [n]
     for bucket in buckets:
         args += (bucket.rate, bucket.burst)
+    args.append(1 if at_head else 0)
     return [bucket.redis_key for bucket in buckets], args
 
 

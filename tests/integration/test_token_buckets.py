@@ -218,3 +218,18 @@ async def test_takes_made_together_share_round_trips_and_the_limit(
 async def _evalsha_calls(redis: Redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_caller_whose_turn_came_goes_to_the_head_of_the_line(
+    buckets: TokenBuckets,
+) -> None:
+    bucket = Bucket(f"{scope()}:provider:head", rate=10.0, burst=1)
+    await buckets.take([bucket], 1)
+    queued = await buckets.take([bucket], 10)  # a line of 10, one second long
+    assert queued.granted == 0 and queued.turn > 0
+    back = await buckets.take([bucket], 2, at_head=True)
+    # It waits for the next token, not for the ten ahead of it...
+    assert back.granted == 0 and back.turn <= queued.turn + 1e-6
+    # ...and whoever comes next queues behind all twelve.
+    late = await buckets.take([bucket], 1)
+    assert late.turn >= queued.turn + 12 / 10.0 - 0.05
