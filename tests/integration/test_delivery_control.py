@@ -120,7 +120,7 @@ async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
         provider="webhook",
         name="slow",
         rate_per_second=4,
-        burst=3,
+        burst=4,
     )
     await hook_recipients(client, tenant, provider, 8)
     ids = await queued(client, session, tenant, "hook", 8)
