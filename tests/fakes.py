@@ -18,6 +18,13 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 
+class QueueingHTTPServer(ThreadingHTTPServer):
+    # socketserver's default listen backlog of 5 overflows when a batch opens 32
+    # connections at once: the kernel would drop some, a fault of the test's own making.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class FakeProvider:
     """A local HTTP server standing in for a provider: records requests, answers as told."""
 
@@ -48,7 +55,7 @@ class FakeProvider:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QueueingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -34,20 +34,24 @@ _CLAIM = text(
        AND r.id = m.render_id AND n.id = m.notification_id AND t.id = m.tenant_id
        AND (t.kill_switches ->> m.channel) IS DISTINCT FROM 'pause'
     RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
-              m.attempts, m.rate_limited_attempts, m.created_at, r.content, n.mode,
-              n.priority, t.plan, t.retry_policy
+              m.attempts, m.rate_limited_attempts, m.created_at, m.claimed_until, r.content,
+              n.mode, n.priority, t.plan, t.retry_policy
     """
 )
 
 # Not an attempt: the count goes back, and a message that had failed before keeps saying so.
+# Only the claim's holder may give it back: `claimed_until` is the claim's token (a claim
+# the sweeper took back after its lease ran out, and maybe handed to another worker since,
+# no longer matches).
 _RELEASE = text(
     """
     UPDATE messages AS m
        SET status = CASE WHEN m.attempts > 1 THEN 'retrying' ELSE 'queued' END,
            attempts = m.attempts - 1, claimed_until = NULL, next_attempt_at = w.at,
            updated_at = now()
-      FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS w(id, at)
-     WHERE m.id = w.id AND m.status = 'sending'
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[]),
+                  CAST(:tokens AS timestamptz[])) AS w(id, at, token)
+     WHERE m.id = w.id AND m.status = 'sending' AND m.claimed_until = w.token
     """
 )
 
@@ -63,6 +67,7 @@ class Claimed:
     attempt: int  # this attempt's number, counted from 1
     rate_limited_attempts: int  # earlier attempts a provider answered "rate limited"
     created_at: datetime
+    claimed_until: datetime  # the lease's end, and the claim's token: see record / release
     content: Content
     mode: str
     priority: str
@@ -90,6 +95,7 @@ async def claim(
             attempt=row.attempts,
             rate_limited_attempts=row.rate_limited_attempts,
             created_at=row.created_at,
+            claimed_until=row.claimed_until,
             content=msgspec.convert(row.content, Content),
             mode=row.mode,
             priority=row.priority,
@@ -100,9 +106,14 @@ async def claim(
     ]
 
 
-async def release(session: AsyncSession, waiting: Sequence[tuple[uuid.UUID, datetime]]) -> None:
+async def release(session: AsyncSession, waiting: Sequence[tuple[Claimed, datetime]]) -> None:
     """Give claimed messages back unsent; each is due again at its time."""
     if waiting:
         await session.execute(
-            _RELEASE, {"ids": [m for m, _ in waiting], "ats": [at for _, at in waiting]}
+            _RELEASE,
+            {
+                "ids": [m.id for m, _ in waiting],
+                "ats": [at for _, at in waiting],
+                "tokens": [m.claimed_until for m, _ in waiting],
+            },
         )

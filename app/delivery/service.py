@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
-from sqlalchemy import update
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -33,7 +33,7 @@ from app.db import utcnow
 from app.delivery.claims import Claimed, claim, release
 from app.delivery.retry import retry_delay
 from app.delivery.routing import UNGUARDED, Allocation, Router, Send
-from app.notifications.models import Attempt, Message
+from app.notifications.models import Attempt
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult
 from app.providers.breaker import route_key_for
 from app.providers.service import ProviderRoute, build_adapter, routes_for
@@ -111,7 +111,7 @@ class Deliverer:
         await self._tell_breakers(started)
         async with self.sessions() as session:
             retries = await record(session, started, now)
-            await release(session, [(m.id, at) for m, at in waiting])
+            await release(session, waiting)
             await session.commit()
         return retries + [Due(m.id, m.priority, at) for m, at in waiting]
 
@@ -247,11 +247,56 @@ async def record(session: AsyncSession, started: list[Sent], now: datetime) -> l
         attempts.append(_attempt_row(outcome, now))
         MESSAGES_SENT.labels(message.channel, provider, row["status"]).inc()
     if updates:
-        await session.execute(update(Message), updates)
+        held = await _write_outcomes(session, updates)
+        # An outcome written by a worker that lost its claim meanwhile is dropped: whoever
+        # holds the message now decides. The attempt happened all the same.
+        retries = [due for due in retries if due.message_id in held]
         await session.execute(insert(Attempt), attempts)
     for tenant_id, entries in suppressions.items():
         await add_suppressions(session, tenant_id=tenant_id, entries=entries)
     return retries
+
+
+# One statement for a batch's outcomes, each applied only while its claim still holds
+# (`claimed_until` is the claim's token).
+_OUTCOMES = text(
+    """
+    UPDATE messages AS m
+       SET status = o.status, provider = o.provider, claimed_until = NULL,
+           updated_at = o.updated_at, error_class = o.error_class, last_error = o.last_error,
+           next_attempt_at = o.next_attempt_at, sent_at = o.sent_at,
+           provider_message_id = o.provider_message_id,
+           rate_limited_attempts = o.rate_limited_attempts
+      FROM unnest(CAST(:id AS uuid[]), CAST(:token AS timestamptz[]), CAST(:status AS text[]),
+                  CAST(:provider AS text[]), CAST(:updated_at AS timestamptz[]),
+                  CAST(:error_class AS text[]), CAST(:last_error AS text[]),
+                  CAST(:next_attempt_at AS timestamptz[]), CAST(:sent_at AS timestamptz[]),
+                  CAST(:provider_message_id AS text[]), CAST(:rate_limited_attempts AS int[]))
+           AS o(id, token, status, provider, updated_at, error_class, last_error,
+                next_attempt_at, sent_at, provider_message_id, rate_limited_attempts)
+     WHERE m.id = o.id AND m.status = 'sending' AND m.claimed_until = o.token
+    RETURNING m.id
+    """
+)
+_OUTCOME_COLUMNS = (
+    "id",
+    "token",
+    "status",
+    "provider",
+    "updated_at",
+    "error_class",
+    "last_error",
+    "next_attempt_at",
+    "sent_at",
+    "provider_message_id",
+    "rate_limited_attempts",
+)
+
+
+async def _write_outcomes(session: AsyncSession, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
+    """Apply outcomes to the messages still claimed by us; the ids that were."""
+    params = {name: [row[name] for row in rows] for name in _OUTCOME_COLUMNS}
+    return set((await session.scalars(_OUTCOMES, params)).all())
 
 
 def _attempt_row(outcome: Sent, started: datetime) -> dict[str, Any]:
@@ -273,8 +318,8 @@ def _attempt_row(outcome: Sent, started: datetime) -> dict[str, Any]:
 def _outcome(message: Claimed, provider: str, result: SendResult, now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": message.id,
+        "token": message.claimed_until,
         "provider": provider,
-        "claimed_until": None,
         "updated_at": now,
         "error_class": result.error_class,
         "last_error": result.error,

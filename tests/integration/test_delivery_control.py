@@ -4,6 +4,7 @@ a worker context against real PostgreSQL and Redis, and local provider servers."
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,10 +19,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.delivery.routing import Router
-from app.delivery.service import Deliverer, Due
+from app.delivery.claims import claim, release
+from app.delivery.routing import Router, Send
+from app.delivery.service import Deliverer, Due, Sent, record
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Attempt, Message
+from app.providers.base import SendResult
 from app.providers.breaker import CircuitBreakers
 from app.ratelimit.buckets import TokenBuckets
 from app.runtime import ServiceUrls
@@ -324,3 +327,47 @@ async def test_a_message_of_another_tenant_is_not_found(
     theirs = await client.get(f"/v1/messages/{message_id}", headers=other_tenant.headers)
     assert theirs.status_code == 404
     assert theirs.json()["type"].endswith("/not_found")
+
+
+async def test_a_worker_that_lost_its_claim_cannot_overwrite_the_new_holder(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+) -> None:
+    """A worker outliving its lease (a slow provider, a stalled write) finds the message
+    handed to another worker: its late outcome and its give-back must change nothing."""
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await hook_recipients(client, tenant, provider, 2)
+    first, second = await queued(client, session, tenant, "hook", 2)
+    [stale] = await claim(session, [first], lease=timedelta(milliseconds=1))
+    [stale_too] = await claim(session, [second], lease=timedelta(milliseconds=1))
+    await session.commit()
+    await asyncio.sleep(0.01)
+    # The sweeper took both back after their leases ran out; other workers claim them.
+    await session.execute(
+        update(Message)
+        .where(Message.id.in_([first, second]))
+        .values(status="retrying", claimed_until=None, next_attempt_at=None)
+    )
+    [holder] = await claim(session, [first])
+    [holder_too] = await claim(session, [second])
+    await session.commit()
+
+    late = SendResult(ok=False, error_class="permanent", error="HTTP 400", status_code=400)
+    retries = await record(session, [Sent(Send(stale, None), "webhook", late, 5)], utcnow())
+    await release(session, [(stale_too, utcnow())])
+    await session.commit()
+    assert retries == []
+    assert await states(session, [first, second]) == [("sending", 2, 0), ("sending", 2, 0)]
+
+    ok = SendResult(ok=True, provider_message_id="p-1")
+    await record(session, [Sent(Send(holder, None), "webhook", ok, 5)], utcnow())
+    await release(session, [(holder_too, utcnow())])
+    await session.commit()
+    assert await states(session, [first, second]) == [("sent", 2, 0), ("retrying", 1, 0)]
+    # Both attempts happened, and both are on the record.
+    outcomes = await session.scalars(
+        select(Attempt.outcome).where(Attempt.message_id == first).order_by(Attempt.id)
+    )
+    assert list(outcomes) == ["failed", "sent"]

@@ -11,7 +11,7 @@ import email
 import email.policy
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from threading import Thread
 from typing import Any
 from urllib.parse import parse_qs
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from standardwebhooks.webhooks import Webhook
 
 from app.runtime import ServiceUrls
-from tests.fakes import FakeProvider, Mailbox
+from tests.fakes import FakeProvider, Mailbox, QueueingHTTPServer
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, free_port, settings_for
 
@@ -55,7 +55,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QueueingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/herald"
         Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
