@@ -1,0 +1,173 @@
+"""The primary provider goes down: its breaker opens, e-mail fails over, and comes back.
+
+The tenant's e-mail channel has two configs: SendGrid first (a local server speaking its
+Mail Send API, reached through HERALD_PROVIDER_BASE_URLS) and SMTP second (aiosmtpd). While
+SendGrid answers 500 its breaker opens after a batch's failures, GET /v1/providers shows it
+`open`, and retries go to SMTP. Once SendGrid recovers and the cool-down has passed, the
+half-open probe succeeds, the breaker closes, and new mail goes to SendGrid again. The
+workers' breakers cool down in 6 s instead of 30 s, so the test need not wait long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from app.delivery.retry import BASE_DELAY
+from app.providers.breaker import BreakerPolicy, CircuitBreakers
+from tests.fakes import Mailbox
+from tests.faults.harness import (
+    Answer,
+    Receiver,
+    Stack,
+    assert_one_id_per_recipient,
+    check_ledger,
+    mailbox_arrivals,
+    mailbox_kept,
+    running_workers,
+    sendgrid_identity,
+    wait_until,
+)
+from tests.send_path import notify, put_recipient, put_template
+from tests.support import TenantKey, free_port
+
+DOWN, PROBED, BACK = 30, 5, 10  # DOWN >= the breaker's 20-call minimum
+# Longer than the longest backoff after a first attempt (app/delivery/retry.py: 5 s), so
+# every retry of the first batch meets the breaker open and fails over. A retry arriving
+# after the cool-down would be the half-open probe instead: a real message sent to the
+# still dead primary, which fails again and waits a longer backoff.
+COOL_DOWN = BASE_DELAY + 1.0
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[Receiver]:
+    server = Receiver(identify=sendgrid_identity)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def stack_env(sendgrid: Receiver) -> dict[str, str]:
+    return {"HERALD_PROVIDER_BASE_URLS": f"sendgrid={sendgrid.url}"}
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+async def test_a_provider_down_fails_over_and_its_breaker_closes_again(
+    stack: Stack, sendgrid: Receiver, mailbox: tuple[Mailbox, int]
+) -> None:
+    box, port = mailbox
+    sendgrid.script = lambda _id, _to, _n: Answer(500)
+    tenant = await stack.tenant("Failover")
+    primary = await _config(
+        stack.api,
+        tenant,
+        {
+            "provider": "sendgrid",
+            "name": "primary",
+            "priority": 0,
+            "credentials": {"api_key": "SG.fault-test"},
+            "options": {"from_email": "hi@acme.test"},
+        },
+    )
+    secondary = await _config(
+        stack.api,
+        tenant,
+        {
+            "provider": "smtp",
+            "name": "secondary",
+            "priority": 1,
+            "options": {
+                "host": "127.0.0.1",
+                "port": port,
+                "security": "none",
+                "from_email": "hi@acme.test",
+            },
+        },
+    )
+    await put_template(stack.api, tenant, "mail", {"email": {"subject": "Hi", "text": "Hello"}})
+    people = [f"e{n}" for n in range(DOWN + PROBED + BACK)]
+    for person in people:
+        await put_recipient(stack.api, tenant, person, email=f"{person}@example.com")
+
+    async with stack.worker_ctx() as ctx:
+        router = ctx["deliverer"].router
+        router.breakers = CircuitBreakers(router.breakers.redis, BreakerPolicy(cool_down=COOL_DOWN))
+        async with running_workers(ctx, stack.redis_url):
+            down = await notify(stack.api, tenant, template="mail", to=people[:DOWN])
+            await wait_until(
+                lambda: _breaker_is(stack, tenant, primary, "open"), within=20, what="open"
+            )
+            await wait_until(
+                lambda: stack.settled(tenant, DOWN, notification_id=down["id"]),
+                within=45,
+                what="the failed-over messages final",
+            )
+            failed_over = await stack.messages(tenant, down["id"])
+            assert {(row.status, row.provider) for row in failed_over} == {("sent", "smtp")}
+            assert len(sendgrid.arrivals) >= DOWN and not sendgrid.kept()
+            assert set(mailbox_kept(box)) == {str(row.id) for row in failed_over}
+
+            sendgrid.script = lambda _id, _to, _n: Answer(202)
+            await wait_until(
+                lambda: _breaker_is(stack, tenant, primary, "half_open"),
+                within=2 * COOL_DOWN + 5,
+                what="the cool-down to pass",
+            )
+            probed = await notify(
+                stack.api, tenant, template="mail", to=people[DOWN : DOWN + PROBED]
+            )
+            await wait_until(
+                lambda: _breaker_is(stack, tenant, primary, "closed"), within=20, what="closed"
+            )
+            await wait_until(
+                lambda: stack.settled(tenant, PROBED, notification_id=probed["id"]),
+                within=20,
+                what="the probed batch final",
+            )
+            # The one probe went to SendGrid; the rest of its batch to SMTP, as still open.
+            providers = [row.provider for row in await stack.messages(tenant, probed["id"])]
+            assert sorted(providers) == ["sendgrid"] + ["smtp"] * (PROBED - 1)
+
+            back = await notify(stack.api, tenant, template="mail", to=people[DOWN + PROBED :])
+            await wait_until(
+                lambda: stack.settled(tenant, BACK, notification_id=back["id"]),
+                within=20,
+                what="the last batch final",
+            )
+            returned = await stack.messages(tenant, back["id"])
+            assert {(row.status, row.provider) for row in returned} == {("sent", "sendgrid")}
+
+    listed = await stack.api.get("/v1/providers", headers=tenant.headers)
+    states = {item["id"]: item["breaker"]["state"] for item in listed.json()["data"]}
+    assert states == {primary: "closed", secondary: "closed"}
+    rows = await stack.messages(tenant)
+    kept = sendgrid.kept() + mailbox_kept(box)
+    assert check_ledger(rows, kept, in_flight=0) == 0
+    assert_one_id_per_recipient(
+        [(a.message_id, a.recipient) for a in sendgrid.arrivals] + mailbox_arrivals(box)
+    )
+
+
+async def _config(api: httpx.AsyncClient, tenant: TenantKey, body: dict[str, object]) -> str:
+    body = {"channel": "email", **body}
+    response = await api.post("/v1/providers", headers=tenant.headers, json=body)
+    assert response.status_code == 201, response.text
+    config_id: str = response.json()["id"]
+    return config_id
+
+
+async def _breaker_is(stack: Stack, tenant: TenantKey, config_id: str, state: str) -> bool:
+    response = await stack.api.get(f"/v1/providers/{config_id}", headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    return bool(response.json()["breaker"]["state"] == state)

@@ -1,0 +1,137 @@
+"""PostgreSQL connections dropped while a worker sends a batch: nothing is lost.
+
+Twice a batch goes to a slow receiver and the test terminates every other backend of the
+database (`pg_terminate_backend`), as a failover or a restarted pooler would.
+
+- During the sends: the worker holds no connection then, and its pool's dead ones are
+  replaced when it writes the outcomes, so the batch is recorded and nothing goes twice.
+- During the write of the outcomes: the test holds the batch's rows locked, so the worker's
+  bulk UPDATE is certainly under way (waiting) when its connection is cut. The job fails and
+  every message stays `sending`, delivered but not recorded; once the claims expire (the
+  lease running out is simulated) the sweeper re-queues them and they go again, with the
+  same `webhook-id`: the duplicates this fault allows, at most the batch.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from arq import ArqRedis
+from arq.constants import result_key_prefix
+from sqlalchemy import text
+
+from jobs import cron, queues
+from tests.faults.harness import (
+    Receiver,
+    Stack,
+    assert_one_id_per_recipient,
+    check_ledger,
+    job_ids,
+    notify_until_accepted,
+    running_workers,
+    wait_until,
+)
+from tests.send_path import notify
+from tests.support import TenantKey
+
+BATCH = 20
+_TERMINATE = text(
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+_WAITING_FOR_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
+async def test_dropped_postgres_connections_lose_nothing(stack: Stack) -> None:
+    receiver = Receiver(serial=True, delay=0.1)
+    early, late = [f"a{n}" for n in range(BATCH)], [f"b{n}" for n in range(BATCH)]
+    tenant = await stack.webhook_tenant(receiver, early + late)
+    pool = await queues.connect(stack.redis_url)
+    try:
+        async with stack.worker_ctx() as ctx, running_workers(ctx, stack.redis_url):
+            # During the sends.
+            first = await notify(stack.api, tenant, template="fault", to=early)  # before any drop
+            await wait_until(lambda: receiver.kept_total() >= 3, within=20, what="sends")
+            async with stack.engine.connect() as connection:
+                assert await connection.scalar(_TERMINATE)
+            assert receiver.kept_total() < BATCH, "the batch ended before the connections did"
+            await wait_until(
+                lambda: stack.settled(tenant, BATCH, notification_id=first["id"]),
+                within=20,
+                what="the first batch recorded",
+            )
+            rows = await stack.messages(tenant, first["id"])
+            assert {row.status for row in rows} == {"sent"}
+            assert check_ledger(rows, receiver.kept(), in_flight=0) == 0
+
+            # During the write of the outcomes.
+            # The API's own connections were cut too: its first write may answer 503.
+            second = await notify_until_accepted(
+                stack.api, tenant, "second", template="fault", to=late
+            )
+            await wait_until(
+                lambda: _dispatched(stack, tenant, second["id"]), within=20, what="dispatch"
+            )
+            ids = [str(row.id) for row in await stack.messages(tenant, second["id"])]
+            await wait_until(lambda: _kept(receiver, ids) >= 1, within=20, what="sends")
+            async with stack.engine.connect() as connection:
+                await connection.execute(
+                    text("SELECT id FROM messages WHERE id = ANY(:ids) FOR UPDATE"),
+                    {"ids": [uuid.UUID(i) for i in ids]},
+                )
+                # The outcomes are written after the last send: not yet.
+                assert _kept(receiver, ids) < BATCH, "the batch ended before the lock"
+                await wait_until(
+                    lambda: _waiting(stack), within=20, what="the worker's bulk UPDATE"
+                )
+                assert await connection.scalar(_TERMINATE)
+                await connection.rollback()
+            job = f"deliver:{ids[0]}:{BATCH}"
+            await wait_until(
+                lambda: _finished(pool, job), within=20, what="the second batch's job to end"
+            )
+            rows = await stack.messages(tenant, second["id"])
+            assert {row.status for row in rows} == {"sending"}, "the outcomes were written"
+
+            assert await stack.expire_claims() == BATCH
+            assert (await cron.sweep(ctx))["expired_claim"] == BATCH
+            await wait_until(
+                lambda: stack.settled(tenant, 2 * BATCH), within=30, what="every message final"
+            )
+
+        rows = await stack.messages(tenant)
+        assert {row.status for row in rows} == {"sent"}
+        kept = receiver.kept()
+        duplicates = check_ledger(rows, kept, in_flight=BATCH)
+        assert duplicates == BATCH  # every send of the second batch had been made, none written
+        assert all(kept[i] == 2 for i in ids)
+        assert_one_id_per_recipient([(a.message_id, a.recipient) for a in receiver.arrivals])
+        for message_id in ids:
+            attempts = await stack.attempts(uuid.UUID(message_id))
+            assert [(a.n, a.outcome) for a in attempts] == [(1, "lost"), (2, "sent")], attempts
+    finally:
+        await pool.aclose()
+        receiver.close()
+
+
+async def _dispatched(stack: Stack, tenant: TenantKey, notification_id: str) -> bool:
+    return len(await stack.messages(tenant, notification_id)) == BATCH
+
+
+def _kept(receiver: Receiver, ids: list[str]) -> int:
+    kept = receiver.kept()
+    return sum(kept[i] for i in ids)
+
+
+async def _waiting(stack: Stack) -> bool:
+    # A transaction of its own each time: pg_stat_activity is a snapshot held until the
+    # end of the transaction that first reads it.
+    async with stack.engine.connect() as connection:
+        return bool(await connection.scalar(_WAITING_FOR_A_LOCK))
+
+
+async def _finished(pool: ArqRedis, job_id: str) -> bool:
+    return job_id in await job_ids(pool, result_key_prefix)
