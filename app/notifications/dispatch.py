@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.ids import uuid7
-from app.notifications.models import Message, Notification, Render
+from app.notifications.models import Message, Notification
 from app.recipients import service as recipients
 from app.recipients.models import Recipient
 from app.templates.models import TemplateVersion
@@ -32,7 +31,7 @@ from app.templates.service import get_template
 from app.tenants.settings import get_kill_switches
 
 DELIVERY_BATCH_SIZE = 100
-INSERT_CHUNK = 1_000  # rows per INSERT, well under PostgreSQL's 32,767 bind parameters
+INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,8 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
     renders, messages = await asyncio.to_thread(
         _compose, notification, template, {p.id: p for p in people}, plans
     )
-    await _insert(session, Render, renders, conflict=False)
-    await _insert(session, Message, messages, conflict=True)
+    await _insert_renders(session, renders)
+    await _insert(session, _INSERT_MESSAGES, _MESSAGE_COLUMNS, messages)
     found = {p.external_id for p in people}
     unknown = [external_id for external_id in wanted if external_id not in found]
     notification.status = "dispatched"
@@ -175,14 +174,58 @@ def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -
     }
 
 
+# Arrays bound once per statement: a multi-row VALUES would be compiled anew for every
+# batch size, which costs more than the insert itself.
+_INSERT_RENDERS = text(
+    """
+    INSERT INTO renders (id, notification_id, tenant_id, channel, locale, content)
+    SELECT id, notification_id, tenant_id, channel, locale, CAST(content AS jsonb)
+      FROM unnest(CAST(:id AS uuid[]), CAST(:notification_id AS uuid[]),
+                  CAST(:tenant_id AS uuid[]), CAST(:channel AS text[]), CAST(:locale AS text[]),
+                  CAST(:content AS text[]))
+           AS r(id, notification_id, tenant_id, channel, locale, content)
+    """
+)
+_INSERT_MESSAGES = text(
+    """
+    INSERT INTO messages (id, notification_id, tenant_id, recipient_id, channel, address,
+                          render_id, status, skip_reason, error_class, last_error, created_at)
+    SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:notification_id AS uuid[]),
+                         CAST(:tenant_id AS uuid[]), CAST(:recipient_id AS uuid[]),
+                         CAST(:channel AS text[]), CAST(:address AS text[]),
+                         CAST(:render_id AS uuid[]), CAST(:status AS text[]),
+                         CAST(:skip_reason AS text[]), CAST(:error_class AS text[]),
+                         CAST(:last_error AS text[]), CAST(:created_at AS timestamptz[]))
+    ON CONFLICT DO NOTHING
+    """
+)
+_RENDER_COLUMNS = ("id", "notification_id", "tenant_id", "channel", "locale", "content")
+_MESSAGE_COLUMNS = (
+    "id",
+    "notification_id",
+    "tenant_id",
+    "recipient_id",
+    "channel",
+    "address",
+    "render_id",
+    "status",
+    "skip_reason",
+    "error_class",
+    "last_error",
+    "created_at",
+)
+
+
+async def _insert_renders(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    rows = [{**row, "content": msgspec.json.encode(row["content"]).decode()} for row in rows]
+    await _insert(session, _INSERT_RENDERS, _RENDER_COLUMNS, rows)
+
+
 async def _insert(
-    session: AsyncSession, model: Any, rows: list[dict[str, Any]], *, conflict: bool
+    session: AsyncSession, statement: Any, columns: Sequence[str], rows: list[dict[str, Any]]
 ) -> None:
     for chunk in _chunks(rows, INSERT_CHUNK):
-        statement = insert(model).values(chunk)
-        if conflict:
-            statement = statement.on_conflict_do_nothing()
-        await session.execute(statement)
+        await session.execute(statement, {name: [row[name] for row in chunk] for name in columns})
 
 
 async def queued_batches(session: AsyncSession, notification: Notification) -> list[DeliveryBatch]:
