@@ -2,9 +2,10 @@
 
 One tenant (live key) has one webhook provider config at `--rate` messages/s with burst
 `--burst`; its recipients' webhook URLs point at a local receiver, which notes when each
-message arrives. A backlog of `--seconds` times `--rate` messages is queued, `--workers` worker
-processes deliver it, and the bench prints the messages received in each second, the
-overall rate, and the busiest one-second window, against the contract (rate, rate + burst).
+message arrives. A backlog of `--seconds` times `--rate` messages is dispatched with the
+channel paused (kill switch), then released at once; `--workers` worker processes deliver
+it, and the bench prints the messages received in each second, the overall rate, and the
+busiest one-second window, against the contract (rate, rate + burst).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 from sqlalchemy import func, select
 
 from app.db import create_engine, session_factory
-from app.notifications.models import Attempt
+from app.notifications.models import Attempt, Message
 from app.seed import create_tenant_with_key
 from app.settings import Settings
 from bench.common import free_port, herald, retire_tenant, running, service_env, wait_ready
@@ -97,6 +98,29 @@ def _send(base_url: str, secret: str, n: int) -> None:
             client.post("/v1/notifications", json=body).raise_for_status()
 
 
+def _switch(base_url: str, secret: str, mode: str) -> None:
+    headers = {"Authorization": f"Bearer {secret}"}
+    response = httpx.put(
+        f"{base_url}/v1/tenant/kill-switches/webhook", json={"mode": mode}, headers=headers
+    )
+    response.raise_for_status()
+
+
+def _wait_dispatched(database_url: str, tenant_id: uuid.UUID, n: int, timeout: float) -> None:
+    async def written() -> int:
+        engine = create_engine(database_url, pool=False)
+        async with session_factory(engine)() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(Message).where(Message.tenant_id == tenant_id)
+            )
+        await engine.dispose()
+        return int(count or 0)
+
+    deadline = time.monotonic() + timeout
+    while asyncio.run(written()) < n and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def _wait(receiver: Receiver, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while len(receiver.arrivals) < n and time.monotonic() < deadline:
@@ -124,9 +148,14 @@ def run(settings: Settings, *, rate: float, burst: int, seconds: int, workers: i
     with running([herald("api", "--port", str(port))], env):
         wait_ready(base_url)
         _prepare(base_url, secret, receiver, rate, burst, total)
-        _send(base_url, secret, total)  # the whole backlog is queued before any worker runs
         commands = [herald("worker", "--queues", "normal") for _ in range(workers)]
         with running(commands, env):
+            # The backlog first: with the channel paused, dispatch writes every message
+            # and none is sent; lifting the pause releases them all at once.
+            _switch(base_url, secret, "pause")
+            _send(base_url, secret, total)
+            _wait_dispatched(settings.database_url, tenant_id, total, timeout=120)
+            _switch(base_url, secret, "off")
             _wait(receiver, total, timeout=seconds * 3 + 60)
     times = sorted(receiver.arrivals.values())
     attempts = asyncio.run(_attempts(settings.database_url, tenant_id))

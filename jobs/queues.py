@@ -17,7 +17,7 @@ from arq.jobs import serialize_job
 # Priorities are separate arq queues, each served by its own worker pool.
 QUEUE_NAMES = {"high": "herald:high", "normal": "herald:normal", "low": "herald:low"}
 # How often an idle worker polls its queue: short for high priority, lazier below.
-POLL_DELAYS = {"high": 0.02, "normal": 0.05, "low": 0.1}
+POLL_DELAYS = {"high": 0.02, "normal": 0.02, "low": 0.1}
 
 
 def redis_settings(redis_url: str) -> RedisSettings:
