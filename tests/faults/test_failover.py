@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
 from app.delivery.retry import BASE_DELAY
 from app.providers.breaker import BreakerPolicy, CircuitBreakers
@@ -32,7 +31,7 @@ from tests.faults.harness import (
     wait_until,
 )
 from tests.send_path import notify, put_recipient, put_template
-from tests.support import TenantKey, free_port
+from tests.support import TenantKey
 
 DOWN, PROBED, BACK = 30, 5, 10  # DOWN >= the breaker's 20-call minimum
 # Longer than the longest backoff after a first attempt (app/delivery/retry.py: 5 s), so
@@ -52,15 +51,6 @@ def sendgrid() -> Iterator[Receiver]:
 @pytest.fixture
 def stack_env(sendgrid: Receiver) -> dict[str, str]:
     return {"HERALD_PROVIDER_BASE_URLS": f"sendgrid={sendgrid.url}"}
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
 
 
 async def test_a_provider_down_fails_over_and_its_breaker_closes_again(

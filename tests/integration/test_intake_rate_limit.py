@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import keys
-from app.main import create_app
 from app.ratelimit.buckets import INBOX_BURST, INBOX_RATE
 from app.runtime import ServiceUrls
 from app.tenants.models import Tenant
 from app.tenants.plans import limits_for
 from tests.integration.test_api_auth import assert_problem
-from tests.integration.test_readiness import REDIS_SERVER
-from tests.support import TenantKey, free_port, make_tenant, settings_for
+from tests.support import TenantKey, make_tenant, ready_client, settings_for
 
 FREE = limits_for("free")
 
@@ -131,34 +126,14 @@ async def test_inbox_tokens_share_a_bucket_per_recipient(
     assert (await client.get(path, headers=tenant.headers)).status_code == 200
 
 
-@pytest.fixture
-def doomed_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A redis-server of this test's own, which the test kills."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        arguments = ["--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
-        process = subprocess.Popen([str(REDIS_SERVER), *arguments], stdout=subprocess.DEVNULL)
-        yield process, f"redis://127.0.0.1:{port}/0"
-        process.kill()
-        process.wait()
-
-
 async def test_requests_go_through_when_redis_is_down(
     service_urls: ServiceUrls,
     session: AsyncSession,
-    doomed_redis: tuple[subprocess.Popen[bytes], str],
+    own_redis: tuple[subprocess.Popen[bytes], str],
 ) -> None:
-    process, redis_url = doomed_redis
+    process, redis_url = own_redis
     holder = await make_tenant(session, "No Redis")
-    app = create_app(settings_for(service_urls.database_url, redis_url))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
-        for _ in range(50):  # the server may still be starting
-            if (await client.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
+    async with ready_client(settings_for(service_urls.database_url, redis_url)) as client:
         limited = await client.get("/v1/tenant", headers=holder.headers)
         assert limited.status_code == 200 and limited.headers["ratelimit-remaining"] == "99"
 

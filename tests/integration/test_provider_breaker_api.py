@@ -6,11 +6,9 @@ a delivery worker would, and then read back through the API.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -21,13 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from app.main import create_app
 from app.providers.breaker import CircuitBreakers
 from app.runtime import ServiceUrls
 from tests.integration.test_api_auth import assert_problem
 from tests.integration.test_provider_configs import create
-from tests.integration.test_readiness import REDIS_SERVER
-from tests.support import TenantKey, free_port, make_tenant, settings_for
+from tests.support import TenantKey, make_tenant, ready_client, settings_for
 
 CLOSED = {"state": "closed", "calls": 0, "failures": 0, "opened_at": None, "retry_at": None}
 
@@ -129,34 +125,14 @@ async def test_reset_needs_a_live_key_with_manage(
     assert_problem(await client.post(missing, headers=tenant.headers), 404, "not_found")
 
 
-@pytest.fixture
-def doomed_redis() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A redis-server of this test's own, which the test kills."""
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        arguments = ["--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
-        process = subprocess.Popen([str(REDIS_SERVER), *arguments], stdout=subprocess.DEVNULL)
-        yield process, f"redis://127.0.0.1:{port}/0"
-        process.kill()
-        process.wait()
-
-
 async def test_without_redis_reads_answer_with_a_null_breaker(
     service_urls: ServiceUrls,
     session: AsyncSession,
-    doomed_redis: tuple[subprocess.Popen[bytes], str],
+    own_redis: tuple[subprocess.Popen[bytes], str],
 ) -> None:
-    process, redis_url = doomed_redis
+    process, redis_url = own_redis
     owner = await make_tenant(session, "No Redis")
-    app = create_app(settings_for(service_urls.database_url, redis_url))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
-    ):
-        for _ in range(50):  # the server may still be starting
-            if (await client.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
+    async with ready_client(settings_for(service_urls.database_url, redis_url)) as client:
         config = await create(client, owner)
         path = f"/v1/providers/{config['id']}"
         assert (await client.get(path, headers=owner.headers)).json()["breaker"] == CLOSED

@@ -18,7 +18,6 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from standardwebhooks.webhooks import Webhook
@@ -26,16 +25,7 @@ from standardwebhooks.webhooks import Webhook
 from app.runtime import ServiceUrls
 from tests.fakes import FakeProvider, Mailbox, QueueingHTTPServer
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, free_port, settings_for
-
-
-@pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box, port = Mailbox(), free_port()
-    controller = Controller(box, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield box, port
-    controller.stop()
+from tests.support import TenantKey, settings_for
 
 
 class Receiver:
