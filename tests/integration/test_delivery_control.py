@@ -99,6 +99,19 @@ async def hook_recipients(
         await put_recipient(client, tenant, f"r{i}", webhook_url=f"{provider.url}/hook")
 
 
+async def webhook_messages(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    tenant: TenantKey,
+    provider: FakeProvider,
+    n: int,
+) -> list[uuid.UUID]:
+    """A webhook config, n recipients whose endpoint is `provider`, and n queued messages."""
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    await hook_recipients(client, tenant, provider, n)
+    return await queued(client, session, tenant, "hook", n)
+
+
 async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
     client: httpx.AsyncClient,
     tenant: TenantKey,
@@ -271,9 +284,7 @@ async def test_shutdown_gives_unsent_messages_back(
     provider: FakeProvider,
     deliverer: Deliverer,
 ) -> None:
-    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
-    await hook_recipients(client, tenant, provider, 3)
-    ids = await queued(client, session, tenant, "hook", 3)
+    ids = await webhook_messages(client, session, tenant, provider, 3)
     deliverer.stopping.set()
     due: list[Due] = await deliverer.deliver(ids)
     assert provider.requests == []
@@ -288,9 +299,7 @@ async def test_without_redis_for_routing_messages_wait(
     provider: FakeProvider,
     deliverer: Deliverer,
 ) -> None:
-    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
-    await hook_recipients(client, tenant, provider, 2)
-    ids = await queued(client, session, tenant, "hook", 2)
+    ids = await webhook_messages(client, session, tenant, provider, 2)
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     deliverer.router = Router(buckets=TokenBuckets(dead), breakers=CircuitBreakers(dead))
     try:
@@ -309,9 +318,7 @@ async def test_a_message_of_another_tenant_is_not_found(
     session: AsyncSession,
     provider: FakeProvider,
 ) -> None:
-    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
-    await hook_recipients(client, tenant, provider, 1)
-    [message_id] = await queued(client, session, tenant, "hook", 1)
+    [message_id] = await webhook_messages(client, session, tenant, provider, 1)
     mine = await client.get(f"/v1/messages/{message_id}", headers=tenant.headers)
     assert mine.status_code == 200 and mine.json()["history"] == []
     theirs = await client.get(f"/v1/messages/{message_id}", headers=other_tenant.headers)
@@ -327,9 +334,7 @@ async def test_a_worker_that_lost_its_claim_cannot_overwrite_the_new_holder(
 ) -> None:
     """A worker outliving its lease (a slow provider, a stalled write) finds the message
     handed to another worker: its late outcome and its give-back must change nothing."""
-    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
-    await hook_recipients(client, tenant, provider, 2)
-    first, second = await queued(client, session, tenant, "hook", 2)
+    first, second = await webhook_messages(client, session, tenant, provider, 2)
     [stale] = await claim(session, [first], lease=timedelta(milliseconds=1))
     [stale_too] = await claim(session, [second], lease=timedelta(milliseconds=1))
     await session.commit()

@@ -40,7 +40,7 @@ from jobs.worker import build_worker
 from tests.conftest import create_database, drop_database
 from tests.fakes import FakeProvider
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, make_tenant, serving, settings_for
 
 LONG_AGO = timedelta(minutes=5)  # further back than any threshold of the relay or sweeper
 
@@ -63,19 +63,8 @@ def own_settings(own_urls: ServiceUrls) -> Settings:
 
 @pytest.fixture(scope="module")
 async def own_app(own_settings: Settings) -> AsyncIterator[Litestar]:
-    application = create_app(own_settings)
-    started, stopping = asyncio.Event(), asyncio.Event()
-
-    async def serve() -> None:
-        async with application.lifespan():
-            started.set()
-            await stopping.wait()
-
-    task = asyncio.create_task(serve())
-    await started.wait()
-    yield application
-    stopping.set()
-    await task
+    async with serving(create_app(own_settings)) as application:
+        yield application
 
 
 @pytest.fixture
