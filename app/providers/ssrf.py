@@ -28,6 +28,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DNS_TIMEOUT = 5.0
 MAX_ADDRESSES = 3  # tried in turn when connecting fails; bounds a dead host's cost
+# An answer's body is read up to this much, for this long, so that its connection can be
+# reused; a longer or slower body closes the connection instead.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 1.0
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
@@ -142,8 +146,10 @@ async def send_pinned(
 ) -> httpx.Response:
     """Send to the checked addresses in turn until one accepts the connection.
 
-    Returns the response with its status and headers only: the body is not read (a tenant's
-    endpoint could answer with gigabytes) and the connection is released.
+    Returns the response with its status and headers only. The body is read and dropped
+    only while it is short and quick (a tenant's endpoint could answer with gigabytes, or
+    a byte a minute): then the connection goes back to the pool for the next message to
+    that host, instead of a new TCP and TLS handshake each time.
     """
     last_error: httpx.HTTPError | None = None
     for address in target.addresses:
@@ -160,10 +166,25 @@ async def send_pinned(
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             last_error = error
             continue
-        await response.aclose()
+        await _drain(response)
         return response
     assert last_error is not None  # addresses is never empty
     raise last_error
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read up to DRAIN_BYTES of the body within DRAIN_SECONDS, then release the response."""
+    read = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > DRAIN_BYTES:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the status is the answer; an unread body only costs the connection
+    finally:
+        await response.aclose()
 
 
 def _sni(target: PinnedURL) -> dict[str, Any]:

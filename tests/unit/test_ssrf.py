@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.providers.ssrf import (
+    DRAIN_BYTES,
     PinnedURL,
     UnresolvableHost,
     UnsafeURL,
@@ -120,13 +121,38 @@ def test_pinning_keeps_the_name_for_host_and_sni() -> None:
 
 
 class _Recorder(BaseHTTPRequestHandler):
+    """Notes each request (path, Host) and the client port it came from: one per connection.
+
+    `/big` answers with a body larger than Herald drains; `/slow` sends its headers and holds
+    the body back until `release` is set.
+    """
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do
     seen: list[tuple[str, str | None]] = []
+    ports: list[int] = []
+    release = threading.Event()
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
         _Recorder.seen.append((self.path, self.headers.get("host")))
-        self.send_response(204)
+        _Recorder.ports.append(self.client_address[1])
+        if self.path == "/big":
+            self._answer(b"x" * (DRAIN_BYTES * 4))
+        elif self.path == "/slow":
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.flush()
+            _Recorder.release.wait(timeout=10)
+            self.wfile.write(b"ok")
+        else:
+            self._answer(b"")
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200 if body else 204)
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -184,3 +210,38 @@ async def test_all_addresses_dead_raises_the_connect_error(receiver: int) -> Non
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await send_pinned(client, "POST", pinned, headers={}, content=b"", request_timeout=5)
+
+
+async def _post(client: httpx.AsyncClient, port: int, path: str) -> httpx.Response:
+    pinned = PinnedURL(
+        httpx.URL(f"http://hooks.example:{port}{path}"), "hooks.example", ("127.0.0.1",)
+    )
+    return await send_pinned(client, "POST", pinned, headers={}, content=b"{}", request_timeout=15)
+
+
+async def test_short_answers_leave_the_connection_for_the_next_message(receiver: int) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            assert (await _post(client, receiver, "/hook")).status_code == 204
+    assert len(set(_Recorder.ports[-3:])) == 1  # one connection, three requests
+
+
+async def test_a_long_body_is_not_read_and_costs_only_its_connection(receiver: int) -> None:
+    async with httpx.AsyncClient() as client:
+        assert (await _post(client, receiver, "/big")).status_code == 200
+        assert (await _post(client, receiver, "/hook")).status_code == 204
+    assert _Recorder.ports[-1] != _Recorder.ports[-2]
+
+
+async def test_a_slow_body_is_not_waited_for(receiver: int) -> None:
+    # The body comes only after the test releases it: a drain without a time limit would
+    # wait for it (10 s) and then reuse the connection.
+    _Recorder.release.clear()
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await _post(client, receiver, "/slow")).status_code == 200
+            _Recorder.release.set()
+            assert (await _post(client, receiver, "/hook")).status_code == 204
+    finally:
+        _Recorder.release.set()
+    assert _Recorder.ports[-1] != _Recorder.ports[-2]
