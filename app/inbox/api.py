@@ -56,11 +56,14 @@ class TokenOut(msgspec.Struct):
     recipient: str
 
 
-def _inbox_guard(connection: Any, _: Any) -> None:
+_READ_SCOPE_GUARD = requires_scope("read")
+
+
+async def _inbox_guard(connection: Any, handler: Any) -> None:
     """A recipient token, or an API key with `read`, may use an inbox."""
     if isinstance(connection.user, RecipientPrincipal):
         return
-    requires_scope("read")(connection, _)
+    await _READ_SCOPE_GUARD(connection, handler)
 
 
 async def _recipient_id(

@@ -158,7 +158,7 @@ async def test_locale_variants_with_fallback(
 
 
 async def test_inbox_with_a_recipient_token(
-    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls, session: AsyncSession
 ) -> None:
     await put_template(client, sandbox, "note", {"inbox": EMAIL_AND_INBOX["inbox"]})
     for person in ("mia", "noah"):
@@ -195,6 +195,13 @@ async def test_inbox_with_a_recipient_token(
     assert_problem(
         await client.post("/v1/notifications", headers=token, json={}), 403, "insufficient_scope"
     )
+    # An API key opens an inbox only with the `read` scope.
+    sender = await make_tenant(session, "Send only", mode="test", scopes=["send"])
+    await put_recipient(client, sender, "mia")
+    inbox_path = "/v1/recipients/mia/inbox"
+    assert_problem(await client.get(inbox_path, headers=sender.headers), 403, "insufficient_scope")
+    for path in (f"{inbox_path}/read-all", f"{inbox_path}/{first['id']}/read"):
+        assert_problem(await client.post(path, headers=sender.headers), 403, "insufficient_scope")
     forged = {"Authorization": f"Bearer {issued.json()['token'][:-2]}xx"}
     assert_problem(
         await client.get("/v1/recipients/mia/inbox", headers=forged), 401, "unauthorized"
