@@ -64,6 +64,8 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     status: Mapped[str] = mapped_column(String(16), default="accepted")
     dispatched_at: Mapped[datetime | None]
     problems: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    # W3C traceparent of the request that accepted it: dispatch and delivery continue its trace.
+    trace_context: Mapped[str | None] = mapped_column(Text)
 
 
 class Render(UuidPrimaryKey, Base):
@@ -124,6 +126,8 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
     # Attempts answered "rate limited": recorded, but not spent from the retry budget.
     rate_limited_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None]
+    # Start of the retry window (the tenant's window_hours); NULL: created_at. Replay resets it.
+    retry_window_from: Mapped[datetime | None]
     claimed_until: Mapped[datetime | None]
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(255))

@@ -23,3 +23,5 @@ class Tenant(UuidPrimaryKey, CreatedAt, Base):
     kill_switches: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default="{}")
     # {"max_attempts": n, "window_hours": h}; absent members take the defaults.
     retry_policy: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    # The locale of recipients who have none, and the fallback before a template's own content.
+    default_locale: Mapped[str | None] = mapped_column(String(35))
