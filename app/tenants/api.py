@@ -150,6 +150,7 @@ class TenantSettingsController(Controller):
             previous=work.previous or "off",
             channels=dict(work.switches),
             released=released,
+            dropped=work.dropped,
         )
 
     @get("/retry-policy", guards=READ, summary="The tenant's retry policy")

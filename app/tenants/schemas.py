@@ -33,6 +33,7 @@ class KillSwitchChange(msgspec.Struct):
     previous: KillSwitchMode
     channels: dict[str, str]  # every switch of the tenant after the change
     released: int  # held messages queued for delivery again (a pause was lifted)
+    dropped: int  # waiting non-critical messages skipped (drop_noncritical was set)
 
 
 class RetryPolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -3,8 +3,9 @@
 Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
   leaves them alone until the pause is lifted, when `held_batches` finds them again.
-- `drop_noncritical`: dispatch writes the channel's messages of non-critical categories
-  `skipped` (skip_reason `kill_switch`); critical categories still flow.
+- `drop_noncritical`: the channel's messages of non-critical categories already waiting
+  (`queued`, `retrying`) become `skipped` (skip_reason `kill_switch`) when it is set, and
+  dispatch writes later ones so; critical categories still flow.
 
 The retry policy (tenants.retry_policy) is read by delivery through `RetryPolicy.of`,
 which takes the defaults for anything absent or unusable in the stored JSON.
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.notifications.models import PRIORITIES, Message, Notification
+from app.recipients.preferences import DEFAULT_CATEGORIES
 from app.tenants.models import Tenant
 
 KillSwitch = Literal["pause", "drop_noncritical"]
@@ -103,6 +105,7 @@ class ResumeWork:
     previous: KillSwitch | None
     mode: KillSwitch | None
     switches: dict[str, KillSwitch]  # every switch of the tenant after the change
+    dropped: int = 0  # waiting non-critical messages skipped by a drop_noncritical
 
     @property
     def resumes(self) -> bool:
@@ -171,15 +174,46 @@ async def set_kill_switch(
     if row is None:
         raise TenantNotFound(str(tenant_id))
     previous = cast(KillSwitch, row[0]) if row[0] in KILL_SWITCHES else None
+    dropped = 0
+    if mode == "drop_noncritical":
+        dropped = await _drop_waiting_noncritical(session, tenant_id=tenant_id, channel=channel)
     await audit.append(
         session,
         tenant_id=tenant_id,
         actor=actor,
         action="tenant.kill_switch",
         target=channel,
-        details={"mode": mode or "off", "previous": previous or "off"},
+        details={"mode": mode or "off", "previous": previous or "off", "dropped": dropped},
     )
-    return ResumeWork(tenant_id, channel, previous, mode, switches_of(row[1]))
+    return ResumeWork(tenant_id, channel, previous, mode, switches_of(row[1]), dropped)
+
+
+# A category is critical by its tenant's row, else by the built-in defaults. Messages being
+# sent right now (`sending`) are past stopping.
+_DROP_WAITING = text(
+    """
+    UPDATE messages AS m
+       SET status = 'skipped', skip_reason = 'kill_switch', next_attempt_at = NULL,
+           updated_at = now()
+      FROM notifications AS n
+      LEFT JOIN categories AS c ON c.tenant_id = n.tenant_id AND c.key = n.category
+     WHERE m.tenant_id = :tenant_id AND m.channel = :channel
+       AND m.status IN ('queued', 'retrying')
+       AND n.id = m.notification_id AND n.tenant_id = :tenant_id
+       AND NOT coalesce(c.critical, n.category = ANY(:critical_defaults))
+    """
+).bindparams(bindparam("channel", type_=String))
+
+
+async def _drop_waiting_noncritical(
+    session: AsyncSession, *, tenant_id: uuid.UUID, channel: str
+) -> int:
+    critical = [key for key, category in DEFAULT_CATEGORIES.items() if category.critical]
+    result = await session.execute(
+        _DROP_WAITING,
+        {"tenant_id": tenant_id, "channel": channel, "critical_defaults": critical},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def held_batches(

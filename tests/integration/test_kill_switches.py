@@ -81,6 +81,7 @@ async def test_round_trip(client: httpx.AsyncClient, tenant: TenantKey) -> None:
         "previous": "off",
         "channels": {"email": "pause"},
         "released": 0,
+        "dropped": 0,
     }
     dropped = await switch(client, tenant, "sms", "drop_noncritical")
     assert dropped["channels"] == {"email": "pause", "sms": "drop_noncritical"}
@@ -113,8 +114,8 @@ async def test_changes_are_audited(
         )
     ).all()
     assert [(e.target, e.details) for e in entries] == [
-        ("push", {"mode": "drop_noncritical", "previous": "off"}),
-        ("push", {"mode": "off", "previous": "drop_noncritical"}),
+        ("push", {"mode": "drop_noncritical", "previous": "off", "dropped": 0}),
+        ("push", {"mode": "off", "previous": "drop_noncritical", "dropped": 0}),
     ]
     assert all(e.actor.startswith("api_key:hk_live_") for e in entries)
     assert await audit.verify(session, tenant_id=tenant.tenant_id) == []
@@ -294,6 +295,64 @@ async def test_drop_noncritical_through_the_send_path(
     )
     await run_workers(service_urls)
     assert by_channel(await notification(client, sandbox, later["id"]))["email"] == ("sent", None)
+
+
+async def test_drop_noncritical_skips_messages_already_waiting(
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+) -> None:
+    """A campaign gone wrong is stopped where it stands: its queued and retrying messages
+    are skipped at once; critical ones, other channels and other tenants keep going."""
+    other = await make_tenant(session, "Neighbour", mode="test")
+    response = await client.put(
+        "/v1/categories/otp", headers=sandbox.headers, json={"name": "OTP", "critical": True}
+    )
+    assert response.status_code in (200, 201), response.text
+    for tenant in (sandbox, other):
+        await put_template(client, tenant, "news", CONTENT)
+        await put_recipient(client, tenant, "ada", email="ada@example.com")
+    sent = {}
+    for tenant, category in (
+        (sandbox, "marketing"),
+        (sandbox, "otp"),
+        (sandbox, "security"),
+        (other, "marketing"),
+    ):
+        accepted = await notify(
+            client, tenant, template="news", to=["ada"], category=category, data={"name": "A"}
+        )
+        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await session.commit()
+        sent[(tenant.tenant_id, category)] = (tenant, accepted["id"])
+    [promo_email] = [
+        m["id"]
+        for m in (await notification(client, sandbox, sent[(sandbox.tenant_id, "marketing")][1]))[
+            "messages"
+        ]
+        if m["channel"] == "email"
+    ]
+    await session.execute(
+        update(Message).where(Message.id == uuid.UUID(promo_email)).values(status="retrying")
+    )
+    await session.commit()
+
+    changed = await switch(client, sandbox, "email", "drop_noncritical")
+    assert changed["dropped"] == 1
+    await run_workers(service_urls)
+
+    def view(tenant_id: uuid.UUID, category: str) -> Any:
+        tenant, notification_id = sent[(tenant_id, category)]
+        return notification(client, tenant, notification_id)
+
+    assert by_channel(await view(sandbox.tenant_id, "marketing")) == {
+        "email": ("skipped", "kill_switch"),
+        "inbox": ("sent", None),
+    }
+    for category in ("otp", "security"):
+        assert by_channel(await view(sandbox.tenant_id, category))["email"] == ("sent", None)
+    assert by_channel(await view(other.tenant_id, "marketing"))["email"] == ("sent", None)
 
 
 async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
