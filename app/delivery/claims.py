@@ -34,7 +34,9 @@ _CLAIM = text(
        AND r.id = m.render_id AND n.id = m.notification_id AND t.id = m.tenant_id
        AND (t.kill_switches ->> m.channel) IS DISTINCT FROM 'pause'
     RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
-              m.attempts, m.rate_limited_attempts, m.created_at, m.claimed_until, r.content,
+              m.attempts, m.rate_limited_attempts,
+              coalesce(m.retry_window_from, m.created_at) AS retry_window_from,
+              m.claimed_until, r.content,
               n.mode, n.priority, t.plan, t.retry_policy
     """
 )
@@ -66,7 +68,7 @@ class Claimed:
     address: str
     attempt: int  # this attempt's number, counted from 1
     rate_limited_attempts: int  # earlier attempts a provider answered "rate limited"
-    created_at: datetime
+    retry_window_from: datetime  # the retry policy's window starts here (creation, or replay)
     claimed_until: datetime  # the lease's end, and the claim's token: see record / release
     content: Content
     mode: str
@@ -94,7 +96,7 @@ async def claim(
             address=row.address,
             attempt=row.attempts,
             rate_limited_attempts=row.rate_limited_attempts,
-            created_at=row.created_at,
+            retry_window_from=row.retry_window_from,
             claimed_until=row.claimed_until,
             content=msgspec.convert(row.content, Content),
             mode=row.mode,

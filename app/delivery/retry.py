@@ -1,17 +1,56 @@
-"""When to try a failed message again: exponential backoff with full jitter."""
+"""When to try a failed message again: exponential backoff with full jitter, fitted to the
+tenant's retry policy.
+
+The k-th retry waits a random time below a ceiling of BASE_DELAY · growth^(k-1). The growth
+is chosen per policy so that the ceilings of all its retries add up to WINDOW_SHARE of its
+window (the rest is headroom for the attempts' own time), but never above MAX_GROWTH: the
+default 8 attempts in 24 h get ceilings of 5 s, 24 s, 2 min, 9.5 min, 46 min, 3.7 h and 18 h,
+so a provider outage of minutes or hours is outlasted; 20 attempts in 1 h stay close
+together; 3 attempts in 24 h retry within 5 s and 25 s rather than leave a day between two.
+However the draws fall, the last attempt is due within the window. Full jitter (a uniform
+draw from MIN_DELAY to the ceiling) spreads a burst of failures apart.
+"""
 
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
-MAX_ATTEMPTS = 8
-BASE_DELAY = 5.0  # seconds before the second attempt, at most
+from app.tenants.settings import RetryPolicy
+
+BASE_DELAY = 5.0  # the first retry's ceiling, in seconds
 MIN_DELAY = 1.0  # never hammer a provider that just failed
-MAX_DELAY = 4 * 3600.0  # 5 s · 2^n capped: eight attempts span roughly 24 h at the most
+WINDOW_SHARE = 0.95
+MAX_GROWTH = 5.0  # a wait is at most this many times the one before
 
 
-def retry_delay(attempt: int, retry_after: float | None = None) -> float:
-    """Seconds to wait after `attempt` failed; a provider's Retry-After is a floor."""
-    ceiling = min(MAX_DELAY, BASE_DELAY * 2 ** (attempt - 1))
-    delay = random.uniform(MIN_DELAY, ceiling)  # full jitter spreads a burst of failures apart
+@lru_cache(maxsize=256)
+def growth(max_attempts: int, window_seconds: float) -> float:
+    """The factor between retry ceilings whose sum over the policy's retries is its window
+    (at most MAX_GROWTH)."""
+    retries = max_attempts - 1
+    if retries < 2 or BASE_DELAY * retries >= window_seconds:
+        return 1.0
+
+    def total(factor: float) -> float:
+        return BASE_DELAY * (factor**retries - 1) / (factor - 1)
+
+    low, high = 1.0 + 1e-9, MAX_GROWTH
+    if total(high) <= window_seconds:
+        return MAX_GROWTH
+    for _ in range(100):  # bisection: total() rises with the factor
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) < window_seconds else (low, middle)
+    return low
+
+
+def ceiling(retry: int, policy: RetryPolicy) -> float:
+    """The longest wait before the `retry`-th retry (counted from 1)."""
+    factor = growth(policy.max_attempts, policy.window.total_seconds() * WINDOW_SHARE)
+    return BASE_DELAY * factor ** (retry - 1)
+
+
+def retry_delay(retry: int, policy: RetryPolicy, retry_after: float | None = None) -> float:
+    """Seconds to wait before the `retry`-th retry; a provider's Retry-After is a floor."""
+    delay = random.uniform(MIN_DELAY, max(MIN_DELAY, ceiling(retry, policy)))
     return max(delay, retry_after or 0.0)

@@ -110,6 +110,11 @@ class Router:
         grant = await self.buckets.take(buckets, len(chosen), at_head=returning)
         allocation.sends += [Send(m, route, probe) for m in chosen[: grant.granted]]
         rest = chosen[grant.granted :]
+        if probe and not grant.granted:  # the probe waits for a token: let another caller probe
+            key = route_key_for(route.config_id, route.channel)
+            await self.breakers.record(
+                chosen[0].tenant_id, key, successes=0, failures=0, probe=True
+            )
         # Each message has its own turn in the bucket's line, so deferred batches of every
         # worker come back as the bucket refills, not all at the next token. They come back
         # in groups due at their last member's turn: a group no larger than half the burst

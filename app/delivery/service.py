@@ -47,6 +47,9 @@ SEND_CONCURRENCY = 32
 # When Redis (buckets, breakers) cannot be asked, claimed messages wait this long.
 ROUTING_UNAVAILABLE_WAIT = timedelta(seconds=5)
 FAILURE_CLASSES = ("transient", "config")  # what a breaker counts against a provider
+# Tried again later (config: after its breaker opens, through the channel's next provider).
+RETRYABLE_CLASSES = ("transient", "rate_limited", "config")
+NO_PROVIDER = "none"  # the provider recorded when a channel has none configured at all
 
 MESSAGES_SENT = Counter(
     "herald_messages_total",
@@ -108,7 +111,7 @@ class Deliverer:
         started = [o for o in outcomes if isinstance(o, Sent)]
         unstarted = [o for o in outcomes if isinstance(o, Send)]
         waiting = allocation.waiting + [(s.message, now) for s in unstarted]
-        await self._tell_breakers(started)
+        await self._tell_breakers(started, unstarted)
         async with self.sessions() as session:
             retries = await record(session, started, now)
             await release(session, waiting)
@@ -169,7 +172,7 @@ class Deliverer:
         if message.channel == "inbox":  # the inbox is Herald's own store: the row is the delivery
             return "inbox", SendResult(ok=True)
         if route is None:
-            return "none", SendResult(
+            return NO_PROVIDER, SendResult(
                 ok=False, error_class="config", error=f"no {message.channel} provider is configured"
             )
         outbound = OutboundMessage(
@@ -191,16 +194,26 @@ class Deliverer:
             self.adapters[key] = adapter
         return adapter
 
-    async def _tell_breakers(self, started: list[Sent]) -> None:
+    async def _tell_breakers(self, started: list[Sent], unstarted: list[Send]) -> None:
+        """Each guarded route's successes and failures. Rate limiting and a bad address say
+        nothing of a provider's health: they count as neither, and a probe that ended so, or
+        was not made, hands its permit back."""
+        outcomes = [(o.send, o.result) for o in started] + [(s, None) for s in unstarted]
         tally: dict[tuple[uuid.UUID, str, bool], list[int]] = defaultdict(lambda: [0, 0])
-        for outcome in started:
-            route = outcome.send.route
+        for send, result in outcomes:
+            route = send.route
             if route is None or route.provider in UNGUARDED:
                 continue
-            key = (outcome.send.message.tenant_id, route_key_for(route.config_id, route.channel))
-            failed = outcome.result.error_class in FAILURE_CLASSES
-            tally[(*key, outcome.send.probe)][1 if failed else 0] += 1
+            counts = tally[
+                (send.message.tenant_id, route_key_for(route.config_id, route.channel), send.probe)
+            ]
+            if result is not None and result.ok:
+                counts[0] += 1
+            elif result is not None and result.error_class in FAILURE_CLASSES:
+                counts[1] += 1
         for (tenant_id, route_key, probe), (successes, failures) in tally.items():
+            if not (successes or failures or probe):
+                continue
             try:
                 await self.router.breakers.record(
                     tenant_id, route_key, successes=successes, failures=failures, probe=probe
@@ -239,10 +252,9 @@ async def record(session: AsyncSession, started: list[Sent], now: datetime) -> l
             retries.append(
                 Due(message.id, message.priority, row["next_attempt_at"], message.attempt)
             )
-        if result.suppress_address:
-            reason = "unregistered_device" if message.channel == "push" else "hard_bounce"
+        if result.suppress:
             suppressions.setdefault(message.tenant_id, []).append(
-                (message.channel, message.address, reason, provider)
+                (message.channel, message.address, result.suppress, provider)
             )
         attempts.append(_attempt_row(outcome, now))
         MESSAGES_SENT.labels(message.channel, provider, row["status"]).inc()
@@ -333,7 +345,7 @@ def _outcome(message: Claimed, provider: str, result: SendResult, now: datetime)
     rate_limited = result.error_class == "rate_limited"
     if rate_limited:
         row["rate_limited_attempts"] += 1
-    at = _next_attempt(message, result, now)
+    at = _next_attempt(message, result, now) if provider != NO_PROVIDER else None
     if at is None:
         return {**row, "status": "failed"}
     return {**row, "status": "retrying", "next_attempt_at": at}
@@ -344,7 +356,7 @@ def _next_attempt(message: Claimed, result: SendResult, now: datetime) -> dateti
 
     Rate-limited answers are not spent from the attempt budget, only the time window.
     """
-    if result.error_class not in ("transient", "rate_limited"):
+    if result.error_class not in RETRYABLE_CLASSES:
         return None
     policy = RetryPolicy.of(message.retry_policy)
     rate_limited = result.error_class == "rate_limited"
@@ -354,6 +366,6 @@ def _next_attempt(message: Claimed, result: SendResult, now: datetime) -> dateti
     if rate_limited and result.retry_after:
         delay = result.retry_after + random.uniform(0, 1)  # spread the herd past the reset
     else:
-        delay = retry_delay(max(spent, 1), result.retry_after)
+        delay = retry_delay(max(spent, 1), policy, result.retry_after)
     at = now + timedelta(seconds=delay)
-    return at if at <= message.created_at + policy.window else None
+    return at if at <= message.retry_window_from + policy.window else None

@@ -146,7 +146,10 @@ async def replay(
         .where(*conditions, _REPLAYABLE, Notification.id == Message.notification_id)
         .values(
             status="queued",
+            # A replay gets a whole retry budget of its own: attempts and window start anew.
             attempts=0,
+            rate_limited_attempts=0,
+            retry_window_from=func.now(),
             next_attempt_at=None,
             claimed_until=None,
             error_class=None,

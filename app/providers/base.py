@@ -14,6 +14,8 @@ from typing import Literal, Protocol
 from app.templates.content import Content
 
 ErrorClass = Literal["transient", "rate_limited", "permanent", "config"]
+# Why the provider says never to send to this address again (a suppression's reason).
+DeadAddress = Literal["hard_bounce", "unsubscribed", "invalid_address", "unregistered_device"]
 
 ERROR_TEXT_LIMIT = 300
 
@@ -37,7 +39,7 @@ class SendResult:
     status_code: int | None = None  # HTTP status, SMTP reply code, or provider error code
     error: str | None = None  # short, safe to show the tenant (no secrets)
     retry_after: float | None = None  # seconds, from Retry-After / provider hints
-    suppress_address: bool = False  # the provider says this address is dead
+    suppress: DeadAddress | None = None  # the provider says this address is dead, and why
 
 
 class ProviderAdapter(Protocol):
@@ -59,7 +61,7 @@ def failed(
     *,
     status_code: int | None = None,
     retry_after: float | None = None,
-    suppress_address: bool = False,
+    suppress: DeadAddress | None = None,
 ) -> SendResult:
     return SendResult(
         ok=False,
@@ -67,7 +69,7 @@ def failed(
         status_code=status_code,
         error=short(error),
         retry_after=retry_after,
-        suppress_address=suppress_address,
+        suppress=suppress,
     )
 
 

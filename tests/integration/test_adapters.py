@@ -96,12 +96,12 @@ def assert_failure(
     error_class: str,
     status_code: int | None,
     *,
-    suppress: bool = False,
+    suppress: str | None = None,
     retry_after: float | None = None,
 ) -> None:
     assert not result.ok, result
     assert (result.error_class, result.status_code) == (error_class, status_code), result
-    assert result.suppress_address is suppress, result
+    assert result.suppress == suppress, result
     if retry_after is not None:
         assert result.retry_after == pytest.approx(retry_after, abs=2), result
     assert result.error and len(result.error) <= 300
@@ -313,15 +313,15 @@ async def test_twilio_messaging_service(
 @pytest.mark.parametrize(
     ("http_status", "code", "error_class", "suppress"),
     [
-        (400, 21211, "permanent", False),  # invalid To
-        (400, 21610, "permanent", True),  # unsubscribed (STOP)
-        (400, 21614, "permanent", False),  # not a mobile number
-        (400, 21612, "permanent", False),  # cannot route
-        (429, 20429, "rate_limited", False),
-        (400, 30001, "transient", False),  # queue overflow
-        (401, 20003, "config", False),  # authentication
-        (400, 21606, "config", False),  # From not SMS-capable
-        (400, 21608, "config", False),  # trial account, unverified To
+        (400, 21211, "permanent", "invalid_address"),  # invalid To
+        (400, 21610, "permanent", "unsubscribed"),  # unsubscribed (STOP)
+        (400, 21614, "permanent", "invalid_address"),  # not a mobile number
+        (400, 21612, "permanent", None),  # cannot route
+        (429, 20429, "rate_limited", None),
+        (400, 30001, "transient", None),  # queue overflow
+        (401, 20003, "config", None),  # authentication
+        (400, 21606, "config", None),  # From not SMS-capable
+        (400, 21608, "config", None),  # trial account, unverified To
     ],
 )
 async def test_twilio_error_table(
@@ -330,7 +330,7 @@ async def test_twilio_error_table(
     http_status: int,
     code: int,
     error_class: str,
-    suppress: bool,
+    suppress: str | None,
 ) -> None:
     provider_api.post(TWILIO_URL).respond(
         http_status,
@@ -488,14 +488,14 @@ def _fcm_error(status: int, canonical: str, code: str | None) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("status", "canonical", "code", "error_class", "suppress"),
     [
-        (404, "NOT_FOUND", "UNREGISTERED", "permanent", True),
-        (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "permanent", False),
-        (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "permanent", False),
-        (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "rate_limited", False),
-        (503, "UNAVAILABLE", "UNAVAILABLE", "transient", False),
-        (500, "INTERNAL", "INTERNAL", "transient", False),
-        (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR", "config", False),
-        (503, "UNAVAILABLE", None, "transient", False),  # canonical status only
+        (404, "NOT_FOUND", "UNREGISTERED", "permanent", "unregistered_device"),
+        (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", "permanent", None),
+        (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "permanent", None),
+        (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "rate_limited", None),
+        (503, "UNAVAILABLE", "UNAVAILABLE", "transient", None),
+        (500, "INTERNAL", "INTERNAL", "transient", None),
+        (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR", "config", None),
+        (503, "UNAVAILABLE", None, "transient", None),  # canonical status only
     ],
 )
 async def test_fcm_error_table(
@@ -506,7 +506,7 @@ async def test_fcm_error_table(
     canonical: str,
     code: str | None,
     error_class: str,
-    suppress: bool,
+    suppress: str | None,
 ) -> None:
     provider_api.post(FCM_URL).respond(
         status, json=_fcm_error(status, canonical, code), headers={"Retry-After": "12"}
@@ -608,16 +608,16 @@ async def test_apns_reuses_its_provider_token_and_honours_the_environment(
 @pytest.mark.parametrize(
     ("status", "reason", "error_class", "suppress"),
     [
-        (400, "BadDeviceToken", "permanent", True),
-        (400, "DeviceTokenNotForTopic", "permanent", True),
-        (410, "Unregistered", "permanent", True),
-        (413, "PayloadTooLarge", "permanent", False),
-        (429, "TooManyRequests", "rate_limited", False),
-        (500, "InternalServerError", "transient", False),
-        (503, "ServiceUnavailable", "transient", False),
-        (403, "InvalidProviderToken", "config", False),
-        (403, "ExpiredProviderToken", "transient", False),
-        (400, "BadTopic", "config", False),
+        (400, "BadDeviceToken", "permanent", "unregistered_device"),
+        (400, "DeviceTokenNotForTopic", "permanent", "unregistered_device"),
+        (410, "Unregistered", "permanent", "unregistered_device"),
+        (413, "PayloadTooLarge", "permanent", None),
+        (429, "TooManyRequests", "rate_limited", None),
+        (500, "InternalServerError", "transient", None),
+        (503, "ServiceUnavailable", "transient", None),
+        (403, "InvalidProviderToken", "config", None),
+        (403, "ExpiredProviderToken", "transient", None),
+        (400, "BadTopic", "config", None),
     ],
 )
 async def test_apns_error_table(
@@ -626,7 +626,7 @@ async def test_apns_error_table(
     status: int,
     reason: str,
     error_class: str,
-    suppress: bool,
+    suppress: str | None,
 ) -> None:
     apple.post(APNS_URL).respond(status, json={"reason": reason})
     adapter = adapter_for("apns", "push", APNS_CREDENTIALS, {"topic": "com.acme.app"}, http)
@@ -716,19 +716,19 @@ async def test_webhook_id_is_stable_and_timestamp_new_across_retries(
 @pytest.mark.parametrize(
     ("status", "error_class", "suppress"),
     [
-        (301, "permanent", False),
-        (302, "permanent", False),
-        (307, "permanent", False),
-        (308, "permanent", False),
-        (410, "permanent", True),
-        (429, "rate_limited", False),
-        (502, "transient", False),
-        (503, "transient", False),
-        (504, "transient", False),
-        (500, "transient", False),
-        (400, "permanent", False),
-        (401, "permanent", False),
-        (404, "permanent", False),
+        (301, "permanent", None),
+        (302, "permanent", None),
+        (307, "permanent", None),
+        (308, "permanent", None),
+        (410, "permanent", "invalid_address"),
+        (429, "rate_limited", None),
+        (502, "transient", None),
+        (503, "transient", None),
+        (504, "transient", None),
+        (500, "transient", None),
+        (400, "permanent", None),
+        (401, "permanent", None),
+        (404, "permanent", None),
     ],
 )
 async def test_webhook_answer_table(
@@ -736,7 +736,7 @@ async def test_webhook_answer_table(
     fake_provider: FakeProvider,
     status: int,
     error_class: str,
-    suppress: bool,
+    suppress: str | None,
 ) -> None:
     headers = {"Retry-After": "9"}
     if 300 <= status < 400:
@@ -857,14 +857,14 @@ async def test_smtp_delivers_both_parts_and_our_headers(
 @pytest.mark.parametrize(
     ("address", "code", "error_class", "suppress"),
     [
-        ("dead@example.com", 550, "permanent", True),
-        ("moved@example.com", 551, "permanent", True),
-        ("badname@example.com", 553, "permanent", True),
-        ("full@example.com", 552, "permanent", False),
-        ("busy@example.com", 450, "transient", False),
-        ("later@example.com", 451, "transient", False),
-        ("spam@example.com", 554, "permanent", False),  # refused at DATA: not the address
-        ("defer@example.com", 452, "transient", False),
+        ("dead@example.com", 550, "permanent", "hard_bounce"),
+        ("moved@example.com", 551, "permanent", "hard_bounce"),
+        ("badname@example.com", 553, "permanent", "hard_bounce"),
+        ("full@example.com", 552, "permanent", None),
+        ("busy@example.com", 450, "transient", None),
+        ("later@example.com", 451, "transient", None),
+        ("spam@example.com", 554, "permanent", None),  # refused at DATA: not the address
+        ("defer@example.com", 452, "transient", None),
     ],
 )
 async def test_smtp_reply_table(
@@ -873,7 +873,7 @@ async def test_smtp_reply_table(
     address: str,
     code: int,
     error_class: str,
-    suppress: bool,
+    suppress: str | None,
 ) -> None:
     mailbox, port = smtp_server
     adapter = adapter_for("smtp", "email", {}, smtp_options(port), http)
@@ -939,15 +939,15 @@ async def test_smtp_refuses_header_injection(
 @pytest.mark.parametrize(
     ("address", "error_class", "status", "suppress", "retry_after"),
     [
-        ("bounce@example.com", "permanent", 550, True, None),
-        ("fail@example.com", "permanent", 400, False, None),
-        ("+15005550001", "permanent", 400, False, None),
-        ("fcm:invalid", "permanent", 400, False, None),
-        ("apns:invalid", "permanent", 400, False, None),
-        ("transient@example.com", "transient", 503, False, None),
-        ("+15005550002", "transient", 503, False, None),
-        ("ratelimit@example.com", "rate_limited", 429, False, 1.0),
-        ("+15005550003", "rate_limited", 429, False, 1.0),
+        ("bounce@example.com", "permanent", 550, "hard_bounce", None),
+        ("fail@example.com", "permanent", 400, None, None),
+        ("+15005550001", "permanent", 400, None, None),
+        ("fcm:invalid", "permanent", 400, None, None),
+        ("apns:invalid", "permanent", 400, None, None),
+        ("transient@example.com", "transient", 503, None, None),
+        ("+15005550002", "transient", 503, None, None),
+        ("ratelimit@example.com", "rate_limited", 429, None, 1.0),
+        ("+15005550003", "rate_limited", 429, None, 1.0),
     ],
 )
 async def test_sandbox_outcomes_by_address(
@@ -955,7 +955,7 @@ async def test_sandbox_outcomes_by_address(
     address: str,
     error_class: str,
     status: int,
-    suppress: bool,
+    suppress: str | None,
     retry_after: float | None,
 ) -> None:
     async with new_client() as client:

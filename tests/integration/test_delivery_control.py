@@ -24,9 +24,10 @@ from app.delivery.service import Deliverer, Due, Sent, record
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Attempt, Message
 from app.providers.base import SendResult
-from app.providers.breaker import CircuitBreakers
-from app.ratelimit.buckets import TokenBuckets
+from app.providers.breaker import BreakerPolicy, CircuitBreakers
+from app.ratelimit.buckets import TokenBuckets, provider_bucket, tenant_bucket
 from app.runtime import ServiceUrls
+from app.tenants.plans import limits_for
 from tests.fakes import FakeProvider, Mailbox
 from tests.send_path import notify, put_recipient, put_template, workers
 from tests.support import TenantKey, free_port, settings_for
@@ -366,3 +367,183 @@ async def test_a_worker_that_lost_its_claim_cannot_overwrite_the_new_holder(
         select(Attempt.outcome).where(Attempt.message_id == first).order_by(Attempt.id)
     )
     assert list(outcomes) == ["failed", "sent"]
+
+
+async def test_a_replay_gets_a_whole_retry_budget_and_window(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    policy = {"max_attempts": 2, "window_hours": 1}
+    assert (
+        await client.put("/v1/tenant/retry-policy", headers=tenant.headers, json=policy)
+    ).status_code == 200
+    await hook_recipients(client, tenant, provider, 1)
+    [message_id] = await queued(client, session, tenant, "hook", 1)
+
+    async def attempt(status: int) -> None:
+        await session.execute(update(Message).values(next_attempt_at=utcnow()))
+        await session.commit()
+        provider.answer(status, b"", {"Retry-After": "1"})
+        await deliverer.deliver([message_id])
+
+    for status in (429, 503, 503):  # a 429 costs no attempt: the second 503 spends the last
+        await attempt(status)
+    assert await states(session, [message_id]) == [("failed", 3, 1)]
+    # Two hours later: the message's own window is long gone.
+    await session.execute(update(Message).values(created_at=utcnow() - timedelta(hours=2)))
+    await session.commit()
+
+    replayed = await client.post(
+        "/v1/dlq/replay", headers=tenant.headers, json={"ids": [str(message_id)]}
+    )
+    assert replayed.status_code == 200, replayed.text
+    await attempt(503)  # within the replay's budget and window: retried, not failed
+    assert await states(session, [message_id]) == [("retrying", 1, 0)]
+    await attempt(503)
+    assert await states(session, [message_id]) == [("failed", 2, 0)]
+
+
+async def test_refused_credentials_retry_and_fail_over(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    mailbox: tuple[Mailbox, int],
+    deliverer: Deliverer,
+) -> None:
+    """A provider refusing our key is our configuration's fault, not the messages': they
+    retry, the breaker counts the refusals, opens, and the channel's next provider sends."""
+    box, port = mailbox
+    sender = {"from_email": "hi@acme.test"}
+    await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="sendgrid",
+        name="revoked key",
+        priority=0,
+        credentials={"api_key": "SG.revoked"},
+        options=sender,
+    )
+    await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="smtp",
+        name="backup",
+        priority=1,
+        rate_per_second=100,
+        burst=100,
+        options={**sender, "host": "127.0.0.1", "port": port, "security": "none"},
+    )
+    await put_template(client, tenant, "mail", MAIL)
+    for i in range(20):
+        await put_recipient(client, tenant, f"r{i}", email=f"r{i}@example.com")
+    provider.answer(401, {"errors": [{"message": "The provided authorization grant is invalid"}]})
+    ids = await queued(client, session, tenant, "mail", 20)
+
+    due = await deliverer.deliver(ids)
+    assert len(provider.requests) == 20 and box.received == []
+    assert sorted(d.message_id for d in due) == ids and all(d.attempt == 1 for d in due)
+    assert set(await states(session, ids)) == {("retrying", 1, 0)}
+    listed = (await client.get("/v1/providers", headers=tenant.headers)).json()["data"]
+    assert {p["name"]: p["breaker"]["state"] for p in listed}["revoked key"] == "open"
+
+    await session.execute(update(Message).values(next_attempt_at=utcnow()))
+    await session.commit()
+    assert await deliverer.deliver(ids) == []
+    assert len(provider.requests) == 20 and len(box.received) == 20
+    assert set(await states(session, ids)) == {("sent", 2, 0)}
+
+
+async def test_answers_that_say_nothing_of_the_provider_leave_its_breaker_alone(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    """Rate limiting and refused addresses are neither successes nor failures; a probe that
+    ends so hands its permit back for the next caller."""
+    config = await add_provider(client, tenant, channel="webhook", provider="webhook", name="h")
+    await hook_recipients(client, tenant, provider, 22)
+    ids = await queued(client, session, tenant, "hook", 22)
+    quick = CircuitBreakers(
+        deliverer.router.breakers.redis, BreakerPolicy(cool_down=0.05, probe_timeout=60)
+    )
+    deliverer.router = Router(buckets=deliverer.router.buckets, breakers=quick)
+
+    provider.answer(400)  # permanent: the address, not the provider
+    assert await deliverer.deliver(ids[:10]) == []
+    provider.answer(429, b"", {"Retry-After": "1"})
+    assert len(await deliverer.deliver(ids[10:20])) == 10
+    assert (await quick.states(tenant.tenant_id, [config]))[config].calls == 0
+
+    await quick.record(tenant.tenant_id, config, successes=0, failures=25)
+    await asyncio.sleep(0.1)  # cooled down: the next caller gets the probe
+    [due] = await deliverer.deliver([ids[20]])
+    assert due.attempt == 1  # the probe was made, and rate limited
+    admission = await quick.admit(tenant.tenant_id, config, 1)
+    assert (admission.allowed, admission.probe) == (1, True)  # not held until probe_timeout
+
+    # A probe that finds no token is not made, and hands its permit back as well.
+    await quick.record(tenant.tenant_id, config, successes=0, failures=1, probe=True)
+    await asyncio.sleep(0.1)
+    # Drained: every whole token the provider's bucket holds is taken.
+    rate = (await client.get("/v1/providers", headers=tenant.headers)).json()["data"][0]
+    bucket = provider_bucket(tenant.tenant_id, config, rate["rate_per_second"], 10_000)
+    held = await deliverer.router.buckets.take([bucket], 0)
+    await deliverer.router.buckets.take([bucket], held.remaining)
+    [due] = await deliverer.deliver([ids[21]])
+    assert due.attempt == 0
+    admission = await quick.admit(tenant.tenant_id, config, 1)
+    assert (admission.allowed, admission.probe) == (1, True)
+
+
+async def test_the_tenants_plan_paces_its_sends(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    await add_provider(
+        client, tenant, channel="webhook", provider="webhook", name="hooks", rate_per_second=1000
+    )
+    await hook_recipients(client, tenant, provider, 30)
+    ids = await queued(client, session, tenant, "hook", 30)
+    limits = limits_for("free")
+    started = asyncio.get_running_loop().time()
+    # Another worker spent the tenant's whole burst a moment ago.
+    bucket = tenant_bucket(tenant.tenant_id, limits)
+    assert (await deliverer.router.buckets.take([bucket], limits.send_burst)).granted == 500
+
+    due = await deliverer.deliver(ids)
+    # Only what the plan's rate refilled meanwhile went out; the rest wait their turns.
+    refilled = (asyncio.get_running_loop().time() - started) * limits.send_rate
+    assert len(provider.requests) <= refilled + 1 < 10
+    assert len(due) == 30 - len(provider.requests) and all(d.attempt == 0 for d in due)
+    # They come back when the plan's rate has refilled a token for each of them.
+    now = utcnow()
+    waits = [(d.at - now).total_seconds() for d in due]
+    assert all(0.3 < wait <= 30 / limits.send_rate + 0.1 for wait in waits), waits
+
+
+async def test_a_dead_address_is_suppressed_with_the_providers_reason(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    [message_id] = await webhook_messages(client, session, tenant, provider, 1)
+    provider.answer(410)
+    assert await deliverer.deliver([message_id]) == []
+    listed = (await client.get("/v1/suppressions", headers=tenant.headers)).json()["data"]
+    assert [(s["channel"], s["address"], s["reason"]) for s in listed] == [
+        ("webhook", f"{provider.url}/hook", "invalid_address")
+    ]

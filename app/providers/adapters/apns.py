@@ -75,7 +75,7 @@ def result(response: httpx.Response) -> SendResult:
         f"APNs {status}: {reason}".rstrip(": "),
         status_code=status,
         retry_after=retry_after(response.headers),
-        suppress_address=reason in DEAD_TOKEN_REASONS or status == 410,
+        suppress="unregistered_device" if reason in DEAD_TOKEN_REASONS or status == 410 else None,
     )
 
 

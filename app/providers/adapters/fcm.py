@@ -98,7 +98,7 @@ def result(response: httpx.Response) -> SendResult:
         f"FCM {reason or status}: {text}".rstrip(": "),
         status_code=status,
         retry_after=retry_after(response.headers),
-        suppress_address=reason == "UNREGISTERED",
+        suppress="unregistered_device" if reason == "UNREGISTERED" else None,
     )
 
 

@@ -27,7 +27,7 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(
         ("bounce@",),
-        failed("permanent", "sandbox: hard bounce", status_code=550, suppress_address=True),
+        failed("permanent", "sandbox: hard bounce", status_code=550, suppress="hard_bounce"),
     ),
     Rule(
         ("fail@", "+15005550001", "fcm:invalid", "apns:invalid"),

@@ -73,7 +73,9 @@ def classify(code: int, text: str, *, recipient: bool = False) -> SendResult:
         return failed("config", detail, status_code=code)
     if 500 <= code < 600:
         dead = recipient and code in DEAD_MAILBOX_CODES
-        return failed("permanent", detail, status_code=code, suppress_address=dead)
+        return failed(
+            "permanent", detail, status_code=code, suppress="hard_bounce" if dead else None
+        )
     return failed("transient", detail, status_code=code)
 
 

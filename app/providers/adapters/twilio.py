@@ -12,7 +12,15 @@ from urllib.parse import urlencode
 
 import httpx
 
-from app.providers.base import ErrorClass, OutboundMessage, SendResult, failed, sent, wrong_content
+from app.providers.base import (
+    DeadAddress,
+    ErrorClass,
+    OutboundMessage,
+    SendResult,
+    failed,
+    sent,
+    wrong_content,
+)
 from app.providers.credentials import TwilioCredentials, TwilioOptions
 from app.providers.http import class_of_status, json_object, network_failure, retry_after
 from app.templates.content import SmsContent
@@ -31,7 +39,12 @@ CODES: dict[int, ErrorClass] = {
     21606: "config",  # From is not a valid, SMS-capable number of this account
     21608: "config",  # trial account: To is not verified
 }
-UNSUBSCRIBED = 21610
+# Codes that say the number itself is dead for us, and why it is suppressed.
+DEAD_NUMBER_CODES: dict[int, DeadAddress] = {
+    21211: "invalid_address",
+    21614: "invalid_address",
+    21610: "unsubscribed",
+}
 
 
 def form(message: OutboundMessage, content: SmsContent, options: TwilioOptions) -> dict[str, str]:
@@ -61,7 +74,7 @@ def result(response: httpx.Response) -> SendResult:
         text,
         status_code=code or status,
         retry_after=retry_after(response.headers),
-        suppress_address=code == UNSUBSCRIBED,
+        suppress=DEAD_NUMBER_CODES.get(code) if code else None,
     )
 
 

@@ -32,7 +32,10 @@ def result(response: httpx.Response) -> SendResult:
         return failed("permanent", f"HTTP {status}: redirects are not followed", status_code=status)
     if status == 410:
         return failed(
-            "permanent", "HTTP 410: the endpoint is gone", status_code=410, suppress_address=True
+            "permanent",
+            "HTTP 410: the endpoint is gone",
+            status_code=410,
+            suppress="invalid_address",
         )
     if status == 429:
         return failed("rate_limited", "HTTP 429: slow down", status_code=429, retry_after=wait)
