@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import httpx
 from app.settings import QUEUES, Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _settings() -> Settings:
@@ -46,6 +48,18 @@ def _migrated() -> Settings:
     settings = _with_services(_settings())
     upgrade(_database_url(settings))
     return settings
+
+
+def _share_metrics(settings: Settings) -> None:
+    """Let this process's children keep their Prometheus metrics in one folder (the client
+    library's multiprocess mode), unless the operator chose one already."""
+    if os.environ.get(METRICS_DIR):
+        return
+    folder = settings.data_dir / "metrics" / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ[METRICS_DIR] = str(folder)
 
 
 def _database_url(settings: Settings) -> str:
@@ -86,8 +100,10 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     if workers == 1:
         uvicorn.run(create_app(settings), **options)
         return
-    # Worker processes build their own app from the environment: hand them the services.
+    # Worker processes build their own app from the environment: hand them the services,
+    # and a folder where their metrics add up, so /metrics counts every process.
     os.environ.update(DATABASE_URL=_database_url(settings), REDIS_URL=settings.redis_url or "")
+    _share_metrics(settings)
     uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
 
 
@@ -207,6 +223,7 @@ def dev() -> None:
     settings = _migrated()
     database_url = _database_url(settings)
     demo = asyncio.run(seed_demo(database_url, settings.data_dir))
+    _share_metrics(settings)  # the API's /metrics shows the worker's deliveries too
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.redis_url or ""}
     herald = [sys.executable, "-m", "app.cli"]
     children = [

@@ -15,6 +15,8 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import Redis
 
 import admin_ui
@@ -31,6 +33,7 @@ from app.notifications.api import NotificationController, list_messages, read_me
 from app.notifications.writer import IntakeWriter
 from app.observability.logging import configure_logging
 from app.observability.middleware import request_context_middleware
+from app.observability.tracing import start_tracing, stop_tracing
 from app.problems import EXCEPTION_HANDLERS
 from app.providers.api import ProviderController
 from app.providers.breaker import CircuitBreakers
@@ -44,6 +47,7 @@ from app.tenants.api import TenantSettingsController, who_am_i
 from jobs import queues
 
 API_VERSION = "2026-11-01"
+UNTRACED_PATHS = ["/healthz", "/readyz", "/metrics", "/static/"]  # probes and scrapes
 
 
 def secret_key(settings: Settings) -> bytes:
@@ -58,7 +62,7 @@ def secret_key(settings: Settings) -> bytes:
     return base64.urlsafe_b64decode(path.read_text().strip())
 
 
-def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
+def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         embedded = EmbeddedServices(settings.data_dir, settings.database_url, settings.redis_url)
@@ -90,6 +94,7 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             await redis.aclose()
             await engine.dispose()
             await asyncio.to_thread(embedded.stop)
+            await asyncio.to_thread(stop_tracing, tracing)
 
     return lifespan
 
@@ -142,15 +147,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     dashboard = admin_ui.Dashboard(settings, secret_key(settings))
+    tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-api")
+    plugins = dashboard.plugins()
+    if tracing is not None:
+        traced = OpenTelemetryConfig(tracer_provider=tracing, exclude=UNTRACED_PATHS)
+        plugins.append(OpenTelemetryPlugin(traced))
     return Litestar(
         route_handlers=[healthz, readyz, metrics, api_router(), *dashboard.routers()],
         dependencies={"db_session": Provide(provide_db_session)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[request_context_middleware],
-        lifespan=[_lifespan(settings)],
+        lifespan=[_lifespan(settings, tracing)],
         openapi_config=openapi_config(),
         template_config=dashboard.template_config(),
-        plugins=dashboard.plugins(),
+        plugins=plugins,
         csrf_config=CSRFConfig(
             secret=secret_key(settings).hex(),
             cookie_secure=settings.secure_cookies,

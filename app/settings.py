@@ -214,6 +214,25 @@ VARIABLES: tuple[Var, ...] = (
         "operator override of provider API endpoints, e.g. sendgrid=http://127.0.0.1:9000",
     ),
     Var(
+        "HERALD_OTLP_ENDPOINT",
+        None,
+        _url(("http", "https")),
+        "OpenTelemetry collector (OTLP/HTTP) receiving traces, e.g. http://otel:4318; unset: "
+        "no tracing",
+    ),
+    Var(
+        "HERALD_TRACE_SAMPLE_RATIO",
+        "1",
+        _float_in(0, 1),
+        "share of API requests traced (with their dispatch and deliveries) when tracing is on",
+    ),
+    Var(
+        "HERALD_WORKER_METRICS_PORT",
+        None,
+        _int_in(1, 65535),
+        "port on which `herald worker` serves Prometheus /metrics (on HERALD_HOST); unset: none",
+    ),
+    Var(
         "HERALD_SECURE_COOKIES",
         None,
         _bool,
@@ -243,6 +262,9 @@ class Settings:
     encryption_keys: tuple[tuple[str, bytes], ...] | None
     allow_private_urls: bool
     provider_base_urls: dict[str, str]
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = 1.0
+    worker_metrics_port: int | None = None
 
     @property
     def is_production(self) -> bool:
@@ -295,4 +317,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         encryption_keys=values["HERALD_ENCRYPTION_KEYS"],
         allow_private_urls=values["HERALD_ALLOW_PRIVATE_URLS"],
         provider_base_urls=values["HERALD_PROVIDER_BASE_URLS"] or {},
+        otlp_endpoint=values["HERALD_OTLP_ENDPOINT"],
+        trace_sample_ratio=values["HERALD_TRACE_SAMPLE_RATIO"],
+        worker_metrics_port=values["HERALD_WORKER_METRICS_PORT"],
     )

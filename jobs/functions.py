@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+import structlog
 from arq.typing import WorkerCoroutine
 
 from app.delivery.service import Deliverer, Due
@@ -21,6 +22,7 @@ async def ping(ctx: dict[str, Any], token: str) -> str:
 
 async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
     """Fan a notification out into messages and enqueue their delivery; returns the batch count."""
+    structlog.contextvars.bind_contextvars(notification_id=notification_id)
     async with ctx["sessions"]() as session:
         batches = await dispatch_notification(session, notification_id=uuid.UUID(notification_id))
         await session.commit()
@@ -37,6 +39,7 @@ async def deliver(
 
     `returning`: a batch that waited for its turn at the token buckets."""
     deliverer: Deliverer = ctx["deliverer"]
+    structlog.contextvars.bind_contextvars(message_ids=message_ids[:5], messages=len(message_ids))
     ids = [uuid.UUID(message_id) for message_id in message_ids]
     due = await deliverer.deliver(ids, returning=returning)
     await queues.enqueue_many(ctx["redis"], later_jobs(due))

@@ -15,12 +15,14 @@ from typing import Any
 
 import structlog
 from arq.worker import Worker
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from app.db import create_engine, session_factory
 from app.delivery.routing import Router
 from app.delivery.service import Deliverer
 from app.models import load_all
+from app.observability.tracing import start_tracing, stop_tracing
 from app.providers.breaker import CircuitBreakers
 from app.providers.http import new_client
 from app.ratelimit.buckets import TokenBuckets
@@ -68,6 +70,7 @@ async def worker_context(
     """What every job of a process shares: database sessions, one HTTP client, the deliverer
     with its token buckets and circuit breakers."""
     load_all()  # foreign keys resolve against every table, not only the ones jobs import
+    tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-worker")
     engine = create_engine(database_url)
     sessions = session_factory(engine)
     url = redis_url or settings.redis_url
@@ -86,11 +89,16 @@ async def worker_context(
     finally:
         await redis.aclose()
         await engine.dispose()
+        await asyncio.to_thread(stop_tracing, tracing)
 
 
 async def run_workers(
     settings: Settings, database_url: str, redis_url: str, queues: tuple[str, ...]
 ) -> None:
+    if settings.worker_metrics_port is not None:
+        # Delivery counters, provider latency and breaker changes live in this process.
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
+        log.info("worker metrics", url=f"http://{settings.host}:{settings.worker_metrics_port}/")
     async with worker_context(settings, database_url, redis_url) as ctx:
         await _serve(ctx, redis_url, queues)
 

@@ -37,7 +37,7 @@ _CLAIM = text(
               m.attempts, m.rate_limited_attempts,
               coalesce(m.retry_window_from, m.created_at) AS retry_window_from,
               m.claimed_until, r.content,
-              n.mode, n.priority, t.plan, t.retry_policy
+              n.mode, n.priority, n.trace_context, t.plan, t.retry_policy
     """
 )
 
@@ -75,6 +75,7 @@ class Claimed:
     priority: str
     plan: str
     retry_policy: dict[str, Any]
+    trace_context: str | None  # the accepting request's trace, continued by each attempt
 
     @property
     def platform(self) -> str:
@@ -103,6 +104,7 @@ async def claim(
             priority=row.priority,
             plan=row.plan,
             retry_policy=row.retry_policy,
+            trace_context=row.trace_context,
         )
         for row in rows
     ]

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import msgspec
 import structlog
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -34,6 +35,7 @@ from app.delivery.claims import Claimed, claim, release
 from app.delivery.retry import retry_delay
 from app.delivery.routing import UNGUARDED, Allocation, Router, Send
 from app.notifications.models import Attempt
+from app.observability.tracing import parent_context, tracer
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult
 from app.providers.breaker import route_key_for
 from app.providers.service import ProviderRoute, build_adapter, routes_for
@@ -155,14 +157,27 @@ class Deliverer:
     async def _send(self, send: Send) -> Sent:
         message, route = send.message, send.route
         began = time.perf_counter()
-        try:
-            provider, result = await self._call(message, route)
-        except Exception as error:  # an adapter bug must not lose the batch's outcomes
-            log.exception("adapter raised", message_id=str(message.id))
-            provider = route.provider if route else "unknown"
-            result = SendResult(
-                ok=False, error_class="transient", error=f"internal error: {type(error).__name__}"
-            )
+        with tracer().start_as_current_span(
+            f"herald.send {message.channel}",
+            context=parent_context(message.trace_context),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "herald.message_id": str(message.id),
+                "herald.notification_id": str(message.notification_id),
+                "herald.attempt": message.attempt,
+            },
+        ) as span:
+            try:
+                provider, result = await self._call(message, route)
+            except Exception as error:  # an adapter bug must not lose the batch's outcomes
+                log.exception("adapter raised", message_id=str(message.id))
+                provider = route.provider if route else "unknown"
+                result = SendResult(
+                    ok=False,
+                    error_class="transient",
+                    error=f"internal error: {type(error).__name__}",
+                )
+            _describe(span, provider, result)
         elapsed = time.perf_counter() - began
         if route is not None:
             SEND_LATENCY.labels(route.provider).observe(elapsed)
@@ -220,6 +235,16 @@ class Deliverer:
                 )
             except RedisError as error:
                 log.warning("breaker not updated", route=route_key, error=str(error))
+
+
+def _describe(span: Span, provider: str, result: SendResult) -> None:
+    span.set_attribute("herald.provider", provider)
+    if result.status_code is not None:
+        span.set_attribute("herald.status_code", result.status_code)
+    if result.ok:
+        return
+    span.set_attribute("herald.error_class", result.error_class or "unknown")
+    span.set_status(Status(StatusCode.ERROR, result.error))
 
 
 def _groups(claimed: list[Claimed]) -> dict[tuple[uuid.UUID, str, str, str], list[Claimed]]:

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import SpanKind
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Message, Notification
+from app.observability.tracing import parent_context, tracer
 from app.recipients import service as recipients
 from app.recipients.models import Recipient
 from app.templates.models import TemplateVersion
@@ -49,9 +51,21 @@ async def dispatch(session: AsyncSession, *, notification_id: uuid.UUID) -> list
     )
     if notification is None or notification.status in ("cancelled", "failed"):
         return []
-    if notification.status == "accepted":
-        await _fan_out(session, notification)
-    return await queued_batches(session, notification)
+    with tracer().start_as_current_span(
+        "herald.dispatch",
+        context=parent_context(notification.trace_context),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "herald.notification_id": str(notification.id),
+            "herald.tenant_id": str(notification.tenant_id),
+            "herald.template": notification.template_key,
+        },
+    ) as span:
+        if notification.status == "accepted":
+            await _fan_out(session, notification)
+        batches = await queued_batches(session, notification)
+        span.set_attribute("herald.messages", sum(len(b.message_ids) for b in batches))
+        return batches
 
 
 async def _fan_out(session: AsyncSession, notification: Notification) -> None:

@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Notification
 from app.notifications.schemas import MAX_DATA_BYTES, NotificationCreate
+from app.observability.tracing import current_trace_context
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
 from app.templates.service import TemplateSummary, latest_summary
@@ -90,7 +91,10 @@ async def accept(
     values = await _validated_values(session, principal, body)
     # A Core insert: the ORM's bulk-insert machinery costs more than the statement itself.
     statement = insert(_TABLE).values(
-        **values, idempotency_key=idempotency_key, request_hash=digest
+        **values,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        trace_context=current_trace_context(),
     )
     if idempotency_key is not None:
         statement = statement.on_conflict_do_nothing(

@@ -35,6 +35,7 @@ from app.notifications.intake import (
     request_hash,
 )
 from app.notifications.schemas import NotificationCreate
+from app.observability.tracing import current_trace_context
 from app.recipients.preferences import DEFAULT_CATEGORIES
 from app.templates.service import TemplateSummary
 from jobs import queues
@@ -73,16 +74,16 @@ SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL
 _INSERT = """
 INSERT INTO notifications (id, tenant_id, api_key_id, mode, idempotency_key, request_hash,
                            template_key, template_version, category, channels, audience, data,
-                           locale, priority, send_at, status, created_at)
+                           locale, priority, send_at, status, created_at, trace_context)
 SELECT id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_key,
        template_version, category, string_to_array(channels, ','), audience::jsonb, data::jsonb,
-       locale, priority, send_at, 'accepted', created_at
+       locale, priority, send_at, 'accepted', created_at, trace_context
   FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
               $7::text[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[],
-              $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[])
+              $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::text[])
        AS v(id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_key,
             template_version, category, channels, audience, data, locale, priority, send_at,
-            created_at)
+            created_at, trace_context)
 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -112,6 +113,7 @@ _INSERT_COLUMNS = (
     "priority",
     "send_at",
     "created_at",
+    "trace_context",
 )
 _JSON_COLUMNS = ("audience", "data")
 
@@ -122,6 +124,7 @@ class _Request:
     body: NotificationCreate
     idempotency_key: str | None
     future: asyncio.Future[Accepted]
+    trace_context: str | None  # the request's span: the batch is written in another task
     row: dict[str, Any] | None = None
 
 
@@ -152,7 +155,8 @@ class IntakeWriter:
         self, principal: Principal, body: NotificationCreate, idempotency_key: str | None
     ) -> Accepted:
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Request(principal, body, idempotency_key, future))
+        request = _Request(principal, body, idempotency_key, future, current_trace_context())
+        self._waiting.append(request)
         self._wakeup.set()
         return await future
 
@@ -238,6 +242,7 @@ class IntakeWriter:
                 _fail(request, invalid)
                 continue
             request.row["idempotency_key"] = request.idempotency_key
+            request.row["trace_context"] = request.trace_context
             request.row["request_hash"] = request_hash(request.body)
 
     async def _insert(self, db: Any, requests: Sequence[_Request]) -> set[uuid.UUID]:

@@ -1,4 +1,8 @@
-"""structlog set-up: JSON lines in production, readable lines in development."""
+"""structlog set-up: JSON lines in production, readable lines in development.
+
+Every line carries what the context knows: the request id (API), the notification or
+message ids (jobs), and the trace and span ids when the line is written inside a traced span.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,21 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def _trace_ids(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
 
 
 def configure_logging(level: str, fmt: str) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        _trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -17,7 +17,7 @@ from app.runtime import ServiceUrls
 from jobs import queues
 from jobs.worker import build_worker
 from tests.send_path import notification, notify, put_recipient, put_template
-from tests.support import make_tenant
+from tests.support import free_port, make_tenant
 
 
 @pytest.fixture(autouse=True)
@@ -98,17 +98,20 @@ async def test_worker_process_serves_and_stops_on_sigterm(service_urls: ServiceU
 async def test_a_notification_through_worker_processes(
     client: httpx.AsyncClient, session: AsyncSession, service_urls: ServiceUrls
 ) -> None:
-    """`herald worker` processes (not in-process workers) take a notification to `sent`."""
+    """`herald worker` processes (not in-process workers) take a notification to `sent`, and
+    serve the delivery metrics they count."""
     sandbox = await make_tenant(session, "Process-delivered", mode="test")
     await put_template(
         client, sandbox, "proc", {"inbox": {"title": "Hi", "body": "From a process"}}
     )
     await put_recipient(client, sandbox, "proc-1")
+    metrics_port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": service_urls.database_url,
         "REDIS_URL": service_urls.redis_url,
         "HERALD_ENV": "test",
+        "HERALD_WORKER_METRICS_PORT": str(metrics_port),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker"], env=env, stdout=subprocess.DEVNULL
@@ -121,6 +124,10 @@ async def test_a_notification_through_worker_processes(
                 break
             await asyncio.sleep(0.1)
         assert view["counts"] == {"sent": 1}
+        async with httpx.AsyncClient() as scraper:
+            metrics = (await scraper.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        sent = 'herald_messages_total{channel="inbox",outcome="sent",provider="inbox"}'
+        assert [line for line in metrics.splitlines() if line.startswith(sent)] == [f"{sent} 1.0"]
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
