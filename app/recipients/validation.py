@@ -6,6 +6,7 @@ the API and the notification dispatcher refuse exactly the same input.
 
 from __future__ import annotations
 
+import functools
 import re
 import zoneinfo
 from typing import Any
@@ -110,13 +111,20 @@ def normalise_locale(value: str) -> str:
     return "-".join(part for part in parts if part)
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
 def normalise_timezone(value: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise RecipientInvalid(
-            "timezone", "an IANA time zone such as 'Europe/Paris' is required"
-        ) from None
+    """A zone name of the tz database, exactly as listed (`Europe/Paris`, `UTC`).
+
+    Only listed names are loaded: ZoneInfo reads `value` as a path under the tz folders,
+    where a folder name (`Europe`), a file that is not a zone or an odd path fails with
+    errors other than ZoneInfoNotFoundError.
+    """
+    if value not in _zone_names():
+        raise RecipientInvalid("timezone", "an IANA time zone such as 'Europe/Paris' is required")
     return value
 
 

@@ -16,6 +16,7 @@ from app.recipients import service
 from app.recipients.models import Preference, Recipient
 from app.recipients.schemas import PushToken, RecipientInput
 from tests.integration.test_api_auth import assert_problem
+from tests.send_path import put_template
 from tests.support import TenantKey, make_tenant
 
 FULL = {
@@ -264,6 +265,26 @@ async def test_a_bad_item_refuses_the_whole_batch(
     typed = {"recipients": [{"external_id": "x"}, {"external_id": "y", "locale": 7}]}
     response = await client.post("/v1/recipients/batch", headers=tenant.headers, json=typed)
     assert fields_of(assert_problem(response, 422, "validation_error")) == ["recipients[1].locale"]
+
+
+@pytest.mark.parametrize("timezone", ["Europe", "Etc", "America", "__pycache__", "UTC "])
+async def test_a_tz_database_folder_is_not_a_timezone(
+    client: httpx.AsyncClient, tenant: TenantKey, timezone: str
+) -> None:
+    """Every way a recipient is written names the field instead of failing on the folder."""
+    put_one = await put(client, tenant, "tz", {"timezone": timezone})
+    assert fields_of(assert_problem(put_one, 422, "validation_error")) == ["timezone"]
+
+    batch = {"recipients": [{"external_id": "tz", "timezone": timezone}]}
+    in_batch = await client.post("/v1/recipients/batch", headers=tenant.headers, json=batch)
+    problem = assert_problem(in_batch, 422, "validation_error")
+    assert fields_of(problem) == ["recipients[0].timezone"]
+
+    await put_template(client, tenant, "tz", {"email": {"subject": "Hi", "text": "Hi"}})
+    notification = {"template": "tz", "to": [{"external_id": "tz", "timezone": timezone}]}
+    inline = await client.post("/v1/notifications", headers=tenant.headers, json=notification)
+    assert fields_of(assert_problem(inline, 422, "validation_error")) == ["to[0].timezone"]
+    assert (await client.get("/v1/recipients/tz", headers=tenant.headers)).status_code == 404
 
 
 async def test_batches_hold_1_to_1000_recipients(

@@ -67,9 +67,36 @@ def test_timezones() -> None:
         "America/Argentina/Buenos_Aires"
     )
     assert v.normalise_timezone("UTC") == "UTC"
-    for bad in ("Mars/Base", "/etc/passwd", "../x", "", "Europe/"):
-        with pytest.raises(v.RecipientInvalid):
-            v.normalise_timezone(bad)
+    assert v.normalise_timezone("US/Eastern") == "US/Eastern"  # a backward-compatible link
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "Mars/Base",
+        "/etc/passwd",
+        "../x",
+        "../etc/passwd",
+        "",
+        "Europe/",
+        # Folders of the tz database and the tzdata package: ZoneInfo raises
+        # IsADirectoryError or worse for these, not ZoneInfoNotFoundError.
+        "Europe",
+        "Etc",
+        "America",
+        "__pycache__",
+        "zone.tab",
+        "UTC ",
+        " UTC",
+        "utc\x00",
+        "x" * 64,
+        "Europe/Paris" * 100,
+    ],
+)
+def test_bad_timezones(bad: str) -> None:
+    with pytest.raises(v.RecipientInvalid) as raised:
+        v.normalise_timezone(bad)
+    assert raised.value.field == "timezone"
 
 
 @pytest.mark.parametrize(
