@@ -18,6 +18,10 @@ from sqlalchemy.types import DateTime
 
 from app.ids import uuid7
 
+# The largest value of PostgreSQL's `integer`: an API number stored in or compared with such
+# a column is bounded by it, or asyncpg refuses to encode the query (a 500, not a 422).
+MAX_INT4 = 2_147_483_647
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",

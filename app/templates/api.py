@@ -15,6 +15,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
+from app.db import MAX_INT4
 from app.dependencies import DbSession
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
@@ -39,7 +40,7 @@ from app.templates.sources import is_locale
 from app.templates.validation import KEY_PATTERN, InvalidTemplate, is_key
 
 ApiRequest = Request[Principal, None, Any]
-Version = Annotated[int | None, QueryParameter(ge=1)]
+Version = Annotated[int | None, QueryParameter(ge=1, le=MAX_INT4)]
 
 
 def _checked_key(key: str) -> str:

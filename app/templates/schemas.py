@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.channels import CHANNELS, Channel
+from app.db import MAX_INT4
 from app.templates.content import Content
 from app.templates.models import TemplateVersion
 from app.templates.sms import Encoding
@@ -94,7 +95,7 @@ class PreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
     data: dict[str, Any] = {}
     recipient: dict[str, Any] | None = None
     locale: str | None = None
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT4)] | None = None
 
 
 class PreviewError(msgspec.Struct):

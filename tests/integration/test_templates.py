@@ -296,6 +296,29 @@ async def test_bad_keys_and_parameters(client: httpx.AsyncClient, tenant: Tenant
     assert "limit" in error_fields(response)
 
 
+@pytest.mark.parametrize("version", [2**31, 1_099_511_627_776, 10**30])
+async def test_versions_past_the_integer_column_are_refused(
+    client: httpx.AsyncClient, tenant: TenantKey, version: int
+) -> None:
+    """Versions are PostgreSQL integers: a larger number is bad input, not a failed query."""
+    await put(client, tenant, "big", sms_template("x"))
+    for path, params in (("big", {"version": version}), ("big/versions", {"cursor": version})):
+        response = await client.get(f"/v1/templates/{path}", headers=tenant.headers, params=params)
+        assert set(error_fields(response)) == set(params), response.text
+    response = await client.post(
+        "/v1/templates/big/preview", headers=tenant.headers, json={"version": version}
+    )
+    assert set(error_fields(response)) == {"version"}
+    # The largest integer is a version that may exist: it is looked up, and not found.
+    largest = 2**31 - 1
+    response = await client.get(f"/v1/templates/big?version={largest}", headers=tenant.headers)
+    assert_problem(response, 404, "not_found")
+    response = await client.get(
+        f"/v1/templates/big/versions?cursor={largest}", headers=tenant.headers
+    )
+    assert [v["version"] for v in response.json()["data"]] == [1]
+
+
 async def test_oversized_templates_are_refused(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
