@@ -29,6 +29,7 @@ from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController
 from app.inbox.tokens import InboxTokenSigner
+from app.inputs import CheckedRequest, refuse_nul_parameters
 from app.notifications.api import NotificationController, list_messages, read_message
 from app.notifications.writer import IntakeWriter
 from app.observability.logging import configure_logging
@@ -156,6 +157,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[healthz, readyz, metrics, api_router(), *dashboard.routers()],
         dependencies={"db_session": Provide(provide_db_session)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Input limits of every route: JSON nesting depth, no NUL in any string (app/inputs.py).
+        request_class=CheckedRequest,
+        before_request=refuse_nul_parameters,
         middleware=[request_context_middleware],
         lifespan=[_lifespan(settings, tracing)],
         openapi_config=openapi_config(),

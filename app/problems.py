@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 TITLES = {
     "bad_request": "Bad request",
     "invalid_json": "The body is not valid JSON",
+    "nesting_too_deep": "The body nests too deeply",
     "unauthorized": "Authentication failed",
     "forbidden": "Permission denied",
     "not_found": "Not found",

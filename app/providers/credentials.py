@@ -233,7 +233,7 @@ def _json_object(credentials: dict[str, Any]) -> Any:
     # The service account may be pasted as the JSON file's text rather than as an object.
     try:
         return json.loads(credentials["service_account"])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack
         raise InvalidProviderConfig(
             "credentials.service_account", "must be the service-account JSON"
         ) from None

@@ -138,6 +138,25 @@ async def test_sign_up_shows_field_errors_next_to_the_field(client: httpx.AsyncC
     assert (await client.get("/keys")).status_code == 303, "no session after a failed sign-up"
 
 
+async def test_nul_in_a_form_field_is_refused_naming_it(client: httpx.AsyncClient) -> None:
+    """PostgreSQL cannot store NUL: the page says which field held it, not "went wrong"."""
+    response = await sign_up(client, unique_email(), company="Acme\x00")
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("text/html")
+    assert "company: must not contain the NUL character" in response.text
+    refused = await sign_in(client, "ann\x00@acme.example", PASSWORD)
+    assert refused.status_code == 422 and "email: must not" in refused.text
+    assert (await client.get("/keys")).status_code == 303, "no session"
+
+    await sign_up(client, unique_email())
+    response = await client.post(
+        "/keys",
+        data={"name": "Back\x00end", "mode": "live", "scopes": "send"},
+        headers=htmx_headers(await csrf_token(client)),
+    )
+    assert response.status_code == 422 and "name: must not" in response.text
+
+
 async def test_unauthenticated_keys_page_redirects_to_sign_in(client: httpx.AsyncClient) -> None:
     response = await client.get("/keys")
     assert response.status_code == 303
