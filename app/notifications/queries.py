@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,10 +58,26 @@ def message_conditions(tenant_id: uuid.UUID, filters: MessageFilters) -> list[Co
     }
     conditions += [column == value for column, value in equal_to.items() if value]
     if filters.since:
-        conditions.append(Message.created_at >= filters.since)
+        conditions.append(Message.created_at >= in_utc(filters.since))
     if filters.until:
-        conditions.append(Message.created_at < filters.until)
+        conditions.append(Message.created_at < in_utc(filters.until))
     return conditions
+
+
+def in_utc(moment: datetime) -> datetime:
+    """A filter bound in UTC (naive ones are UTC), which asyncpg can always encode.
+
+    An offset can put a valid timestamp's UTC instant outside years 1 to 9999
+    (`0001-01-01T00:00:00+01:00`); such a bound is clamped to the edge it passed, which
+    selects the same messages.
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if moment.year == 1 else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 async def get_notification(

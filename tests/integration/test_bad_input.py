@@ -1,5 +1,6 @@
 """Input no endpoint can use answers a problem naming it, never a 500 or a 503 to retry:
-bodies nested too deep, NUL in bodies, query strings and paths, JSON the decoder refuses."""
+bodies nested too deep, NUL in bodies, query strings and paths, JSON the decoder refuses,
+and time bounds whose UTC instant is past the calendar's edge."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.inputs import MAX_JSON_DEPTH
+from app.runtime import ServiceUrls
 from tests.integration.test_api_auth import assert_problem
-from tests.send_path import put_recipient, put_template
-from tests.support import TenantKey
+from tests.send_path import drain, notify, put_recipient, put_template, workers
+from tests.support import TenantKey, make_tenant, settings_for
 
 EMAIL = {"email": {"subject": "Hi {{ name }}", "text": "Hi"}}
 
@@ -213,3 +216,32 @@ async def test_json_the_decoder_refuses_is_invalid_json(
         content=body,
     )
     assert_problem(response, 400, "invalid_json")
+
+
+async def test_time_bounds_at_the_calendars_edges_select_what_they_say(
+    client: httpx.AsyncClient, session: AsyncSession, service_urls: ServiceUrls
+) -> None:
+    """Any timestamp RFC 3339 allows is a bound, even one whose UTC instant is in year 0 or
+    10000: no message is older or newer than those."""
+    sandbox = await make_tenant(session, "Edges", mode="test")
+    await put_template(client, sandbox, "hello", EMAIL)
+    await put_recipient(client, sandbox, "ann", email="ann@example.com")
+    await notify(client, sandbox, template="hello", to=["ann"])
+    async with workers(settings_for(service_urls.database_url, service_urls.redis_url)) as ctx:
+        await drain(ctx, service_urls.redis_url)
+    for moment, oldest in (
+        ("0001-01-01T00:00:00+01:00", True),
+        ("0001-01-01T00:00:00Z", True),
+        ("9999-12-31T23:59:59-01:00", False),
+        ("9999-12-31T23:59:59Z", False),
+    ):
+        for bound, matches in (("since", oldest), ("until", not oldest)):
+            params = {bound: moment}
+            response = await client.get("/v1/messages", headers=sandbox.headers, params=params)
+            assert response.status_code == 200, response.text
+            assert len(response.json()["data"]) == (1 if matches else 0), params
+            response = await client.get("/v1/dlq", headers=sandbox.headers, params=params)
+            assert response.status_code == 200, response.text
+            selection = {"filter": params, "dry_run": True}
+            response = await client.post("/v1/dlq/replay", headers=sandbox.headers, json=selection)
+            assert response.status_code == 200, response.text
