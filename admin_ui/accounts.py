@@ -18,7 +18,7 @@ from app.settings import Settings
 
 HOME = "/keys"
 # The columns' sizes: longer values would fail in the database rather than on the form.
-FIELD_LIMITS = {"company": 200, "name": 200, "email": 320}
+FIELD_LIMITS = {"company": 200, "name": 200, "email": accounts.MAX_EMAIL_LENGTH}
 
 
 @dataclass(frozen=True)

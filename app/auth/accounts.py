@@ -20,6 +20,8 @@ from app.tenants.service import create_tenant
 
 MIN_PASSWORD_LENGTH = 10
 MAX_NAME_LENGTH = 200
+# A user acts as `user:<e-mail>` in audit entries and `created_by`: 200-character columns.
+MAX_EMAIL_LENGTH = 200 - len("user:")
 _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so both paths cost one argon2 verification.
 _DUMMY_HASH = _hasher.hash("not a real password")
@@ -61,6 +63,8 @@ async def sign_up(
 ) -> tuple[User, Tenant]:
     """Create a tenant and its owner in the caller's transaction."""
     email = normalise_email(email)
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise AccountError(f"At most {MAX_EMAIL_LENGTH} characters, please.", field="email")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(
             f"The password must be at least {MIN_PASSWORD_LENGTH} characters.", field="password"

@@ -138,6 +138,22 @@ async def test_sign_up_shows_field_errors_next_to_the_field(client: httpx.AsyncC
     assert (await client.get("/keys")).status_code == 303, "no session after a failed sign-up"
 
 
+async def test_an_email_too_long_to_name_its_user_is_refused(client: httpx.AsyncClient) -> None:
+    """A valid address of up to 254 characters; its user acts as `user:<e-mail>`, kept in
+    200-character columns, so 195 is the most."""
+    domain = "b" * 63 + "." + "c" * 63 + "." + "d" * 50 + ".example"
+    response = await sign_up(client, f"{'a' * 64}@{domain}")
+    assert response.status_code == 422
+    error = re.search(
+        r'id="field-email".*?<p class="field-error"[^>]*>([^<]*)</p>', response.text, re.S
+    )
+    assert error and "At most 195 characters" in error.group(1)
+    longest = f"{'a' * (195 - len(domain) - 1)}@{domain}"
+    assert (await sign_up(client, longest)).status_code == 303
+    created = await create_key(client)
+    assert created.response.status_code == 201
+
+
 async def test_nul_in_a_form_field_is_refused_naming_it(client: httpx.AsyncClient) -> None:
     """PostgreSQL cannot store NUL: the page says which field held it, not "went wrong"."""
     response = await sign_up(client, unique_email(), company="Acme\x00")
