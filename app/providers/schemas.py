@@ -15,7 +15,10 @@ from app.providers.models import ProviderConfig
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=1000, description="Lower is tried first.")]
-Rate = Annotated[float, msgspec.Meta(gt=0, le=100_000, description="Sends per second.")]
+# At least one send per 100 s: slower rates put the Redis bucket's expiry and waits out of
+# range, and every take for the config would fail.
+MIN_RATE = 0.01
+Rate = Annotated[float, msgspec.Meta(ge=MIN_RATE, le=100_000, description="Sends per second.")]
 Burst = Annotated[int, msgspec.Meta(ge=1, le=100_000)]
 Credentials = Annotated[
     dict[str, Any],

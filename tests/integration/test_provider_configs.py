@@ -322,6 +322,7 @@ async def test_a_generated_webhook_secret_is_shown_once(
         ({"channel": "fax"}, "channel"),
         ({"name": ""}, "name"),
         ({"rate_per_second": 0}, "rate_per_second"),
+        ({"rate_per_second": 1e-9}, "rate_per_second"),  # the Redis bucket cannot hold it
         ({"burst": 0}, "burst"),
         ({"priority": -1}, "priority"),
         ({"colour": "red"}, "colour"),
