@@ -64,7 +64,8 @@ class InboxTokenSigner:
 
     def verify(self, token: str) -> RecipientPrincipal:
         payload, _, signature = token.removeprefix(PREFIX).partition(".")
-        if not token.startswith(PREFIX) or not payload or not signature:
+        # ASCII only: a header may carry any Latin-1 text, which compare_digest refuses.
+        if not token.startswith(PREFIX) or not payload or not signature or not token.isascii():
             raise TokenRejected("The inbox token is malformed.")
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise TokenRejected("The inbox token's signature does not match.")

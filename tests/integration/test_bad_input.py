@@ -1,6 +1,7 @@
 """Input no endpoint can use answers a problem naming it, never a 500 or a 503 to retry:
-bodies nested too deep, NUL in bodies, query strings and paths, JSON the decoder refuses,
-and time bounds whose UTC instant is past the calendar's edge."""
+bodies nested too deep, NUL in bodies, query strings and paths, credentials that are not
+ASCII, JSON the decoder refuses, and time bounds whose UTC instant is past the calendar's
+edge."""
 
 from __future__ import annotations
 
@@ -192,6 +193,16 @@ async def test_nul_in_a_query_or_path_is_refused_naming_the_parameter(
 
 async def test_nul_is_checked_after_authentication(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/messages?recipient=%00")
+    assert_problem(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("secret", [b"hit_\xff.\xfe", b"hk_live_\xff" + b"a" * 40])
+async def test_a_credential_that_is_not_ascii_is_refused(
+    client: httpx.AsyncClient, secret: bytes
+) -> None:
+    """Headers may carry any Latin-1 byte; no credential of ours has one."""
+    headers = {"Authorization": b"Bearer " + secret}
+    response = await client.get("/v1/recipients/ann/inbox", headers=headers)
     assert_problem(response, 401, "unauthorized")
 
 

@@ -27,6 +27,8 @@ def test_a_token_names_its_tenant_and_recipient() -> None:
         lambda t: t.replace("hit_", "hit_e", 1),  # payload changed
         lambda t: t.split(".")[0],  # no signature
         lambda t: "hk_" + t,  # not an inbox token
+        lambda t: t[:-1] + "\xff",  # not ASCII, as a Latin-1 header may be
+        lambda t: "hit_\xff.\xfe",
     ],
 )
 def test_forged_tokens_are_rejected(mangle: object) -> None:
