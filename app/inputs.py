@@ -95,8 +95,10 @@ def _check(value: Any, path: str, depth: int) -> None:
             _check(item, f"{path}[{index}]", depth + 1)
 
 
-def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:
-    """Before every handler: a path or query parameter holding NUL is a 422 naming it."""
+async def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:
+    """Before every handler: a path or query parameter holding NUL is a 422 naming it.
+
+    A coroutine: Litestar runs a plain function hook in a worker thread, on every request."""
     for name, value in request.path_params.items():
         if isinstance(value, str) and NUL in value:
             raise field_error(name, NUL_MESSAGE)
