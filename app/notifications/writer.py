@@ -2,8 +2,10 @@
 
 Each request still waits until its own row is committed (the 202 promise), but requests
 that arrive while a write is in flight go out together in the next one. A batch of N costs
-one lookup of templates and categories, one INSERT and one Redis call instead of N times
-that; a request on an idle server costs what it did alone, with no added delay.
+one lookup (templates, categories, Idempotency-Keys already taken), one INSERT and one Redis
+call instead of N times that; a request on an idle server costs what it did alone, with no
+added delay. A replayed key is answered before its request is validated, as on the
+per-request path: the same key and body get the same answer whatever changed since.
 
 Requests that carry inline recipients upsert them in the same transaction as the
 notification and take the per-request path (`intake.accept`).
@@ -55,11 +57,15 @@ class IntakeUnavailable(Exception):
     """The batch could not be written; nothing of it was accepted."""
 
 
-# Per (tenant, template key, asked category): the newest live version and whether the
-# category that applies exists as a row (the default categories exist without one).
+# Per (tenant, template key, asked category, Idempotency-Key): the newest live version,
+# whether the category that applies exists as a row (the default categories exist without
+# one), and the notification that already took the key. One statement for the batch; a
+# request without a key joins no notification and shares its lookup with its look-alikes.
 _LOOKUP = """
-SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL
-  FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tenant_id, key, category, i)
+SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL,
+       n.id, n.status, n.priority, n.created_at, n.send_at, n.request_hash
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+       WITH ORDINALITY AS v(tenant_id, key, category, idempotency_key, i)
   LEFT JOIN LATERAL (
         SELECT version, category, ARRAY(SELECT jsonb_object_keys(content)) AS channels
           FROM templates
@@ -69,6 +75,9 @@ SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL
   LEFT JOIN categories AS c
          ON c.tenant_id = v.tenant_id
         AND c.key = coalesce(v.category, t.category, 'transactional')
+  LEFT JOIN notifications AS n
+         ON n.tenant_id = v.tenant_id
+        AND n.idempotency_key = v.idempotency_key
 """
 
 _INSERT = """
@@ -209,28 +218,32 @@ class IntakeWriter:
         self._enqueue_later(accepted)
 
     async def _validate(self, db: Any, batch: list[_Request]) -> None:
-        """Build each request's row, or fail its future with the field at fault."""
-        wanted = {
-            (r.principal.tenant_id, r.body.template, r.body.category): index
-            for index, r in enumerate(batch)
-        }
+        """Build each request's row, or settle its future.
+
+        A request whose Idempotency-Key was taken gets the original answer (or a conflict)
+        before any check, so a replay answers the same whatever changed since.
+        """
+        wanted = {_lookup_key(request): index for index, request in enumerate(batch)}
         keys = list(wanted)
-        rows = await db.fetch(
-            _LOOKUP, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
-        )
-        found: dict[tuple[uuid.UUID, str, str | None], tuple[TemplateSummary | None, bool]] = {}
-        for i, version, category, channels, category_row in rows:
+        columns = ([k[n] for k in keys] for n in range(4))  # tenant, template, category, key
+        rows = await db.fetch(_LOOKUP, *columns)
+        found: dict[_LookupKey, tuple[TemplateSummary | None, bool, Any]] = {}
+        for row in rows:
+            i, version, category, channels, category_row = row[:5]
             template = None
             if version is not None:
                 present = set(channels)
                 template = TemplateSummary(
                     keys[i - 1][1], version, category, [c for c in CHANNELS if c in present]
                 )
-            found[keys[i - 1]] = (template, category_row)
+            earlier = row if row["id"] is not None else None
+            found[keys[i - 1]] = (template, category_row, earlier)
         for request in batch:
-            template, category_row = found[
-                (request.principal.tenant_id, request.body.template, request.body.category)
-            ]
+            template, category_row, earlier = found[_lookup_key(request)]
+            digest = request_hash(request.body)
+            if earlier is not None:
+                _answer_earlier(request, earlier, digest)
+                continue
             category_found = category_row or category_of(request.body, template) in (
                 DEFAULT_CATEGORIES
             )
@@ -243,7 +256,7 @@ class IntakeWriter:
                 continue
             request.row["idempotency_key"] = request.idempotency_key
             request.row["trace_context"] = request.trace_context
-            request.row["request_hash"] = request_hash(request.body)
+            request.row["request_hash"] = digest
 
     async def _insert(self, db: Any, requests: Sequence[_Request]) -> set[uuid.UUID]:
         if not requests:
@@ -262,7 +275,7 @@ class IntakeWriter:
         return {record[0] for record in await db.fetch(_INSERT, *columns)}
 
     async def _replay(self, db: Any, requests: list[_Request]) -> None:
-        """Requests whose Idempotency-Key was taken: the original answer, or a conflict."""
+        """Requests whose Idempotency-Key was taken meanwhile: the original answer or a conflict."""
         earlier = {
             (record[0], record[1]): record
             for record in await db.fetch(
@@ -278,17 +291,8 @@ class IntakeWriter:
             request.row = None
             if record is None:  # the original was deleted with its tenant meanwhile
                 _fail(request, IntakeUnavailable("the original request is gone"))
-            elif record["request_hash"] != digest:
-                _fail(request, IdempotencyConflict(record["id"]))
             else:
-                answer = AcceptedNotification(
-                    record["id"],
-                    record["status"],
-                    record["priority"],
-                    record["created_at"],
-                    record["send_at"],
-                )
-                _resolve(request, Accepted(answer, replayed=True))
+                _answer_earlier(request, record, digest)
 
     def _enqueue_later(self, accepted: list[AcceptedNotification]) -> None:
         """Enqueue dispatch for the batch without holding its answers back.
@@ -307,6 +311,29 @@ class IntakeWriter:
             await queues.enqueue_many(self._arq, jobs)
         except Exception:
             log.exception("enqueue failed; the relay will enqueue", count=len(jobs))
+
+
+_LookupKey = tuple[uuid.UUID, str, str | None, str | None]
+
+
+def _lookup_key(request: _Request) -> _LookupKey:
+    body = request.body
+    return (request.principal.tenant_id, body.template, body.category, request.idempotency_key)
+
+
+def _answer_earlier(request: _Request, earlier: Any, digest: str) -> None:
+    """Settle a request whose key an earlier notification holds: replay it, or conflict."""
+    if earlier["request_hash"] != digest:
+        _fail(request, IdempotencyConflict(earlier["id"]))
+        return
+    answer = AcceptedNotification(
+        earlier["id"],
+        earlier["status"],
+        earlier["priority"],
+        earlier["created_at"],
+        earlier["send_at"],
+    )
+    _resolve(request, Accepted(answer, replayed=True))
 
 
 def _answer(row: dict[str, Any]) -> AcceptedNotification:

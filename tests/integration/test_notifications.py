@@ -239,6 +239,36 @@ async def test_idempotency_key_replays_and_conflicts(
     assert stored == 1
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["ids", "inline_recipients"])
+async def test_replay_does_not_validate_again(
+    client: httpx.AsyncClient, sandbox: TenantKey, inline: bool
+) -> None:
+    """The same key and body answer the original even once the template is gone, on both
+    paths (ids only go through the group-commit writer, inline recipients do not)."""
+    await put_template(client, sandbox, "short-lived", {"email": EMAIL_AND_INBOX["email"]})
+    to: list[object] = [{"external_id": "r1", "email": "r1@example.com"}] if inline else ["r1"]
+    body = {"template": "short-lived", "to": to, "data": {"name": "x"}}
+    headers = {**sandbox.headers, "Idempotency-Key": "before-the-delete"}
+    first = await client.post("/v1/notifications", headers=headers, json=body)
+    assert first.status_code == 202, first.text
+    deleted = await client.delete("/v1/templates/short-lived", headers=sandbox.headers)
+    assert deleted.status_code == 200, deleted.text
+
+    again = await client.post("/v1/notifications", headers=headers, json=body)
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    changed = await client.post(
+        "/v1/notifications", headers=headers, json={**body, "data": {"name": "y"}}
+    )
+    assert_problem(changed, 422, "idempotency_key_reused")
+    # Without a key the same body is checked as any new request is.
+    fresh = await client.post("/v1/notifications", headers=sandbox.headers, json=body)
+    assert [e["field"] for e in assert_problem(fresh, 422, "validation_error")["errors"]] == [  # type: ignore[attr-defined]
+        "template"
+    ]
+
+
 async def test_cancel_skips_what_is_not_sent(
     client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
 ) -> None:
