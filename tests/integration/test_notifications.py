@@ -269,6 +269,40 @@ async def test_replay_does_not_validate_again(
     ]
 
 
+async def test_idempotency_with_inline_recipients_under_concurrency(
+    client: httpx.AsyncClient, sandbox: TenantKey, session: AsyncSession
+) -> None:
+    """Identical requests racing on one key: one notification, one answer for all. Those
+    that lose the insert roll back their recipient upserts and replay the winner."""
+    await put_template(client, sandbox, "inline-once", {"email": EMAIL_AND_INBOX["email"]})
+    to = [
+        {"external_id": "racer-1", "email": "racer-1@example.com", "data": {"seat": 1}},
+        {"external_id": "racer-2", "email": "racer-2@example.com", "locale": "fr-CA"},
+    ]
+    body = {"template": "inline-once", "to": to, "data": {"name": "x"}}
+    headers = {**sandbox.headers, "Idempotency-Key": "inline-race"}
+    answers = await asyncio.gather(
+        *(client.post("/v1/notifications", headers=headers, json=body) for _ in range(30))
+    )
+    assert {a.status_code for a in answers} == {202}, [
+        a.text for a in answers if a.status_code != 202
+    ]
+    assert len({a.json()["id"] for a in answers}) == 1
+    originals = [a for a in answers if "idempotent-replayed" not in a.headers]
+    assert len(originals) == 1
+    stored = await session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(
+            Notification.tenant_id == sandbox.tenant_id,
+            Notification.idempotency_key == "inline-race",
+        )
+    )
+    assert stored == 1
+    racer = await client.get("/v1/recipients/racer-2", headers=sandbox.headers)
+    assert (racer.json()["email"], racer.json()["locale"]) == ("racer-2@example.com", "fr-CA")
+
+
 async def test_cancel_skips_what_is_not_sent(
     client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
 ) -> None:
