@@ -1,10 +1,13 @@
 """Dispatch: turn one accepted notification into rendered messages, ready for delivery.
 
 Decided once, here: who the audience is, which (recipient, channel, address) pairs may be
-sent to (preferences, suppressions, missing addresses), and what each says. Content is
-rendered once per (channel, locale) unless the template reads `recipient`, in which case
-per recipient. Messages are written with bulk inserts; re-running dispatch after a crash
-inserts nothing twice and hands back the same delivery batches.
+sent to (preferences, suppressions, missing addresses), and what each says. A recipient
+gets the content of the first locale the template has among the notification's locale, the
+recipient's and the tenant's default (each before its language), else the template's own.
+Content is rendered once per (channel, content used) unless the template reads
+`recipient`, in which case per recipient. Messages are written with bulk inserts;
+re-running dispatch after a crash inserts nothing twice and hands back the same delivery
+batches.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from app.recipients.models import Recipient
 from app.templates.models import TemplateVersion
 from app.templates.rendering import RenderFailed, is_personalised, render
 from app.templates.service import get_template
-from app.tenants.settings import get_kill_switches
+from app.tenants.settings import get_delivery_settings
 
 DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
@@ -86,6 +89,7 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         return
     wanted = notification.audience["recipients"]
     people = await recipients.get_by_external_ids(session, tenant_id=tenant_id, external_ids=wanted)
+    tenant = await get_delivery_settings(session, tenant_id=tenant_id)
     plans = await recipients.plan_deliveries(
         session,
         tenant_id=tenant_id,
@@ -93,11 +97,11 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         channels=notification.channels,
         category=category,
         # drop_noncritical skips channels here; pause is applied at the delivery claim.
-        kill_switches=await get_kill_switches(session, tenant_id=tenant_id),
+        kill_switches=tenant.kill_switches,
     )
     # Rendering is CPU work (up to 100 ms a channel): off the event loop, like preview.
     renders, messages = await asyncio.to_thread(
-        _compose, notification, template, {p.id: p for p in people}, plans
+        _compose, notification, template, {p.id: p for p in people}, plans, tenant.default_locale
     )
     await _insert_renders(session, renders)
     await _insert(session, _INSERT_MESSAGES, _MESSAGE_COLUMNS, messages)
@@ -114,8 +118,10 @@ def _compose(
     template: TemplateVersion,
     people: dict[uuid.UUID, Recipient],
     plans: Sequence[recipients.PlannedDelivery],
+    default_locale: str | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Render content and build message rows; one render per (channel, locale) when possible."""
+    """Render content and build message rows; one render per (channel, content used) when
+    possible, so recipients in fr-CA and fr-FR share the render of the template's `fr`."""
     renders: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     shared: dict[tuple[str, str | None], uuid.UUID | RenderFailed] = {}
@@ -125,13 +131,14 @@ def _compose(
         if plan.skip_reason is not None:
             continue
         person = people[plan.recipient_id]
-        locale = notification.locale or person.locale
-        if is_personalised(template, plan.channel, locale):
-            outcome = _render(notification, template, plan.channel, locale, person, renders)
+        locales = (notification.locale, person.locale, default_locale)
+        if is_personalised(template, plan.channel, locales[0], locales[1:]):
+            outcome = _render(notification, template, plan.channel, locales, person, renders)
         else:
-            key = (plan.channel, locale)
+            found = template.content_for(plan.channel, *locales)
+            key = (plan.channel, found.path if found is not None else None)
             if key not in shared:
-                shared[key] = _render(notification, template, plan.channel, locale, None, renders)
+                shared[key] = _render(notification, template, plan.channel, locales, None, renders)
             outcome = shared[key]
         if isinstance(outcome, RenderFailed):
             row.update(
@@ -146,17 +153,25 @@ def _render(
     notification: Notification,
     template: TemplateVersion,
     channel: str,
-    locale: str | None,
+    locales: tuple[str | None, ...],
     person: Recipient | None,
     renders: list[dict[str, Any]],
 ) -> uuid.UUID | RenderFailed:
+    """Render for the first of `locales` the template has; the row records whose content."""
     context = recipients.template_context(person) if person is not None else None
     try:
         content = render(
-            template, channel, locale=locale, data=notification.data, recipient=context
+            template,
+            channel,
+            locale=locales[0],
+            fallback=locales[1:],
+            data=notification.data,
+            recipient=context,
         )
     except RenderFailed as failed:
         return failed
+    found = template.content_for(channel, *locales)
+    locale = found.locale if found is not None else None
     render_id = uuid7()
     renders.append(
         {

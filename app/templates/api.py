@@ -38,6 +38,7 @@ from app.templates.schemas import (
 from app.templates.sms import count_segments
 from app.templates.sources import is_locale
 from app.templates.validation import KEY_PATTERN, InvalidTemplate, is_key
+from app.tenants.settings import get_delivery_settings
 
 ApiRequest = Request[Principal, None, Any]
 Version = Annotated[int | None, QueryParameter(ge=1, le=MAX_INT4)]
@@ -197,8 +198,10 @@ class TemplateController(Controller):
         if data.locale is not None and not is_locale(data.locale):
             raise field_error("locale", "a locale tag such as en or fr-CA")
         template = await _template(db_session, request, key, data.version)
+        # As at a send: the tenant's default locale comes before the template's own content.
+        tenant = await get_delivery_settings(db_session, tenant_id=request.user.tenant_id)
         # Rendering is CPU work of up to 100 ms per channel: keep it off the event loop.
-        channels = await asyncio.to_thread(_preview_channels, template, data)
+        channels = await asyncio.to_thread(_preview_channels, template, data, tenant.default_locale)
         return TemplatePreview(
             object="template_preview",
             key=template.key,
@@ -213,16 +216,27 @@ def _builtins(value: Any) -> dict[str, Any]:
     return result
 
 
-def _preview_channels(template: TemplateVersion, body: PreviewRequest) -> dict[str, ChannelPreview]:
-    return {channel: _preview(template, channel, body) for channel in template.channels}
+def _preview_channels(
+    template: TemplateVersion, body: PreviewRequest, default_locale: str | None
+) -> dict[str, ChannelPreview]:
+    return {
+        channel: _preview(template, channel, body, default_locale) for channel in template.channels
+    }
 
 
-def _preview(template: TemplateVersion, channel: str, body: PreviewRequest) -> ChannelPreview:
-    found = template.content_for(channel, body.locale)
+def _preview(
+    template: TemplateVersion, channel: str, body: PreviewRequest, default_locale: str | None
+) -> ChannelPreview:
+    found = template.content_for(channel, body.locale, default_locale)
     locale = found.locale if found is not None else template.default_locale
     try:
         content = render(
-            template, channel, locale=body.locale, data=body.data, recipient=body.recipient
+            template,
+            channel,
+            locale=body.locale,
+            fallback=(default_locale,),
+            data=body.data,
+            recipient=body.recipient,
         )
     except RenderFailed as failed:
         return ChannelPreview(

@@ -85,10 +85,11 @@ class TemplateVersion:
         """The channels this template has content for, in Herald's channel order."""
         return [channel for channel in CHANNELS if channel in self.content]
 
-    def content_for(self, channel: str, locale: str | None) -> LocalizedContent | None:
-        """The channel's content for `locale`: "fr-CA", then "fr", then the default content."""
+    def content_for(self, channel: str, *locales: str | None) -> LocalizedContent | None:
+        """The channel's content for the first of `locales` the template has, each tried
+        before its language ("fr-CA", then "fr"); else the default content."""
         by_tag = {normalise_locale(tag): tag for tag in self.locales}
-        for candidate in locale_candidates(locale):
+        for candidate in locale_candidates(*locales):
             tag = by_tag.get(candidate)
             if tag is not None and channel in self.locales[tag]:
                 return LocalizedContent(tag, f"locales.{tag}", self.locales[tag][channel])

@@ -15,7 +15,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 import jinja2
@@ -90,9 +90,11 @@ def render(
     locale: str | None,
     data: dict[str, Any],
     recipient: dict[str, Any] | None,
+    fallback: Sequence[str | None] = (),
 ) -> Content:
-    """Render one channel for `locale` (with fallback); raises RenderFailed naming the field."""
-    found = template.content_for(channel, locale)
+    """Render one channel for `locale`, else the first of `fallback` the template has, else
+    its default content; raises RenderFailed naming the field."""
+    found = template.content_for(channel, locale, *fallback)
     if found is None:
         raise RenderFailed(channel, f"template {template.key!r} has no {channel} content")
     compiled = {
@@ -117,9 +119,11 @@ def _compile(
     return _compiled.get_or_make((template_id, path), make)
 
 
-def is_personalised(template: TemplateVersion, channel: str, locale: str | None) -> bool:
+def is_personalised(
+    template: TemplateVersion, channel: str, locale: str | None, fallback: Sequence[str | None] = ()
+) -> bool:
     """Whether the channel's content (after locale fallback) reads `recipient`."""
-    found = template.content_for(channel, locale)
+    found = template.content_for(channel, locale, *fallback)
     if found is None:
         return False
     return _personalised.get_or_make(

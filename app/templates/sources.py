@@ -72,12 +72,16 @@ def normalise_locale(tag: str) -> str:
     return tag.replace("_", "-").lower()
 
 
-def locale_candidates(locale: str | None) -> list[str]:
-    """Normalised tags to try, most specific first: "fr-CA" → ["fr-ca", "fr"]."""
-    if not locale:
-        return []
-    parts = normalise_locale(locale).split("-")
-    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+def locale_candidates(*locales: str | None) -> list[str]:
+    """Normalised tags to try, in the order given and each most specific first:
+    ("fr-CA", "de") → ["fr-ca", "fr", "de"]. Empty and repeated tags are left out."""
+    candidates: dict[str, None] = {}
+    for locale in locales:
+        if not locale:
+            continue
+        parts = normalise_locale(locale).split("-")
+        candidates.update(dict.fromkeys("-".join(parts[:n]) for n in range(len(parts), 0, -1)))
+    return list(candidates)
 
 
 def iter_sources(channel: str, content: dict[str, Any]) -> Iterator[tuple[str, str]]:

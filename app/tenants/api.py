@@ -1,8 +1,8 @@
 """/v1/tenant: who the calling key belongs to, and the tenant's delivery settings.
 
-Reading the settings needs `read`, changing them `manage`. Kill switches and the retry
-policy are the tenant's, not the key's: a test key with `manage` changes them for live
-traffic too.
+Reading the settings needs `read`, changing them `manage`. Kill switches, the retry policy
+and the default locale are the tenant's, not the key's: a test key with `manage` changes
+them for live traffic too.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from app.dependencies import DbSession
 from app.problems import Problem, field_error
 from app.tenants import settings
 from app.tenants.schemas import (
+    DefaultLocaleOut,
+    DefaultLocaleUpdate,
     KillSwitchChange,
     KillSwitches,
     KillSwitchUpdate,
@@ -56,6 +58,7 @@ class TenantOut(msgspec.Struct):
     api_key: CallingKey
     kill_switches: dict[str, str]
     retry_policy: RetryPolicyOut
+    default_locale: str | None
 
 
 def _gone() -> Problem:
@@ -82,6 +85,7 @@ async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
         ),
         kill_switches=dict(settings.switches_of(tenant.kill_switches)),
         retry_policy=RetryPolicyOut.of(settings.RetryPolicy.of(tenant.retry_policy)),
+        default_locale=tenant.default_locale,
     )
 
 
@@ -179,3 +183,36 @@ class TenantSettingsController(Controller):
             raise _gone() from None
         await db_session.commit()
         return RetryPolicyOut.of(policy)
+
+    @get("/default-locale", guards=READ, summary="The tenant's default locale")
+    async def get_default_locale(
+        self, request: ApiRequest, db_session: DbSession
+    ) -> DefaultLocaleOut:
+        try:
+            locale = await settings.get_default_locale(db_session, tenant_id=request.user.tenant_id)
+        except settings.TenantNotFound:
+            raise _gone() from None
+        return DefaultLocaleOut("default_locale", locale)
+
+    @put(
+        "/default-locale",
+        guards=MANAGE,
+        status_code=200,
+        summary="Set the locale of recipients without one, the fallback before a template's own",
+    )
+    async def put_default_locale(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[DefaultLocaleUpdate]
+    ) -> DefaultLocaleOut:
+        try:
+            locale = await settings.set_default_locale(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                locale=data.default_locale,
+                actor=request.user.actor,
+            )
+        except settings.SettingInvalid as error:
+            raise field_error(error.field, error.message) from None
+        except settings.TenantNotFound:
+            raise _gone() from None
+        await db_session.commit()
+        return DefaultLocaleOut("default_locale", locale)

@@ -1,4 +1,4 @@
-"""Bodies of /v1/tenant and its delivery settings (kill switches, retry policy).
+"""Bodies of /v1/tenant and its settings (kill switches, retry policy, default locale).
 
 Limits are checked again by app/tenants/settings.py, which Python callers reach without
 msgspec's decoding.
@@ -55,3 +55,14 @@ class RetryPolicyOut(msgspec.Struct):
     @classmethod
     def of(cls, policy: RetryPolicy) -> RetryPolicyOut:
         return cls("retry_policy", policy.max_attempts, policy.window_hours)
+
+
+class DefaultLocaleUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """The PUT body: a BCP 47 tag such as `fr-CA`, or null for none."""
+
+    default_locale: Annotated[str, msgspec.Meta(max_length=35)] | None
+
+
+class DefaultLocaleOut(msgspec.Struct):
+    object: Literal["default_locale"]
+    default_locale: str | None

@@ -1,4 +1,4 @@
-"""A tenant's delivery settings: kill switches per channel and the retry policy.
+"""A tenant's delivery settings: kill switches per channel, the retry policy, the default locale.
 
 Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
@@ -9,6 +9,9 @@ Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it 
 
 The retry policy (tenants.retry_policy) is read by delivery through `RetryPolicy.of`,
 which takes the defaults for anything absent or unusable in the stored JSON.
+
+The default locale (tenants.default_locale, a normalised tag or null) is the locale of
+recipients who have none, and the last fallback before a template's own content.
 
 Each change is one UPDATE of the tenant row (`||`, `-`, a whole-value SET), so changes
 racing on different channels all stick, and is audited in the caller's transaction.
@@ -31,6 +34,7 @@ from app.audit import service as audit
 from app.channels import CHANNELS
 from app.notifications.models import PRIORITIES, Message, Notification
 from app.recipients.preferences import DEFAULT_CATEGORIES
+from app.recipients.validation import RecipientInvalid, normalise_locale
 from app.tenants.models import Tenant
 
 KillSwitch = Literal["pause", "drop_noncritical"]
@@ -129,6 +133,26 @@ async def get_kill_switches(
     """{channel: mode} for the channels switched; one query. Empty for an unknown tenant."""
     stored = await session.scalar(select(Tenant.kill_switches).where(Tenant.id == tenant_id))
     return switches_of(stored)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """What dispatch (and a preview) reads of the tenant, in one query."""
+
+    kill_switches: dict[str, KillSwitch]
+    default_locale: str | None
+
+
+async def get_delivery_settings(session: AsyncSession, *, tenant_id: uuid.UUID) -> DeliverySettings:
+    """Kill switches and default locale; none of either for an unknown tenant."""
+    row = (
+        await session.execute(
+            select(Tenant.kill_switches, Tenant.default_locale).where(Tenant.id == tenant_id)
+        )
+    ).first()
+    if row is None:
+        return DeliverySettings({}, None)
+    return DeliverySettings(switches_of(row[0]), row[1])
 
 
 # The CTE locks the row first, so `previous` is what this change replaces even when another
@@ -274,3 +298,55 @@ async def set_retry_policy(
         details=asdict(policy),
     )
     return RetryPolicy.of(stored)
+
+
+def checked_locale(locale: str | None) -> str | None:
+    """The tag as stored (`fr_ca` → `fr-CA`), checked as a recipient's locale is."""
+    if locale is None:
+        return None
+    try:
+        return normalise_locale(locale)
+    except RecipientInvalid as invalid:
+        raise SettingInvalid("default_locale", invalid.message) from None
+
+
+# The CTE locks the row first, so `previous` is what this change replaces.
+_SET_LOCALE = text(
+    """
+    WITH old AS (SELECT id, default_locale FROM tenants WHERE id = :tenant_id FOR UPDATE)
+    UPDATE tenants AS t SET default_locale = :locale
+      FROM old
+     WHERE t.id = old.id
+    RETURNING old.default_locale
+    """
+).bindparams(bindparam("locale", type_=String))
+
+
+async def get_default_locale(session: AsyncSession, *, tenant_id: uuid.UUID) -> str | None:
+    row = (
+        await session.execute(select(Tenant.default_locale).where(Tenant.id == tenant_id))
+    ).first()
+    if row is None:
+        raise TenantNotFound(str(tenant_id))
+    return row[0]
+
+
+async def set_default_locale(
+    session: AsyncSession, *, tenant_id: uuid.UUID, locale: str | None, actor: str
+) -> str | None:
+    """Set (None: clear) the tenant's default locale in the caller's transaction; audited.
+
+    Returns the tag as stored."""
+    stored = checked_locale(locale)
+    row = (await session.execute(_SET_LOCALE, {"tenant_id": tenant_id, "locale": stored})).first()
+    if row is None:
+        raise TenantNotFound(str(tenant_id))
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="tenant.default_locale",
+        target=str(tenant_id),
+        details={"default_locale": stored, "previous": row[0]},
+    )
+    return stored

@@ -25,6 +25,7 @@ from app.templates.limits import MAX_OUTPUT_BYTES
 from app.templates.models import TemplateVersion
 from app.templates.rendering import RenderFailed, is_personalised, render, source_errors
 from app.templates.sandbox import TemplateSandbox
+from app.templates.sources import locale_candidates
 
 
 def version(
@@ -156,6 +157,21 @@ class TestLocales:
         assert self.template.content_for("email", "fr-CA").locale == "fr"  # type: ignore[union-attr]
         assert self.template.content_for("sms", "de").locale == "en"  # type: ignore[union-attr]
         assert self.template.content_for("push", "fr") is None
+
+    def test_later_locales_are_fallbacks_each_before_its_language(self) -> None:
+        def used(channel: str, *locales: str | None) -> str:
+            return self.template.content_for(channel, *locales).path  # type: ignore[union-attr]
+
+        assert used("sms", "de", "fr-CA") == "locales.fr-CA"
+        assert used("sms", "de-AT", None, "fr-BE") == "locales.fr"
+        assert used("sms", "fr-CA", "fr") == "locales.fr-CA"
+        assert used("email", "fr-CA", "de") == "locales.fr"  # fr-CA has no email: its language
+        assert used("sms", "de", "it") == "content"
+        fallback = render(
+            self.template, "sms", locale="de", fallback=(None, "fr"), data={}, recipient=None
+        )
+        assert fallback.text == "Bonjour"  # type: ignore[union-attr]
+        assert locale_candidates("fr-CA", "FR", None, "de_AT") == ["fr-ca", "fr", "de-at", "de"]
 
 
 class TestStrictVariables:
