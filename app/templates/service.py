@@ -19,8 +19,9 @@ from sqlalchemy.orm import aliased
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.pagination import Page, keyset_page
+from app.recipients.preferences import get_category
 from app.templates.models import Template, TemplateVersion
-from app.templates.validation import check_template
+from app.templates.validation import FieldError, InvalidTemplate, check_template, is_key
 
 
 async def _lock(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> None:
@@ -45,14 +46,20 @@ async def save_template(
     actor: str,
 ) -> TemplateVersion:
     """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields."""
-    checked = check_template(
-        key=key,
-        name=name,
-        category=category,
-        default_locale=default_locale,
-        content=content,
-        locales=locales or {},
-    )
+    unknown = await _unknown_category(session, tenant_id, category)
+    try:
+        checked = check_template(
+            key=key,
+            name=name,
+            category=category,
+            default_locale=default_locale,
+            content=content,
+            locales=locales or {},
+        )
+    except InvalidTemplate as invalid:
+        raise InvalidTemplate(invalid.errors + unknown) from None
+    if unknown:
+        raise InvalidTemplate(unknown)
     await _lock(session, tenant_id, key)
     latest = await session.scalar(
         select(func.max(Template.version)).where(
@@ -87,6 +94,20 @@ async def save_template(
         },
     )
     return saved
+
+
+async def _unknown_category(
+    session: AsyncSession, tenant_id: uuid.UUID, category: str | None
+) -> list[FieldError]:
+    """The error for a category the tenant does not have: every send would be refused."""
+    if category is None or not is_key(category):  # a malformed key is check_template's
+        return []
+    if await get_category(session, tenant_id=tenant_id, key=category) is not None:
+        return []
+    message = (
+        f"no category {category!r} in this tenant; create it with PUT /v1/categories/{category}"
+    )
+    return [{"field": "category", "message": message}]
 
 
 async def get_template(

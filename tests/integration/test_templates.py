@@ -49,10 +49,16 @@ def error_fields(response: httpx.Response) -> dict[str, str]:
     return {e["field"]: e["message"] for e in problem["errors"]}  # type: ignore[attr-defined]
 
 
+async def put_category(client: httpx.AsyncClient, owner: TenantKey, key: str) -> None:
+    response = await client.put(f"/v1/categories/{key}", headers=owner.headers, json={"name": key})
+    assert response.status_code in (200, 201), response.text
+
+
 async def test_saves_create_immutable_versions(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     owner = await make_tenant(session, "Versions")
+    await put_category(client, owner, "onboarding")
     first = await put(client, owner, "welcome", WELCOME)
     assert first.status_code == 201, first.text
     body = first.json()
@@ -123,6 +129,7 @@ async def test_concurrent_saves_get_consecutive_versions(
 async def test_preview_renders_every_channel_with_per_channel_errors(
     client: httpx.AsyncClient, tenant: TenantKey
 ) -> None:
+    await put_category(client, tenant, "onboarding")
     await put(client, tenant, "preview-me", WELCOME)
     body = {"data": {"order_id": "<42>"}, "recipient": {"name": "Zoë"}}
     response = await client.post(
@@ -270,6 +277,31 @@ async def test_bad_input_is_refused_naming_the_field(
         body,
         fields,
     )
+
+
+async def test_a_category_the_tenant_lacks_is_refused_at_save(
+    client: httpx.AsyncClient, tenant: TenantKey, other_tenant: TenantKey
+) -> None:
+    body = {"content": {"sms": {"text": "x"}}, "category": "billing"}
+    assert "billing" in error_fields(await put(client, tenant, "invoice", body))["category"]
+    assert_problem(
+        await client.get("/v1/templates/invoice", headers=tenant.headers), 404, "not_found"
+    )
+    # Reported together with the template's other errors.
+    broken = {"content": {"sms": {"text": "{% if %}"}}, "category": "billing"}
+    assert set(error_fields(await put(client, tenant, "invoice", broken))) == {
+        "category",
+        "content.sms.text",
+    }
+    # The built-in categories exist without a row; a created one exists for its tenant only.
+    for default in ("transactional", "marketing", "security"):
+        saved = await put(client, tenant, "invoice", {**body, "category": default})
+        assert saved.status_code == 201, saved.text
+    await put_category(client, other_tenant, "billing")
+    assert "category" in error_fields(await put(client, tenant, "invoice", body))
+    await put_category(client, tenant, "billing")
+    saved = await put(client, tenant, "invoice", body)
+    assert (saved.status_code, saved.json()["category"]) == (201, "billing")
 
 
 async def test_bad_keys_and_parameters(client: httpx.AsyncClient, tenant: TenantKey) -> None:
