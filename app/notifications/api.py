@@ -35,6 +35,7 @@ from jobs import queues
 log = structlog.get_logger(__name__)
 
 ApiRequest = Request[Principal, None, Any]
+MAX_IDEMPOTENCY_KEY = 255
 MessageStatus = Literal["queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
 
 
@@ -89,9 +90,16 @@ class NotificationController(Controller):
         request: ApiRequest,
         data: JSONBody[NotificationCreate],
         idempotency_key: Annotated[
-            str | None, HeaderParameter(header="Idempotency-Key", min_length=1, max_length=255)
+            str | None,
+            # Checked below, not by the framework, whose error would name the Python argument.
+            HeaderParameter(
+                header="Idempotency-Key",
+                schema_extra={"min_length": 1, "max_length": MAX_IDEMPOTENCY_KEY},
+            ),
         ] = None,
     ) -> Response[NotificationAccepted]:
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise field_error("Idempotency-Key", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
         try:
             accepted = await _accept(request, data, idempotency_key)
         except IntakeUnavailable:

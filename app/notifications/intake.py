@@ -26,6 +26,7 @@ from app.notifications.schemas import MAX_DATA_BYTES, NotificationCreate
 from app.observability.tracing import current_trace_context
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
+from app.recipients.validation import RecipientInvalid, normalise_external_id, normalise_locale
 from app.templates.service import TemplateSummary, latest_summary
 
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
@@ -165,7 +166,7 @@ def notification_row(
         raise InvalidNotification("category", f"no category {category_key!r} in this tenant")
     if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
         raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
-    ids = [item if isinstance(item, str) else item.external_id for item in body.to]
+    ids = _audience_ids(body.to)
     return {
         "id": uuid7(),
         "tenant_id": principal.tenant_id,
@@ -177,12 +178,39 @@ def notification_row(
         "channels": channels,
         "audience": {"recipients": list(dict.fromkeys(ids))},
         "data": body.data,
-        "locale": body.locale,
+        "locale": _locale(body.locale),
         "priority": body.priority,
         "send_at": _send_at(body.send_at),
         "status": "accepted",
         "created_at": utcnow(),
     }
+
+
+def _audience_ids(to: list[str | RecipientInput]) -> list[str]:
+    """The ids as given; a bare id must be one a recipient could have (`to[3]` names it).
+
+    Inline recipients' ids are checked with the rest of them when they are upserted.
+    """
+    ids = []
+    for index, item in enumerate(to):
+        if isinstance(item, RecipientInput):
+            ids.append(item.external_id)
+            continue
+        try:
+            ids.append(normalise_external_id(item))
+        except RecipientInvalid as invalid:
+            raise InvalidNotification(f"to[{index}]", invalid.message) from None
+    return ids
+
+
+def _locale(locale: str | None) -> str | None:
+    """Checked and stored as a recipient's locale is (`fr_ca` → `fr-CA`)."""
+    if locale is None:
+        return None
+    try:
+        return normalise_locale(locale)
+    except RecipientInvalid as invalid:
+        raise InvalidNotification("locale", invalid.message) from None
 
 
 def _channels(body: NotificationCreate, available: list[str]) -> list[str]:

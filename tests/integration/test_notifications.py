@@ -401,6 +401,15 @@ async def test_priorities_use_their_own_queues(
         ({"template": "bad-input", "to": ["a"], "data": {"blob": "x" * 70_000}}, "data"),
         ({"template": "bad-input", "to": ["a"], "colour": "red"}, "colour"),
         ({"to": ["a"]}, "template"),
+        ({"template": "bad-input", "to": [""]}, "to[0]"),
+        ({"template": "bad-input", "to": ["a", "two words"]}, "to[1]"),
+        ({"template": "bad-input", "to": ["a/b"]}, "to[0]"),
+        ({"template": "bad-input", "to": ["x" * 201]}, "to[0]"),
+        ({"template": "bad-input", "to": ["erased:0190"]}, "to[0]"),
+        ({"template": "bad-input", "to": ["a", {"external_id": "b c"}]}, "to[1].external_id"),
+        ({"template": "bad-input", "to": ["a"], "locale": "!!"}, "locale"),
+        ({"template": "bad-input", "to": ["a"], "locale": "english"}, "locale"),
+        ({"template": "bad-input", "to": ["a"], "locale": "fr-CA-x-y"}, "locale"),
     ],
 )
 async def test_bad_input_names_the_field(
@@ -413,6 +422,39 @@ async def test_bad_input_names_the_field(
         "validation_error",
     )
     assert field in [e["field"] for e in problem["errors"]], problem  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["ids", "inline_recipients"])
+async def test_a_bad_idempotency_key_names_the_header(
+    client: httpx.AsyncClient, tenant: TenantKey, inline: bool
+) -> None:
+    await put_template(client, tenant, "keyed", {"email": EMAIL_AND_INBOX["email"]})
+    to: list[object] = [{"external_id": "k1"}] if inline else ["k1"]
+    for key in ("", "k" * 256):
+        headers = {**tenant.headers, "Idempotency-Key": key}
+        response = await client.post(
+            "/v1/notifications", headers=headers, json={"template": "keyed", "to": to}
+        )
+        problem = assert_problem(response, 422, "validation_error")
+        assert [e["field"] for e in problem["errors"]] == ["Idempotency-Key"]  # type: ignore[attr-defined]
+    longest = {**tenant.headers, "Idempotency-Key": "k" * 255}
+    response = await client.post(
+        "/v1/notifications", headers=longest, json={"template": "keyed", "to": to}
+    )
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["ids", "inline_recipients"])
+async def test_the_locale_is_stored_as_a_recipient_locale_is(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession, inline: bool
+) -> None:
+    await put_template(client, tenant, "localised", {"email": EMAIL_AND_INBOX["email"]})
+    to: list[object] = [{"external_id": "l1"}] if inline else ["l1"]
+    accepted = await notify(client, tenant, template="localised", to=to, locale="zh_hant_tw")
+    stored = await session.scalar(
+        select(Notification.locale).where(Notification.id == uuid.UUID(accepted["id"]))
+    )
+    assert stored == "zh-Hant-TW"
 
 
 async def test_oversized_body_is_413(client: httpx.AsyncClient, tenant: TenantKey) -> None:
