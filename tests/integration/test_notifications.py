@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.notifications.models import Notification
+from app.providers.adapters.sandbox import SLOW_SECONDS
 from app.runtime import ServiceUrls
 from jobs import functions, queues
 from tests.integration.test_api_auth import assert_problem
@@ -77,6 +78,44 @@ async def test_sandbox_outcomes_by_address(
     assert statuses(await notification(client, sandbox, again["id"])) == {
         "bounce:email": ("skipped", "suppressed")
     }
+
+
+async def test_sandbox_slow_address_and_failing_number(
+    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+) -> None:
+    """`slow@` is sent after the sandbox's delay; +15005550001 fails for good."""
+    await put_template(
+        client,
+        sandbox,
+        "both-ways",
+        {"email": EMAIL_AND_INBOX["email"], "sms": {"text": "Hi {{ name }}"}},
+    )
+    await put_recipient(client, sandbox, "sluggish", email="slow@example.com")
+    await put_recipient(client, sandbox, "dead-line", phone="+15005550001")
+    accepted = await notify(
+        client, sandbox, template="both-ways", to=["sluggish", "dead-line"], data={"name": "x"}
+    )
+    await run_workers(service_urls)
+    view = await notification(client, sandbox, accepted["id"])
+    assert statuses(view) == {
+        "sluggish:email": ("sent", None),
+        "sluggish:sms": ("skipped", "no_address"),
+        "dead-line:email": ("skipped", "no_address"),
+        "dead-line:sms": ("failed", "permanent"),
+    }
+    by_address = {m["address"]: m for m in view["messages"]}
+    slow = await client.get(
+        f"/v1/messages/{by_address['slow@example.com']['id']}", headers=sandbox.headers
+    )
+    [attempt] = slow.json()["history"]
+    assert attempt["outcome"] == "sent"
+    assert attempt["latency_ms"] >= SLOW_SECONDS * 1000
+    dead = await client.get(
+        f"/v1/messages/{by_address['+15005550001']['id']}", headers=sandbox.headers
+    )
+    [attempt] = dead.json()["history"]
+    assert (attempt["outcome"], attempt["status_code"]) == ("failed", 400)
+    assert dead.json()["attempts"] == 1  # a permanent failure is not retried
 
 
 async def test_preferences_and_critical_categories(
@@ -368,19 +407,36 @@ async def test_cancel_before_send_at(
 async def test_priorities_use_their_own_queues(
     client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
 ) -> None:
+    """Dispatch, and then delivery, of a notification run on its priority's queue."""
     await put_template(client, sandbox, "prio", {"email": EMAIL_AND_INBOX["email"]})
+    await put_recipient(client, sandbox, "p", email="p@example.com")
     redis = Redis.from_url(service_urls.redis_url)
+
+    async def queues_holding(job: str) -> set[str]:
+        return {name for name, key in queues.QUEUE_NAMES.items() if await redis.zscore(key, job)}
+
+    settings = settings_for(service_urls.database_url, service_urls.redis_url)
     try:
-        placed = {}
-        for priority in ("high", "low"):
-            accepted = await notify(
-                client, sandbox, template="prio", to=["p"], data={"name": "p"}, priority=priority
-            )
-            job = f"dispatch:{accepted['id']}"
-            placed[priority] = {
-                name for name, key in queues.QUEUE_NAMES.items() if await redis.zscore(key, job)
-            }
-        assert placed == {"high": {"high"}, "low": {"low"}}
+        dispatched, delivered = {}, {}
+        async with workers(settings) as ctx:
+            ctx["redis"] = await queues.connect(service_urls.redis_url)
+            for priority in ("high", "normal", "low"):
+                accepted = await notify(
+                    client,
+                    sandbox,
+                    template="prio",
+                    to=["p"],
+                    data={"name": "p"},
+                    priority=priority,
+                )
+                dispatched[priority] = await queues_holding(f"dispatch:{accepted['id']}")
+                # Dispatch only, as a worker would: its deliver job goes onto a queue.
+                assert await functions.dispatch(ctx, accepted["id"]) == 1
+                [message] = (await notification(client, sandbox, accepted["id"]))["messages"]
+                delivered[priority] = await queues_holding(f"deliver:{message['id']}:1")
+            await ctx["redis"].aclose()
+        expected = {"high": {"high"}, "normal": {"normal"}, "low": {"low"}}
+        assert (dispatched, delivered) == (expected, expected)
     finally:
         await redis.aclose()
         await run_workers(service_urls)
@@ -512,6 +568,40 @@ async def test_tenant_isolation(
         )
     ).json()
     assert {m["recipient"] for m in mine["data"]} == {"private"}
+
+
+async def test_message_list_since_and_until(
+    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+) -> None:
+    """`since` is inclusive and `until` exclusive, on the message's creation time."""
+    await put_template(client, sandbox, "timed", {"inbox": EMAIL_AND_INBOX["inbox"]})
+    await put_recipient(client, sandbox, "t1")
+    for name in ("first", "second", "third"):
+        await notify(client, sandbox, template="timed", to=["t1"], data={"name": name})
+        await run_workers(service_urls)  # one after another: distinct creation times
+
+    async def listed(**params: str) -> list[str]:
+        response = await client.get("/v1/messages", headers=sandbox.headers, params=params)
+        assert response.status_code == 200, response.text
+        return [m["created_at"] for m in response.json()["data"]]
+
+    third, second, first = await listed()  # newest first
+    assert datetime.fromisoformat(first) < datetime.fromisoformat(second)
+    assert datetime.fromisoformat(second) < datetime.fromisoformat(third)
+    assert await listed(since=second) == [third, second]
+    assert await listed(until=second) == [first]
+    assert await listed(since=first, until=third) == [second, first]
+    assert await listed(since=third, until=third) == []
+    later = (datetime.fromisoformat(third) + timedelta(seconds=1)).isoformat()
+    assert await listed(since=later) == []
+    assert await listed(until=later) == [third, second, first]
+    # An offset other than UTC means the same instant.
+    paris = datetime.fromisoformat(second).astimezone(timezone(timedelta(hours=2))).isoformat()
+    assert await listed(since=paris) == [third, second]
+    for name in ("since", "until"):
+        bad = await client.get("/v1/messages", headers=sandbox.headers, params={name: "soon"})
+        problem = assert_problem(bad, 422, "validation_error")
+        assert [e["field"] for e in problem["errors"]] == [name]  # type: ignore[attr-defined]
 
 
 async def test_message_list_filters(
