@@ -148,7 +148,7 @@ class InboxController(Controller):
         "/inbox/{message_id:uuid}/read",
         status_code=200,
         guards=[_inbox_guard],
-        summary="Mark one item read",
+        summary="Mark one item read; 404 when it is not an item of this inbox",
     )
     async def mark_one(
         self,
@@ -174,9 +174,14 @@ class InboxController(Controller):
     ) -> MarkedRead:
         tenant_id = request.user.tenant_id
         recipient_id = await _recipient_id(db_session, request.user, external_id)
-        changed = await service.mark_read(
-            db_session, tenant_id=tenant_id, recipient_id=recipient_id, message_id=message_id
-        )
+        try:
+            changed = await service.mark_read(
+                db_session, tenant_id=tenant_id, recipient_id=recipient_id, message_id=message_id
+            )
+        except service.ItemNotFound:
+            raise Problem(
+                404, "not_found", f"No item {message_id} in the inbox of {external_id!r}."
+            ) from None
         await db_session.commit()
         page = await service.list_inbox(
             db_session,

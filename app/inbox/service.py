@@ -62,6 +62,10 @@ async def list_inbox(
     return InboxPage(items, int(unread or 0), has_more, str(items[-1].id) if has_more else None)
 
 
+class ItemNotFound(LookupError):
+    """The id is not an item of this recipient's inbox (nor a message they may see)."""
+
+
 async def mark_read(
     session: AsyncSession,
     *,
@@ -69,14 +73,23 @@ async def mark_read(
     recipient_id: uuid.UUID,
     message_id: uuid.UUID | None,
 ) -> int:
-    """Mark one item (or, with no id, every unread item) read; returns how many changed."""
-    query = (
-        update(Message)
-        .where(Message.tenant_id == tenant_id, Message.recipient_id == recipient_id, *_INBOX)
-        .where(Message.read_at.is_(None))
-        .values(read_at=func.now())
-    )
+    """Mark one item (or, with no id, every unread item) read; returns how many changed.
+
+    An item already read changes nothing (0); an id that is no item of this inbox raises
+    ItemNotFound.
+    """
+    mine = (Message.tenant_id == tenant_id, Message.recipient_id == recipient_id, *_INBOX)
+    query = update(Message).where(*mine, Message.read_at.is_(None)).values(read_at=func.now())
     if message_id is not None:
         query = query.where(Message.id == message_id)
     result = await session.execute(query)
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    changed = int(result.rowcount)  # type: ignore[attr-defined]
+    # Nothing changed: the item was read already, or it is not one of this inbox.
+    if message_id is not None and not changed and not await _is_item(session, mine, message_id):
+        raise ItemNotFound(str(message_id))
+    return changed
+
+
+async def _is_item(session: AsyncSession, mine: tuple[Any, ...], message_id: uuid.UUID) -> bool:
+    found = await session.scalar(select(Message.id).where(*mine, Message.id == message_id))
+    return found is not None

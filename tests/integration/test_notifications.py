@@ -247,6 +247,36 @@ async def test_inbox_with_a_recipient_token(
     )
 
 
+async def test_marking_an_item_that_is_not_in_the_inbox_is_404(
+    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+) -> None:
+    await put_template(client, sandbox, "both", EMAIL_AND_INBOX)
+    await put_recipient(client, sandbox, "ines", email="ines@example.com")
+    await put_recipient(client, sandbox, "jon")
+    accepted = await notify(
+        client, sandbox, template="both", to=["ines", "jon"], data={"name": "i"}
+    )
+    await run_workers(service_urls)
+    messages = (await notification(client, sandbox, accepted["id"]))["messages"]
+    item = next(m for m in messages if (m["recipient"], m["channel"]) == ("ines", "inbox"))
+    email = next(m for m in messages if m["channel"] == "email")
+    jons = next(m for m in messages if m["recipient"] == "jon" and m["channel"] == "inbox")
+    inbox = "/v1/recipients/ines/inbox"
+
+    # Not an item of Ines's inbox: a made-up id, her e-mail, Jon's inbox item.
+    for other in (str(uuid.uuid4()), email["id"], jons["id"]):
+        missing = await client.post(f"{inbox}/{other}/read", headers=sandbox.headers)
+        assert other in str(assert_problem(missing, 404, "not_found")["detail"])
+    read = await client.post(f"{inbox}/{item['id']}/read", headers=sandbox.headers)
+    assert read.json() == {"marked_read": 1, "unread_count": 0}
+    # Read already: nothing changes, and that is no error.
+    again = await client.post(f"{inbox}/{item['id']}/read", headers=sandbox.headers)
+    assert (again.status_code, again.json()) == (200, {"marked_read": 0, "unread_count": 0})
+    # Jon's item was left unread by the refused call.
+    jon = (await client.get("/v1/recipients/jon/inbox", headers=sandbox.headers)).json()
+    assert jon["unread_count"] == 1
+
+
 async def test_idempotency_key_replays_and_conflicts(
     client: httpx.AsyncClient, sandbox: TenantKey, session: AsyncSession
 ) -> None:
