@@ -1,4 +1,4 @@
-"""Secrets at rest: AES-256-GCM under a ring of named keys, for rotation.
+"""Secrets at rest: AES-256-GCM under a ring of named keys, for rotation; keyed digests.
 
 A sealed value is `nonce (12 random bytes) || ciphertext || tag`; the id of the key that
 sealed it is stored beside it (a column of its own), so that after a rotation old rows still
@@ -7,11 +7,18 @@ open with the key they name while new rows are sealed with the first configured 
 Associated data binds a ciphertext to where it belongs (for provider credentials: the tenant
 and the config row). It is authenticated, not stored: a ciphertext copied into another row or
 another tenant fails to open there, because the associated data it is opened with differs.
+
+A keyed digest (HMAC-SHA256 under a key derived from each ring key) stands in for a value
+that must still be recognised but never read again, such as an erased person's address.
+Digests are made with the current key and matched against every key's, so that a rotation
+keeps old digests matching as long as the old key stays configured.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +32,8 @@ NONCE_BYTES = 12  # 96 bits: the size GCM is specified for; random per seal
 KEY_BYTES = 32
 DEV_KEY_ID = "local"
 DEV_KEY_FILE = "encryption_key"
+# Keeps digest keys apart from the sealing keys they are derived from.
+DIGEST_KEY_CONTEXT = b"herald keyed digests v1"
 
 
 class DecryptionError(ValueError):
@@ -42,6 +51,10 @@ class Keyring:
                 raise ValueError(f"key {key_id!r} must be {KEY_BYTES} bytes, not {len(key)}")
         self._keys = {key_id: AESGCM(key) for key_id, key in keys}
         self.current_key_id = keys[0][0]
+        # The current key's first.
+        self._digest_keys = [
+            hmac.digest(key, DIGEST_KEY_CONTEXT, hashlib.sha256) for _, key in keys
+        ]
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -66,6 +79,14 @@ class Keyring:
             return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
         except InvalidTag:
             raise DecryptionError("sealed value does not authenticate") from None
+
+    def digest(self, value: bytes) -> str:
+        """The keyed digest of `value` under the current key (hex)."""
+        return hmac.digest(self._digest_keys[0], value, hashlib.sha256).hex()
+
+    def digests(self, value: bytes) -> list[str]:
+        """Its digest under every key, the current one first: what a stored digest may be."""
+        return [hmac.digest(key, value, hashlib.sha256).hex() for key in self._digest_keys]
 
 
 _rings: dict[tuple[object, ...], Keyring] = {}

@@ -112,3 +112,15 @@ def test_development_generates_one_key_once(tmp_path: Path) -> None:
     from_file = Keyring([(DEV_KEY_ID, base64.urlsafe_b64decode(key_file.read_text()))])
     assert from_file.decrypt(key_id, sealed, associated_data=AD) == b"kept"
     assert keyring_for(settings) is ring
+
+
+def test_keyed_digests_are_stable_keyed_and_survive_rotation() -> None:
+    ring = Keyring([("k1", OLD)])
+    digest = ring.digest(b"ada@example.com")
+    assert digest == Keyring([("k1", OLD)]).digest(b"ada@example.com")
+    assert len(digest) == 64 and "ada" not in digest
+    assert digest != Keyring([("k1", NEW)]).digest(b"ada@example.com")
+    assert digest != ring.digest(b"bob@example.com")
+    # After a rotation new digests use the new key; the old one still matches.
+    rotated = Keyring([("k2", NEW), ("k1", OLD)])
+    assert rotated.digests(b"ada@example.com") == [rotated.digest(b"ada@example.com"), digest]
