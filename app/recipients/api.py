@@ -13,6 +13,7 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from app import crypto
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
@@ -300,6 +301,7 @@ class SuppressionController(Controller):
             cursor=cursor,
             channel=channel,
             address=address,
+            keyring=crypto.keyring_for(request.app.state.settings),
         )
         return SuppressionList(
             object="list",

@@ -2,6 +2,10 @@
 
 Providers' bounce and complaint reports add them (add_suppressions), tenants add and remove
 them by hand. Addresses are stored in the form `suppression_key` gives, and looked up in it.
+
+An erased recipient's suppressed addresses are kept as keyed digests (`erased:<hex>`, see
+app/crypto.py) instead: nobody can read them back, yet every lookup of the address still
+matches, so an erased person who bounced or complained is never mailed again.
 """
 
 from __future__ import annotations
@@ -9,19 +13,36 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, select
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.channels import CHANNELS
+from app.crypto import Keyring, default_keyring
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
 from app.recipients.models import SUPPRESSION_REASONS, WAS_INSERTED, Suppression
-from app.recipients.validation import check_suppression_address, suppression_key
+from app.recipients.validation import ERASED_PREFIX, check_suppression_address, suppression_key
 
 MAX_ADDRESS = 2048
 MAX_SOURCE = 200
+
+
+def _digest_input(tenant_id: uuid.UUID, channel: str, key: str) -> bytes:
+    # The tenant is part of it: the same address erased in two tenants cannot be linked.
+    return f"suppression\x00{tenant_id}\x00{channel}\x00{key}".encode()
+
+
+def erased_form(tenant_id: uuid.UUID, channel: str, key: str, keyring: Keyring) -> str:
+    """How a suppression key is stored once its owner is erased (current key)."""
+    return ERASED_PREFIX + keyring.digest(_digest_input(tenant_id, channel, key))
+
+
+def _stored_forms(tenant_id: uuid.UUID, channel: str, key: str, keyring: Keyring) -> list[str]:
+    """Every form in which a suppression key may be stored: as is, or as an erased digest."""
+    digests = keyring.digests(_digest_input(tenant_id, channel, key))
+    return [key, *(ERASED_PREFIX + digest for digest in digests)]
 
 
 def _check_entry(channel: str, address: str, reason: str) -> None:
@@ -34,18 +55,28 @@ def _check_entry(channel: str, address: str, reason: str) -> None:
 
 
 async def add_suppressions(
-    session: AsyncSession, *, tenant_id: uuid.UUID, entries: list[tuple[str, str, str, str]]
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    entries: list[tuple[str, str, str, str]],
+    erased: bool = False,
+    keyring: Keyring | None = None,
 ) -> None:
-    """Suppress (channel, address, reason, source) entries in one statement; known ones stay."""
+    """Suppress (channel, address, reason, source) entries in one statement; known ones stay.
+
+    `erased`: the addresses belong to an erased recipient and are stored as digests.
+    """
+    ring = (keyring or default_keyring()) if erased else None
     rows: list[dict[str, object]] = []
     for channel, address, reason, source in entries:
         _check_entry(channel, address, reason)
+        key = suppression_key(channel, address)
         rows.append(
             {
                 "id": uuid7(),
                 "tenant_id": tenant_id,
                 "channel": channel,
-                "address": suppression_key(channel, address),
+                "address": key if ring is None else erased_form(tenant_id, channel, key, ring),
                 "reason": reason,
                 "source": source[:MAX_SOURCE] or "unknown",
             }
@@ -102,12 +133,19 @@ async def list_suppressions(
     cursor: uuid.UUID | None = None,
     channel: str | None = None,
     address: str | None = None,
+    keyring: Keyring | None = None,
 ) -> Page[Suppression]:
+    """The tenant's suppressions, newest first; `address` also finds an erased one's digest."""
     query = select(Suppression).where(Suppression.tenant_id == tenant_id)
     if channel is not None:
         query = query.where(Suppression.channel == channel)
     if address is not None:
-        keys = {suppression_key(c, address) for c in ([channel] if channel else CHANNELS)}
+        ring = keyring or default_keyring()
+        keys = {
+            form
+            for c in ([channel] if channel else CHANNELS)
+            for form in _stored_forms(tenant_id, c, suppression_key(c, address), ring)
+        }
         query = query.where(Suppression.address.in_(sorted(keys)))
     return await keyset_page(session, query, Suppression.id, limit=limit, cursor=cursor)
 
@@ -133,14 +171,22 @@ async def remove_suppression(
 
 
 async def suppressed(
-    session: AsyncSession, *, tenant_id: uuid.UUID, pairs: Iterable[tuple[str, str]]
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    pairs: Iterable[tuple[str, str]],
+    keyring: Keyring | None = None,
 ) -> set[tuple[str, str]]:
-    """Which (channel, suppression key) pairs are suppressed, in one query."""
-    wanted = set(pairs)
-    if not wanted:
+    """Which (channel, suppression key) pairs are suppressed, in one query (erased ones too)."""
+    ring = keyring or default_keyring()
+    by_form: dict[tuple[str, str], tuple[str, str]] = {}
+    for channel, key in set(pairs):
+        for form in _stored_forms(tenant_id, channel, key, ring):
+            by_form[(channel, form)] = (channel, key)
+    if not by_form:
         return set()
-    channels = sorted({channel for channel, _ in wanted})
-    addresses = sorted({address for _, address in wanted})
+    channels = sorted({channel for channel, _ in by_form})
+    addresses = sorted({form for _, form in by_form})
     rows = await session.execute(
         select(Suppression.channel, Suppression.address).where(
             Suppression.tenant_id == tenant_id,
@@ -148,4 +194,53 @@ async def suppressed(
             Suppression.address == any_(bindparam("addresses", addresses, type_=ARRAY(String))),
         )
     )
-    return {(channel, address) for channel, address in rows.tuples()} & wanted
+    return {by_form[row] for row in rows.tuples() if row in by_form}
+
+
+# A suppression whose digest is already stored (the address was erased before, and suppressed
+# again since) is dropped rather than renamed: the pair is unique per tenant.
+_DROP_DUPLICATES = text(
+    """
+    DELETE FROM suppressions AS s
+     USING unnest(CAST(:channels AS text[]), CAST(:keys AS text[]), CAST(:forms AS text[]))
+           AS e(channel, key, form)
+     WHERE s.tenant_id = :tenant_id AND s.channel = e.channel AND s.address = e.key
+       AND EXISTS (SELECT 1 FROM suppressions AS d
+                    WHERE d.tenant_id = :tenant_id AND d.channel = e.channel
+                      AND d.address = e.form)
+    """
+)
+_TO_DIGESTS = text(
+    """
+    UPDATE suppressions AS s
+       SET address = e.form
+      FROM unnest(CAST(:channels AS text[]), CAST(:keys AS text[]), CAST(:forms AS text[]))
+           AS e(channel, key, form)
+     WHERE s.tenant_id = :tenant_id AND s.channel = e.channel AND s.address = e.key
+    """
+)
+
+
+async def hide_addresses(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    addresses: Iterable[tuple[str, str]],
+    keyring: Keyring | None = None,
+) -> None:
+    """Replace the suppressions of these (channel, address) pairs by their erased digests.
+
+    The rows keep their id, reason, source and date: they go on protecting the address.
+    """
+    ring = keyring or default_keyring()
+    keys = sorted({(channel, suppression_key(channel, a)) for channel, a in addresses if a})
+    if not keys:
+        return
+    params = {
+        "tenant_id": tenant_id,
+        "channels": [channel for channel, _ in keys],
+        "keys": [key for _, key in keys],
+        "forms": [erased_form(tenant_id, channel, key, ring) for channel, key in keys],
+    }
+    await session.execute(_DROP_DUPLICATES, params)
+    await session.execute(_TO_DIGESTS, params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -11,7 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from app.recipients import service
+from app.crypto import Keyring
+from app.recipients import service, suppressions
 from app.recipients.models import Suppression
 from tests.integration.test_api_auth import assert_problem
 from tests.support import TenantKey, make_tenant
@@ -188,3 +190,50 @@ async def test_add_suppressions_in_bulk(session: AsyncSession) -> None:
         .where(Suppression.tenant_id == owner.tenant_id)
     )
     assert count == 3
+
+
+async def test_hidden_addresses_still_match_across_tenants_keys_and_duplicates(
+    session: AsyncSession,
+) -> None:
+    owner, other = await make_tenant(session, "Hiding"), await make_tenant(session, "Not hiding")
+    k1, k2 = os.urandom(32), os.urandom(32)
+    old, new, rotated = (
+        Keyring([("k1", k1)]),
+        Keyring([("k2", k2)]),
+        Keyring([("k2", k2), ("k1", k1)]),
+    )
+    bounce = [("email", "Gone@Example.com", "hard_bounce", "smtp")]
+    for tenant_id in (owner.tenant_id, other.tenant_id):
+        await service.add_suppressions(session, tenant_id=tenant_id, entries=bounce)
+    await suppressions.hide_addresses(
+        session, tenant_id=owner.tenant_id, addresses=[("email", "gone@example.COM")], keyring=old
+    )
+    # Suppressed again in the clear (a bounce reported late), then hidden again: one row.
+    await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=bounce)
+    await suppressions.hide_addresses(
+        session, tenant_id=owner.tenant_id, addresses=[("email", "GONE@example.com")], keyring=old
+    )
+    await session.commit()
+    stored = await session.scalars(
+        select(Suppression.address).where(Suppression.tenant_id == owner.tenant_id)
+    )
+    [digest] = list(stored)
+    assert digest.startswith("erased:") and "gone" not in digest.lower()
+
+    wanted = [("email", "gone@example.com")]
+    for ring, found in ((old, True), (rotated, True), (new, False)):
+        hits = await suppressions.suppressed(
+            session, tenant_id=owner.tenant_id, pairs=wanted, keyring=ring
+        )
+        assert hits == (set(wanted) if found else set()), ring.key_ids
+    # The other tenant's suppression of the same address stays as it was.
+    clear = await suppressions.suppressed(
+        session, tenant_id=other.tenant_id, pairs=wanted, keyring=old
+    )
+    assert clear == set(wanted)
+    assert (
+        await session.scalar(
+            select(Suppression.address).where(Suppression.tenant_id == other.tenant_id)
+        )
+        == "gone@example.com"
+    )
