@@ -123,6 +123,7 @@ class RecipientController(Controller):
             tenant_id=request.user.tenant_id,
             external_id=external_id,
             actor=request.user.actor,
+            keyring=crypto.keyring_for(request.app.state.settings),
         )
         if erased is None:
             raise _no_recipient(external_id)

@@ -1,8 +1,9 @@
 """Recipients: atomic create-or-update (one or a batch), reads, erasure and template context.
 
-This module is also the notification dispatcher's one entry point into the domain: it
-re-exports get_category (preferences.py), plan_deliveries (planning.py) and add_suppressions
-(suppressions.py). Every function takes the tenant and filters on it.
+This module is also the notification dispatcher's and the delivery path's one entry point into
+the domain: it re-exports get_category (preferences.py), plan_deliveries (planning.py),
+add_suppressions (suppressions.py), erase_recipient, erased_messages and ERASED_TEXT
+(erasure.py). Every function takes the tenant and filters on it.
 """
 
 from __future__ import annotations
@@ -16,30 +17,25 @@ from msgspec import UNSET
 from sqlalchemy import (
     ARRAY,
     String,
-    Text,
     bindparam,
     case,
-    cast,
-    delete,
     func,
     select,
-    update,
 )
 from sqlalchemy.dialects.postgresql import Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.audit import service as audit
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
-from app.recipients.models import WAS_INSERTED, Preference, Recipient
+from app.recipients.erasure import ERASED_TEXT, erase_recipient, erased_messages
+from app.recipients.models import WAS_INSERTED, Recipient
 from app.recipients.planning import PlannedDelivery, plan_deliveries
 from app.recipients.preferences import CategoryView, get_category
 from app.recipients.schemas import RecipientInput
 from app.recipients.suppressions import add_suppressions
 from app.recipients.validation import (
-    ERASED_PREFIX,
     RecipientInvalid,
     normalise_data,
     normalise_email,
@@ -52,6 +48,7 @@ from app.recipients.validation import (
 )
 
 __all__ = [
+    "ERASED_TEXT",
     "CategoryView",
     "PlannedDelivery",
     "RecipientInput",
@@ -59,6 +56,7 @@ __all__ = [
     "Upserted",
     "add_suppressions",
     "erase_recipient",
+    "erased_messages",
     "get_by_external_ids",
     "get_category",
     "get_recipient",
@@ -249,46 +247,6 @@ async def list_recipients(
     if phone is not None:
         query = query.where(Recipient.phone == normalise_phone(phone))
     return await keyset_page(session, query, Recipient.id, limit=limit, cursor=cursor)
-
-
-async def erase_recipient(
-    session: AsyncSession, *, tenant_id: uuid.UUID, external_id: str, actor: str
-) -> Recipient | None:
-    """Erase personal data, keep the row (for delivery counts) and free the external id."""
-    erased: Recipient | None = await session.scalar(
-        update(Recipient)
-        .where(
-            Recipient.tenant_id == tenant_id,
-            Recipient.external_id == external_id,
-            Recipient.erased_at.is_(None),
-        )
-        .values(
-            external_id=func.concat(ERASED_PREFIX, cast(Recipient.id, Text)),
-            email=None,
-            phone=None,
-            push_tokens=[],
-            webhook_url=None,
-            locale=None,
-            timezone=None,
-            data={},
-            erased_at=func.now(),
-            updated_at=func.now(),
-        )
-        .returning(Recipient),
-        execution_options={"populate_existing": True},
-    )
-    if erased is None:
-        return None
-    # Opt-outs are about the person too; suppressions stay, to keep protecting the address.
-    await session.execute(
-        delete(Preference).where(
-            Preference.tenant_id == tenant_id, Preference.recipient_id == erased.id
-        )
-    )
-    await audit.append(
-        session, tenant_id=tenant_id, actor=actor, action="recipient.erased", target=str(erased.id)
-    )
-    return erased
 
 
 def template_context(recipient: Recipient) -> dict[str, Any]:
