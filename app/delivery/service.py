@@ -39,7 +39,7 @@ from app.observability.tracing import parent_context, tracer
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult
 from app.providers.breaker import route_key_for
 from app.providers.service import ProviderRoute, build_adapter, routes_for
-from app.recipients.service import add_suppressions
+from app.recipients.service import ERASED_TEXT, add_suppressions, erased_messages
 from app.settings import Settings
 from app.tenants.settings import RetryPolicy
 
@@ -268,7 +268,7 @@ async def record(session: AsyncSession, started: list[Sent], now: datetime) -> l
     updates: list[dict[str, Any]] = []
     attempts: list[dict[str, Any]] = []
     retries: list[Due] = []
-    suppressions: dict[uuid.UUID, list[tuple[str, str, str, str]]] = {}
+    bounced: list[tuple[Claimed, str, str]] = []  # (message, reason, provider)
     for outcome in started:
         message, provider, result = outcome.send.message, outcome.provider, outcome.result
         row = _outcome(message, provider, result, now)
@@ -278,20 +278,37 @@ async def record(session: AsyncSession, started: list[Sent], now: datetime) -> l
                 Due(message.id, message.priority, row["next_attempt_at"], message.attempt)
             )
         if result.suppress:
-            suppressions.setdefault(message.tenant_id, []).append(
-                (message.channel, message.address, result.suppress, provider)
-            )
+            bounced.append((message, result.suppress, provider))
         attempts.append(_attempt_row(outcome, now))
         MESSAGES_SENT.labels(message.channel, provider, row["status"]).inc()
+    erased: set[uuid.UUID] = set()
     if updates:
         held = await _write_outcomes(session, updates)
         # An outcome written by a worker that lost its claim meanwhile is dropped: whoever
-        # holds the message now decides. The attempt happened all the same.
+        # holds the message now decides. The attempt happened all the same. Erasure is one
+        # such holder: what the provider answered may quote the erased address.
         retries = [due for due in retries if due.message_id in held]
+        lost = [(row["tenant_id"], row["message_id"]) for row in attempts]
+        erased = await erased_messages(session, [pair for pair in lost if pair[1] not in held])
+        for attempt in attempts:
+            if attempt["message_id"] in erased and attempt["error"] is not None:
+                attempt["error"] = ERASED_TEXT
         await session.execute(insert(Attempt), attempts)
-    for tenant_id, entries in suppressions.items():
-        await add_suppressions(session, tenant_id=tenant_id, entries=entries)
+    await _suppress(session, bounced, erased)
     return retries
+
+
+async def _suppress(
+    session: AsyncSession, bounced: list[tuple[Claimed, str, str]], erased: set[uuid.UUID]
+) -> None:
+    """Suppress the addresses providers called dead; an erased recipient's, as digests."""
+    entries: dict[tuple[uuid.UUID, bool], list[tuple[str, str, str, str]]] = defaultdict(list)
+    for message, reason, provider in bounced:
+        entries[(message.tenant_id, message.id in erased)].append(
+            (message.channel, message.address, reason, provider)
+        )
+    for (tenant_id, was_erased), batch in entries.items():
+        await add_suppressions(session, tenant_id=tenant_id, entries=batch, erased=was_erased)
 
 
 # One statement for a batch's outcomes, each applied only while its claim still holds

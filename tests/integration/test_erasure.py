@@ -301,6 +301,49 @@ async def test_queued_messages_are_cancelled_and_never_sent(
     assert {m["skip_reason"] for m in view["messages"]} == {"erased"}
 
 
+async def test_a_send_in_flight_is_neither_retried_nor_recorded_with_the_address(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+    relay: tuple[Relay, int],
+) -> None:
+    box, port = relay
+    await use_relay(client, tenant, port)
+    busy = "busy.7f3a@example.com"
+    await put_recipient(client, tenant, "busy-7f3a", email=busy, data={"name": "B"})
+    box.refused = {ADDRESS: 550, busy: 451}  # a dead mailbox (suppress), a busy one (retry)
+    box.gate.clear()
+    accepted = await notify(
+        client, tenant, template="welcome", to=[LEAVER, "busy-7f3a"], channels=["email"]
+    )
+    sending = asyncio.create_task(run_workers(service_urls))
+    for _ in range(2):
+        assert await asyncio.to_thread(box.arrived.acquire, timeout=30), "no send started"
+    assert sorted(box.waiting) == sorted([ADDRESS, busy])
+    # Both are with the SMTP server now: erased mid-send.
+    await erase(client, tenant, LEAVER)
+    await erase(client, tenant, "busy-7f3a")
+    box.gate.set()
+    await sending
+
+    view = await notification(client, tenant, accepted["id"])
+    assert view["counts"] == {"cancelled": 2}  # not retrying: nothing more goes out
+    assert all(m["next_attempt_at"] is None for m in view["messages"])
+    for message in view["messages"]:
+        detail = (await client.get(f"/v1/messages/{message['id']}", headers=tenant.headers)).json()
+        [attempt] = detail["history"]
+        assert attempt["outcome"] == "failed" and attempt["error"] == ERASED_TEXT
+    for needle in (ADDRESS, busy, "7f3a"):
+        assert await rows_naming(session, tenant, needle) == {}, needle
+    # The dead mailbox is suppressed all the same, as a digest.
+    await put_recipient(client, tenant, "newcomer", email=ADDRESS, data={"name": "N"})
+    again = await notify(client, tenant, template="welcome", to=["newcomer"], channels=["email"])
+    await run_workers(service_urls)
+    [skipped] = await messages_of(client, tenant, again["id"])
+    assert (skipped["status"], skipped["skip_reason"]) == ("skipped", "suppressed")
+
+
 async def test_a_notification_waiting_for_dispatch_reaches_nobody_under_the_old_id(
     client: httpx.AsyncClient,
     tenant: TenantKey,
