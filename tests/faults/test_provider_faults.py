@@ -3,10 +3,10 @@
 Every message meets the whole sequence: its first request gets 500 (transient), the next
 two 429 with `Retry-After: 1` (rate limited), the fourth hangs past the webhook adapter's
 15 s timeout (the receiver processes it and answers too late: the provider accepted it and
-we could not know), the fifth 204. The tenant allows 3 attempts: the two 429s would have
-spent them had they counted, so the message reaching `sent` on its fifth request shows they
-did not. The resend after the timeout is the one duplicate each message may have, and it
-carries the same `webhook-id`.
+we could not know), the fifth 204. The tenant allows 3 attempts (within a 1 h window, for
+short backoffs): the two 429s would have spent them had they counted, so the message
+reaching `sent` on its fifth request shows they did not. The resend after the timeout is
+the one duplicate each message may have, and it carries the same `webhook-id`.
 
 Three messages, no more: with 5 outcomes each, more would pass the breaker's 20-call
 minimum with 40 % failures and open it, a different test (test_failover.py).
@@ -21,9 +21,9 @@ from tests.faults.harness import (
     Answer,
     Receiver,
     Stack,
+    Timeline,
     assert_one_id_per_recipient,
     check_ledger,
-    running_workers,
     wait_until,
 )
 from tests.send_path import notify
@@ -44,20 +44,24 @@ def provider(_message_id: str, _recipient: str, n: int) -> Answer:
 
 
 async def test_500s_429s_and_timeouts_end_sent_with_the_budget_intact(stack: Stack) -> None:
+    clock = Timeline()
     receiver = Receiver()
     receiver.script = provider
     recipients = [f"p{n}" for n in range(MESSAGES)]
     tenant = await stack.webhook_tenant(receiver, recipients)
     policy = await stack.api.put(
-        "/v1/tenant/retry-policy", headers=tenant.headers, json={"max_attempts": 3}
+        "/v1/tenant/retry-policy",
+        headers=tenant.headers,
+        json={"max_attempts": 3, "window_hours": 1},
     )
     assert policy.status_code == 200, policy.text
     try:
-        async with stack.worker_ctx() as ctx, running_workers(ctx, stack.redis_url):
+        with stack.worker("provider"):
             await notify(stack.api, tenant, template="fault", to=recipients)
             await wait_until(
                 lambda: stack.settled(tenant, MESSAGES), within=55, every=0.2, what="final"
             )
+        clock.mark("every message final")
         rows = await stack.messages(tenant)
         assert {row.status for row in rows} == {"sent"}
         kept = receiver.kept()

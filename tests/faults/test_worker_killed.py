@@ -11,7 +11,6 @@ killed job, which the claim keeps from sending anything twice.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 from arq.constants import in_progress_key_prefix
 from arq.jobs import Job, JobStatus
@@ -25,20 +24,19 @@ from tests.faults.harness import (
     check_ledger,
     job_ids,
     wait_until,
-    worker_process,
 )
 from tests.send_path import notify
 
 BATCH = 40  # one deliver job: dispatch batches up to 100 messages
 
 
-async def test_a_worker_killed_mid_batch_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+async def test_a_worker_killed_mid_batch_loses_nothing(stack: Stack) -> None:
     receiver = Receiver(serial=True, delay=0.1)
     recipients = [f"k{n}" for n in range(BATCH)]
     tenant = await stack.webhook_tenant(receiver, recipients)
     pool = await queues.connect(stack.redis_url)
     try:
-        with worker_process(stack.worker_env(), tmp_path / "killed.log") as first:
+        with stack.worker("killed") as first:
             accepted = await notify(stack.api, tenant, template="fault", to=recipients)
             await wait_until(lambda: receiver.kept_total() >= 5, within=30, what="deliveries")
             first.kill()
@@ -56,7 +54,7 @@ async def test_a_worker_killed_mid_batch_loses_nothing(stack: Stack, tmp_path: P
             swept = await cron.sweep(ctx)
         assert swept == {"expired_claim": BATCH, "overdue": 0}
 
-        with worker_process(stack.worker_env(), tmp_path / "fresh.log") as fresh:
+        with stack.worker("fresh") as fresh:
             await wait_until(
                 lambda: stack.settled(tenant, BATCH), within=45, what="every message final"
             )

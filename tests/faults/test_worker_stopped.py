@@ -9,7 +9,6 @@ Nothing is left `sending`, nothing is sent twice.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 from app.delivery.service import SEND_CONCURRENCY
 from tests.faults.harness import (
@@ -18,22 +17,19 @@ from tests.faults.harness import (
     assert_one_id_per_recipient,
     check_ledger,
     wait_until,
-    worker_process,
 )
 from tests.send_path import notify
 
 BATCH = 40  # one deliver job, more messages than SEND_CONCURRENCY
 
 
-async def test_a_worker_stopped_mid_batch_gives_back_what_it_did_not_send(
-    stack: Stack, tmp_path: Path
-) -> None:
+async def test_a_worker_stopped_mid_batch_gives_back_what_it_did_not_send(stack: Stack) -> None:
     assert BATCH > SEND_CONCURRENCY
     receiver = Receiver(serial=True, delay=0.05)
     recipients = [f"t{n}" for n in range(BATCH)]
     tenant = await stack.webhook_tenant(receiver, recipients)
     try:
-        with worker_process(stack.worker_env(), tmp_path / "stopped.log") as first:
+        with stack.worker("stopped") as first:
             accepted = await notify(stack.api, tenant, template="fault", to=recipients)
             await wait_until(lambda: receiver.kept_total() >= 3, within=30, what="deliveries")
             assert await first.stop() == 0
@@ -48,7 +44,7 @@ async def test_a_worker_stopped_mid_batch_gives_back_what_it_did_not_send(
         assert all(r.attempts == 0 for r in by_status["queued"])
         assert sum(receiver.kept().values()) == len(by_status["sent"])
 
-        with worker_process(stack.worker_env(), tmp_path / "fresh.log") as fresh:
+        with stack.worker("fresh") as fresh:
             await wait_until(
                 lambda: stack.settled(tenant, BATCH), within=45, what="every message final"
             )
