@@ -291,17 +291,19 @@ def check_ledger(rows: Sequence[Any], kept: collections.Counter[str], *, in_flig
     return duplicates
 
 
-class WorkerProcess:
-    """A `herald worker` process for every queue, its output in a log file."""
+class HeraldProcess:
+    """A `herald` command (`worker`, `api`) in a process group of its own, its output in a
+    log file. The group: `herald api --workers N` runs its server processes as children."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, arguments: Sequence[str], env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log: IO[bytes] = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [sys.executable, "-m", "app.cli", *arguments],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @property
@@ -314,7 +316,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown of any kind, as when a machine dies."""
-        self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
     async def stop(self) -> int:
@@ -323,9 +326,7 @@ class WorkerProcess:
         return await asyncio.to_thread(self.process.wait, 40)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        self.kill()  # the group too: children a process left behind
         self._log.close()
 
 
@@ -438,21 +439,40 @@ class Stack:
                 await pool.aclose()
 
     @contextlib.contextmanager
-    def worker(self, name: str) -> Iterator[WorkerProcess]:
+    def worker(self, name: str) -> Iterator[HeraldProcess]:
         """A `herald worker` process on this stack (every queue) until the block ends, its
         output in `<folder>/<name>.log`."""
-        process = WorkerProcess(self.worker_env(), self.folder / f"{name}.log")
+        process = HeraldProcess(["worker"], self.env_of(self.worker_database_url), self._log(name))
         try:
             yield process
         finally:
             process.close()
 
-    def worker_env(self) -> dict[str, str]:
-        """The environment of a `herald worker` process on this stack."""
+    @contextlib.asynccontextmanager
+    async def api_server(self, name: str, processes: int) -> AsyncIterator[httpx.AsyncClient]:
+        """`herald api --workers <processes>` on a local port, and a client of it once it
+        answers /readyz: requests over real connections, served by several processes."""
+        port = free_port()
+        arguments = ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(processes)]
+        process = HeraldProcess(arguments, self.env_of(self.database_url), self._log(name))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
+                await wait_until(
+                    lambda: _ready(api, process), within=30, every=0.2, what="the API server"
+                )
+                yield api
+        finally:
+            process.close()
+
+    def _log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+    def env_of(self, database_url: str) -> dict[str, str]:
+        """The environment of a `herald` process on this stack."""
         return {
             **os.environ,
             "HERALD_ENV": "test",
-            "DATABASE_URL": self.worker_database_url,
+            "DATABASE_URL": database_url,
             "REDIS_URL": self.redis_url,
             # The same development encryption key as the app that sealed the credentials.
             "HERALD_DATA_DIR": str(self.settings.data_dir),
@@ -472,6 +492,14 @@ class Stack:
                 {"role": self.worker_role},
             )
         return int(count or 0)
+
+
+async def _ready(api: httpx.AsyncClient, process: HeraldProcess) -> bool:
+    assert process.exit_code is None, f"the server exited: {process.log()[-2000:]}"
+    try:
+        return (await api.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 async def job_ids(pool: ArqRedis, prefix: str) -> set[str]:

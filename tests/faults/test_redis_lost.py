@@ -26,10 +26,10 @@ import pytest
 from jobs import cron, queues
 from tests.faults.harness import (
     Answer,
+    HeraldProcess,
     Receiver,
     Stack,
     Timeline,
-    WorkerProcess,
     assert_one_id_per_recipient,
     check_ledger,
     wait_until,
@@ -199,7 +199,7 @@ async def _fast_retries(stack: Stack, tenant: TenantKey) -> None:
     assert response.status_code == 200, response.text
 
 
-def _started(worker: WorkerProcess) -> bool:
+def _started(worker: HeraldProcess) -> bool:
     return "workers started" in worker.log()
 
 
