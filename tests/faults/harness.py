@@ -346,8 +346,8 @@ class Stack:
     api: httpx.AsyncClient
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    folder: Path  # the test's own: worker logs
-    env: dict[str, str]  # settings the test module added (stack_env), for the workers too
+    folder: Path  # the test's own: the processes' logs
+    env: dict[str, str]  # settings the test module added (stack_env), for its processes too
 
     @property
     def redis_url(self) -> str:

@@ -26,7 +26,6 @@ import pytest
 from jobs import cron, queues
 from tests.faults.harness import (
     Answer,
-    HeraldProcess,
     Receiver,
     Stack,
     Timeline,
@@ -38,6 +37,7 @@ from tests.send_path import notify
 from tests.support import TenantKey
 
 GROUP = 5
+BATCH = 20  # one deliver job, sent one by one: Redis goes while it is under way
 RETRY_AFTER = 6  # seconds: the retries are still deferred when Redis goes
 SCHEDULE_AHEAD = timedelta(seconds=4)
 OUTAGE = 1.0  # seconds Redis is away: a restart, not a blip every poll would miss
@@ -120,24 +120,33 @@ async def test_a_flushed_and_restarted_redis_loses_nothing(stack: Stack) -> None
     strict=True,
     reason="arq's Worker.main raises redis ConnectionError at the first poll that meets the"
     " restarting Redis and jobs/worker.py `_serve` then returns: the process stops consuming"
-    " (and exits, with 0 when Redis is back by the time it closes) instead of reconnecting",
+    " (it exits: 0 when Redis is back by the time it closes, else 1), and closing cancels the"
+    " batch it was sending: sends made, outcomes never written, re-sent after the lease",
 )
 async def test_a_running_worker_consumes_again_after_redis_restarts(stack: Stack) -> None:
-    receiver = Receiver()
-    tenant = await stack.webhook_tenant(receiver, ["after"])
+    """What a worker should do: keep the batch it is sending when Redis goes, record it, and
+    consume every queue again once Redis is back."""
+    receiver = Receiver(serial=True, delay=0.1)
+    batch = [f"f{n}" for n in range(BATCH)]
+    tenant = await stack.webhook_tenant(receiver, [*batch, "after"])
     try:
         with stack.worker("running") as running:
-            await wait_until(lambda: _started(running), within=20, what="the worker to start")
+            await notify(stack.api, tenant, template="fault", to=batch)
+            await wait_until(lambda: receiver.kept_total() >= 3, within=20, what="sends")
+            assert receiver.kept_total() < BATCH, "the batch ended before Redis went"
             await _flush_and_restart(stack, during_outage=asyncio.sleep(0))
             await notify(stack.api, tenant, template="fault", to=["after"])
             await wait_until(
-                lambda: receiver.kept_total() == 1 or running.exit_code is not None,
-                within=10,
-                what="the notification sent after the restart, or the worker gone",
+                lambda: running.exit_code is not None or stack.settled(tenant, BATCH + 1),
+                within=20,
+                what="every message final, or the worker gone",
             )
             assert running.exit_code is None, f"the worker exited {running.exit_code}"
             assert await _consumes(stack), "the worker no longer consumes every queue"
-        assert check_ledger(await stack.messages(tenant), receiver.kept(), in_flight=0) == 0
+        rows = await stack.messages(tenant)
+        assert {row.status for row in rows} == {"sent"}
+        assert check_ledger(rows, receiver.kept(), in_flight=0) == 0
+        assert_one_id_per_recipient([(a.message_id, a.recipient) for a in receiver.arrivals])
     finally:
         receiver.close()
 
@@ -197,10 +206,6 @@ async def _fast_retries(stack: Stack, tenant: TenantKey) -> None:
         "/v1/tenant/retry-policy", headers=tenant.headers, json=FAST_RETRIES
     )
     assert response.status_code == 200, response.text
-
-
-def _started(worker: HeraldProcess) -> bool:
-    return "workers started" in worker.log()
 
 
 async def _all_in(stack: Stack, tenant: TenantKey, notification_id: str, status: str) -> bool:
