@@ -13,6 +13,10 @@ from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Priorities are separate arq queues, each served by its own worker pool.
 QUEUE_NAMES = {"high": "herald:high", "normal": "herald:normal", "low": "herald:low"}
@@ -20,8 +24,19 @@ QUEUE_NAMES = {"high": "herald:high", "normal": "herald:normal", "low": "herald:
 POLL_DELAYS = {"high": 0.02, "normal": 0.02, "low": 0.1}
 
 
-def redis_settings(redis_url: str) -> RedisSettings:
-    return RedisSettings.from_dsn(redis_url)
+# A worker outlives a Redis restart: every command of its connection is retried with backoff
+# (up to WORKER_RETRY_CAP seconds apart) until Redis answers again, instead of raising out of
+# arq's poll loop and stopping the worker, and cancelling the batch it was sending.
+WORKER_RETRY_CAP = 2.0
+
+
+def redis_settings(redis_url: str, *, wait_for_redis: bool = False) -> RedisSettings:
+    """arq's connection settings; `wait_for_redis` (workers): ride out a Redis outage."""
+    settings = RedisSettings.from_dsn(redis_url)
+    if wait_for_redis:
+        settings.retry = Retry(ExponentialBackoff(cap=WORKER_RETRY_CAP, base=0.05), retries=-1)
+        settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    return settings
 
 
 async def connect(redis_url: str) -> ArqRedis:

@@ -51,7 +51,7 @@ def build_worker(
         # A burst worker stops when its queue is empty; a tick would keep it waiting.
         cron_jobs=None if burst else cron_jobs(),
         queue_name=QUEUE_NAMES[queue],
-        redis_settings=redis_settings(redis_url),
+        redis_settings=redis_settings(redis_url, wait_for_redis=True),
         ctx=ctx,
         burst=burst,
         handle_signals=handle_signals,
