@@ -113,6 +113,40 @@ async def webhook_messages(
     return await queued(client, session, tenant, "hook", n)
 
 
+async def mail_with_backup(
+    client: httpx.AsyncClient, tenant: TenantKey, smtp_port: int, *, recipients: int
+) -> tuple[str, str]:
+    """The e-mail configs `primary` (SendGrid: the fake provider) and `backup` (SMTP: the
+    mailbox), the `mail` template and recipients r0…; the two config ids."""
+    sender = {"from_email": "hi@acme.test"}
+    primary = await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="sendgrid",
+        name="primary",
+        priority=0,
+        credentials={"api_key": "SG.key"},
+        options=sender,
+    )
+    smtp = {**sender, "host": "127.0.0.1", "port": smtp_port, "security": "none"}
+    backup = await add_provider(
+        client,
+        tenant,
+        channel="email",
+        provider="smtp",
+        name="backup",
+        priority=1,
+        rate_per_second=100,
+        burst=100,
+        options=smtp,
+    )
+    await put_template(client, tenant, "mail", MAIL)
+    for i in range(recipients):
+        await put_recipient(client, tenant, f"r{i}", email=f"r{i}@example.com")
+    return primary, backup
+
+
 async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
     client: httpx.AsyncClient,
     tenant: TenantKey,
@@ -229,29 +263,7 @@ async def test_an_open_breaker_fails_over_then_messages_wait(
     service_urls: ServiceUrls,
 ) -> None:
     box, port = mailbox
-    sender = {"from_email": "hi@acme.test"}
-    primary = await add_provider(
-        client,
-        tenant,
-        channel="email",
-        provider="sendgrid",
-        name="primary",
-        priority=0,
-        credentials={"api_key": "SG.key"},
-        options=sender,
-    )
-    backup = await add_provider(
-        client,
-        tenant,
-        channel="email",
-        provider="smtp",
-        name="backup",
-        priority=1,
-        options={**sender, "host": "127.0.0.1", "port": port, "security": "none"},
-    )
-    await put_template(client, tenant, "mail", MAIL)
-    for i in range(4):
-        await put_recipient(client, tenant, f"r{i}", email=f"r{i}@example.com")
+    primary, backup = await mail_with_backup(client, tenant, port, recipients=4)
     provider.answer(202)
     breakers = deliverer.router.breakers
     await breakers.record(tenant.tenant_id, primary, successes=0, failures=25)
@@ -418,31 +430,7 @@ async def test_refused_credentials_retry_and_fail_over(
     """A provider refusing our key is our configuration's fault, not the messages': they
     retry, the breaker counts the refusals, opens, and the channel's next provider sends."""
     box, port = mailbox
-    sender = {"from_email": "hi@acme.test"}
-    await add_provider(
-        client,
-        tenant,
-        channel="email",
-        provider="sendgrid",
-        name="revoked key",
-        priority=0,
-        credentials={"api_key": "SG.revoked"},
-        options=sender,
-    )
-    await add_provider(
-        client,
-        tenant,
-        channel="email",
-        provider="smtp",
-        name="backup",
-        priority=1,
-        rate_per_second=100,
-        burst=100,
-        options={**sender, "host": "127.0.0.1", "port": port, "security": "none"},
-    )
-    await put_template(client, tenant, "mail", MAIL)
-    for i in range(20):
-        await put_recipient(client, tenant, f"r{i}", email=f"r{i}@example.com")
+    await mail_with_backup(client, tenant, port, recipients=20)
     provider.answer(401, {"errors": [{"message": "The provided authorization grant is invalid"}]})
     ids = await queued(client, session, tenant, "mail", 20)
 
@@ -451,7 +439,7 @@ async def test_refused_credentials_retry_and_fail_over(
     assert sorted(d.message_id for d in due) == ids and all(d.attempt == 1 for d in due)
     assert set(await states(session, ids)) == {("retrying", 1, 0)}
     listed = (await client.get("/v1/providers", headers=tenant.headers)).json()["data"]
-    assert {p["name"]: p["breaker"]["state"] for p in listed}["revoked key"] == "open"
+    assert {p["name"]: p["breaker"]["state"] for p in listed}["primary"] == "open"
 
     await session.execute(update(Message).values(next_attempt_at=utcnow()))
     await session.commit()
@@ -469,7 +457,16 @@ async def test_answers_that_say_nothing_of_the_provider_leave_its_breaker_alone(
 ) -> None:
     """Rate limiting and refused addresses are neither successes nor failures; a probe that
     ends so hands its permit back for the next caller."""
-    config = await add_provider(client, tenant, channel="webhook", provider="webhook", name="h")
+    # Tokens aplenty at first: only the breaker decides.
+    config = await add_provider(
+        client,
+        tenant,
+        channel="webhook",
+        provider="webhook",
+        name="h",
+        rate_per_second=1000,
+        burst=1000,
+    )
     await hook_recipients(client, tenant, provider, 22)
     ids = await queued(client, session, tenant, "hook", 22)
     quick = CircuitBreakers(
@@ -493,9 +490,12 @@ async def test_answers_that_say_nothing_of_the_provider_leave_its_breaker_alone(
     # A probe that finds no token is not made, and hands its permit back as well.
     await quick.record(tenant.tenant_id, config, successes=0, failures=1, probe=True)
     await asyncio.sleep(0.1)
-    # Drained: every whole token the provider's bucket holds is taken.
-    rate = (await client.get("/v1/providers", headers=tenant.headers)).json()["data"][0]
-    bucket = provider_bucket(tenant.tenant_id, config, rate["rate_per_second"], 10_000)
+    # A token a second, and none left now.
+    slow = {"rate_per_second": 1, "burst": 1}
+    assert (
+        await client.put(f"/v1/providers/{config}", headers=tenant.headers, json=slow)
+    ).status_code == 200
+    bucket = provider_bucket(tenant.tenant_id, config, 1, 10_000)
     held = await deliverer.router.buckets.take([bucket], 0)
     await deliverer.router.buckets.take([bucket], held.remaining)
     [due] = await deliverer.deliver([ids[21]])
