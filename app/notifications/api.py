@@ -93,7 +93,7 @@ class NotificationController(Controller):
             str | None,
             # Checked below, not by the framework, whose error would name the Python argument.
             HeaderParameter(
-                header="Idempotency-Key",
+                name="Idempotency-Key",
                 schema_extra={"min_length": 1, "max_length": MAX_IDEMPOTENCY_KEY},
             ),
         ] = None,

@@ -72,7 +72,7 @@ async def _opted_out(
             Preference.enabled.is_(False),
         )
     )
-    return set(rows.tuples())
+    return {(recipient_id, channel) for recipient_id, channel in rows}
 
 
 async def plan_deliveries(

@@ -194,7 +194,7 @@ async def suppressed(
             Suppression.address == any_(bindparam("addresses", addresses, type_=ARRAY(String))),
         )
     )
-    return {by_form[row] for row in rows.tuples() if row in by_form}
+    return {by_form[key] for key in map(tuple, rows) if key in by_form}
 
 
 # A suppression whose digest is already stored (the address was erased before, and suppressed
