@@ -88,7 +88,9 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         notification.problems = {missing: "deleted after the notification was accepted"}
         return
     wanted = notification.audience["recipients"]
-    people = await recipients.get_by_external_ids(session, tenant_id=tenant_id, external_ids=wanted)
+    people = await recipients.get_by_external_ids(
+        session, tenant_id=tenant_id, external_ids=wanted, for_delivery=True
+    )
     tenant = await get_delivery_settings(session, tenant_id=tenant_id)
     plans = await recipients.plan_deliveries(
         session,

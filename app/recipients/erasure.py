@@ -2,8 +2,11 @@
 
 One transaction, and the same few bulk statements however long the recipient's history:
 - the recipient row is emptied and renamed `erased:<id>`; it stays, messages refer to it;
-- notifications waiting for dispatch stop naming them (the row lock this takes also waits
-  for a dispatch in progress, whose messages the next statement then sees);
+- notifications waiting for dispatch stop naming them. This comes first, before the
+  recipient row is locked: its row locks wait for a dispatch in progress, whose messages
+  the next statements then see, and that dispatch never waits for a lock of ours (it would
+  deadlock). A dispatch that starts later reads the recipient with a key-share lock, so it
+  waits for the erasure and finds nobody under the old id;
 - every message of theirs: the address becomes `erased:<message id>` and error texts are
   replaced; the ones not sent yet (queued, retrying), held by a worker (sending) or in the
   dead-letter queue (failed) become `cancelled` with skip_reason `erased`; status, channel,
@@ -96,7 +99,8 @@ _NOTIFICATIONS = text(
            data = CASE WHEN n.audience -> 'recipients'
                             = jsonb_build_array(CAST(:external_id AS text))
                        THEN '{}'::jsonb ELSE n.data END
-      FROM (SELECT id FROM notifications WHERE status = 'accepted' AND tenant_id = :tenant_id
+      FROM (SELECT id FROM notifications
+             WHERE :pending AND status = 'accepted' AND tenant_id = :tenant_id
             UNION SELECT unnest(CAST(:ids AS uuid[]))) AS w
      WHERE n.id = w.id AND n.tenant_id = :tenant_id
        AND n.audience -> 'recipients' @> jsonb_build_array(CAST(:external_id AS text))
@@ -121,23 +125,26 @@ async def erase_recipient(
     keyring: Keyring | None = None,
 ) -> Recipient | None:
     """Erase the recipient's personal data everywhere, in the caller's transaction."""
-    recipient = await session.scalar(
-        select(Recipient)
-        .where(
-            Recipient.tenant_id == tenant_id,
-            Recipient.external_id == external_id,
-            Recipient.erased_at.is_(None),
-        )
-        .with_for_update()
+    live = (
+        Recipient.tenant_id == tenant_id,
+        Recipient.external_id == external_id,
+        Recipient.erased_at.is_(None),
     )
-    if recipient is None:
+    recipient_id = await session.scalar(select(Recipient.id).where(*live))
+    if recipient_id is None:
+        return None
+    scope = {
+        "tenant_id": tenant_id,
+        "external_id": external_id,
+        "erased_id": f"{ERASED_PREFIX}{recipient_id}",
+    }
+    # Before any lock of the recipient (see the module's docstring).
+    await session.execute(_NOTIFICATIONS, {**scope, "ids": [], "pending": True})
+    recipient = await session.scalar(select(Recipient).where(*live).with_for_update())
+    if recipient is None:  # erased meanwhile by a concurrent call
         return None
     known = [(channel, a) for channel in CHANNELS for a in addresses(recipient, channel)]
     erased = await _empty_recipient(session, tenant_id, recipient.id)
-    scope = {"tenant_id": tenant_id, "external_id": external_id, "erased_id": erased.external_id}
-    # The pending ones first: their row locks wait for a dispatch in progress, so that the
-    # messages it writes are visible to the next statement.
-    await session.execute(_NOTIFICATIONS, {**scope, "ids": []})
     messages = (
         await session.execute(
             _MESSAGES,
@@ -155,7 +162,7 @@ async def erase_recipient(
         _ATTEMPTS, {"tenant_id": tenant_id, "ids": message_ids, "erased_text": ERASED_TEXT}
     )
     notification_ids = sorted({m.notification_id for m in messages})
-    await session.execute(_NOTIFICATIONS, {**scope, "ids": notification_ids})
+    await session.execute(_NOTIFICATIONS, {**scope, "ids": notification_ids, "pending": False})
     render_ids = sorted({m.render_id for m in messages if m.render_id is not None})
     await session.execute(
         _RENDERS, {"tenant_id": tenant_id, "recipient_id": erased.id, "ids": render_ids}

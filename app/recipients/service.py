@@ -214,19 +214,27 @@ async def get_recipient(
 
 
 async def get_by_external_ids(
-    session: AsyncSession, *, tenant_id: uuid.UUID, external_ids: list[str]
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    external_ids: list[str],
+    for_delivery: bool = False,
 ) -> list[Recipient]:
-    """The tenant's live recipients with those ids, in the order asked; unknown ids skipped."""
+    """The tenant's live recipients with those ids, in the order asked; unknown ids skipped.
+
+    `for_delivery` (dispatch): key-share locks, the ones the messages' foreign keys take
+    anyway, taken at the read: an erasure under way is waited for, and its outcome seen."""
     if not external_ids:
         return []
     ids = bindparam("external_ids", list(dict.fromkeys(external_ids)), type_=ARRAY(String))
-    found = await session.scalars(
-        select(Recipient).where(
-            Recipient.tenant_id == tenant_id,
-            Recipient.external_id.in_(select(func.unnest(ids))),
-            Recipient.erased_at.is_(None),
-        )
+    query = select(Recipient).where(
+        Recipient.tenant_id == tenant_id,
+        Recipient.external_id.in_(select(func.unnest(ids))),
+        Recipient.erased_at.is_(None),
     )
+    if for_delivery:
+        query = query.with_for_update(key_share=True)
+    found = await session.scalars(query)
     by_id = {r.external_id: r for r in found}
     return [by_id[e] for e in dict.fromkeys(external_ids) if e in by_id]
 

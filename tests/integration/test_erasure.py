@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,12 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.recipients.erasure import ERASED_TEXT
+from app.db import session_factory
+from app.notifications.dispatch import dispatch
+from app.recipients import service as recipients
+from app.recipients.erasure import ERASED_TEXT, erase_recipient
 from app.runtime import ServiceUrls
 from jobs import functions, queues
 from tests.fakes import Mailbox
@@ -363,3 +367,59 @@ async def test_a_notification_waiting_for_dispatch_reaches_nobody_under_the_old_
     [erased_id] = view["problems"]["unknown_recipients"]
     assert erased_id.startswith("erased:")
     assert await rows_naming(session, tenant, NAME) == {}
+
+
+async def test_an_erasure_waits_for_a_dispatch_under_way_without_deadlock(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    engine: AsyncEngine,
+    relay: tuple[Relay, int],
+) -> None:
+    """Dispatch holds its notification's row, then reads the recipients (key-share locks,
+    as its messages' foreign keys take): erasure must not hold the recipient meanwhile."""
+    _, port = relay
+    await use_relay(client, tenant, port)
+    accepted = await notify(client, tenant, template="welcome", to=[LEAVER], data={"note": "n"})
+    sessions = session_factory(engine)
+    async with sessions() as dispatching:
+        await dispatching.execute(
+            text("SELECT 1 FROM notifications WHERE id = :id FOR UPDATE"), {"id": accepted["id"]}
+        )
+        erasing = asyncio.create_task(erase(client, tenant, LEAVER))
+        await asyncio.sleep(0.3)  # the erasure is waiting for the notification's row
+        assert not erasing.done()
+        people = await recipients.get_by_external_ids(
+            dispatching, tenant_id=tenant.tenant_id, external_ids=[LEAVER], for_delivery=True
+        )
+        assert [p.email for p in people] == [ADDRESS]  # not blocked by the erasure
+        await dispatching.commit()
+    await asyncio.wait_for(erasing, 10)  # and the erasure went on, no deadlock
+
+
+async def test_a_dispatch_during_an_erasure_waits_and_finds_nobody(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    engine: AsyncEngine,
+    service_urls: ServiceUrls,
+    relay: tuple[Relay, int],
+) -> None:
+    box, port = relay
+    await use_relay(client, tenant, port)
+    sessions = session_factory(engine)
+    async with sessions() as erasing:
+        # The erasure has run but not committed when the notification comes and is dispatched.
+        await erase_recipient(erasing, tenant_id=tenant.tenant_id, external_id=LEAVER, actor="t")
+        accepted = await notify(client, tenant, template="welcome", to=[LEAVER], data={"note": "n"})
+        async with sessions() as dispatching:
+            dispatched = asyncio.create_task(
+                dispatch(dispatching, notification_id=uuid.UUID(accepted["id"]))
+            )
+            await asyncio.sleep(0.3)
+            assert not dispatched.done()  # waiting for the erasure's lock on the recipient
+            await erasing.commit()
+            assert await asyncio.wait_for(dispatched, 10) == []
+            await dispatching.commit()
+    await run_workers(service_urls)
+    view = await notification(client, tenant, accepted["id"])
+    assert view["messages"] == [] and box.waiting == []
+    assert view["problems"]["unknown_recipients"] == [LEAVER]
