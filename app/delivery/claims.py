@@ -2,7 +2,8 @@
 
 The claim is one UPDATE that moves messages from queued/retrying to sending with a lease
 and counts the attempt; a message another worker holds, one cancelled meanwhile, one not
-yet due, or one whose tenant paused its channel is not claimed. A message released
+yet due, or one whose tenant paused its channel is not claimed, and a non-critical one of a
+channel switched to drop_noncritical is skipped instead. A message released
 without a provider call gets its attempt back and waits until the time it is given.
 """
 
@@ -37,7 +38,22 @@ _CLAIM = text(
               m.attempts, m.rate_limited_attempts,
               coalesce(m.retry_window_from, m.created_at) AS retry_window_from,
               m.claimed_until, r.content,
-              n.mode, n.priority, n.trace_context, t.plan, t.retry_policy
+              n.mode, n.priority, n.trace_context, t.plan, t.retry_policy,
+              ((t.kill_switches ->> m.channel) = 'drop_noncritical' AND n.critical IS NOT TRUE)
+                  AS dropped
+    """
+)
+
+# Claimed messages of a non-critical notification on a channel switched to drop_noncritical
+# (since they were queued: setting the switch skips the waiting ones, but not those being
+# sent then and given back, nor those of a dispatch that read the switches just before).
+_DROP = text(
+    """
+    UPDATE messages AS m
+       SET status = 'skipped', skip_reason = 'kill_switch', attempts = m.attempts - 1,
+           claimed_until = NULL, next_attempt_at = NULL, updated_at = now()
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS timestamptz[])) AS d(id, token)
+     WHERE m.id = d.id AND m.status = 'sending' AND m.claimed_until = d.token
     """
 )
 
@@ -86,7 +102,13 @@ class Claimed:
 async def claim(
     session: AsyncSession, message_ids: Sequence[uuid.UUID], lease: timedelta = CLAIM_LEASE
 ) -> list[Claimed]:
-    rows = await session.execute(_CLAIM, {"ids": list(message_ids), "lease": lease})
+    """Claim the messages that may be sent now; those a kill switch drops are skipped."""
+    rows = (await session.execute(_CLAIM, {"ids": list(message_ids), "lease": lease})).all()
+    dropped = [row for row in rows if row.dropped]
+    if dropped:
+        await session.execute(
+            _DROP, {"ids": [r.id for r in dropped], "tokens": [r.claimed_until for r in dropped]}
+        )
     return [
         Claimed(
             id=row.id,
@@ -107,6 +129,7 @@ async def claim(
             trace_context=row.trace_context,
         )
         for row in rows
+        if not row.dropped
     ]
 
 

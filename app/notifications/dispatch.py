@@ -87,6 +87,7 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         notification.status = "failed"
         notification.problems = {missing: "deleted after the notification was accepted"}
         return
+    notification.critical = category.critical
     wanted = notification.audience["recipients"]
     people = await recipients.get_by_external_ids(
         session, tenant_id=tenant_id, external_ids=wanted, for_delivery=True

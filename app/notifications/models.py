@@ -66,6 +66,8 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     problems: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
     # W3C traceparent of the request that accepted it: dispatch and delivery continue its trace.
     trace_context: Mapped[str | None] = mapped_column(Text)
+    # Whether its category was critical when it was dispatched (kill switches spare those).
+    critical: Mapped[bool | None]
 
 
 class Render(UuidPrimaryKey, Base):

@@ -4,8 +4,9 @@ Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it 
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
   leaves them alone until the pause is lifted, when `held_batches` finds them again.
 - `drop_noncritical`: the channel's messages of non-critical categories already waiting
-  (`queued`, `retrying`) become `skipped` (skip_reason `kill_switch`) when it is set, and
-  dispatch writes later ones so; critical categories still flow.
+  (`queued`, `retrying`) become `skipped` (skip_reason `kill_switch`) when it is set,
+  dispatch writes later ones so, and the delivery claim skips any that comes back after a
+  send under way; critical categories still flow.
 
 The retry policy (tenants.retry_policy) is read by delivery through `RetryPolicy.of`,
 which takes the defaults for anything absent or unusable in the stored JSON.
@@ -33,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.notifications.models import PRIORITIES, Message, Notification
-from app.recipients.preferences import DEFAULT_CATEGORIES
 from app.recipients.validation import RecipientInvalid, normalise_locale
 from app.tenants.models import Tenant
 
@@ -212,19 +212,17 @@ async def set_kill_switch(
     return ResumeWork(tenant_id, channel, previous, mode, switches_of(row[1]), dropped)
 
 
-# A category is critical by its tenant's row, else by the built-in defaults. Messages being
-# sent right now (`sending`) are past stopping.
+# Messages being sent right now (`sending`) are past stopping; should one come back (a
+# transient failure, a wait for tokens), the delivery claim skips it (app/delivery/claims.py).
 _DROP_WAITING = text(
     """
     UPDATE messages AS m
        SET status = 'skipped', skip_reason = 'kill_switch', next_attempt_at = NULL,
            updated_at = now()
       FROM notifications AS n
-      LEFT JOIN categories AS c ON c.tenant_id = n.tenant_id AND c.key = n.category
      WHERE m.tenant_id = :tenant_id AND m.channel = :channel
        AND m.status IN ('queued', 'retrying')
-       AND n.id = m.notification_id AND n.tenant_id = :tenant_id
-       AND NOT coalesce(c.critical, n.category = ANY(:critical_defaults))
+       AND n.id = m.notification_id AND n.tenant_id = :tenant_id AND n.critical IS NOT TRUE
     """
 ).bindparams(bindparam("channel", type_=String))
 
@@ -232,11 +230,7 @@ _DROP_WAITING = text(
 async def _drop_waiting_noncritical(
     session: AsyncSession, *, tenant_id: uuid.UUID, channel: str
 ) -> int:
-    critical = [key for key, category in DEFAULT_CATEGORIES.items() if category.critical]
-    result = await session.execute(
-        _DROP_WAITING,
-        {"tenant_id": tenant_id, "channel": channel, "critical_defaults": critical},
-    )
+    result = await session.execute(_DROP_WAITING, {"tenant_id": tenant_id, "channel": channel})
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.audit.models import AuditEntry
 from app.db import utcnow
+from app.delivery import claims
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message
 from app.recipients import service as recipients
@@ -353,6 +354,47 @@ async def test_drop_noncritical_skips_messages_already_waiting(
     for category in ("otp", "security"):
         assert by_channel(await view(sandbox.tenant_id, category))["email"] == ("sent", None)
     assert by_channel(await view(other.tenant_id, "marketing"))["email"] == ("sent", None)
+
+
+async def test_a_message_given_back_after_the_switch_is_skipped_at_its_claim(
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+) -> None:
+    """Being sent when drop_noncritical was set, then given back (no token, a breaker, a
+    shutdown): the next claim skips it; a critical one given back the same way is sent."""
+    await put_template(client, sandbox, "news", {"email": CONTENT["email"]})
+    await put_recipient(client, sandbox, "ada", email="ada@example.com")
+    ids = {}
+    for category in ("marketing", "security"):
+        accepted = await notify(
+            client, sandbox, template="news", to=["ada"], category=category, data={"name": "A"}
+        )
+        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await session.commit()
+        [message] = (await notification(client, sandbox, accepted["id"]))["messages"]
+        ids[category] = uuid.UUID(message["id"])
+    in_flight = await claims.claim(session, list(ids.values()))
+    await session.commit()
+
+    assert (await switch(client, sandbox, "email", "drop_noncritical"))["dropped"] == 0
+    await claims.release(session, [(message, utcnow()) for message in in_flight])
+    await session.commit()
+    settings = settings_for(service_urls.database_url, service_urls.redis_url)
+    async with workers(settings) as ctx:
+        assert await ctx["deliverer"].deliver(list(ids.values())) == []
+
+    rows = await session.execute(
+        select(Message.id, Message.status, Message.skip_reason, Message.attempts).where(
+            Message.id.in_(ids.values())
+        )
+    )
+    found = {row.id: (row.status, row.skip_reason, row.attempts) for row in rows}
+    assert found == {
+        ids["marketing"]: ("skipped", "kill_switch", 0),
+        ids["security"]: ("sent", None, 1),
+    }
 
 
 async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
