@@ -57,15 +57,16 @@ class IntakeUnavailable(Exception):
     """The batch could not be written; nothing of it was accepted."""
 
 
-# Per (tenant, template key, asked category, Idempotency-Key): the newest live version,
-# whether the category that applies exists as a row (the default categories exist without
-# one), and the notification that already took the key. One statement for the batch; a
-# request without a key joins no notification and shares its lookup with its look-alikes.
+# One round trip for the batch. Kind 0, per distinct (tenant, template key, asked category):
+# the newest live version and whether the category that applies exists as a row (default
+# categories exist without one). Kind 1, per (tenant, Idempotency-Key) already taken: the
+# notification holding it.
 _LOOKUP = """
-SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL,
-       n.id, n.status, n.priority, n.created_at, n.send_at, n.request_hash
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
-       WITH ORDINALITY AS v(tenant_id, key, category, idempotency_key, i)
+SELECT 0 AS kind, v.i, t.version, t.category, t.channels, c.key IS NOT NULL AS category_row,
+       NULL::uuid AS tenant_id, NULL::text AS idempotency_key, NULL::uuid AS id,
+       NULL::text AS status, NULL::text AS priority, NULL::timestamptz AS created_at,
+       NULL::timestamptz AS send_at, NULL::text AS request_hash
+  FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tenant_id, key, category, i)
   LEFT JOIN LATERAL (
         SELECT version, category, ARRAY(SELECT jsonb_object_keys(content)) AS channels
           FROM templates
@@ -75,9 +76,12 @@ SELECT v.i, t.version, t.category, t.channels, c.key IS NOT NULL,
   LEFT JOIN categories AS c
          ON c.tenant_id = v.tenant_id
         AND c.key = coalesce(v.category, t.category, 'transactional')
-  LEFT JOIN notifications AS n
-         ON n.tenant_id = v.tenant_id
-        AND n.idempotency_key = v.idempotency_key
+UNION ALL
+SELECT 1, NULL, NULL, NULL, NULL, NULL, n.tenant_id, n.idempotency_key, n.id, n.status,
+       n.priority, n.created_at, n.send_at, n.request_hash
+  FROM notifications AS n
+  JOIN unnest($4::uuid[], $5::text[]) AS k(tenant_id, idempotency_key)
+    ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key
 """
 
 _INSERT = """
@@ -223,26 +227,44 @@ class IntakeWriter:
         A request whose Idempotency-Key was taken gets the original answer (or a conflict)
         before any check, so a replay answers the same whatever changed since.
         """
-        wanted = {_lookup_key(request): index for index, request in enumerate(batch)}
-        keys = list(wanted)
-        columns = ([k[n] for k in keys] for n in range(4))  # tenant, template, category, key
-        rows = await db.fetch(_LOOKUP, *columns)
-        found: dict[_LookupKey, tuple[TemplateSummary | None, bool, Any]] = {}
+        keys = list(dict.fromkeys(_lookup_key(request) for request in batch))
+        taken = list(
+            dict.fromkeys(
+                (r.principal.tenant_id, r.idempotency_key)
+                for r in batch
+                if r.idempotency_key is not None
+            )
+        )
+        rows = await db.fetch(
+            _LOOKUP,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [t[0] for t in taken],
+            [t[1] for t in taken],
+        )
+        found: dict[_LookupKey, tuple[TemplateSummary | None, bool]] = {}
+        earlier: dict[tuple[uuid.UUID, str], Any] = {}
         for row in rows:
-            i, version, category, channels, category_row = row[:5]
+            if row["kind"] == 1:
+                earlier[(row["tenant_id"], row["idempotency_key"])] = row
+                continue
             template = None
-            if version is not None:
-                present = set(channels)
+            if row["version"] is not None:
+                present = set(row["channels"])
                 template = TemplateSummary(
-                    keys[i - 1][1], version, category, [c for c in CHANNELS if c in present]
+                    keys[row["i"] - 1][1],
+                    row["version"],
+                    row["category"],
+                    [c for c in CHANNELS if c in present],
                 )
-            earlier = row if row["id"] is not None else None
-            found[keys[i - 1]] = (template, category_row, earlier)
+            found[keys[row["i"] - 1]] = (template, row["category_row"])
         for request in batch:
-            template, category_row, earlier = found[_lookup_key(request)]
+            template, category_row = found[_lookup_key(request)]
             digest = request_hash(request.body)
-            if earlier is not None:
-                _answer_earlier(request, earlier, digest)
+            holder = earlier.get((request.principal.tenant_id, request.idempotency_key or ""))
+            if holder is not None:
+                _answer_earlier(request, holder, digest)
                 continue
             category_found = category_row or category_of(request.body, template) in (
                 DEFAULT_CATEGORIES
@@ -313,12 +335,11 @@ class IntakeWriter:
             log.exception("enqueue failed; the relay will enqueue", count=len(jobs))
 
 
-_LookupKey = tuple[uuid.UUID, str, str | None, str | None]
+_LookupKey = tuple[uuid.UUID, str, str | None]
 
 
 def _lookup_key(request: _Request) -> _LookupKey:
-    body = request.body
-    return (request.principal.tenant_id, body.template, body.category, request.idempotency_key)
+    return (request.principal.tenant_id, request.body.template, request.body.category)
 
 
 def _answer_earlier(request: _Request, earlier: Any, digest: str) -> None:

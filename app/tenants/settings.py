@@ -61,7 +61,7 @@ class TenantNotFound(LookupError):
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8  # 1..20 attempts in all, the first included
-    window_hours: float = 24.0  # 1..72: no attempt is scheduled later than created_at + window
+    window_hours: float = 24.0  # 1..72: no attempt later than creation (or replay) + this
 
     @classmethod
     def of(cls, stored: Mapping[str, Any]) -> RetryPolicy:

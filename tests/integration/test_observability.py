@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -123,13 +124,16 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
-async def test_api_processes_add_up_their_metrics(service_urls: ServiceUrls) -> None:
+async def test_api_processes_add_up_their_metrics(
+    service_urls: ServiceUrls, tmp_path: Path
+) -> None:
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
         "DATABASE_URL": service_urls.database_url,
         "REDIS_URL": service_urls.redis_url,
         "HERALD_ENV": "test",
+        "HERALD_DATA_DIR": str(tmp_path),
     }
     command = [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--workers", "2"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
@@ -149,6 +153,9 @@ async def test_api_processes_add_up_their_metrics(service_urls: ServiceUrls) -> 
             metrics, "herald_http_requests_total", method="GET", route="/healthz", status="200"
         )
         assert served == 41  # the readiness poll's one, and the forty
+        # Counted by both processes: each keeps its own file in the shared folder.
+        [folder] = (tmp_path / "metrics").iterdir()
+        assert len({path.name for path in folder.glob("counter_*.db")}) == 2
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 30)
