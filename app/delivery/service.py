@@ -188,7 +188,10 @@ class Deliverer:
             return "inbox", SendResult(ok=True)
         if route is None:
             return NO_PROVIDER, SendResult(
-                ok=False, error_class="config", error=f"no {message.channel} provider is configured"
+                ok=False,
+                error_class="config",
+                error=f"no {message.channel} provider is configured",
+                final=True,  # nothing to fail over to until the tenant adds one
             )
         outbound = OutboundMessage(
             message_id=message.id,
@@ -387,7 +390,7 @@ def _outcome(message: Claimed, provider: str, result: SendResult, now: datetime)
     rate_limited = result.error_class == "rate_limited"
     if rate_limited:
         row["rate_limited_attempts"] += 1
-    at = _next_attempt(message, result, now) if provider != NO_PROVIDER else None
+    at = _next_attempt(message, result, now)
     if at is None:
         return {**row, "status": "failed"}
     return {**row, "status": "retrying", "next_attempt_at": at}
@@ -398,7 +401,7 @@ def _next_attempt(message: Claimed, result: SendResult, now: datetime) -> dateti
 
     Rate-limited answers are not spent from the attempt budget, only the time window.
     """
-    if result.error_class not in RETRYABLE_CLASSES:
+    if result.final or result.error_class not in RETRYABLE_CLASSES:
         return None
     policy = RetryPolicy.of(message.retry_policy)
     rate_limited = result.error_class == "rate_limited"

@@ -39,6 +39,7 @@ class SendResult:
     status_code: int | None = None  # HTTP status, SMTP reply code, or provider error code
     error: str | None = None  # short, safe to show the tenant (no secrets)
     retry_after: float | None = None  # seconds, from Retry-After / provider hints
+    final: bool = False  # no retry can succeed, whatever the error class says
     suppress: DeadAddress | None = None  # the provider says this address is dead, and why
 
 

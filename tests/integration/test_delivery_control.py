@@ -106,9 +106,13 @@ async def webhook_messages(
     tenant: TenantKey,
     provider: FakeProvider,
     n: int,
+    **limits: int,
 ) -> list[uuid.UUID]:
-    """A webhook config, n recipients whose endpoint is `provider`, and n queued messages."""
-    await add_provider(client, tenant, channel="webhook", provider="webhook", name="hooks")
+    """A webhook config (its `rate_per_second` and `burst` if given), n recipients whose
+    endpoint is `provider`, and n queued messages."""
+    await add_provider(
+        client, tenant, channel="webhook", provider="webhook", name="hooks", **limits
+    )
     await hook_recipients(client, tenant, provider, n)
     return await queued(client, session, tenant, "hook", n)
 
@@ -154,17 +158,7 @@ async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
     provider: FakeProvider,
     deliverer: Deliverer,
 ) -> None:
-    await add_provider(
-        client,
-        tenant,
-        channel="webhook",
-        provider="webhook",
-        name="slow",
-        rate_per_second=4,
-        burst=4,
-    )
-    await hook_recipients(client, tenant, provider, 8)
-    ids = await queued(client, session, tenant, "hook", 8)
+    ids = await webhook_messages(client, session, tenant, provider, 8, rate_per_second=4, burst=4)
 
     due = await deliverer.deliver(ids)
 
@@ -511,11 +505,7 @@ async def test_the_tenants_plan_paces_its_sends(
     provider: FakeProvider,
     deliverer: Deliverer,
 ) -> None:
-    await add_provider(
-        client, tenant, channel="webhook", provider="webhook", name="hooks", rate_per_second=1000
-    )
-    await hook_recipients(client, tenant, provider, 30)
-    ids = await queued(client, session, tenant, "hook", 30)
+    ids = await webhook_messages(client, session, tenant, provider, 30, rate_per_second=1000)
     limits = limits_for("free")
     started = asyncio.get_running_loop().time()
     # Another worker spent the tenant's whole burst a moment ago.
@@ -547,3 +537,20 @@ async def test_a_dead_address_is_suppressed_with_the_providers_reason(
     assert [(s["channel"], s["address"], s["reason"]) for s in listed] == [
         ("webhook", f"{provider.url}/hook", "invalid_address")
     ]
+
+
+async def test_a_channel_without_any_provider_fails_at_once(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    deliverer: Deliverer,
+) -> None:
+    """No config to fail over to: retrying cannot help, unlike a config's refused key."""
+    await put_template(client, tenant, "mail", MAIL)
+    await put_recipient(client, tenant, "r0", email="r0@example.com")
+    ids = await queued(client, session, tenant, "mail", 1)
+    assert ids, "dispatch wrote the e-mail message"
+    assert await deliverer.deliver(ids) == []
+    session.expire_all()
+    [message] = await session.scalars(select(Message).where(Message.id.in_(ids)))
+    assert (message.status, message.provider, message.error_class) == ("failed", "none", "config")
