@@ -125,14 +125,21 @@ class KeysController(Controller):
             if is_htmx(request):
                 return _create_section(member, form)
             return await _keys_page(db_session, member, form, status_code=422)
-        issued = await keys.issue_key(
-            db_session,
-            tenant_id=member.tenant.id,
-            name=form.name,
-            mode=form.mode,
-            scopes=list(form.scopes),
-            actor=member.actor,
-        )
+        try:
+            issued = await keys.issue_key(
+                db_session,
+                tenant_id=member.tenant.id,
+                name=form.name,
+                mode=form.mode,
+                scopes=list(form.scopes),
+                actor=member.actor,
+            )
+        except keys.KeyLimitReached as full:
+            await db_session.rollback()
+            form.errors["name"] = str(full)
+            if is_htmx(request):
+                return _create_section(member, form)
+            return await _keys_page(db_session, member, form, status_code=409)
         await db_session.commit()
         if is_htmx(request):
             return _create_section(member, KeyForm(), issued)

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 import admin_ui
 from app.auth.api import ApiKeyController
 from app.auth.keys import KeyCache
-from app.auth.middleware import ApiKeyAuthenticationMiddleware
+from app.auth.middleware import ApiKeyAuthenticationMiddleware, inbox_tokens_only_where_allowed
 from app.db import create_engine, session_factory
 from app.dependencies import provide_db_session
 from app.dlq.api import DlqController
@@ -120,6 +120,7 @@ def api_router() -> Router:
         ],
         # Authentication first: the rate limit takes from the authenticated key's bucket.
         middleware=[ApiKeyAuthenticationMiddleware, rate_limit_middleware],
+        guards=[inbox_tokens_only_where_allowed],
         security=[{"apiKey": []}],
     )
 

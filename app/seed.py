@@ -17,6 +17,7 @@ from app.tenants.service import create_tenant
 
 DEMO_EMAIL = "demo@herald.example"
 DEMO_COMPANY = "Demo Company"
+DEMO_KEY_NAME = "demo key (make run)"
 
 
 async def create_tenant_with_key(
@@ -64,10 +65,17 @@ async def seed_demo(database_url: str, data_dir: Path) -> dict[str, str]:
                 credentials_file.chmod(0o600)
             demo = json.loads(credentials_file.read_text())
             tenant = (await accounts.tenants_of(session, user_id=user.id))[0].tenant
+            # One demo key at a time: each run's replaces the last (a tenant's keys are capped).
+            earlier = await keys.list_keys(
+                session, tenant_id=tenant.id, limit=keys.MAX_ACTIVE_KEYS, include_revoked=False
+            )
+            for key in earlier.items:
+                if key.name == DEMO_KEY_NAME:
+                    await keys.revoke_key(session, tenant_id=tenant.id, key_id=key.id, actor="cli")
             issued = await keys.issue_key(
                 session,
                 tenant_id=tenant.id,
-                name="demo key (make run)",
+                name=DEMO_KEY_NAME,
                 mode="test",
                 scopes=["send", "read", "manage"],
                 actor="cli",

@@ -47,6 +47,11 @@ class TenantKey:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}"}
 
+    @property
+    def mode(self) -> str:
+        """The key's mode, which is the mode of every object it creates."""
+        return "test" if self.secret.startswith("hk_test_") else "live"
+
 
 async def make_tenant(
     session: AsyncSession,
@@ -66,6 +71,21 @@ async def make_tenant(
     )
     await session.commit()
     return TenantKey(tenant.id, issued.key.id, issued.secret)
+
+
+async def live_key(session: AsyncSession, tenant: TenantKey) -> TenantKey:
+    """A live key with every scope for `tenant`: what changes live settings (kill switches,
+    retry policy, default locale, provider configs), which no test key may."""
+    issued = await keys.issue_key(
+        session,
+        tenant_id=tenant.tenant_id,
+        name="live admin",
+        mode="live",
+        scopes=["send", "read", "manage"],
+        actor="test",
+    )
+    await session.commit()
+    return TenantKey(tenant.tenant_id, issued.key.id, issued.secret)
 
 
 @asynccontextmanager

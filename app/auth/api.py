@@ -1,4 +1,7 @@
-"""/v1/api-keys: issue, list, read and revoke the tenant's API keys (scope `manage`)."""
+"""/v1/api-keys: issue, list, read and revoke the tenant's API keys (scope `manage`).
+
+A test key sees and manages test keys only; a live key, keys of both modes (app/auth/keys.py).
+"""
 
 from __future__ import annotations
 
@@ -14,13 +17,13 @@ from app.auth.middleware import requires_scope
 from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
 from app.dependencies import DbSession
 from app.pagination import MAX_LIMIT
-from app.problems import Problem
+from app.problems import Problem, field_error
 
 ApiRequest = Request[Principal, None, Any]
 
 
 def _not_found(key_id: FromPath[uuid.UUID]) -> Problem:
-    return Problem(404, "not_found", f"No API key {key_id} in this tenant.")
+    return Problem(404, "not_found", f"No API key {key_id} that this key may see.")
 
 
 class ApiKeyController(Controller):
@@ -33,22 +36,29 @@ class ApiKeyController(Controller):
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[ApiKeyCreate]
     ) -> ApiKeyCreated:
         principal = request.user
-        mode = data.mode or principal.mode
-        if principal.mode == "test" and mode == "live":
+        try:
+            issued = await keys.issue_key(
+                db_session,
+                tenant_id=principal.tenant_id,
+                name=data.name,
+                mode=data.mode or principal.mode,
+                scopes=list(data.scopes),
+                actor=principal.actor,
+                caller_mode=principal.mode,
+                rate_per_second=data.rate_per_second,
+                burst=data.burst,
+            )
+        except keys.KeyForbidden as forbidden:
             raise Problem(
                 403,
                 "forbidden",
-                "A test-mode key cannot create live keys; use a live key with `manage`.",
+                f"{forbidden} Use a live key with `manage`.",
                 errors=[{"field": "mode", "message": "live keys need a live caller"}],
-            )
-        issued = await keys.issue_key(
-            db_session,
-            tenant_id=principal.tenant_id,
-            name=data.name,
-            mode=mode,
-            scopes=list(data.scopes),
-            actor=principal.actor,
-        )
+            ) from None
+        except keys.KeyLimitReached as full:
+            raise Problem(409, "key_limit_reached", str(full)) from None
+        except keys.InvalidKeyRequest as invalid:
+            raise field_error(invalid.field, str(invalid)) from None
         await db_session.commit()
         out = ApiKeyOut.of(issued.key)
         return ApiKeyCreated(
@@ -64,7 +74,11 @@ class ApiKeyController(Controller):
         cursor: FromQuery[uuid.UUID | None] = None,
     ) -> ApiKeyList:
         page = await keys.list_keys(
-            db_session, tenant_id=request.user.tenant_id, limit=limit, cursor=cursor
+            db_session,
+            tenant_id=request.user.tenant_id,
+            modes=keys.modes_visible_to(request.user.mode),
+            limit=limit,
+            cursor=cursor,
         )
         return ApiKeyList(
             object="list",
@@ -77,7 +91,12 @@ class ApiKeyController(Controller):
     async def get_key(
         self, request: ApiRequest, db_session: DbSession, key_id: FromPath[uuid.UUID]
     ) -> ApiKeyOut:
-        key = await keys.get_key(db_session, tenant_id=request.user.tenant_id, key_id=key_id)
+        key = await keys.get_key(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            key_id=key_id,
+            modes=keys.modes_visible_to(request.user.mode),
+        )
         if key is None:
             raise _not_found(key_id)
         return ApiKeyOut.of(key)
@@ -87,7 +106,11 @@ class ApiKeyController(Controller):
         self, request: ApiRequest, db_session: DbSession, key_id: FromPath[uuid.UUID]
     ) -> ApiKeyOut:
         key = await keys.revoke_key(
-            db_session, tenant_id=request.user.tenant_id, key_id=key_id, actor=request.user.actor
+            db_session,
+            tenant_id=request.user.tenant_id,
+            key_id=key_id,
+            actor=request.user.actor,
+            modes=keys.modes_visible_to(request.user.mode),
         )
         if key is None:
             raise _not_found(key_id)

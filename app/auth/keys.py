@@ -2,6 +2,11 @@
 
 A key is `hk_live_` or `hk_test_` followed by 32 base62 characters. Only its SHA-256 is
 stored, with a short prefix for display; the secret is returned once, at creation.
+
+A key's mode bounds what it can do to other keys: a test key sees, creates and revokes test
+keys only (a leaked one cannot mint a live key or revoke the live ones); a live key manages
+both. A tenant holds at most MAX_ACTIVE_KEYS keys not revoked, and a key may carry a rate
+limit of its own below its tenant's.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import secrets
 import string
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -19,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.auth.models import KEY_MODES, SCOPES, ApiKey
+from app.modes import MODES
 from app.pagination import Page, keyset_page
 from app.tenants.models import Tenant
 
@@ -28,6 +35,12 @@ PREFIX_LENGTH = len("hk_live_") + 6
 
 
 MAX_NAME_LENGTH = 100
+#: Keys not revoked a tenant may hold: each is a credential to guard, and every one shares
+#: the tenant's rate limit anyway.
+MAX_ACTIVE_KEYS = 100
+#: Bounds of a key's own rate limit (it can only lower its tenant's).
+MAX_KEY_RATE = 10_000.0
+MAX_KEY_BURST = 20_000
 
 
 class InvalidKeyRequest(ValueError):
@@ -36,6 +49,14 @@ class InvalidKeyRequest(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class KeyLimitReached(Exception):
+    """The tenant holds MAX_ACTIVE_KEYS keys not revoked already."""
+
+
+class KeyForbidden(Exception):
+    """The caller may not do this to keys of that mode; the message says why (a 403)."""
 
 
 class KeyRejected(Exception):
@@ -52,6 +73,9 @@ class Principal:
     mode: str
     scopes: frozenset[str]
     plan: str = "free"  # the tenant's plan, for its rate limits
+    # The key's own limit, when it has one: requests per second and burst.
+    rate_per_second: float | None = None
+    burst: int | None = None
 
     @property
     def actor(self) -> str:
@@ -72,6 +96,11 @@ def generate_secret(mode: str) -> str:
     return f"hk_{mode}_" + "".join(secrets.choice(_ALPHABET) for _ in range(32))
 
 
+def modes_visible_to(mode: str) -> tuple[str, ...]:
+    """The modes of the keys a key of `mode` may see and revoke."""
+    return MODES if mode == "live" else (mode,)
+
+
 async def issue_key(
     session: AsyncSession,
     *,
@@ -80,8 +109,16 @@ async def issue_key(
     mode: str,
     scopes: list[str],
     actor: str,
+    caller_mode: str | None = None,
+    rate_per_second: float | None = None,
+    burst: int | None = None,
 ) -> IssuedKey:
+    """Issue a key; `caller_mode` is the mode of the API key asking (None: a dashboard user)."""
     _check_request(name, mode, scopes)
+    _check_rate(rate_per_second, burst)
+    if caller_mode is not None and mode not in modes_visible_to(caller_mode):
+        raise KeyForbidden(f"A {caller_mode}-mode key cannot create {mode} keys.")
+    await _check_room(session, tenant_id)
     secret = generate_secret(mode)
     key = ApiKey(
         tenant_id=tenant_id,
@@ -91,6 +128,8 @@ async def issue_key(
         mode=mode,
         scopes=sorted(set(scopes)),
         created_by=actor,
+        rate_per_second=rate_per_second,
+        burst=burst,
     )
     session.add(key)
     await session.flush()
@@ -100,7 +139,14 @@ async def issue_key(
         actor=actor,
         action="api_key.created",
         target=str(key.id),
-        details={"prefix": key.prefix, "mode": mode, "scopes": key.scopes, "name": name},
+        details={
+            "prefix": key.prefix,
+            "mode": mode,
+            "scopes": key.scopes,
+            "name": name,
+            "rate_per_second": rate_per_second,
+            "burst": burst,
+        },
     )
     return IssuedKey(key=key, secret=secret)
 
@@ -116,41 +162,83 @@ def _check_request(name: str, mode: str, scopes: list[str]) -> None:
         )
 
 
+def _check_rate(rate_per_second: float | None, burst: int | None) -> None:
+    if (rate_per_second is None) != (burst is None):
+        field = "burst" if burst is None else "rate_per_second"
+        raise InvalidKeyRequest(field, "rate_per_second and burst are given together or not at all")
+    if rate_per_second is not None and not 0 < rate_per_second <= MAX_KEY_RATE:
+        raise InvalidKeyRequest("rate_per_second", f"more than 0 and at most {MAX_KEY_RATE:g}")
+    if burst is not None and not 1 <= burst <= MAX_KEY_BURST:
+        raise InvalidKeyRequest("burst", f"1 to {MAX_KEY_BURST}")
+
+
+async def _check_room(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    # The tenant's row lock serialises concurrent issues, so the cap holds exactly.
+    await session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    active = await session.scalar(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+    )
+    if (active or 0) >= MAX_ACTIVE_KEYS:
+        raise KeyLimitReached(
+            f"A tenant holds at most {MAX_ACTIVE_KEYS} keys that are not revoked; revoke one first."
+        )
+
+
 async def list_keys(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    modes: Sequence[str] = MODES,
     limit: int = 100,
     cursor: uuid.UUID | None = None,
     include_revoked: bool = True,
 ) -> Page[ApiKey]:
-    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+    """The tenant's keys of `modes`, newest first."""
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.mode.in_(modes))
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
     return await keyset_page(session, query, ApiKey.id, limit=limit, cursor=cursor)
 
 
 async def get_key(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key_id: uuid.UUID
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    key_id: uuid.UUID,
+    modes: Sequence[str] = MODES,
 ) -> ApiKey | None:
     key: ApiKey | None = await session.scalar(
-        select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id)
+        select(ApiKey).where(
+            ApiKey.tenant_id == tenant_id, ApiKey.id == key_id, ApiKey.mode.in_(modes)
+        )
     )
     return key
 
 
 async def revoke_key(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key_id: uuid.UUID, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    key_id: uuid.UUID,
+    actor: str,
+    modes: Sequence[str] = MODES,
 ) -> ApiKey | None:
     """Revoke a key of the tenant; revoking a revoked key changes nothing and is not audited."""
     revoked: ApiKey | None = await session.scalar(
         update(ApiKey)
-        .where(ApiKey.tenant_id == tenant_id, ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .where(
+            ApiKey.tenant_id == tenant_id,
+            ApiKey.id == key_id,
+            ApiKey.mode.in_(modes),
+            ApiKey.revoked_at.is_(None),
+        )
         .values(revoked_at=func.now())
         .returning(ApiKey)
     )
     if revoked is None:
-        return await get_key(session, tenant_id=tenant_id, key_id=key_id)
+        return await get_key(session, tenant_id=tenant_id, key_id=key_id, modes=modes)
     await audit.append(
         session,
         tenant_id=tenant_id,
@@ -207,7 +295,14 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
             )
             .values(last_used_at=func.now())
             .returning(
-                ApiKey.id, ApiKey.tenant_id, ApiKey.prefix, ApiKey.mode, ApiKey.scopes, Tenant.plan
+                ApiKey.id,
+                ApiKey.tenant_id,
+                ApiKey.prefix,
+                ApiKey.mode,
+                ApiKey.scopes,
+                Tenant.plan,
+                ApiKey.rate_per_second,
+                ApiKey.burst,
             )
         )
     ).first()
@@ -224,6 +319,8 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
         mode=row.mode,
         scopes=frozenset(row.scopes),
         plan=row.plan,
+        rate_per_second=row.rate_per_second,
+        burst=row.burst,
     )
     cache.put(key_hash, principal)
     return principal

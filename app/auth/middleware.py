@@ -1,4 +1,5 @@
-"""Bearer API-key authentication for /v1, and scope guards for its routes."""
+"""Bearer API-key authentication for /v1, and the guards of its routes: scopes, live mode,
+and which routes an inbox token may use at all."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from app.auth.keys import KeyRejected, Principal, authenticate
 from app.inbox.tokens import PREFIX as INBOX_TOKEN_PREFIX
-from app.inbox.tokens import TokenRejected
+from app.inbox.tokens import RecipientPrincipal, TokenRejected
 from app.problems import Problem
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="herald"'}
@@ -65,3 +66,34 @@ def requires_scope(
             )
 
     return guard
+
+
+#: Set in a route's `opt` when an inbox token (`hit_…`) may call it; no other route admits one.
+INBOX_ROUTE = "inbox_route"
+
+
+async def inbox_tokens_only_where_allowed(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Refuse an inbox token on every route but the inbox's own (set on the /v1 router)."""
+    if isinstance(connection.user, RecipientPrincipal) and not handler.opt.get(INBOX_ROUTE):
+        raise Problem(
+            403,
+            "forbidden",
+            "An inbox token may only read and mark its own recipient's inbox; "
+            "this endpoint needs an API key.",
+        )
+
+
+async def live_mode_required(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Refuse test keys on what belongs to live sending (provider configs, tenant settings)."""
+    principal: Principal = connection.user
+    if principal.mode != "live":
+        raise Problem(
+            403,
+            "live_mode_required",
+            "This acts on live sending, which a test key cannot see or change; "
+            "use a live key (test mode always delivers to the sandbox).",
+        )

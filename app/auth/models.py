@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, LargeBinary, String, text
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, LargeBinary, String, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, CreatedAt, UuidPrimaryKey
+from app.modes import MODES
 
-KEY_MODES = ("live", "test")
+KEY_MODES = MODES
 SCOPES = ("send", "read", "manage")
 ROLES = ("owner", "admin", "developer", "viewer")
 
@@ -20,7 +21,11 @@ class ApiKey(UuidPrimaryKey, CreatedAt, Base):
     __tablename__ = "api_keys"
     __table_args__ = (
         CheckConstraint(f"mode IN {KEY_MODES!r}", name="mode"),
-        Index("ix_api_keys_tenant_id_id", "tenant_id", "id"),
+        Index("ix_api_keys_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        CheckConstraint(
+            "(rate_per_second IS NULL) = (burst IS NULL) AND rate_per_second > 0 AND burst >= 1",
+            name="rate",
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -32,6 +37,9 @@ class ApiKey(UuidPrimaryKey, CreatedAt, Base):
     created_by: Mapped[str] = mapped_column(String(200))
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # A limit of the key's own, below its tenant's (NULL: the tenant's limit only).
+    rate_per_second: Mapped[float | None] = mapped_column(Float)
+    burst: Mapped[int | None]
 
 
 class User(UuidPrimaryKey, CreatedAt, Base):

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from app.auth.keys import MAX_KEY_BURST, MAX_KEY_RATE
 from app.auth.models import ApiKey
 
 Scope = Literal["send", "read", "manage"]
@@ -20,6 +21,9 @@ class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["send", "read", "manage"]
     )
+    # A limit of the key's own, below its tenant's plan: both or neither.
+    rate_per_second: Annotated[float, msgspec.Meta(gt=0, le=MAX_KEY_RATE)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1, le=MAX_KEY_BURST)] | None = None
 
 
 class ApiKeyOut(msgspec.Struct):
@@ -33,6 +37,8 @@ class ApiKeyOut(msgspec.Struct):
     created_by: str
     last_used_at: datetime | None
     revoked_at: datetime | None
+    rate_per_second: float | None
+    burst: int | None
 
     @classmethod
     def of(cls, key: ApiKey) -> ApiKeyOut:
@@ -47,6 +53,8 @@ class ApiKeyOut(msgspec.Struct):
             created_by=key.created_by,
             last_used_at=key.last_used_at,
             revoked_at=key.revoked_at,
+            rate_per_second=key.rate_per_second,
+            burst=key.burst,
         )
 
 

@@ -129,7 +129,7 @@ class Router:
 
 
 def _buckets(route: ProviderRoute, message: Claimed) -> list[Bucket]:
-    tenant = tenant_bucket(message.tenant_id, limits_for(message.plan))
+    tenant = tenant_bucket(message.tenant_id, message.mode, limits_for(message.plan))
     if route.config_id is None:  # the sandbox: no provider account to protect
         return [tenant]
     provider = provider_bucket(

@@ -305,13 +305,15 @@ async def _suppress(
     session: AsyncSession, bounced: list[tuple[Claimed, str, str]], erased: set[uuid.UUID]
 ) -> None:
     """Suppress the addresses providers called dead; an erased recipient's, as digests."""
-    entries: dict[tuple[uuid.UUID, bool], list[tuple[str, str, str, str]]] = defaultdict(list)
+    entries: dict[tuple[uuid.UUID, str, bool], list[tuple[str, str, str, str]]] = defaultdict(list)
     for message, reason, provider in bounced:
-        entries[(message.tenant_id, message.id in erased)].append(
+        entries[(message.tenant_id, message.mode, message.id in erased)].append(
             (message.channel, message.address, reason, provider)
         )
-    for (tenant_id, was_erased), batch in entries.items():
-        await add_suppressions(session, tenant_id=tenant_id, entries=batch, erased=was_erased)
+    for (tenant_id, mode, was_erased), batch in entries.items():
+        await add_suppressions(
+            session, tenant_id=tenant_id, mode=mode, entries=batch, erased=was_erased
+        )
 
 
 # One statement for a batch's outcomes, each applied only while its claim still holds

@@ -85,12 +85,12 @@ class DlqController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
         cursor: FromQuery[uuid.UUID | None] = None,
     ) -> DlqList:
-        tenant_id = request.user.tenant_id
+        tenant_id, mode = request.user.tenant_id, request.user.mode
         filters = _filters(error_class, provider, channel, notification, since, until)
         page = await service.list_failed(
-            db_session, tenant_id=tenant_id, filters=filters, limit=limit, cursor=cursor
+            db_session, tenant_id=tenant_id, mode=mode, filters=filters, limit=limit, cursor=cursor
         )
-        groups = await service.groups(db_session, tenant_id=tenant_id, filters=filters)
+        groups = await service.groups(db_session, tenant_id=tenant_id, mode=mode, filters=filters)
         return DlqList(
             "list",
             [message_out(v) for v in page.items],
@@ -109,14 +109,18 @@ class DlqController(Controller):
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[DlqSelection]
     ) -> ReplayResult | DryRunResult:
         selection = _selection(data)
-        tenant_id = request.user.tenant_id
+        tenant_id, mode = request.user.tenant_id, request.user.mode
         if data.dry_run:
             replayable, not_replayable = await service.count(
-                db_session, tenant_id=tenant_id, selection=selection
+                db_session, tenant_id=tenant_id, mode=mode, selection=selection
             )
             return DryRunResult(replayable, not_replayable)
         outcome = await service.replay(
-            db_session, tenant_id=tenant_id, selection=selection, actor=request.user.actor
+            db_session,
+            tenant_id=tenant_id,
+            mode=mode,
+            selection=selection,
+            actor=request.user.actor,
         )
         await db_session.commit()
         # Only this call moved these rows (the UPDATE is guarded by status = 'failed').
@@ -140,14 +144,18 @@ class DlqController(Controller):
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[DlqSelection]
     ) -> DiscardResult | DryRunResult:
         selection = _selection(data)
-        tenant_id = request.user.tenant_id
+        tenant_id, mode = request.user.tenant_id, request.user.mode
         if data.dry_run:
             replayable, not_replayable = await service.count(
-                db_session, tenant_id=tenant_id, selection=selection
+                db_session, tenant_id=tenant_id, mode=mode, selection=selection
             )
             return DryRunResult(replayable + not_replayable)
         discarded = await service.discard(
-            db_session, tenant_id=tenant_id, selection=selection, actor=request.user.actor
+            db_session,
+            tenant_id=tenant_id,
+            mode=mode,
+            selection=selection,
+            actor=request.user.actor,
         )
         await db_session.commit()
         return DiscardResult(discarded)

@@ -1,7 +1,9 @@
 """Reading the dead-letter queue (messages with status `failed`), replaying and discarding.
 
-Replay and discard are each one UPDATE guarded by `status = 'failed'`: concurrent calls
-selecting the same message move it once, and only the call that moved it sees it returned.
+Every function acts on the failed messages of one tenant and mode: a test key can neither see
+nor replay live messages. Replay and discard are each one UPDATE guarded by
+`status = 'failed'`: concurrent calls selecting the same message move it once, and only the
+call that moved it sees it returned.
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ class ReplayOutcome:
     not_replayable: int
 
 
-def _conditions(tenant_id: uuid.UUID, filters: MessageFilters | None) -> list[ColumnElement[bool]]:
-    return message_conditions(tenant_id, replace(filters or MessageFilters(), status="failed"))
+def _conditions(
+    tenant_id: uuid.UUID, mode: str, filters: MessageFilters | None
+) -> list[ColumnElement[bool]]:
+    failed = replace(filters or MessageFilters(), status="failed")
+    return message_conditions(tenant_id, mode, failed)
 
 
-def _selected(tenant_id: uuid.UUID, selection: Selection) -> list[ColumnElement[bool]]:
-    conditions = _conditions(tenant_id, selection.filters)
+def _selected(tenant_id: uuid.UUID, mode: str, selection: Selection) -> list[ColumnElement[bool]]:
+    conditions = _conditions(tenant_id, mode, selection.filters)
     if selection.ids is not None:
         conditions.append(Message.id.in_(selection.ids))
     return conditions
@@ -71,15 +76,17 @@ async def list_failed(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     filters: MessageFilters,
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
-    return await message_page(session, _conditions(tenant_id, filters), limit=limit, cursor=cursor)
+    conditions = _conditions(tenant_id, mode, filters)
+    return await message_page(session, conditions, limit=limit, cursor=cursor)
 
 
 async def groups(
-    session: AsyncSession, *, tenant_id: uuid.UUID, filters: MessageFilters
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, filters: MessageFilters
 ) -> list[Group]:
     """Counts of every matching failed message by (error class, provider, last status code)."""
     last_attempt = (
@@ -94,7 +101,7 @@ async def groups(
         select(Message.error_class, Message.provider, last_attempt.c.status_code, count)
         .select_from(Message)
         .outerjoin(last_attempt, true())
-        .where(*_conditions(tenant_id, filters))
+        .where(*_conditions(tenant_id, mode, filters))
         .group_by(Message.error_class, Message.provider, last_attempt.c.status_code)
         .order_by(count.desc(), Message.error_class, Message.provider)
     )
@@ -102,21 +109,21 @@ async def groups(
 
 
 async def count(
-    session: AsyncSession, *, tenant_id: uuid.UUID, selection: Selection
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, selection: Selection
 ) -> tuple[int, int]:
     """(replayable, not replayable) failed messages the selection matches."""
     row = (
         await session.execute(
             select(
                 func.count().filter(_REPLAYABLE), func.count().filter(Message.render_id.is_(None))
-            ).where(*_selected(tenant_id, selection))
+            ).where(*_selected(tenant_id, mode, selection))
         )
     ).one()
     return int(row[0]), int(row[1])
 
 
-def _audit_details(selection: Selection, counts: dict[str, int]) -> dict[str, Any]:
-    details: dict[str, Any] = dict(counts)
+def _audit_details(selection: Selection, mode: str, counts: dict[str, int]) -> dict[str, Any]:
+    details: dict[str, Any] = {**counts, "mode": mode}
     if selection.ids is not None:
         details["ids"] = [str(i) for i in selection.ids]
     if selection.filters is not None:
@@ -129,10 +136,10 @@ def _audit_details(selection: Selection, counts: dict[str, int]) -> dict[str, An
 
 
 async def replay(
-    session: AsyncSession, *, tenant_id: uuid.UUID, selection: Selection, actor: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, selection: Selection, actor: str
 ) -> ReplayOutcome:
     """Move matching failed messages back to queued, in the caller's transaction; audited."""
-    conditions = _selected(tenant_id, selection)
+    conditions = _selected(tenant_id, mode, selection)
     not_replayable = int(
         await session.scalar(
             select(func.count())
@@ -166,18 +173,20 @@ async def replay(
         actor=actor,
         action="dlq.replayed",
         target="dlq",
-        details=_audit_details(selection, {"count": len(moved), "not_replayable": not_replayable}),
+        details=_audit_details(
+            selection, mode, {"count": len(moved), "not_replayable": not_replayable}
+        ),
     )
     return ReplayOutcome(moved, not_replayable)
 
 
 async def discard(
-    session: AsyncSession, *, tenant_id: uuid.UUID, selection: Selection, actor: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, selection: Selection, actor: str
 ) -> int:
     """Move matching failed messages to cancelled (skip_reason `discarded`); audited."""
     result = await session.execute(
         update(Message)
-        .where(*_selected(tenant_id, selection))
+        .where(*_selected(tenant_id, mode, selection))
         .values(
             status="cancelled",
             skip_reason=DISCARDED,
@@ -194,7 +203,7 @@ async def discard(
         actor=actor,
         action="dlq.discarded",
         target="dlq",
-        details=_audit_details(selection, {"count": discarded}),
+        details=_audit_details(selection, mode, {"count": discarded}),
     )
     return discarded
 

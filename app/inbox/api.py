@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, post
+from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
-from app.auth.middleware import requires_scope
+from app.auth.middleware import CHALLENGE, INBOX_ROUTE, requires_scope
 from app.dependencies import DbSession
 from app.inbox import service
 from app.inbox.tokens import MAX_TTL, RecipientPrincipal
 from app.pagination import MAX_LIMIT
 from app.problems import Problem
 from app.recipients import service as recipients
+from app.templates.content import safe_action_url
 
 InboxRequest = Request[Principal | RecipientPrincipal, None, Any]
 
@@ -56,6 +59,12 @@ class TokenOut(msgspec.Struct):
     recipient: str
 
 
+class TokensRevoked(msgspec.Struct):
+    object: Literal["inbox_tokens_revoked"]
+    recipient: str
+    revoked_before: datetime
+
+
 _READ_SCOPE_GUARD = requires_scope("read")
 
 
@@ -69,15 +78,20 @@ async def _inbox_guard(connection: Any, handler: Any) -> None:
 async def _recipient_id(
     session: AsyncSession, principal: Principal | RecipientPrincipal, external_id: str
 ) -> uuid.UUID:
-    found = await recipients.get_by_external_ids(
-        session, tenant_id=principal.tenant_id, external_ids=[external_id]
+    found = await recipients.get_recipient(
+        session, tenant_id=principal.tenant_id, mode=principal.mode, external_id=external_id
     )
     # A token for another recipient learns nothing: the same 404 as a missing recipient.
-    if not found or (
-        isinstance(principal, RecipientPrincipal) and principal.recipient_id != found[0].id
+    if found is None or (
+        isinstance(principal, RecipientPrincipal) and principal.recipient_id != found.id
     ):
         raise Problem(404, "not_found", f"No recipient {external_id!r} whose inbox you may read.")
-    return found[0].id
+    if isinstance(principal, RecipientPrincipal) and service.token_revoked(principal, found):
+        raise NotAuthorizedException(
+            detail="This inbox token has been revoked; ask your server for a new one.",
+            headers=CHALLENGE,
+        )
+    return found.id
 
 
 class InboxController(Controller):
@@ -101,11 +115,41 @@ class InboxController(Controller):
         token, expires_at = request.app.state.inbox_tokens.issue(
             tenant_id=request.user.tenant_id,
             recipient_id=recipient_id,
+            mode=request.user.mode,
             ttl=(data or TokenRequest()).ttl_seconds,
         )
         return TokenOut(token=token, expires_at=expires_at, recipient=external_id)
 
-    @get("/inbox", guards=[_inbox_guard], summary="The recipient's inbox, newest first")
+    @post(
+        "/inbox-tokens/revoke",
+        status_code=200,
+        guards=[requires_scope("send")],
+        summary="Revoke every inbox token issued for this recipient so far",
+    )
+    async def revoke_tokens(
+        self,
+        request: Request[Principal, None, Any],
+        db_session: DbSession,
+        external_id: FromPath[str],
+    ) -> TokensRevoked:
+        recipient_id = await _recipient_id(db_session, request.user, external_id)
+        revoked_before = await service.revoke_tokens(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            recipient_id=recipient_id,
+            actor=request.user.actor,
+        )
+        await db_session.commit()
+        return TokensRevoked(
+            object="inbox_tokens_revoked", recipient=external_id, revoked_before=revoked_before
+        )
+
+    @get(
+        "/inbox",
+        guards=[_inbox_guard],
+        opt={INBOX_ROUTE: True},
+        summary="The recipient's inbox, newest first",
+    )
     async def read_inbox(
         self,
         request: InboxRequest,
@@ -133,7 +177,7 @@ class InboxController(Controller):
                     notification_id=item.notification_id,
                     title=item.content.get("title", ""),
                     body=item.content.get("body", ""),
-                    action_url=item.content.get("action_url"),
+                    action_url=safe_action_url(item.content.get("action_url")),
                     created_at=item.created_at,
                     read_at=item.read_at,
                 )
@@ -148,6 +192,7 @@ class InboxController(Controller):
         "/inbox/{message_id:uuid}/read",
         status_code=200,
         guards=[_inbox_guard],
+        opt={INBOX_ROUTE: True},
         summary="Mark one item read; 404 when it is not an item of this inbox",
     )
     async def mark_one(
@@ -159,7 +204,13 @@ class InboxController(Controller):
     ) -> MarkedRead:
         return await self._mark(request, db_session, external_id, message_id)
 
-    @post("/inbox/read-all", status_code=200, guards=[_inbox_guard], summary="Mark every item read")
+    @post(
+        "/inbox/read-all",
+        status_code=200,
+        guards=[_inbox_guard],
+        opt={INBOX_ROUTE: True},
+        summary="Mark every item read",
+    )
     async def mark_all(
         self, request: InboxRequest, db_session: DbSession, external_id: FromPath[str]
     ) -> MarkedRead:

@@ -1,16 +1,20 @@
-"""Reading and marking a recipient's inbox: sent messages of the inbox channel."""
+"""Reading and marking a recipient's inbox (sent messages of the inbox channel), and
+revoking the inbox tokens issued for a recipient."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.inbox.tokens import RecipientPrincipal
 from app.notifications.models import Message, Render
+from app.recipients.models import Recipient
 
 _INBOX = (Message.channel == "inbox", Message.status == "sent")
 
@@ -93,3 +97,33 @@ async def mark_read(
 async def _is_item(session: AsyncSession, mine: tuple[Any, ...], message_id: uuid.UUID) -> bool:
     found = await session.scalar(select(Message.id).where(*mine, Message.id == message_id))
     return found is not None
+
+
+async def revoke_tokens(
+    session: AsyncSession, *, tenant_id: uuid.UUID, recipient_id: uuid.UUID, actor: str
+) -> datetime:
+    """Refuse, from now on, every inbox token issued for the recipient until now; audited.
+
+    The instant is taken from this process's clock, as tokens' issue times are.
+    """
+    now = datetime.now(UTC)
+    await session.execute(
+        update(Recipient)
+        .where(Recipient.tenant_id == tenant_id, Recipient.id == recipient_id)
+        .values(inbox_tokens_valid_after=now)
+    )
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="recipient.inbox_tokens_revoked",
+        target=str(recipient_id),
+        details={},
+    )
+    return now
+
+
+def token_revoked(token: RecipientPrincipal, recipient: Recipient) -> bool:
+    """Whether the token was issued before the recipient's last revocation."""
+    valid_after = recipient.inbox_tokens_valid_after
+    return valid_after is not None and token.issued_at_ms <= valid_after.timestamp() * 1000

@@ -1,8 +1,10 @@
 """Recipient-scoped inbox tokens: what a tenant's front-end holds to read one user's inbox.
 
 A token is `hit_<payload>.<signature>`: the base64url JSON payload names the tenant, the
-recipient and an expiry; the signature is HMAC-SHA256 under a key derived from the server
-secret. It grants the inbox of that one recipient and nothing else.
+mode, the recipient, when it was issued and when it expires; the signature is HMAC-SHA256
+under a key derived from the server secret. It grants the inbox of that one recipient and
+nothing else. A recipient's tokens issued before a revocation
+(`recipients.inbox_tokens_valid_after`) are refused where the inbox is read.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class RecipientPrincipal:
     tenant_id: uuid.UUID
     recipient_id: uuid.UUID
     expires_at: int
+    mode: str = "live"
+    issued_at_ms: int = 0  # tokens of the first format carry none: any revocation ends them
     scopes: frozenset[str] = frozenset({"inbox"})
 
     @property
@@ -55,10 +59,22 @@ class InboxTokenSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def issue(
-        self, *, tenant_id: uuid.UUID, recipient_id: uuid.UUID, ttl: int = DEFAULT_TTL
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        recipient_id: uuid.UUID,
+        mode: str,
+        ttl: int = DEFAULT_TTL,
     ) -> tuple[str, int]:
-        expires_at = int(time.time()) + ttl
-        body = {"t": str(tenant_id), "r": str(recipient_id), "e": expires_at}
+        now = time.time()
+        expires_at = int(now) + ttl
+        body = {
+            "t": str(tenant_id),
+            "m": mode,
+            "r": str(recipient_id),
+            "i": int(now * 1000),
+            "e": expires_at,
+        }
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{PREFIX}{payload}.{self._sign(payload)}", expires_at
 
@@ -72,9 +88,15 @@ class InboxTokenSigner:
         try:
             body = json.loads(_unb64(payload))
             principal = RecipientPrincipal(
-                uuid.UUID(body["t"]), uuid.UUID(body["r"]), int(body["e"])
+                tenant_id=uuid.UUID(body["t"]),
+                recipient_id=uuid.UUID(body["r"]),
+                expires_at=int(body["e"]),
+                mode=body.get("m", "live"),
+                issued_at_ms=int(body.get("i", 0)),
             )
-        except (ValueError, KeyError, TypeError):
+            if principal.mode not in ("live", "test"):
+                raise ValueError(principal.mode)
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise TokenRejected("The inbox token is malformed.") from None
         if principal.expires_at < time.time():
             raise TokenRejected("The inbox token has expired; ask your server for a new one.")

@@ -131,7 +131,10 @@ class NotificationController(Controller):
         self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
     ) -> NotificationOut:
         view = await queries.get_notification(
-            db_session, tenant_id=request.user.tenant_id, notification_id=notification_id
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            notification_id=notification_id,
         )
         if view is None:
             raise _not_found(notification_id)
@@ -165,7 +168,10 @@ class NotificationController(Controller):
         self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
     ) -> CancelResult:
         outcome = await queries.cancel(
-            db_session, tenant_id=request.user.tenant_id, notification_id=notification_id
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            notification_id=notification_id,
         )
         if outcome is None:
             raise _not_found(notification_id)
@@ -208,7 +214,10 @@ async def read_message(
     request: ApiRequest, db_session: DbSession, message_id: FromPath[uuid.UUID]
 ) -> MessageDetail:
     found = await queries.get_message(
-        db_session, tenant_id=request.user.tenant_id, message_id=message_id
+        db_session,
+        tenant_id=request.user.tenant_id,
+        mode=request.user.mode,
+        message_id=message_id,
     )
     if found is None:
         raise Problem(404, "not_found", f"No message {message_id} in this tenant.")
@@ -247,7 +256,12 @@ async def list_messages(
 ) -> MessageList:
     filters = queries.MessageFilters(status, channel, recipient, notification, since, until)
     page = await queries.list_messages(
-        db_session, tenant_id=request.user.tenant_id, filters=filters, limit=limit, cursor=cursor
+        db_session,
+        tenant_id=request.user.tenant_id,
+        mode=request.user.mode,
+        filters=filters,
+        limit=limit,
+        cursor=cursor,
     )
     return MessageList(
         "list", [message_out(v) for v in page.items], page.has_more, page.next_cursor

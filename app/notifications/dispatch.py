@@ -72,15 +72,16 @@ async def dispatch(session: AsyncSession, *, notification_id: uuid.UUID) -> list
 
 
 async def _fan_out(session: AsyncSession, notification: Notification) -> None:
-    tenant_id = notification.tenant_id
+    tenant_id, mode = notification.tenant_id, notification.mode
     template = await get_template(
         session,
         tenant_id=tenant_id,
+        mode=mode,
         key=notification.template_key,
         version=notification.template_version,
     )
     category = await recipients.get_category(
-        session, tenant_id=tenant_id, key=notification.category
+        session, tenant_id=tenant_id, mode=mode, key=notification.category
     )
     if template is None or category is None:
         missing = "template" if template is None else "category"
@@ -90,12 +91,13 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
     notification.critical = category.critical
     wanted = notification.audience["recipients"]
     people = await recipients.get_by_external_ids(
-        session, tenant_id=tenant_id, external_ids=wanted, for_delivery=True
+        session, tenant_id=tenant_id, mode=mode, external_ids=wanted, for_delivery=True
     )
     tenant = await get_delivery_settings(session, tenant_id=tenant_id)
     plans = await recipients.plan_deliveries(
         session,
         tenant_id=tenant_id,
+        mode=mode,
         recipients=people,
         channels=notification.channels,
         category=category,
@@ -194,6 +196,7 @@ def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -
         "id": uuid7(),
         "notification_id": notification.id,
         "tenant_id": notification.tenant_id,
+        "mode": notification.mode,
         "recipient_id": plan.recipient_id,
         "channel": plan.channel,
         "address": plan.address,
@@ -220,10 +223,11 @@ _INSERT_RENDERS = text(
 )
 _INSERT_MESSAGES = text(
     """
-    INSERT INTO messages (id, notification_id, tenant_id, recipient_id, channel, address,
+    INSERT INTO messages (id, notification_id, tenant_id, mode, recipient_id, channel, address,
                           render_id, status, skip_reason, error_class, last_error, created_at)
     SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:notification_id AS uuid[]),
-                         CAST(:tenant_id AS uuid[]), CAST(:recipient_id AS uuid[]),
+                         CAST(:tenant_id AS uuid[]), CAST(:mode AS text[]),
+                         CAST(:recipient_id AS uuid[]),
                          CAST(:channel AS text[]), CAST(:address AS text[]),
                          CAST(:render_id AS uuid[]), CAST(:status AS text[]),
                          CAST(:skip_reason AS text[]), CAST(:error_class AS text[]),
@@ -236,6 +240,7 @@ _MESSAGE_COLUMNS = (
     "id",
     "notification_id",
     "tenant_id",
+    "mode",
     "recipient_id",
     "channel",
     "address",

@@ -86,7 +86,7 @@ async def accept(
     """Validate and store the notification; the caller commits and then enqueues dispatch."""
     digest = request_hash(body)
     if idempotency_key is not None:
-        earlier = await _by_idempotency_key(session, principal.tenant_id, idempotency_key)
+        earlier = await _by_idempotency_key(session, principal, idempotency_key)
         if earlier is not None:
             return _replay(earlier, digest)
     values = await _validated_values(session, principal, body)
@@ -99,13 +99,13 @@ async def accept(
     )
     if idempotency_key is not None:
         statement = statement.on_conflict_do_nothing(
-            index_elements=[_TABLE.c.tenant_id, _TABLE.c.idempotency_key]
+            index_elements=[_TABLE.c.tenant_id, _TABLE.c.mode, _TABLE.c.idempotency_key]
         )
     inserted = (await session.execute(statement.returning(*_ANSWER))).first()
     if inserted is None:  # a concurrent request with the same key won the insert
         await session.rollback()
         assert idempotency_key is not None
-        earlier = await _by_idempotency_key(session, principal.tenant_id, idempotency_key)
+        earlier = await _by_idempotency_key(session, principal, idempotency_key)
         assert earlier is not None
         return _replay(earlier, digest)
     return Accepted(notification=AcceptedNotification(*inserted), replayed=False)
@@ -119,11 +119,14 @@ def _replay(earlier: Notification, digest: str) -> Accepted:
 
 
 async def _by_idempotency_key(
-    session: AsyncSession, tenant_id: uuid.UUID, key: str
+    session: AsyncSession, principal: Principal, key: str
 ) -> Notification | None:
+    """The notification holding the key; keys are per mode, like every other object."""
     found: Notification | None = await session.scalar(
         select(Notification).where(
-            Notification.tenant_id == tenant_id, Notification.idempotency_key == key
+            Notification.tenant_id == principal.tenant_id,
+            Notification.mode == principal.mode,
+            Notification.idempotency_key == key,
         )
     )
     return found
@@ -132,13 +135,14 @@ async def _by_idempotency_key(
 async def _validated_values(
     session: AsyncSession, principal: Principal, body: NotificationCreate
 ) -> dict[str, Any]:
-    tenant_id = principal.tenant_id
-    template = await latest_summary(session, tenant_id=tenant_id, key=body.template)
+    tenant_id, mode = principal.tenant_id, principal.mode
+    template = await latest_summary(session, tenant_id=tenant_id, mode=mode, key=body.template)
     category_key = category_of(body, template)
-    category_found = (
-        await recipients.get_category(session, tenant_id=tenant_id, key=category_key) is not None
+    category = await recipients.get_category(
+        session, tenant_id=tenant_id, mode=mode, key=category_key
     )
-    row = notification_row(principal, body, template, category_found=category_found)
+    critical = None if category is None else category.critical
+    row = notification_row(principal, body, template, category_critical=critical)
     row["audience"] = {"recipients": await _audience(session, principal, body.to)}
     return row
 
@@ -152,18 +156,31 @@ def notification_row(
     body: NotificationCreate,
     template: TemplateSummary | None,
     *,
-    category_found: bool,
+    category_critical: bool | None,
 ) -> dict[str, Any]:
-    """The notifications row for a request, once its template and category were looked up.
+    """The notifications row for a request, once its template and category were looked up
+    (`category_critical` is None when the category does not exist).
 
     The audience holds the ids as given; inline recipients are the caller's to upsert.
+    `high` priority is for critical categories only: the high queue is shared by every
+    tenant, and what rides it must be what cannot wait (codes, resets, alerts).
     """
     if template is None:
-        raise InvalidNotification("template", f"no template {body.template!r} in this tenant")
+        raise InvalidNotification(
+            "template", f"no template {body.template!r} in {principal.mode} mode"
+        )
     channels = _channels(body, template.channels)
     category_key = category_of(body, template)
-    if not category_found:
-        raise InvalidNotification("category", f"no category {category_key!r} in this tenant")
+    if category_critical is None:
+        raise InvalidNotification(
+            "category", f"no category {category_key!r} in {principal.mode} mode"
+        )
+    if body.priority == "high" and not category_critical:
+        raise InvalidNotification(
+            "priority",
+            f"high priority is for critical categories (such as `security`); category "
+            f"{category_key!r} is not critical: send it at normal priority",
+        )
     if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
         raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
     ids = _audience_ids(body.to)
@@ -233,7 +250,9 @@ async def _audience(
     inline = [item for item in to if isinstance(item, RecipientInput)]
     if inline:
         try:
-            await recipients.upsert_recipients(session, tenant_id=principal.tenant_id, items=inline)
+            await recipients.upsert_recipients(
+                session, tenant_id=principal.tenant_id, mode=principal.mode, items=inline
+            )
         except recipients.RecipientInvalid as invalid:
             index = to.index(inline[getattr(invalid, "index", 0)])
             raise InvalidNotification(f"to[{index}].{invalid.field}", str(invalid)) from None

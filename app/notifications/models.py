@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, CreatedAt, UuidPrimaryKey
+from app.modes import mode_check, mode_column
 
 PRIORITIES = ("high", "normal", "low")
 NOTIFICATION_STATUSES = ("accepted", "dispatched", "cancelled", "failed")
@@ -36,10 +37,12 @@ MESSAGE_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped"
 class Notification(UuidPrimaryKey, CreatedAt, Base):
     __tablename__ = "notifications"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "idempotency_key"),
+        # Idempotency-Keys are per mode: a test request cannot take a key a live one needs.
+        UniqueConstraint("tenant_id", "mode", "idempotency_key"),
         CheckConstraint(f"priority IN {PRIORITIES!r}", name="priority"),
         CheckConstraint(f"status IN {NOTIFICATION_STATUSES!r}", name="status"),
-        Index("ix_notifications_tenant_id_id", "tenant_id", "id"),
+        Index("ix_notifications_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        mode_check(),
         Index(
             "ix_notifications_pending",
             "created_at",
@@ -49,7 +52,7 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     api_key_id: Mapped[uuid.UUID | None]
-    mode: Mapped[str] = mapped_column(String(8))
+    mode: Mapped[str] = mode_column()
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str] = mapped_column(String(64))
     template_key: Mapped[str] = mapped_column(String(100))
@@ -89,7 +92,8 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
     __table_args__ = (
         UniqueConstraint("notification_id", "recipient_id", "channel", "address"),
         CheckConstraint(f"status IN {MESSAGE_STATUSES!r}", name="status"),
-        Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+        Index("ix_messages_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        mode_check(),
         Index(
             "ix_messages_inbox",
             "tenant_id",
@@ -109,13 +113,20 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             postgresql_where=text("status = 'sending'"),
         ),
         # The dead-letter queue of a tenant, newest first.
-        Index("ix_messages_failed", "tenant_id", "id", postgresql_where=text("status = 'failed'")),
+        Index(
+            "ix_messages_failed",
+            "tenant_id",
+            "mode",
+            "id",
+            postgresql_where=text("status = 'failed'"),
+        ),
     )
 
     notification_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("notifications.id", ondelete="CASCADE")
     )
     tenant_id: Mapped[uuid.UUID]
+    mode: Mapped[str] = mode_column()  # its notification's, for scoped reads (DLQ, lists)
     recipient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(Text)

@@ -1,4 +1,7 @@
-"""Reading notifications and messages, and cancelling what has not been sent yet."""
+"""Reading notifications and messages, and cancelling what has not been sent yet.
+
+Every function takes the tenant and the mode: a test key sees test notifications only.
+"""
 
 from __future__ import annotations
 
@@ -42,12 +45,14 @@ class MessageFilters:
     provider: str | None = None
 
 
-def message_conditions(tenant_id: uuid.UUID, filters: MessageFilters) -> list[ColumnElement[bool]]:
-    """WHERE clauses of the tenant's messages matching `filters`.
+def message_conditions(
+    tenant_id: uuid.UUID, mode: str, filters: MessageFilters
+) -> list[ColumnElement[bool]]:
+    """WHERE clauses of the tenant's messages of `mode` matching `filters`.
 
     A `recipient` filter names recipients.external_id: the query must join recipients.
     """
-    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id]
+    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id, Message.mode == mode]
     equal_to = {
         Message.status: filters.status,
         Message.channel: filters.channel,
@@ -81,11 +86,13 @@ def in_utc(moment: datetime) -> datetime:
 
 
 async def get_notification(
-    session: AsyncSession, *, tenant_id: uuid.UUID, notification_id: uuid.UUID
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
 ) -> NotificationView | None:
     notification = await session.scalar(
         select(Notification).where(
-            Notification.tenant_id == tenant_id, Notification.id == notification_id
+            Notification.tenant_id == tenant_id,
+            Notification.mode == mode,
+            Notification.id == notification_id,
         )
     )
     if notification is None:
@@ -102,6 +109,7 @@ async def get_notification(
     page = await list_messages(
         session,
         tenant_id=tenant_id,
+        mode=mode,
         filters=MessageFilters(notification_id=notification_id),
         limit=MESSAGES_SHOWN,
         cursor=None,
@@ -113,11 +121,12 @@ async def list_messages(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     filters: MessageFilters,
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
-    conditions = message_conditions(tenant_id, filters)
+    conditions = message_conditions(tenant_id, mode, filters)
     return await message_page(session, conditions, limit=limit, cursor=cursor)
 
 
@@ -128,7 +137,7 @@ async def message_page(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[MessageView]:
-    """Messages matching `conditions` (which must include the tenant), newest first."""
+    """Messages matching `conditions` (which must include the tenant and mode), newest first."""
     query = (
         select(Message, Recipient.external_id)
         .join(Recipient, Recipient.id == Message.recipient_id)
@@ -143,14 +152,14 @@ async def message_page(
 
 
 async def get_message(
-    session: AsyncSession, *, tenant_id: uuid.UUID, message_id: uuid.UUID
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, message_id: uuid.UUID
 ) -> tuple[MessageView, list[Attempt]] | None:
     """One message of the tenant and every attempt made to deliver it, oldest first."""
     row = (
         await session.execute(
             select(Message, Recipient.external_id)
             .join(Recipient, Recipient.id == Message.recipient_id)
-            .where(Message.tenant_id == tenant_id, Message.id == message_id)
+            .where(Message.tenant_id == tenant_id, Message.mode == mode, Message.id == message_id)
         )
     ).first()
     if row is None:
@@ -164,12 +173,16 @@ async def get_message(
 
 
 async def cancel(
-    session: AsyncSession, *, tenant_id: uuid.UUID, notification_id: uuid.UUID
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
 ) -> tuple[Notification, int] | None:
     """Cancel the notification and every message not yet handed to a provider."""
     notification = await session.scalar(
         select(Notification)
-        .where(Notification.tenant_id == tenant_id, Notification.id == notification_id)
+        .where(
+            Notification.tenant_id == tenant_id,
+            Notification.mode == mode,
+            Notification.id == notification_id,
+        )
         .with_for_update()  # waits for a dispatch in progress, so none of its messages escape
     )
     if notification is None:

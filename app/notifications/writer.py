@@ -57,31 +57,33 @@ class IntakeUnavailable(Exception):
     """The batch could not be written; nothing of it was accepted."""
 
 
-# One round trip for the batch. Kind 0, per distinct (tenant, template key, asked category):
-# the newest live version and whether the category that applies exists as a row (default
-# categories exist without one). Kind 1, per (tenant, Idempotency-Key) already taken: the
-# notification holding it.
+# One round trip for the batch. Kind 0, per distinct (tenant, mode, template key, asked
+# category): the newest version of the mode and, when the category that applies exists as a
+# row, whether it is critical (default categories exist without one). Kind 1, per (tenant,
+# mode, Idempotency-Key) already taken: the notification holding it.
 _LOOKUP = """
-SELECT 0 AS kind, v.i, t.version, t.category, t.channels, c.key IS NOT NULL AS category_row,
-       NULL::uuid AS tenant_id, NULL::text AS idempotency_key, NULL::uuid AS id,
-       NULL::text AS status, NULL::text AS priority, NULL::timestamptz AS created_at,
-       NULL::timestamptz AS send_at, NULL::text AS request_hash
-  FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tenant_id, key, category, i)
+SELECT 0 AS kind, v.i, t.version, t.category, t.channels, c.critical AS category_critical,
+       NULL::uuid AS tenant_id, NULL::text AS mode, NULL::text AS idempotency_key,
+       NULL::uuid AS id, NULL::text AS status, NULL::text AS priority,
+       NULL::timestamptz AS created_at, NULL::timestamptz AS send_at, NULL::text AS request_hash
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+       WITH ORDINALITY AS v(tenant_id, mode, key, category, i)
   LEFT JOIN LATERAL (
         SELECT version, category, ARRAY(SELECT jsonb_object_keys(content)) AS channels
           FROM templates
-         WHERE tenant_id = v.tenant_id AND key = v.key AND deleted_at IS NULL
+         WHERE tenant_id = v.tenant_id AND mode = v.mode AND key = v.key
+           AND deleted_at IS NULL
          ORDER BY version DESC
          LIMIT 1) AS t ON true
   LEFT JOIN categories AS c
-         ON c.tenant_id = v.tenant_id
+         ON c.tenant_id = v.tenant_id AND c.mode = v.mode
         AND c.key = coalesce(v.category, t.category, 'transactional')
 UNION ALL
-SELECT 1, NULL, NULL, NULL, NULL, NULL, n.tenant_id, n.idempotency_key, n.id, n.status,
+SELECT 1, NULL, NULL, NULL, NULL, NULL, n.tenant_id, n.mode, n.idempotency_key, n.id, n.status,
        n.priority, n.created_at, n.send_at, n.request_hash
   FROM notifications AS n
-  JOIN unnest($4::uuid[], $5::text[]) AS k(tenant_id, idempotency_key)
-    ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key
+  JOIN unnest($5::uuid[], $6::text[], $7::text[]) AS k(tenant_id, mode, idempotency_key)
+    ON n.tenant_id = k.tenant_id AND n.mode = k.mode AND n.idempotency_key = k.idempotency_key
 """
 
 _INSERT = """
@@ -97,16 +99,16 @@ SELECT id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_
        AS v(id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_key,
             template_version, category, channels, audience, data, locale, priority, send_at,
             created_at, trace_context)
-ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+ON CONFLICT (tenant_id, mode, idempotency_key) DO NOTHING
 RETURNING id
 """
 
 _EARLIER = """
-SELECT n.tenant_id, n.idempotency_key, n.id, n.status, n.priority, n.created_at, n.send_at,
-       n.request_hash
+SELECT n.tenant_id, n.mode, n.idempotency_key, n.id, n.status, n.priority, n.created_at,
+       n.send_at, n.request_hash
   FROM notifications AS n
-  JOIN unnest($1::uuid[], $2::text[]) AS k(tenant_id, idempotency_key)
-    ON n.tenant_id = k.tenant_id AND n.idempotency_key = k.idempotency_key
+  JOIN unnest($1::uuid[], $2::text[], $3::text[]) AS k(tenant_id, mode, idempotency_key)
+    ON n.tenant_id = k.tenant_id AND n.mode = k.mode AND n.idempotency_key = k.idempotency_key
 """
 
 _INSERT_COLUMNS = (
@@ -230,7 +232,7 @@ class IntakeWriter:
         keys = list(dict.fromkeys(_lookup_key(request) for request in batch))
         taken = list(
             dict.fromkeys(
-                (r.principal.tenant_id, r.idempotency_key)
+                (r.principal.tenant_id, r.principal.mode, r.idempotency_key)
                 for r in batch
                 if r.idempotency_key is not None
             )
@@ -240,38 +242,40 @@ class IntakeWriter:
             [k[0] for k in keys],
             [k[1] for k in keys],
             [k[2] for k in keys],
+            [k[3] for k in keys],
             [t[0] for t in taken],
             [t[1] for t in taken],
+            [t[2] for t in taken],
         )
-        found: dict[_LookupKey, tuple[TemplateSummary | None, bool]] = {}
-        earlier: dict[tuple[uuid.UUID, str], Any] = {}
+        found: dict[_LookupKey, tuple[TemplateSummary | None, bool | None]] = {}
+        earlier: dict[tuple[uuid.UUID, str, str], Any] = {}
         for row in rows:
             if row["kind"] == 1:
-                earlier[(row["tenant_id"], row["idempotency_key"])] = row
+                earlier[(row["tenant_id"], row["mode"], row["idempotency_key"])] = row
                 continue
             template = None
             if row["version"] is not None:
                 present = set(row["channels"])
                 template = TemplateSummary(
-                    keys[row["i"] - 1][1],
+                    keys[row["i"] - 1][2],
                     row["version"],
                     row["category"],
                     [c for c in CHANNELS if c in present],
                 )
-            found[keys[row["i"] - 1]] = (template, row["category_row"])
+            found[keys[row["i"] - 1]] = (template, row["category_critical"])
         for request in batch:
-            template, category_row = found[_lookup_key(request)]
+            template, critical = found[_lookup_key(request)]
             digest = request_hash(request.body)
-            holder = earlier.get((request.principal.tenant_id, request.idempotency_key or ""))
+            holder = earlier.get(_taken_key(request))
             if holder is not None:
                 _answer_earlier(request, holder, digest)
                 continue
-            category_found = category_row or category_of(request.body, template) in (
-                DEFAULT_CATEGORIES
-            )
+            if critical is None:  # no row: a built-in category, or none at all
+                default = DEFAULT_CATEGORIES.get(category_of(request.body, template))
+                critical = None if default is None else default.critical
             try:
                 request.row = notification_row(
-                    request.principal, request.body, template, category_found=category_found
+                    request.principal, request.body, template, category_critical=critical
                 )
             except InvalidNotification as invalid:
                 _fail(request, invalid)
@@ -299,16 +303,17 @@ class IntakeWriter:
     async def _replay(self, db: Any, requests: list[_Request]) -> None:
         """Requests whose Idempotency-Key was taken meanwhile: the original answer or a conflict."""
         earlier = {
-            (record[0], record[1]): record
+            (record["tenant_id"], record["mode"], record["idempotency_key"]): record
             for record in await db.fetch(
                 _EARLIER,
                 [r.principal.tenant_id for r in requests],
+                [r.principal.mode for r in requests],
                 [r.idempotency_key for r in requests],
             )
         }
         for request in requests:
             assert request.row is not None
-            record = earlier.get((request.principal.tenant_id, request.idempotency_key))
+            record = earlier.get(_taken_key(request))
             digest = request.row["request_hash"]
             request.row = None
             if record is None:  # the original was deleted with its tenant meanwhile
@@ -335,11 +340,18 @@ class IntakeWriter:
             log.exception("enqueue failed; the relay will enqueue", count=len(jobs))
 
 
-_LookupKey = tuple[uuid.UUID, str, str | None]
+_LookupKey = tuple[uuid.UUID, str, str, str | None]
 
 
 def _lookup_key(request: _Request) -> _LookupKey:
-    return (request.principal.tenant_id, request.body.template, request.body.category)
+    principal = request.principal
+    return (principal.tenant_id, principal.mode, request.body.template, request.body.category)
+
+
+def _taken_key(request: _Request) -> tuple[uuid.UUID, str, str]:
+    """Where an Idempotency-Key is unique: per tenant and mode."""
+    principal = request.principal
+    return (principal.tenant_id, principal.mode, request.idempotency_key or "")
 
 
 def _answer_earlier(request: _Request, earlier: Any, digest: str) -> None:

@@ -1,9 +1,10 @@
 """/v1/providers: a tenant's provider accounts per channel (scope `manage`).
 
 Credentials are accepted, validated per provider, sealed, and never returned: answers show a
-`fingerprint` instead. A test-mode key may read configs but not change them: test keys are
-the ones that end up in CI logs, and whoever holds one must not be able to redirect a
-tenant's live mail (say, to an SMTP server of their own).
+`fingerprint` instead. Provider configs are live objects (test mode always delivers to the
+sandbox), so a test key can neither read nor change them: test keys are the ones that end
+up in CI logs, and whoever holds one must not be able to learn or redirect where a tenant's
+live mail goes (say, to an SMTP server of their own).
 
 Reads show each config's circuit breaker, read from Redis in one round trip per answer; a
 Redis that does not answer costs the `breaker` object (null), never the answer itself.
@@ -23,7 +24,7 @@ from redis.exceptions import RedisError
 
 from app import crypto
 from app.auth.keys import Principal
-from app.auth.middleware import requires_scope
+from app.auth.middleware import live_mode_required, requires_scope
 from app.channels import Channel
 from app.crypto import Keyring
 from app.dependencies import DbSession
@@ -49,15 +50,6 @@ log = structlog.get_logger(__name__)
 
 def _not_found(provider_id: uuid.UUID) -> Problem:
     return Problem(404, "not_found", f"No provider config {provider_id} in this tenant.")
-
-
-def _live_caller(principal: Principal) -> None:
-    if principal.mode == "test":
-        raise Problem(
-            403,
-            "forbidden",
-            "A test-mode key cannot change provider configs; use a live key with `manage`.",
-        )
 
 
 def _keyring(request: ApiRequest) -> Keyring:
@@ -102,13 +94,12 @@ async def _saved(request: ApiRequest, saved: service.SavedConfig) -> ProviderSav
 class ProviderController(Controller):
     path = "/providers"
     tags = ["Providers"]
-    guards = [requires_scope("manage")]
+    guards = [live_mode_required, requires_scope("manage")]
 
     @post("/", summary="Add a provider config; a generated webhook secret is in this answer only")
     async def create_provider(
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[ProviderCreate]
     ) -> ProviderSaved:
-        _live_caller(request.user)
         config_input = service.ConfigInput(
             channel=data.channel,
             provider=data.provider,
@@ -175,7 +166,6 @@ class ProviderController(Controller):
         provider_id: FromPath[uuid.UUID],
         data: JSONBody[ProviderUpdate],
     ) -> ProviderSaved:
-        _live_caller(request.user)
         changes = service.ConfigChanges(
             name=data.name,
             priority=data.priority,
@@ -205,7 +195,6 @@ class ProviderController(Controller):
     async def delete_provider(
         self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
     ) -> ProviderDeleted:
-        _live_caller(request.user)
         deleted = await service.delete_config(
             db_session,
             tenant_id=request.user.tenant_id,
@@ -225,7 +214,6 @@ class ProviderController(Controller):
     async def reset_breaker(
         self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
     ) -> ProviderOut:
-        _live_caller(request.user)
         try:
             config = await service.reset_breaker(
                 db_session,

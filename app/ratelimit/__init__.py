@@ -1,9 +1,10 @@
-"""Rate limiting: token buckets in Redis, and the API's per-key intake limit."""
+"""Rate limiting: token buckets in Redis, and the API's per-tenant intake limit."""
 
 from app.ratelimit.buckets import (
     Bucket,
     Grant,
     TokenBuckets,
+    api_bucket,
     api_key_bucket,
     inbox_bucket,
     provider_bucket,
@@ -14,6 +15,7 @@ __all__ = [
     "Bucket",
     "Grant",
     "TokenBuckets",
+    "api_bucket",
     "api_key_bucket",
     "inbox_bucket",
     "provider_bucket",

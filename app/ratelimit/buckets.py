@@ -143,11 +143,13 @@ class Grant:
     # Seconds until the turn of the first message not granted, in the limiting bucket's
     # line; the k-th after it comes k / rate later (0.0 when all were granted).
     turn: float = 0.0
+    bucket: str = ""  # the limiting bucket's key
 
 
-def tenant_bucket(tenant_id: uuid.UUID | str, limits: PlanLimits) -> Bucket:
-    """The tenant's send bucket: messages handed to providers, all channels together."""
-    return Bucket(f"{tenant_id}:tenant", limits.send_rate, limits.send_burst)
+def tenant_bucket(tenant_id: uuid.UUID | str, mode: str, limits: PlanLimits) -> Bucket:
+    """The tenant's send bucket of one mode: messages handed to providers, all channels
+    together. Test sends have a bucket of their own, so they never slow live ones."""
+    return Bucket(f"{tenant_id}:tenant:{mode}", limits.send_rate, limits.send_burst)
 
 
 def provider_bucket(
@@ -157,11 +159,17 @@ def provider_bucket(
     return Bucket(f"{tenant_id}:provider:{config}", rate, burst)
 
 
+def api_bucket(tenant_id: uuid.UUID | str, mode: str, limits: PlanLimits) -> Bucket:
+    """API requests made with every key of the tenant in one mode: however many keys it
+    holds, a tenant gets its plan's rate; test keys cannot use up the live requests."""
+    return Bucket(f"{tenant_id}:api:{mode}", limits.api_rate, limits.api_burst)
+
+
 def api_key_bucket(
-    tenant_id: uuid.UUID | str, key_id: uuid.UUID | str, limits: PlanLimits
+    tenant_id: uuid.UUID | str, key_id: uuid.UUID | str, rate: float, burst: int
 ) -> Bucket:
-    """API requests made with one key."""
-    return Bucket(f"{tenant_id}:apikey:{key_id}", limits.api_rate, limits.api_burst)
+    """API requests made with one key that has a limit of its own (below its tenant's)."""
+    return Bucket(f"{tenant_id}:apikey:{key_id}", rate, burst)
 
 
 def inbox_bucket(tenant_id: uuid.UUID | str, recipient_id: uuid.UUID | str) -> Bucket:
@@ -265,4 +273,5 @@ def _grant(buckets: Sequence[Bucket], result: Any) -> Grant:
         by.rate,
         by.burst,
         int(turn_us) / 1_000_000,
+        by.key,
     )

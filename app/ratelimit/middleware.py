@@ -1,6 +1,8 @@
-"""The API's intake limit: every /v1 request takes one token from its caller's bucket.
+"""The API's intake limit: every /v1 request takes one token from its caller's buckets.
 
-An API key's bucket has its tenant's plan limits (PlanLimits.api_rate / api_burst); the
+The keys of one tenant in one mode share a bucket with the plan's limits (PlanLimits.api_rate
+/ api_burst): holding more keys buys no more requests, and test traffic cannot use up live
+requests. A key with a limit of its own also takes from its own bucket, at the same time. The
 inbox tokens of one recipient share a small fixed bucket. Over the limit the answer is 429
 problem+json with Retry-After and the IETF draft RateLimit-* headers; under it, the
 response carries RateLimit-Limit and RateLimit-Remaining.
@@ -25,7 +27,14 @@ from redis.exceptions import RedisError
 from app.auth.keys import Principal
 from app.inbox.tokens import RecipientPrincipal
 from app.problems import Problem
-from app.ratelimit.buckets import Bucket, Grant, TokenBuckets, api_key_bucket, inbox_bucket
+from app.ratelimit.buckets import (
+    Bucket,
+    Grant,
+    TokenBuckets,
+    api_bucket,
+    api_key_bucket,
+    inbox_bucket,
+)
 from app.tenants.plans import limits_for
 
 log = structlog.get_logger(__name__)
@@ -59,21 +68,36 @@ class _FailOpenLog:
 _fail_open = _FailOpenLog()
 
 
-def _bucket_for(user: object) -> Bucket | None:
+def _buckets_for(user: object) -> tuple[Bucket, ...]:
     if isinstance(user, Principal):
-        return api_key_bucket(user.tenant_id, user.key_id, limits_for(user.plan))
+        tenant = api_bucket(user.tenant_id, user.mode, limits_for(user.plan))
+        if user.rate_per_second is None or user.burst is None:
+            return (tenant,)
+        return (
+            tenant,
+            api_key_bucket(user.tenant_id, user.key_id, user.rate_per_second, user.burst),
+        )
     if isinstance(user, RecipientPrincipal):
-        return inbox_bucket(user.tenant_id, user.recipient_id)
-    return None
+        return (inbox_bucket(user.tenant_id, user.recipient_id),)
+    return ()
 
 
-def _refusal(bucket: Bucket, grant: Grant) -> Problem:
+def _whose(user: object, grant: Grant) -> str:
+    if isinstance(user, RecipientPrincipal):
+        return "this recipient's inbox tokens"
+    if grant.bucket.split(":")[1] == "apikey":
+        return "this API key"
+    mode = user.mode if isinstance(user, Principal) else "live"
+    return f"the {mode}-mode keys of this tenant together"
+
+
+def _refusal(user: object, grant: Grant) -> Problem:
     seconds = max(1, math.ceil(grant.wait))
     return Problem(
         429,
         "rate_limited",
-        f"Rate limit exceeded: this credential may make {bucket.rate:g} requests per second "
-        f"(bursts of {bucket.burst}); retry in {seconds} s.",
+        f"Rate limit exceeded: {_whose(user, grant)} may make {grant.rate:g} requests per "
+        f"second (bursts of {grant.limit}); retry in {seconds} s.",
         headers={
             "Retry-After": str(seconds),
             "RateLimit-Limit": str(grant.limit),
@@ -86,20 +110,21 @@ def _refusal(bucket: Bucket, grant: Grant) -> Problem:
 
 def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        bucket = _bucket_for(scope.get("user")) if scope["type"] == ScopeType.HTTP else None
-        if bucket is None:
+        user = scope.get("user")
+        mine = _buckets_for(user) if scope["type"] == ScopeType.HTTP else ()
+        if not mine:
             await app(scope, receive, send)
             return
         buckets: TokenBuckets = scope["litestar_app"].state.token_buckets
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                grant = await buckets.take_together((bucket,), 1)
+                grant = await buckets.take_together(mine, 1)
         except (RedisError, OSError, TimeoutError) as error:
             _fail_open.warn(error)
             await app(scope, receive, send)
             return
         if grant.granted == 0:
-            raise _refusal(bucket, grant)
+            raise _refusal(user, grant)
         extra = [
             (b"ratelimit-limit", str(grant.limit).encode()),
             (b"ratelimit-remaining", str(grant.remaining).encode()),

@@ -1,7 +1,8 @@
 """/v1/recipients, /v1/categories and /v1/suppressions.
 
 Scopes: reading needs `read`; every write (PUT, POST, DELETE) needs `send`, the scope of
-the integrations that register users as they notify them.
+the integrations that register users as they notify them. Every object read or written is
+of the calling key's mode (app/modes.py).
 """
 
 from __future__ import annotations
@@ -57,16 +58,16 @@ def invalid(error: RecipientInvalid, prefix: str | None = None) -> Problem:
     return Problem(422, "validation_error", detail, errors=errors)
 
 
-def _no_recipient(external_id: str) -> Problem:
-    return Problem(404, "not_found", f"No recipient {external_id!r} in this tenant.")
+def _no_recipient(external_id: str, mode: str) -> Problem:
+    return Problem(404, "not_found", f"No recipient {external_id!r} in {mode} mode.")
 
 
-async def _recipient(db_session: DbSession, tenant_id: uuid.UUID, external_id: str) -> Recipient:
+async def _recipient(db_session: DbSession, caller: Principal, external_id: str) -> Recipient:
     recipient = await service.get_recipient(
-        db_session, tenant_id=tenant_id, external_id=external_id
+        db_session, tenant_id=caller.tenant_id, mode=caller.mode, external_id=external_id
     )
     if recipient is None:
-        raise _no_recipient(external_id)
+        raise _no_recipient(external_id, caller.mode)
     return recipient
 
 
@@ -95,7 +96,7 @@ class RecipientController(Controller):
         item = RecipientInput(external_id=external_id, **fields)
         try:
             [upserted] = await service.upsert_with_outcome(
-                db_session, tenant_id=request.user.tenant_id, items=[item]
+                db_session, tenant_id=request.user.tenant_id, mode=request.user.mode, items=[item]
             )
         except RecipientInvalid as error:
             raise invalid(error) from None
@@ -107,7 +108,7 @@ class RecipientController(Controller):
     async def get_recipient(
         self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
     ) -> RecipientOut:
-        return RecipientOut.of(await _recipient(db_session, request.user.tenant_id, external_id))
+        return RecipientOut.of(await _recipient(db_session, request.user, external_id))
 
     @delete(
         "/{external_id:str}",
@@ -121,12 +122,13 @@ class RecipientController(Controller):
         erased = await service.erase_recipient(
             db_session,
             tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
             external_id=external_id,
             actor=request.user.actor,
             keyring=crypto.keyring_for(request.app.state.settings),
         )
         if erased is None:
-            raise _no_recipient(external_id)
+            raise _no_recipient(external_id, request.user.mode)
         await db_session.commit()
         return RecipientOut.of(erased)
 
@@ -147,6 +149,7 @@ class RecipientController(Controller):
             page = await service.list_recipients(
                 db_session,
                 tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
                 limit=limit,
                 cursor=cursor,
                 email=email,
@@ -176,6 +179,7 @@ class RecipientController(Controller):
             outcome = await service.upsert_with_outcome(
                 db_session,
                 tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
                 items=data.recipients,
             )
         except RecipientInvalid as error:
@@ -193,10 +197,9 @@ class RecipientController(Controller):
     async def get_preferences(
         self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
     ) -> Preferences:
-        tenant_id = request.user.tenant_id
-        recipient = await _recipient(db_session, tenant_id, external_id)
+        recipient = await _recipient(db_session, request.user, external_id)
         found = await prefs.get_preferences(
-            db_session, tenant_id=tenant_id, recipient_id=recipient.id
+            db_session, tenant_id=recipient.tenant_id, recipient_id=recipient.id
         )
         return Preferences(channels=found.channels, categories=found.categories)
 
@@ -212,12 +215,11 @@ class RecipientController(Controller):
         external_id: FromPath[str],
         data: JSONBody[Preferences],
     ) -> Preferences:
-        tenant_id = request.user.tenant_id
-        recipient = await _recipient(db_session, tenant_id, external_id)
+        recipient = await _recipient(db_session, request.user, external_id)
         try:
             stored = await prefs.set_preferences(
                 db_session,
-                tenant_id=tenant_id,
+                tenant_id=recipient.tenant_id,
                 recipient_id=recipient.id,
                 channels=data.channels,
                 categories=data.categories,
@@ -248,7 +250,9 @@ class CategoryController(Controller):
 
     @get("/", guards=READ, summary="List categories, the built-in ones included")
     async def list_categories(self, request: ApiRequest, db_session: DbSession) -> CategoryList:
-        records = await prefs.list_categories(db_session, tenant_id=request.user.tenant_id)
+        records = await prefs.list_categories(
+            db_session, tenant_id=request.user.tenant_id, mode=request.user.mode
+        )
         return CategoryList(object="list", data=[_category_out(r) for r in records])
 
     @put(
@@ -269,6 +273,7 @@ class CategoryController(Controller):
             record, created = await prefs.put_category(
                 db_session,
                 tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
                 key=key,
                 name=data.name,
                 description=data.description,
@@ -298,6 +303,7 @@ class SuppressionController(Controller):
         page = await suppressions.list_suppressions(
             db_session,
             tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
             limit=limit,
             cursor=cursor,
             channel=channel,
@@ -325,6 +331,7 @@ class SuppressionController(Controller):
             row, created = await suppressions.add_suppression(
                 db_session,
                 tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
                 channel=data.channel,
                 address=data.address,
                 reason=data.reason,
@@ -343,10 +350,13 @@ class SuppressionController(Controller):
         removed = await suppressions.remove_suppression(
             db_session,
             tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
             suppression_id=suppression_id,
             actor=request.user.actor,
         )
         if removed is None:
-            raise Problem(404, "not_found", f"No suppression {suppression_id} in this tenant.")
+            raise Problem(
+                404, "not_found", f"No suppression {suppression_id} in {request.user.mode} mode."
+            )
         await db_session.commit()
         return SuppressionOut.of(removed)

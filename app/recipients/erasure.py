@@ -100,9 +100,9 @@ _NOTIFICATIONS = text(
                             = jsonb_build_array(CAST(:external_id AS text))
                        THEN '{}'::jsonb ELSE n.data END
       FROM (SELECT id FROM notifications
-             WHERE :pending AND status = 'accepted' AND tenant_id = :tenant_id
+             WHERE :pending AND status = 'accepted' AND tenant_id = :tenant_id AND mode = :mode
             UNION SELECT unnest(CAST(:ids AS uuid[]))) AS w
-     WHERE n.id = w.id AND n.tenant_id = :tenant_id
+     WHERE n.id = w.id AND n.tenant_id = :tenant_id AND n.mode = :mode
        AND n.audience -> 'recipients' @> jsonb_build_array(CAST(:external_id AS text))
     """
 )
@@ -120,13 +120,15 @@ async def erase_recipient(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     external_id: str,
     actor: str,
     keyring: Keyring | None = None,
 ) -> Recipient | None:
-    """Erase the recipient's personal data everywhere, in the caller's transaction."""
+    """Erase the recipient of that mode everywhere, in the caller's transaction."""
     live = (
         Recipient.tenant_id == tenant_id,
+        Recipient.mode == mode,
         Recipient.external_id == external_id,
         Recipient.erased_at.is_(None),
     )
@@ -135,6 +137,7 @@ async def erase_recipient(
         return None
     scope = {
         "tenant_id": tenant_id,
+        "mode": mode,
         "external_id": external_id,
         "erased_id": f"{ERASED_PREFIX}{recipient_id}",
     }
@@ -170,6 +173,7 @@ async def erase_recipient(
     await hide_addresses(
         session,
         tenant_id=tenant_id,
+        mode=mode,
         addresses=known + [(m.channel, m.address) for m in messages],
         keyring=keyring,
     )
@@ -185,7 +189,11 @@ async def erase_recipient(
         actor=actor,
         action="recipient.erased",
         target=str(erased.id),
-        details={"messages": len(messages), "cancelled": sum(m.cancelled for m in messages)},
+        details={
+            "messages": len(messages),
+            "cancelled": sum(m.cancelled for m in messages),
+            "mode": mode,
+        },
     )
     return erased
 

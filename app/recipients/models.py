@@ -1,7 +1,8 @@
 """recipients, categories, preferences and suppressions: who may be reached, where and how.
 
-Every row carries tenant_id. Preferences reference their recipient through
-(tenant_id, recipient_id), so a preference can never point at another tenant's recipient.
+Every row carries tenant_id and its mode (app/modes.py). Preferences reference their
+recipient through (tenant_id, recipient_id), so a preference can never point at another
+tenant's recipient; they belong to their recipient's mode.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.channels import CHANNELS
 from app.db import Base, CreatedAt, UuidPrimaryKey
+from app.modes import mode_check, mode_column
 
 SUPPRESSION_REASONS = (
     "hard_bounce",
@@ -50,14 +52,18 @@ class UpdatedAt:
 class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
     __tablename__ = "recipients"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "external_id"),
-        # Keyset pagination within a tenant, and the target of preferences' tenant-safe FK.
+        UniqueConstraint("tenant_id", "mode", "external_id"),
+        # The target of preferences' tenant-safe FK.
         UniqueConstraint("tenant_id", "id"),
-        Index("ix_recipients_tenant_id_email", "tenant_id", text("lower(email)")),
-        Index("ix_recipients_tenant_id_phone", "tenant_id", "phone"),
+        # Keyset pagination within a tenant's mode.
+        Index("ix_recipients_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        Index("ix_recipients_tenant_id_mode_email", "tenant_id", "mode", text("lower(email)")),
+        Index("ix_recipients_tenant_id_mode_phone", "tenant_id", "mode", "phone"),
+        mode_check(),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mode_column()
     external_id: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
     phone: Mapped[str | None] = mapped_column(String(16))
@@ -71,14 +77,18 @@ class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
         JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
     erased_at: Mapped[datetime | None]
+    # Inbox tokens issued before this instant are refused (POST …/inbox-tokens/revoke).
+    inbox_tokens_valid_after: Mapped[datetime | None]
 
 
 class Category(CreatedAt, UpdatedAt, Base):
     __tablename__ = "categories"
+    __table_args__ = (mode_check(),)
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
+    mode: Mapped[str] = mapped_column(String(8), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
@@ -109,13 +119,15 @@ class Preference(UpdatedAt, Base):
 class Suppression(UuidPrimaryKey, CreatedAt, Base):
     __tablename__ = "suppressions"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "channel", "address"),
-        Index("ix_suppressions_tenant_id_id", "tenant_id", "id"),
+        UniqueConstraint("tenant_id", "mode", "channel", "address"),
+        Index("ix_suppressions_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        mode_check(),
         CheckConstraint(f"channel IN {CHANNELS!r}", name="channel"),
         CheckConstraint(f"reason IN {SUPPRESSION_REASONS!r}", name="reason"),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mode_column()
     channel: Mapped[str] = mapped_column(String(16))
     address: Mapped[str] = mapped_column(String(2048))
     reason: Mapped[str] = mapped_column(String(32))

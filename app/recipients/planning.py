@@ -79,6 +79,7 @@ async def plan_deliveries(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     recipients: list[Recipient],
     channels: list[str],
     category: CategoryView,
@@ -86,7 +87,8 @@ async def plan_deliveries(
 ) -> list[PlannedDelivery]:
     """One PlannedDelivery per recipient x channel x address, in that order.
 
-    `kill_switches` is the tenant's {channel: mode}; critical categories ignore them.
+    `recipients` are of `mode`, whose suppressions apply. `kill_switches` is the tenant's
+    {channel: switch}; critical categories ignore them.
     """
     unknown = [channel for channel in channels if channel not in CHANNELS]
     if unknown:
@@ -110,7 +112,7 @@ async def plan_deliveries(
     wanted = {
         (c, suppression_key(c, address)) for _, c, address in candidates if address and c in flowing
     }
-    blocked = await suppressed(session, tenant_id=tenant_id, pairs=wanted)
+    blocked = await suppressed(session, tenant_id=tenant_id, mode=mode, pairs=wanted)
 
     def skip_reason(recipient: Recipient, channel: str, address: str) -> str | None:
         # The tenant's switch comes first: it is why nothing went out on the channel.

@@ -1,7 +1,8 @@
 """Categories of notifications, and each recipient's channel preferences per category.
 
-Every tenant has the default categories `transactional`, `marketing` and `security` (the last
-critical) without any row; a PUT stores a row that overrides the default. A preference row
+Every tenant has, in each mode, the default categories `transactional`, `marketing` and
+`security` (the last critical) without any row; a PUT stores a row of the caller's mode that
+overrides the default. A preference row
 switches one channel for one category, or for every category when category is '*'.
 Nothing stored means enabled.
 """
@@ -84,18 +85,24 @@ def _record(row: Category) -> CategoryRecord:
     )
 
 
-async def list_categories(session: AsyncSession, *, tenant_id: uuid.UUID) -> list[CategoryRecord]:
-    """The tenant's categories by key, defaults included unless overridden."""
-    rows = await session.scalars(select(Category).where(Category.tenant_id == tenant_id))
+async def list_categories(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str
+) -> list[CategoryRecord]:
+    """The tenant's categories of a mode by key, defaults included unless overridden."""
+    rows = await session.scalars(
+        select(Category).where(Category.tenant_id == tenant_id, Category.mode == mode)
+    )
     records = dict(DEFAULT_CATEGORIES) | {row.key: _record(row) for row in rows}
     return [records[key] for key in sorted(records)]
 
 
 async def get_category(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, key: str
 ) -> CategoryView | None:
     row = await session.scalar(
-        select(Category).where(Category.tenant_id == tenant_id, Category.key == key)
+        select(Category).where(
+            Category.tenant_id == tenant_id, Category.mode == mode, Category.key == key
+        )
     )
     if row is not None:
         return _record(row).view
@@ -107,6 +114,7 @@ async def put_category(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     key: str,
     name: str,
     description: str,
@@ -122,9 +130,9 @@ async def put_category(
     values = {"name": name, "description": description, "critical": critical}
     upsert = (
         pg_insert(Category)
-        .values(tenant_id=tenant_id, key=key, created_at=func.now(), **values)
+        .values(tenant_id=tenant_id, mode=mode, key=key, created_at=func.now(), **values)
         .on_conflict_do_update(
-            index_elements=[Category.tenant_id, Category.key],
+            index_elements=[Category.tenant_id, Category.mode, Category.key],
             set_={**values, "updated_at": func.now()},
         )
         .returning(Category, WAS_INSERTED)
@@ -139,7 +147,7 @@ async def put_category(
         actor=actor,
         action="category.created" if created else "category.updated",
         target=key,
-        details={"critical": critical},
+        details={"critical": critical, "mode": mode},
     )
     return _record(row), created
 

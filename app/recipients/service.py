@@ -3,7 +3,7 @@
 This module is also the notification dispatcher's and the delivery path's one entry point into
 the domain: it re-exports get_category (preferences.py), plan_deliveries (planning.py),
 add_suppressions (suppressions.py), erase_recipient, erased_messages and ERASED_TEXT
-(erasure.py). Every function takes the tenant and filters on it.
+(erasure.py). Every function takes the tenant and the mode (app/modes.py) and filters on both.
 """
 
 from __future__ import annotations
@@ -130,13 +130,14 @@ def _validated(items: Sequence[RecipientInput]) -> dict[str, dict[str, Any]]:
     return merged
 
 
-def _upsert_statement(tenant_id: uuid.UUID, merged: dict[str, dict[str, Any]]) -> Insert:
+def _upsert_statement(tenant_id: uuid.UUID, mode: str, merged: dict[str, dict[str, Any]]) -> Insert:
     # Sorted, so that concurrent batches lock their rows in the same order (no deadlock).
     ordered = sorted(merged.items())
     rows = [
         {
             "id": uuid7(),
             "tenant_id": tenant_id,
+            "mode": mode,
             "external_id": external_id,
             **{field: values.get(field, _cleared(field)) for field in FIELDS},
             # The database's clock for both, as for updates: created_at == updated_at when new.
@@ -155,7 +156,8 @@ def _upsert_statement(tenant_id: uuid.UUID, merged: dict[str, dict[str, Any]]) -
         elif given:
             assignments[field] = _given_or_kept(excluded, field, given)
     return statement.on_conflict_do_update(
-        index_elements=[Recipient.tenant_id, Recipient.external_id], set_=assignments
+        index_elements=[Recipient.tenant_id, Recipient.mode, Recipient.external_id],
+        set_=assignments,
     )
 
 
@@ -175,13 +177,14 @@ async def upsert_with_outcome(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     items: Sequence[RecipientInput],
 ) -> list[Upserted]:
     """Create or update recipients in one statement, saying which were created."""
     merged = _validated(items)
     if not merged:
         return []
-    statement = _upsert_statement(tenant_id, merged).returning(Recipient, WAS_INSERTED)
+    statement = _upsert_statement(tenant_id, mode, merged).returning(Recipient, WAS_INSERTED)
     result = await session.execute(statement, execution_options={"populate_existing": True})
     by_id = {row[0].external_id: Upserted(row[0], bool(row[1])) for row in result.all()}
     # Not audited: recipient writes are data, at send-path volume; the audit log records
@@ -193,19 +196,21 @@ async def upsert_recipients(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     items: list[RecipientInput],
 ) -> list[Recipient]:
     """Create or update recipients in one statement; raises RecipientInvalid before any I/O."""
-    outcome = await upsert_with_outcome(session, tenant_id=tenant_id, items=items)
+    outcome = await upsert_with_outcome(session, tenant_id=tenant_id, mode=mode, items=items)
     return [u.recipient for u in outcome]
 
 
 async def get_recipient(
-    session: AsyncSession, *, tenant_id: uuid.UUID, external_id: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, external_id: str
 ) -> Recipient | None:
     recipient: Recipient | None = await session.scalar(
         select(Recipient).where(
             Recipient.tenant_id == tenant_id,
+            Recipient.mode == mode,
             Recipient.external_id == external_id,
             Recipient.erased_at.is_(None),
         )
@@ -217,6 +222,7 @@ async def get_by_external_ids(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     external_ids: list[str],
     for_delivery: bool = False,
 ) -> list[Recipient]:
@@ -229,6 +235,7 @@ async def get_by_external_ids(
     ids = bindparam("external_ids", list(dict.fromkeys(external_ids)), type_=ARRAY(String))
     query = select(Recipient).where(
         Recipient.tenant_id == tenant_id,
+        Recipient.mode == mode,
         Recipient.external_id.in_(select(func.unnest(ids))),
         Recipient.erased_at.is_(None),
     )
@@ -243,13 +250,16 @@ async def list_recipients(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     limit: int,
     cursor: uuid.UUID | None = None,
     email: str | None = None,
     phone: str | None = None,
 ) -> Page[Recipient]:
-    """Live recipients, newest first; `email` (any case) and `phone` are normalised first."""
-    query = select(Recipient).where(Recipient.tenant_id == tenant_id, Recipient.erased_at.is_(None))
+    """Recipients not erased, newest first; `email` (any case) and `phone` are normalised first."""
+    query = select(Recipient).where(
+        Recipient.tenant_id == tenant_id, Recipient.mode == mode, Recipient.erased_at.is_(None)
+    )
     if email is not None:
         query = query.where(func.lower(Recipient.email) == normalise_email(email).lower())
     if phone is not None:

@@ -2,6 +2,8 @@
 
 Providers' bounce and complaint reports add them (add_suppressions), tenants add and remove
 them by hand. Addresses are stored in the form `suppression_key` gives, and looked up in it.
+Suppressions belong to a mode: a live bounce protects live sends, and a test key can neither
+read nor lift a live suppression.
 
 An erased recipient's suppressed addresses are kept as keyed digests (`erased:<hex>`, see
 app/crypto.py) instead: nobody can read them back, yet every lookup of the address still
@@ -58,6 +60,7 @@ async def add_suppressions(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     entries: list[tuple[str, str, str, str]],
     erased: bool = False,
     keyring: Keyring | None = None,
@@ -75,6 +78,7 @@ async def add_suppressions(
             {
                 "id": uuid7(),
                 "tenant_id": tenant_id,
+                "mode": mode,
                 "channel": channel,
                 "address": key if ring is None else erased_form(tenant_id, channel, key, ring),
                 "reason": reason,
@@ -92,6 +96,7 @@ async def add_suppression(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     channel: str,
     address: str,
     reason: str,
@@ -102,11 +107,16 @@ async def add_suppression(
     key = check_suppression_address(channel, address)
     _check_entry(channel, key, reason)
     statement = pg_insert(Suppression).values(
-        tenant_id=tenant_id, channel=channel, address=key, reason=reason, source=source
+        tenant_id=tenant_id, mode=mode, channel=channel, address=key, reason=reason, source=source
     )
     # A no-op update, so that the existing row comes back from the same statement.
     upsert = statement.on_conflict_do_update(
-        index_elements=[Suppression.tenant_id, Suppression.channel, Suppression.address],
+        index_elements=[
+            Suppression.tenant_id,
+            Suppression.mode,
+            Suppression.channel,
+            Suppression.address,
+        ],
         set_={"channel": statement.excluded.channel},
     ).returning(Suppression, WAS_INSERTED)
     row, created = (
@@ -120,7 +130,7 @@ async def add_suppression(
             actor=actor,
             action="suppression.added",
             target=str(row.id),
-            details={"channel": channel, "reason": reason},
+            details={"channel": channel, "reason": reason, "mode": mode},
         )
     return row, bool(created)
 
@@ -129,6 +139,7 @@ async def list_suppressions(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     limit: int,
     cursor: uuid.UUID | None = None,
     channel: str | None = None,
@@ -136,7 +147,7 @@ async def list_suppressions(
     keyring: Keyring | None = None,
 ) -> Page[Suppression]:
     """The tenant's suppressions, newest first; `address` also finds an erased one's digest."""
-    query = select(Suppression).where(Suppression.tenant_id == tenant_id)
+    query = select(Suppression).where(Suppression.tenant_id == tenant_id, Suppression.mode == mode)
     if channel is not None:
         query = query.where(Suppression.channel == channel)
     if address is not None:
@@ -151,11 +162,20 @@ async def list_suppressions(
 
 
 async def remove_suppression(
-    session: AsyncSession, *, tenant_id: uuid.UUID, suppression_id: uuid.UUID, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    suppression_id: uuid.UUID,
+    actor: str,
 ) -> Suppression | None:
     removed: Suppression | None = await session.scalar(
         delete(Suppression)
-        .where(Suppression.tenant_id == tenant_id, Suppression.id == suppression_id)
+        .where(
+            Suppression.tenant_id == tenant_id,
+            Suppression.mode == mode,
+            Suppression.id == suppression_id,
+        )
         .returning(Suppression)
     )
     if removed is not None:
@@ -165,7 +185,7 @@ async def remove_suppression(
             actor=actor,
             action="suppression.removed",
             target=str(suppression_id),
-            details={"channel": removed.channel, "reason": removed.reason},
+            details={"channel": removed.channel, "reason": removed.reason, "mode": mode},
         )
     return removed
 
@@ -174,6 +194,7 @@ async def suppressed(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     pairs: Iterable[tuple[str, str]],
     keyring: Keyring | None = None,
 ) -> set[tuple[str, str]]:
@@ -190,6 +211,7 @@ async def suppressed(
     rows = await session.execute(
         select(Suppression.channel, Suppression.address).where(
             Suppression.tenant_id == tenant_id,
+            Suppression.mode == mode,
             Suppression.channel == any_(bindparam("channels", channels, type_=ARRAY(String))),
             Suppression.address == any_(bindparam("addresses", addresses, type_=ARRAY(String))),
         )
@@ -198,15 +220,16 @@ async def suppressed(
 
 
 # A suppression whose digest is already stored (the address was erased before, and suppressed
-# again since) is dropped rather than renamed: the pair is unique per tenant.
+# again since) is dropped rather than renamed: the pair is unique per tenant and mode.
 _DROP_DUPLICATES = text(
     """
     DELETE FROM suppressions AS s
      USING unnest(CAST(:channels AS text[]), CAST(:keys AS text[]), CAST(:forms AS text[]))
            AS e(channel, key, form)
-     WHERE s.tenant_id = :tenant_id AND s.channel = e.channel AND s.address = e.key
+     WHERE s.tenant_id = :tenant_id AND s.mode = :mode AND s.channel = e.channel
+       AND s.address = e.key
        AND EXISTS (SELECT 1 FROM suppressions AS d
-                    WHERE d.tenant_id = :tenant_id AND d.channel = e.channel
+                    WHERE d.tenant_id = :tenant_id AND d.mode = :mode AND d.channel = e.channel
                       AND d.address = e.form)
     """
 )
@@ -216,7 +239,8 @@ _TO_DIGESTS = text(
        SET address = e.form
       FROM unnest(CAST(:channels AS text[]), CAST(:keys AS text[]), CAST(:forms AS text[]))
            AS e(channel, key, form)
-     WHERE s.tenant_id = :tenant_id AND s.channel = e.channel AND s.address = e.key
+     WHERE s.tenant_id = :tenant_id AND s.mode = :mode AND s.channel = e.channel
+       AND s.address = e.key
     """
 )
 
@@ -225,6 +249,7 @@ async def hide_addresses(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     addresses: Iterable[tuple[str, str]],
     keyring: Keyring | None = None,
 ) -> None:
@@ -238,6 +263,7 @@ async def hide_addresses(
         return
     params = {
         "tenant_id": tenant_id,
+        "mode": mode,
         "channels": [channel for channel, _ in keys],
         "keys": [key for _, key in keys],
         "forms": [erased_form(tenant_id, channel, key, ring) for channel, key in keys],

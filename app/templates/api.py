@@ -50,9 +50,9 @@ def _checked_key(key: str) -> str:
     return key
 
 
-def _not_found(key: str, version: int | None = None) -> Problem:
+def _not_found(key: str, mode: str, version: int | None = None) -> Problem:
     what = f"version {version} of template" if version is not None else "template"
-    return Problem(404, "not_found", f"No {what} {key!r} in this tenant.")
+    return Problem(404, "not_found", f"No {what} {key!r} in {mode} mode.")
 
 
 def _invalid(error: InvalidTemplate) -> Problem:
@@ -63,10 +63,14 @@ async def _template(
     db_session: DbSession, request: ApiRequest, key: str, version: int | None
 ) -> TemplateVersion:
     template = await service.get_template(
-        db_session, tenant_id=request.user.tenant_id, key=_checked_key(key), version=version
+        db_session,
+        tenant_id=request.user.tenant_id,
+        mode=request.user.mode,
+        key=_checked_key(key),
+        version=version,
     )
     if template is None:
-        raise _not_found(key, version)
+        raise _not_found(key, request.user.mode, version)
     return template
 
 
@@ -92,6 +96,7 @@ class TemplateController(Controller):
             saved = await service.save_template(
                 db_session,
                 tenant_id=principal.tenant_id,
+                mode=principal.mode,
                 key=key,
                 content=_builtins(data.content),
                 locales={tag: _builtins(value) for tag, value in data.locales.items()},
@@ -114,7 +119,11 @@ class TemplateController(Controller):
         cursor: FromQuery[uuid.UUID | None] = None,
     ) -> TemplateList:
         page = await service.list_templates(
-            db_session, tenant_id=request.user.tenant_id, limit=limit, cursor=cursor
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            limit=limit,
+            cursor=cursor,
         )
         return TemplateList(
             object="list",
@@ -149,12 +158,13 @@ class TemplateController(Controller):
         page = await service.list_versions(
             db_session,
             tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
             key=_checked_key(key),
             limit=limit,
             before=cursor,
         )
         if not page.items and cursor is None:
-            raise _not_found(key)
+            raise _not_found(key, request.user.mode)
         return TemplateList(
             object="list",
             data=[TemplateSummary.of(t) for t in page.items],
@@ -174,11 +184,12 @@ class TemplateController(Controller):
         deleted = await service.delete_template(
             db_session,
             tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
             key=_checked_key(key),
             actor=request.user.actor,
         )
         if not deleted:
-            raise _not_found(key)
+            raise _not_found(key, request.user.mode)
         await db_session.commit()
         return TemplateDeleted(object="template", key=key, deleted=True, versions_deleted=deleted)
 

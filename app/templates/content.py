@@ -7,6 +7,7 @@ The types are a tagged union on `channel`, so `msgspec.json.encode(content)` and
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -38,3 +39,32 @@ class InboxContent(msgspec.Struct, frozen=True, tag_field="channel", tag="inbox"
 
 
 Content = EmailContent | SmsContent | PushContent | WebhookContent | InboxContent
+
+MAX_ACTION_URL = 2048
+
+
+def check_action_url(url: str) -> str:
+    """An inbox item's link, which a tenant's front-end renders as a link: an http(s) URL or
+    a path on the tenant's own site (`/orders/1`), so that data or a template cannot plant
+    `javascript:` or `data:` in someone's inbox."""
+    url = url.strip()
+    if len(url) > MAX_ACTION_URL:
+        raise ValueError(f"action_url is longer than {MAX_ACTION_URL} characters")
+    if any(ord(c) < 0x21 or c == "\x7f" for c in url):
+        raise ValueError("action_url contains spaces or control characters")
+    parts = urlsplit(url)
+    if url.startswith("/") and not url.startswith("//") and not parts.scheme:
+        return url
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError("action_url must be an http:// or https:// URL, or a path such as /a/b")
+    return url
+
+
+def safe_action_url(url: object) -> str | None:
+    """The stored link if it passes check_action_url, else None (items rendered earlier)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return check_action_url(url)
+    except ValueError:
+        return None

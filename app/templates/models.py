@@ -17,18 +17,21 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.channels import CHANNELS
 from app.db import Base, CreatedAt, UuidPrimaryKey
+from app.modes import mode_check, mode_column
 from app.templates.sources import locale_candidates, normalise_locale
 
 
 class Template(UuidPrimaryKey, CreatedAt, Base):
     __tablename__ = "templates"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "key", "version"),
+        UniqueConstraint("tenant_id", "mode", "key", "version"),
         CheckConstraint("version >= 1", name="version"),
-        Index("ix_templates_tenant_id_id", "tenant_id", "id"),
+        Index("ix_templates_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        mode_check(),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mode_column()
     key: Mapped[str] = mapped_column(String(100))
     version: Mapped[int]
     name: Mapped[str] = mapped_column(String(200))

@@ -28,6 +28,7 @@ from app.templates.content import (
     PushContent,
     SmsContent,
     WebhookContent,
+    check_action_url,
 )
 from app.templates.guards import LimitExceeded, metered, tick
 from app.templates.limits import MAX_OUTPUT_BYTES, RENDER_TIMEOUT_SECONDS
@@ -238,9 +239,18 @@ def _build(channel: str, content: dict[str, Any], field: Callable[[str], str]) -
         return WebhookContent(body=_render_tree(content["body"], "body", field))
     if channel == "inbox":
         return InboxContent(
-            title=field("title"), body=field("body"), action_url=optional("action_url")
+            title=field("title"), body=field("body"), action_url=_action_url(optional("action_url"))
         )
     raise RenderFailed(channel, f"unknown channel {channel!r}")
+
+
+def _action_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    try:
+        return check_action_url(url)
+    except ValueError as refused:
+        raise RenderFailed("inbox.action_url", str(refused)) from None
 
 
 def _render_tree(value: Any, path: str, field: Callable[[str], str]) -> Any:

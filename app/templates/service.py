@@ -1,7 +1,9 @@
 """Templates of a tenant: saving immutable versions, reading, listing and deleting them.
 
-A save inserts the next version under a per-(tenant, key) advisory lock, so concurrent saves
-get consecutive versions instead of colliding on UNIQUE(tenant_id, key, version). A delete
+Templates belong to a mode (app/modes.py): test and live each have their own versions of a
+key, so a test key cannot change what live sends say. A save inserts the next version under
+a per-(tenant, mode, key) advisory lock, so concurrent saves get consecutive versions
+instead of colliding on UNIQUE(tenant_id, mode, key, version). A delete
 soft-deletes every version; reads and sends no longer see them, and a later save continues
 the numbering (versions are never reused).
 """
@@ -24,12 +26,12 @@ from app.templates.models import Template, TemplateVersion
 from app.templates.validation import FieldError, InvalidTemplate, check_template, is_key
 
 
-async def _lock(session: AsyncSession, tenant_id: uuid.UUID, key: str) -> None:
+async def _lock(session: AsyncSession, tenant_id: uuid.UUID, mode: str, key: str) -> None:
     """Serialise saves and deletes of one template until the transaction ends."""
     # Taken before audit.append's per-tenant lock, always in that order: no deadlock.
     await session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"template:{tenant_id}:{key}"},
+        {"key": f"template:{tenant_id}:{mode}:{key}"},
     )
 
 
@@ -37,6 +39,7 @@ async def save_template(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     key: str,
     content: dict[str, Any],
     locales: dict[str, Any] | None = None,
@@ -46,7 +49,7 @@ async def save_template(
     actor: str,
 ) -> TemplateVersion:
     """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields."""
-    unknown = await _unknown_category(session, tenant_id, category)
+    unknown = await _unknown_category(session, tenant_id, mode, category)
     try:
         checked = check_template(
             key=key,
@@ -60,14 +63,15 @@ async def save_template(
         raise InvalidTemplate(invalid.errors + unknown) from None
     if unknown:
         raise InvalidTemplate(unknown)
-    await _lock(session, tenant_id, key)
+    await _lock(session, tenant_id, mode, key)
     latest = await session.scalar(
         select(func.max(Template.version)).where(
-            Template.tenant_id == tenant_id, Template.key == key
+            Template.tenant_id == tenant_id, Template.mode == mode, Template.key == key
         )
     )
     row = Template(
         tenant_id=tenant_id,
+        mode=mode,
         key=key,
         version=(latest or 0) + 1,
         name=checked.name,
@@ -88,6 +92,7 @@ async def save_template(
         target=key,
         details={
             "id": str(row.id),
+            "mode": mode,
             "version": row.version,
             "channels": list(saved.channels),
             "locales": sorted(checked.locales),
@@ -97,25 +102,33 @@ async def save_template(
 
 
 async def _unknown_category(
-    session: AsyncSession, tenant_id: uuid.UUID, category: str | None
+    session: AsyncSession, tenant_id: uuid.UUID, mode: str, category: str | None
 ) -> list[FieldError]:
     """The error for a category the tenant does not have: every send would be refused."""
     if category is None or not is_key(category):  # a malformed key is check_template's
         return []
-    if await get_category(session, tenant_id=tenant_id, key=category) is not None:
+    if await get_category(session, tenant_id=tenant_id, mode=mode, key=category) is not None:
         return []
     message = (
-        f"no category {category!r} in this tenant; create it with PUT /v1/categories/{category}"
+        f"no category {category!r} in {mode} mode; create it with PUT /v1/categories/{category}"
     )
     return [{"field": "category", "message": message}]
 
 
 async def get_template(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key: str, version: int | None = None
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    key: str,
+    version: int | None = None,
 ) -> TemplateVersion | None:
     """The latest (or the given) version of `key`; None when missing or deleted."""
     query = select(Template).where(
-        Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+        Template.tenant_id == tenant_id,
+        Template.mode == mode,
+        Template.key == key,
+        Template.deleted_at.is_(None),
     )
     if version is None:
         query = query.order_by(Template.version.desc()).limit(1)
@@ -136,7 +149,7 @@ class TemplateSummary:
 
 
 async def latest_summary(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, key: str
 ) -> TemplateSummary | None:
     """The newest live version's number, category and channels, in one light query."""
     keys = select(func.jsonb_object_keys(Template.content)).correlate(Template)
@@ -145,7 +158,10 @@ async def latest_summary(
         await session.execute(
             select(Template.version, Template.category, channels)
             .where(
-                Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+                Template.tenant_id == tenant_id,
+                Template.mode == mode,
+                Template.key == key,
+                Template.deleted_at.is_(None),
             )
             .order_by(Template.version.desc())
             .limit(1)
@@ -158,15 +174,22 @@ async def latest_summary(
 
 
 async def list_templates(
-    session: AsyncSession, *, tenant_id: uuid.UUID, limit: int = 100, cursor: uuid.UUID | None
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    limit: int = 100,
+    cursor: uuid.UUID | None,
 ) -> Page[TemplateVersion]:
-    """The latest version of each live template, most recently saved first."""
+    """The latest version of each template not deleted, most recently saved first."""
     newer = aliased(Template)
     query = select(Template).where(
         Template.tenant_id == tenant_id,
+        Template.mode == mode,
         Template.deleted_at.is_(None),
         ~exists().where(
             newer.tenant_id == Template.tenant_id,
+            newer.mode == Template.mode,
             newer.key == Template.key,
             newer.version > Template.version,
             newer.deleted_at.is_(None),
@@ -180,13 +203,17 @@ async def list_versions(
     session: AsyncSession,
     *,
     tenant_id: uuid.UUID,
+    mode: str,
     key: str,
     limit: int = 100,
     before: int | None = None,
 ) -> Page[TemplateVersion]:
-    """Live versions of `key`, newest first; the cursor is a version number."""
+    """Versions of `key` not deleted, newest first; the cursor is a version number."""
     query = select(Template).where(
-        Template.tenant_id == tenant_id, Template.key == key, Template.deleted_at.is_(None)
+        Template.tenant_id == tenant_id,
+        Template.mode == mode,
+        Template.key == key,
+        Template.deleted_at.is_(None),
     )
     if before is not None:
         query = query.where(Template.version < before)
@@ -200,16 +227,17 @@ async def list_versions(
 
 
 async def delete_template(
-    session: AsyncSession, *, tenant_id: uuid.UUID, key: str, actor: str
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, key: str, actor: str
 ) -> int:
     """Soft-delete every version of `key`; returns how many (0: there was nothing to delete)."""
-    await _lock(session, tenant_id, key)
+    await _lock(session, tenant_id, mode, key)
     versions = list(
         (
             await session.scalars(
                 update(Template)
                 .where(
                     Template.tenant_id == tenant_id,
+                    Template.mode == mode,
                     Template.key == key,
                     Template.deleted_at.is_(None),
                 )
@@ -225,6 +253,6 @@ async def delete_template(
             actor=actor,
             action="template.deleted",
             target=key,
-            details={"versions": len(versions), "latest_version": max(versions)},
+            details={"versions": len(versions), "latest_version": max(versions), "mode": mode},
         )
     return len(versions)

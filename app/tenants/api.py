@@ -1,8 +1,8 @@
 """/v1/tenant: who the calling key belongs to, and the tenant's delivery settings.
 
-Reading the settings needs `read`, changing them `manage`. Kill switches, the retry policy
-and the default locale are the tenant's, not the key's: a test key with `manage` changes
-them for live traffic too.
+Reading the settings needs `read`, changing them `manage` and a live key. Kill switches, the
+retry policy and the default locale are the tenant's, not the key's, and they govern live
+sending: a test key may read them but not change them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
-from app.auth.middleware import requires_scope
+from app.auth.middleware import live_mode_required, requires_scope
 from app.dependencies import DbSession
 from app.problems import Problem, field_error
 from app.tenants import settings
@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 
 ApiRequest = Request[Principal, None, Any]
 READ = [requires_scope("read")]
-MANAGE = [requires_scope("manage")]
+MANAGE = [requires_scope("manage"), live_mode_required]
 
 
 class CallingKey(msgspec.Struct):

@@ -1,4 +1,4 @@
-"""What each plan allows: API request rates per key and send rates per tenant.
+"""What each plan allows: API request and send rates per tenant, in each mode.
 
 Rates are tokens per second refilled into token buckets (app/ratelimit); a burst is a
 bucket's capacity, what may be spent at once after a quiet spell.
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class PlanLimits:
-    api_rate: float  # API requests per second, per API key
+    api_rate: float  # API requests per second, all of a tenant's keys of one mode together
     api_burst: int
-    send_rate: float  # messages handed to providers per second, per tenant
+    send_rate: float  # messages handed to providers per second, per tenant and mode
     send_burst: int
 
 

@@ -165,3 +165,54 @@ async def test_the_service_refuses_what_the_schema_would(session: AsyncSession) 
         with pytest.raises(InvalidKeyRequest) as raised:
             await issue_key(session, tenant_id=owner.tenant_id, actor="t", **arguments)  # type: ignore[arg-type]
         assert raised.value.field == field
+
+
+async def test_a_tenant_holds_a_bounded_number_of_keys(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    from app.auth.keys import MAX_ACTIVE_KEYS, issue_key
+
+    owner = await make_tenant(session, "Many keys")
+    for n in range(MAX_ACTIVE_KEYS - 1):
+        await issue_key(
+            session,
+            tenant_id=owner.tenant_id,
+            name=f"k{n}",
+            mode="test",
+            scopes=["read"],
+            actor="t",
+        )
+    await session.commit()
+    refused = await client.post("/v1/api-keys", headers=owner.headers, json={"name": "one more"})
+    problem = assert_problem(refused, 409, "key_limit_reached")
+    assert str(MAX_ACTIVE_KEYS) in problem["detail"]
+    # Revoking one makes room again.
+    listed = (await client.get("/v1/api-keys", headers=owner.headers, params={"limit": 1})).json()
+    await client.delete(f"/v1/api-keys/{listed['data'][0]['id']}", headers=owner.headers)
+    again = await client.post("/v1/api-keys", headers=owner.headers, json={"name": "one more"})
+    assert again.status_code == 201, again.text
+
+
+async def test_a_keys_own_limit_is_checked_and_shown(
+    client: httpx.AsyncClient, session: AsyncSession
+) -> None:
+    owner = await make_tenant(session, "Limited keys")
+    for body, field in (
+        ({"rate_per_second": 5}, "burst"),
+        ({"burst": 5}, "rate_per_second"),
+        ({"rate_per_second": 0, "burst": 5}, "rate_per_second"),
+        ({"rate_per_second": 5, "burst": 0}, "burst"),
+        ({"rate_per_second": 1e9, "burst": 5}, "rate_per_second"),
+    ):
+        answer = await client.post(
+            "/v1/api-keys", headers=owner.headers, json={"name": "limited", **body}
+        )
+        problem = assert_problem(answer, 422, "validation_error")
+        assert problem["errors"][0]["field"] == field, problem
+    made = await client.post(
+        "/v1/api-keys",
+        headers=owner.headers,
+        json={"name": "limited", "rate_per_second": 2.5, "burst": 5},
+    )
+    assert made.status_code == 201, made.text
+    assert (made.json()["rate_per_second"], made.json()["burst"]) == (2.5, 5)

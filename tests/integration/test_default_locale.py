@@ -17,7 +17,7 @@ from app.notifications.models import Render
 from app.runtime import ServiceUrls
 from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, live_key, make_tenant, settings_for
 
 PATH = "/v1/tenant/default-locale"
 
@@ -149,7 +149,8 @@ async def test_sends_fall_back_to_the_tenant_default_locale(
     }
 
     # de-AT: the template has no de-AT but has its language, de.
-    assert (await put_locale(client, sandbox, {"default_locale": "de-AT"})).status_code == 200
+    admin = await live_key(session, sandbox)  # the default locale is a live setting
+    assert (await put_locale(client, admin, {"default_locale": "de-AT"})).status_code == 200
     accepted = await notify(client, sandbox, template="greeting", to=list(people))
     async with workers(settings) as ctx:
         await drain(ctx, service_urls.redis_url)

@@ -509,7 +509,7 @@ async def test_the_tenants_plan_paces_its_sends(
     limits = limits_for("free")
     started = asyncio.get_running_loop().time()
     # Another worker spent the tenant's whole burst a moment ago.
-    bucket = tenant_bucket(tenant.tenant_id, limits)
+    bucket = tenant_bucket(tenant.tenant_id, tenant.mode, limits)
     assert (await deliverer.router.buckets.take([bucket], limits.send_burst)).granted == 500
 
     due = await deliverer.deliver(ids)

@@ -389,7 +389,11 @@ async def test_an_erasure_waits_for_a_dispatch_under_way_without_deadlock(
         await asyncio.sleep(0.3)  # the erasure is waiting for the notification's row
         assert not erasing.done()
         people = await recipients.get_by_external_ids(
-            dispatching, tenant_id=tenant.tenant_id, external_ids=[LEAVER], for_delivery=True
+            dispatching,
+            tenant_id=tenant.tenant_id,
+            mode=tenant.mode,
+            external_ids=[LEAVER],
+            for_delivery=True,
         )
         assert [p.email for p in people] == [ADDRESS]  # not blocked by the erasure
         await dispatching.commit()
@@ -408,7 +412,9 @@ async def test_a_dispatch_during_an_erasure_waits_and_finds_nobody(
     sessions = session_factory(engine)
     async with sessions() as erasing:
         # The erasure has run but not committed when the notification comes and is dispatched.
-        await erase_recipient(erasing, tenant_id=tenant.tenant_id, external_id=LEAVER, actor="t")
+        await erase_recipient(
+            erasing, tenant_id=tenant.tenant_id, mode=tenant.mode, external_id=LEAVER, actor="t"
+        )
         accepted = await notify(client, tenant, template="welcome", to=[LEAVER], data={"note": "n"})
         async with sessions() as dispatching:
             dispatched = asyncio.create_task(

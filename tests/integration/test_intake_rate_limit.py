@@ -1,4 +1,5 @@
-"""The API's per-key rate limit: 429 with its headers, one bucket per key, plans, Redis down."""
+"""The API's rate limit: 429 with its headers, one bucket per tenant and mode, keys' own
+limits, plans, Redis down."""
 
 from __future__ import annotations
 
@@ -73,24 +74,52 @@ async def test_success_carries_the_limit_and_what_remains(
     assert "ratelimit-reset" not in first.headers and "retry-after" not in first.headers
 
 
-async def test_each_key_and_each_tenant_has_its_own_bucket(
-    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, other_tenant: TenantKey
-) -> None:
-    second_key = await keys.issue_key(
+async def _issue(
+    session: AsyncSession, tenant: TenantKey, mode: str, **limits: float
+) -> dict[str, str]:
+    issued = await keys.issue_key(
         session,
         tenant_id=tenant.tenant_id,
-        name="second",
-        mode="live",
+        name=f"another {mode} key",
+        mode=mode,
         scopes=["read"],
         actor="test",
+        **limits,  # type: ignore[arg-type]
     )
     await session.commit()
+    return {"Authorization": f"Bearer {issued.secret}"}
+
+
+async def test_a_tenants_keys_share_one_bucket_per_mode(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, other_tenant: TenantKey
+) -> None:
+    second_live = await _issue(session, tenant, "live")
+    test_key = await _issue(session, tenant, "test")
     await exhaust(client, tenant.headers)
-    assert await refused_among(client, tenant.headers, "/v1/tenant")
-    own = await client.get("/v1/tenant", headers={"Authorization": f"Bearer {second_key.secret}"})
+    # More keys buy no more requests: the tenant's other live key is refused as well...
+    assert await refused_among(client, second_live, "/v1/tenant")
+    refused = await client.get("/v1/tenant", headers=second_live)
+    if refused.status_code == 429:
+        assert "live-mode keys of this tenant together" in refused.json()["detail"]
+    # ...while test traffic, which has a bucket of its own, cannot use up the live requests.
+    own = await client.get("/v1/tenant", headers=test_key)
     assert own.status_code == 200 and own.headers["ratelimit-remaining"] == "99"
     other = await client.get("/v1/tenant", headers=other_tenant.headers)
     assert other.status_code == 200 and other.headers["ratelimit-remaining"] == "99"
+
+
+async def test_a_key_may_have_a_lower_limit_of_its_own(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    capped = await _issue(session, tenant, "live", rate_per_second=1.0, burst=5)
+    accepted, _, refused = await exhaust(client, capped)
+    assert 5 <= accepted <= 7  # its burst, and what a second refilled at 1/s
+    problem = assert_problem(refused, 429, "rate_limited")
+    assert "this API key may make 1 requests per second (bursts of 5)" in problem["detail"]
+    assert refused.headers["ratelimit-limit"] == "5"
+    # The tenant's bucket is far from empty: its other keys go on.
+    answer = await client.get("/v1/tenant", headers=tenant.headers)
+    assert answer.status_code == 200 and answer.headers["ratelimit-limit"] == "100"
 
 
 async def test_the_tenants_plan_sets_the_limit(

@@ -29,7 +29,7 @@ from app.tenants.models import Tenant
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, live_key, make_tenant, settings_for
 
 CONTENT = {
     "email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"},
@@ -40,6 +40,12 @@ CONTENT = {
 @pytest.fixture
 async def sandbox(session: AsyncSession) -> TenantKey:
     return await make_tenant(session, "Switched", mode="test")
+
+
+@pytest.fixture
+async def sandbox_admin(session: AsyncSession, sandbox: TenantKey) -> TenantKey:
+    """The sandbox tenant's live key: switches are live settings, no test key changes them."""
+    return await live_key(session, sandbox)
 
 
 async def switch(
@@ -177,14 +183,18 @@ async def test_scopes(client: httpx.AsyncClient, session: AsyncSession) -> None:
     assert await tenant_settings.get_kill_switches(session, tenant_id=reader.tenant_id) == {}
 
 
-async def test_test_keys_switch_the_whole_tenant(
+async def test_test_keys_cannot_switch_live_sending(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     sandbox = await make_tenant(session, "Both", mode="test")
-    await switch(client, sandbox, "sms", "pause")
-    assert await tenant_settings.get_kill_switches(session, tenant_id=sandbox.tenant_id) == {
-        "sms": "pause"
-    }
+    response = await client.put(
+        "/v1/tenant/kill-switches/sms", headers=sandbox.headers, json={"mode": "pause"}
+    )
+    assert_problem(response, 403, "live_mode_required")
+    assert await tenant_settings.get_kill_switches(session, tenant_id=sandbox.tenant_id) == {}
+    # A test key still reads them; a live key's switch holds for the whole tenant.
+    await switch(client, await live_key(session, sandbox), "sms", "pause")
+    assert await switches(client, sandbox) == {"sms": "pause"}
 
 
 async def test_tenant_isolation(
@@ -238,7 +248,7 @@ async def test_planning_drops_noncritical_channels(
 ) -> None:
     await put_recipient(client, tenant, "ada", email="ada@example.com")
     people = await recipients.get_by_external_ids(
-        session, tenant_id=tenant.tenant_id, external_ids=["ada"]
+        session, tenant_id=tenant.tenant_id, mode=tenant.mode, external_ids=["ada"]
     )
     marketing = CategoryView("marketing", "Marketing", critical=False)
     security = CategoryView("security", "Security", critical=True)
@@ -248,6 +258,7 @@ async def test_planning_drops_noncritical_channels(
         plans = await recipients.plan_deliveries(
             session,
             tenant_id=tenant.tenant_id,
+            mode=tenant.mode,
             recipients=people,
             channels=channels,
             category=category,
@@ -266,11 +277,14 @@ async def test_planning_drops_noncritical_channels(
 
 
 async def test_drop_noncritical_through_the_send_path(
-    client: httpx.AsyncClient, sandbox: TenantKey, service_urls: ServiceUrls
+    sandbox_admin: TenantKey,
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    service_urls: ServiceUrls,
 ) -> None:
     await put_template(client, sandbox, "news", CONTENT)
     await put_recipient(client, sandbox, "ada", email="ada@example.com")
-    await switch(client, sandbox, "email", "drop_noncritical")
+    await switch(client, sandbox_admin, "email", "drop_noncritical")
 
     promo = await notify(
         client, sandbox, template="news", to=["ada"], category="marketing", data={"name": "A"}
@@ -290,7 +304,7 @@ async def test_drop_noncritical_through_the_send_path(
     }
 
     # Switched back on, the channel flows again for every category.
-    await switch(client, sandbox, "email", "off")
+    await switch(client, sandbox_admin, "email", "off")
     later = await notify(
         client, sandbox, template="news", to=["ada"], category="marketing", data={"name": "A"}
     )
@@ -299,6 +313,7 @@ async def test_drop_noncritical_through_the_send_path(
 
 
 async def test_drop_noncritical_skips_messages_already_waiting(
+    sandbox_admin: TenantKey,
     client: httpx.AsyncClient,
     sandbox: TenantKey,
     session: AsyncSession,
@@ -339,7 +354,7 @@ async def test_drop_noncritical_skips_messages_already_waiting(
     )
     await session.commit()
 
-    changed = await switch(client, sandbox, "email", "drop_noncritical")
+    changed = await switch(client, sandbox_admin, "email", "drop_noncritical")
     assert changed["dropped"] == 1
     await run_workers(service_urls)
 
@@ -357,6 +372,7 @@ async def test_drop_noncritical_skips_messages_already_waiting(
 
 
 async def test_a_message_given_back_after_the_switch_is_skipped_at_its_claim(
+    sandbox_admin: TenantKey,
     client: httpx.AsyncClient,
     sandbox: TenantKey,
     session: AsyncSession,
@@ -378,7 +394,7 @@ async def test_a_message_given_back_after_the_switch_is_skipped_at_its_claim(
     in_flight = await claims.claim(session, list(ids.values()))
     await session.commit()
 
-    assert (await switch(client, sandbox, "email", "drop_noncritical"))["dropped"] == 0
+    assert (await switch(client, sandbox_admin, "email", "drop_noncritical"))["dropped"] == 0
     await claims.release(session, [(message, utcnow()) for message in in_flight])
     await session.commit()
     settings = settings_for(service_urls.database_url, service_urls.redis_url)
@@ -409,6 +425,7 @@ async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
 
 
 async def test_lifting_a_pause_releases_held_messages(
+    sandbox_admin: TenantKey,
     client: httpx.AsyncClient,
     sandbox: TenantKey,
     session: AsyncSession,
@@ -419,11 +436,13 @@ async def test_lifting_a_pause_releases_held_messages(
         await put_template(client, tenant, "news", CONTENT)
         await put_recipient(client, tenant, "ada", email="ada@example.com")
         await put_recipient(client, tenant, "bob", email="bob@example.com")
-        await switch(client, tenant, "email", "pause")
+        await switch(client, await live_key(session, tenant), "email", "pause")
     await run_workers(service_urls)  # nothing left over from earlier tests
 
     def send(tenant: TenantKey, priority: str, to: list[str]) -> Any:
         body = {"template": "news", "to": to, "priority": priority, "data": {"name": "A"}}
+        if priority == "high":  # what high priority is for (a pause holds it all the same)
+            body["category"] = "security"
         return notify(client, tenant, **body)
 
     urgent = await send(sandbox, "high", ["ada"])
@@ -461,14 +480,14 @@ async def test_lifting_a_pause_releases_held_messages(
     )
     await session.commit()
 
-    resumed = await switch(client, sandbox, "email", "off")
+    resumed = await switch(client, sandbox_admin, "email", "off")
     # ada (high), ada and bob (normal); not the inbox, the neighbour, or the later retry.
     assert resumed["released"] == 3
     jobs = await queued_jobs(service_urls.redis_url)
     assert [j for j in jobs["high"] if j.startswith("resume:")] != []
     assert [j for j in jobs["normal"] if j.startswith("resume:")] != []
     assert [j for j in jobs["low"] if j.startswith("resume:")] == []
-    assert (await switch(client, sandbox, "email", "off"))["released"] == 0
+    assert (await switch(client, sandbox_admin, "email", "off"))["released"] == 0
 
     await run_workers(service_urls)
     for accepted in (urgent, bulk):

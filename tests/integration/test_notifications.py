@@ -228,12 +228,15 @@ async def test_inbox_with_a_recipient_token(
         "unread_count": 0,
     }
 
-    # The token opens Mia's inbox and nothing else.
+    # The token opens Mia's inbox and nothing else: every other route refuses it.
     assert_problem(await client.get("/v1/recipients/noah/inbox", headers=token), 404, "not_found")
-    assert_problem(await client.get("/v1/api-keys", headers=token), 403, "insufficient_scope")
+    assert_problem(await client.get("/v1/api-keys", headers=token), 403, "forbidden")
+    assert_problem(await client.get("/v1/tenant", headers=token), 403, "forbidden")
+    assert_problem(await client.get("/v1/recipients/mia", headers=token), 403, "forbidden")
     assert_problem(
-        await client.post("/v1/notifications", headers=token, json={}), 403, "insufficient_scope"
+        await client.post("/v1/recipients/mia/inbox-token", headers=token), 403, "forbidden"
     )
+    assert_problem(await client.post("/v1/notifications", headers=token, json={}), 403, "forbidden")
     # An API key opens an inbox only with the `read` scope.
     sender = await make_tenant(session, "Send only", mode="test", scopes=["send"])
     await put_recipient(client, sender, "mia")
@@ -458,6 +461,8 @@ async def test_priorities_use_their_own_queues(
                     to=["p"],
                     data={"name": "p"},
                     priority=priority,
+                    # High priority is for critical categories.
+                    category="security" if priority == "high" else "transactional",
                 )
                 dispatched[priority] = await queues_holding(f"dispatch:{accepted['id']}")
                 # Dispatch only, as a worker would: its deliver job goes onto a queue.
@@ -683,3 +688,28 @@ async def test_message_list_filters(
         404,
         "not_found",
     )
+
+
+async def test_high_priority_is_for_critical_categories(
+    client: httpx.AsyncClient, sandbox: TenantKey
+) -> None:
+    """The high queue is shared by every tenant: only what cannot wait may ride it."""
+    await put_template(client, sandbox, "code", {"sms": {"text": "{{ code }}"}})
+    await put_recipient(client, sandbox, "ivy", phone="+14155550100")
+    critical = await client.put(
+        "/v1/categories/otp", headers=sandbox.headers, json={"name": "OTP", "critical": True}
+    )
+    assert critical.status_code == 201, critical.text
+    for to in (["ivy"], [{"external_id": "ivy"}]):  # the batched writer and the inline path
+        body = {"template": "code", "to": to, "data": {"code": "1"}, "priority": "high"}
+        refused = await client.post("/v1/notifications", headers=sandbox.headers, json=body)
+        problem = assert_problem(refused, 422, "validation_error")
+        assert problem["errors"][0]["field"] == "priority"
+        assert "'transactional' is not critical" in problem["detail"]
+        for category in ("security", "otp"):
+            accepted = await client.post(
+                "/v1/notifications", headers=sandbox.headers, json={**body, "category": category}
+            )
+            assert accepted.status_code == 202, accepted.text
+            view = await notification(client, sandbox, accepted.json()["id"])
+            assert (view["priority"], view["category"]) == ("high", category)

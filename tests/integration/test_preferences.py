@@ -139,9 +139,14 @@ async def test_invalid_categories_are_named(client: httpx.AsyncClient, tenant: T
 async def test_get_category(session: AsyncSession, client: httpx.AsyncClient) -> None:
     owner = await make_tenant(session, "Categories")
     other = await make_tenant(session, "Other categories")
-    view = await service.get_category(session, tenant_id=owner.tenant_id, key="security")
+    view = await service.get_category(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, key="security"
+    )
     assert view == CategoryView(key="security", name="Security", critical=True)
-    assert await service.get_category(session, tenant_id=owner.tenant_id, key="nope") is None
+    assert (
+        await service.get_category(session, tenant_id=owner.tenant_id, mode=owner.mode, key="nope")
+        is None
+    )
 
     await client.put(
         "/v1/categories/otp", headers=owner.headers, json={"name": "OTP", "critical": True}
@@ -149,12 +154,17 @@ async def test_get_category(session: AsyncSession, client: httpx.AsyncClient) ->
     await client.put(
         "/v1/categories/security", headers=owner.headers, json={"name": "Sec", "critical": False}
     )
-    assert await service.get_category(session, tenant_id=owner.tenant_id, key="otp") == (
-        CategoryView(key="otp", name="OTP", critical=True)
+    assert await service.get_category(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, key="otp"
+    ) == (CategoryView(key="otp", name="OTP", critical=True))
+    overridden = await service.get_category(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, key="security"
     )
-    overridden = await service.get_category(session, tenant_id=owner.tenant_id, key="security")
     assert overridden is not None and overridden.critical is False
-    assert await service.get_category(session, tenant_id=other.tenant_id, key="otp") is None
+    assert (
+        await service.get_category(session, tenant_id=other.tenant_id, mode=other.mode, key="otp")
+        is None
+    )
 
 
 @contextmanager
@@ -184,7 +194,9 @@ async def _people(session: AsyncSession, tenant: TenantKey) -> dict[str, Any]:
         RecipientInput(external_id="no-marketing", email="nm@example.com", phone="+33612345678"),
         RecipientInput(external_id="no-sms", email="ns@example.com", phone="+33612345679"),
     ]
-    people = await service.upsert_recipients(session, tenant_id=tenant.tenant_id, items=items)
+    people = await service.upsert_recipients(
+        session, tenant_id=tenant.tenant_id, mode=tenant.mode, items=items
+    )
     await session.commit()
     return {p.external_id: p for p in people}
 
@@ -206,6 +218,7 @@ async def test_plan_deliveries(
     await service.add_suppressions(
         session,
         tenant_id=tenant.tenant_id,
+        mode=tenant.mode,
         entries=[
             ("email", "FULL@example.COM", "hard_bounce", "sendgrid"),  # any case
             ("push", "apns:tok-b", "unregistered_device", "apns"),
@@ -214,7 +227,9 @@ async def test_plan_deliveries(
         ],
     )
     await session.commit()
-    marketing = await service.get_category(session, tenant_id=tenant.tenant_id, key="marketing")
+    marketing = await service.get_category(
+        session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="marketing"
+    )
     assert marketing is not None
     channels = ["email", "sms", "push", "webhook", "inbox"]
 
@@ -222,6 +237,7 @@ async def test_plan_deliveries(
         plans = await service.plan_deliveries(
             session,
             tenant_id=tenant.tenant_id,
+            mode=tenant.mode,
             recipients=list(people.values()),
             channels=channels,
             category=marketing,
@@ -260,12 +276,15 @@ async def test_plan_deliveries(
     assert all(isinstance(p, PlannedDelivery) for p in plans)
 
     # A critical category ignores opt-outs (one query fewer), never suppressions.
-    security = await service.get_category(session, tenant_id=tenant.tenant_id, key="security")
+    security = await service.get_category(
+        session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="security"
+    )
     assert security is not None and security.critical
     with count_queries(engine) as statements:
         critical = await service.plan_deliveries(
             session,
             tenant_id=tenant.tenant_id,
+            mode=tenant.mode,
             recipients=[people["no-marketing"], people["no-sms"]],
             channels=["email", "sms"],
             category=CategoryView(key="marketing", name="Marketing", critical=True),
@@ -296,19 +315,21 @@ async def test_plans_ignore_other_tenants_suppressions_and_preferences(
     await service.add_suppressions(
         session,
         tenant_id=theirs.tenant_id,
+        mode=theirs.mode,
         entries=[("email", "same@example.com", "hard_bounce", "test")],
     )
     await session.commit()
     [person] = await service.get_by_external_ids(
-        session, tenant_id=mine.tenant_id, external_ids=["same"]
+        session, tenant_id=mine.tenant_id, mode=mine.mode, external_ids=["same"]
     )
     transactional = await service.get_category(
-        session, tenant_id=mine.tenant_id, key="transactional"
+        session, tenant_id=mine.tenant_id, mode=mine.mode, key="transactional"
     )
     assert transactional is not None
     plans = await service.plan_deliveries(
         session,
         tenant_id=mine.tenant_id,
+        mode=mine.mode,
         recipients=[person],
         channels=["email"],
         category=transactional,
@@ -318,6 +339,7 @@ async def test_plans_ignore_other_tenants_suppressions_and_preferences(
         await service.plan_deliveries(
             session,
             tenant_id=mine.tenant_id,
+            mode=mine.mode,
             recipients=[],
             channels=["email"],
             category=transactional,

@@ -118,7 +118,7 @@ async def test_reset_needs_a_live_key_with_manage(
     config = await create(client, tenant)
     path = f"/v1/providers/{config['id']}/breaker/reset"
     test_key = await make_tenant(session, "Sandboxed", mode="test")
-    assert_problem(await client.post(path, headers=test_key.headers), 403, "forbidden")
+    assert_problem(await client.post(path, headers=test_key.headers), 403, "live_mode_required")
     reader = await make_tenant(session, "Reader", scopes=["send", "read"])
     assert_problem(await client.post(path, headers=reader.headers), 403, "insufficient_scope")
     missing = f"/v1/providers/{uuid.uuid4()}/breaker/reset"

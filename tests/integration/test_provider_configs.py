@@ -21,7 +21,7 @@ from app.providers import service
 from app.providers.models import ProviderConfig
 from app.settings import Settings
 from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, live_key, make_tenant
 
 SENDGRID = {
     "channel": "email",
@@ -434,14 +434,25 @@ async def test_tenants_cannot_see_or_touch_each_others_configs(
     assert still["name"] == "Globex SendGrid"
 
 
-async def test_test_keys_read_but_cannot_change_configs(
+async def test_test_keys_can_neither_read_nor_change_configs(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
+    """Provider configs are live objects: a leaked test key learns nothing of them."""
     sandbox = await make_tenant(session, "Test mode", mode="test")
-    assert (await client.get("/v1/providers", headers=sandbox.headers)).status_code == 200
-    assert_problem(
-        await client.post("/v1/providers", headers=sandbox.headers, json=SENDGRID), 403, "forbidden"
-    )
+    config = await create(client, await live_key(session, sandbox))
+    path = f"/v1/providers/{config['id']}"
+    for method, url, body in (
+        ("GET", "/v1/providers", None),
+        ("POST", "/v1/providers", SENDGRID),
+        ("GET", path, None),
+        ("PUT", path, {"name": "mine now"}),
+        ("DELETE", path, None),
+        ("POST", f"{path}/breaker/reset", None),
+    ):
+        answer = await client.request(method, url, headers=sandbox.headers, json=body)
+        assert_problem(answer, 403, "live_mode_required")
+    kept = await client.get(path, headers=(await live_key(session, sandbox)).headers)
+    assert kept.status_code == 200 and kept.json()["name"] == config["name"]
     limited = await make_tenant(session, "No manage", scopes=["send", "read"])
     assert_problem(
         await client.get("/v1/providers", headers=limited.headers), 403, "insufficient_scope"

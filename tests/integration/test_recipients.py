@@ -410,7 +410,10 @@ async def test_tenants_cannot_see_or_touch_each_others_recipients(
     assert (await client.get("/v1/recipients/only-mine", headers=tenant.headers)).status_code == 200
 
     found = await service.get_by_external_ids(
-        session, tenant_id=other_tenant.tenant_id, external_ids=["only-mine", "shared-id"]
+        session,
+        tenant_id=other_tenant.tenant_id,
+        mode=other_tenant.mode,
+        external_ids=["only-mine", "shared-id"],
     )
     assert [r.id for r in found] == [uuid.UUID(theirs.json()["id"])]
 
@@ -427,13 +430,18 @@ async def test_service_upsert_and_lookups(session: AsyncSession) -> None:
             locale="en-gb",
         ),
     ]
-    stored = await service.upsert_recipients(session, tenant_id=owner.tenant_id, items=items)
+    stored = await service.upsert_recipients(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, items=items
+    )
     await session.commit()
     assert [r.external_id for r in stored] == ["d2", "d1"]  # the order given
     assert stored[1].push_tokens == [{"provider": "apns", "token": "abc"}]
 
     found = await service.get_by_external_ids(
-        session, tenant_id=owner.tenant_id, external_ids=["d1", "missing", "d2", "d1"]
+        session,
+        tenant_id=owner.tenant_id,
+        mode=owner.mode,
+        external_ids=["d1", "missing", "d2", "d1"],
     )
     assert [r.external_id for r in found] == ["d1", "d2"]
     assert service.template_context(found[0]) == {
@@ -445,24 +453,35 @@ async def test_service_upsert_and_lookups(session: AsyncSession) -> None:
         "data": {"name": "Dee"},
     }
 
-    await service.erase_recipient(session, tenant_id=owner.tenant_id, external_id="d2", actor="t")
+    await service.erase_recipient(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, external_id="d2", actor="t"
+    )
     await session.commit()
     left = await service.get_by_external_ids(
-        session, tenant_id=owner.tenant_id, external_ids=["d1", "d2"]
+        session, tenant_id=owner.tenant_id, mode=owner.mode, external_ids=["d1", "d2"]
     )
     assert [r.external_id for r in left] == ["d1"]
 
     bad = [RecipientInput(external_id="ok"), RecipientInput(external_id="x", phone="nope")]
     with pytest.raises(service.RecipientInvalid) as raised:
-        await service.upsert_recipients(session, tenant_id=owner.tenant_id, items=bad)
+        await service.upsert_recipients(
+            session, tenant_id=owner.tenant_id, mode=owner.mode, items=bad
+        )
     assert (raised.value.field, raised.value.index) == ("phone", 1)
     assert raised.value.path() == "recipients[1].phone"
     assert isinstance(raised.value, ValueError)
-    assert await service.get_recipient(session, tenant_id=owner.tenant_id, external_id="ok") is None
+    assert (
+        await service.get_recipient(
+            session, tenant_id=owner.tenant_id, mode=owner.mode, external_id="ok"
+        )
+        is None
+    )
 
     too_many = [RecipientInput(external_id=f"n{n}") for n in range(1001)]
     with pytest.raises(service.RecipientInvalid) as raised:
-        await service.upsert_recipients(session, tenant_id=owner.tenant_id, items=too_many)
+        await service.upsert_recipients(
+            session, tenant_id=owner.tenant_id, mode=owner.mode, items=too_many
+        )
     assert (raised.value.field, raised.value.index) == ("recipients", None)
 
 

@@ -240,7 +240,13 @@ async def test_sms_and_push_through_twilio_and_fcm_protocol_servers(
             push_tokens=[{"provider": "fcm", "token": "device-1"}],
         )
         accepted = await notify(
-            client, tenant, template="otp", to=["grace"], data={"code": "9876"}, priority="high"
+            client,
+            tenant,
+            template="otp",
+            to=["grace"],
+            data={"code": "9876"},
+            priority="high",
+            category="security",
         )
         settings = settings_for(
             service_urls.database_url,

@@ -161,9 +161,13 @@ async def test_add_suppressions_in_bulk(session: AsyncSession) -> None:
         ("sms", "+1 415 555 0123", "unsubscribed", "twilio"),
         ("push", "fcm:dead-token", "unregistered_device", "fcm"),
     ]
-    await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=entries)
-    await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=entries[:1])
-    await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=[])
+    await service.add_suppressions(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, entries=entries
+    )
+    await service.add_suppressions(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, entries=entries[:1]
+    )
+    await service.add_suppressions(session, tenant_id=owner.tenant_id, mode=owner.mode, entries=[])
     await session.commit()
     rows = (
         await session.execute(
@@ -183,7 +187,9 @@ async def test_add_suppressions_in_bulk(session: AsyncSession) -> None:
         [("email", "  ", "manual", "t")],
     ):
         with pytest.raises(ValueError):
-            await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=bad)
+            await service.add_suppressions(
+                session, tenant_id=owner.tenant_id, mode=owner.mode, entries=bad
+            )
     count = await session.scalar(
         select(func.count())
         .select_from(Suppression)
@@ -204,14 +210,24 @@ async def test_hidden_addresses_still_match_across_tenants_keys_and_duplicates(
     )
     bounce = [("email", "Gone@Example.com", "hard_bounce", "smtp")]
     for tenant_id in (owner.tenant_id, other.tenant_id):
-        await service.add_suppressions(session, tenant_id=tenant_id, entries=bounce)
+        await service.add_suppressions(session, tenant_id=tenant_id, mode="live", entries=bounce)
     await suppressions.hide_addresses(
-        session, tenant_id=owner.tenant_id, addresses=[("email", "gone@example.COM")], keyring=old
+        session,
+        tenant_id=owner.tenant_id,
+        mode=owner.mode,
+        addresses=[("email", "gone@example.COM")],
+        keyring=old,
     )
     # Suppressed again in the clear (a bounce reported late), then hidden again: one row.
-    await service.add_suppressions(session, tenant_id=owner.tenant_id, entries=bounce)
+    await service.add_suppressions(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, entries=bounce
+    )
     await suppressions.hide_addresses(
-        session, tenant_id=owner.tenant_id, addresses=[("email", "GONE@example.com")], keyring=old
+        session,
+        tenant_id=owner.tenant_id,
+        mode=owner.mode,
+        addresses=[("email", "GONE@example.com")],
+        keyring=old,
     )
     await session.commit()
     stored = await session.scalars(
@@ -223,12 +239,12 @@ async def test_hidden_addresses_still_match_across_tenants_keys_and_duplicates(
     wanted = [("email", "gone@example.com")]
     for ring, found in ((old, True), (rotated, True), (new, False)):
         hits = await suppressions.suppressed(
-            session, tenant_id=owner.tenant_id, pairs=wanted, keyring=ring
+            session, tenant_id=owner.tenant_id, mode=owner.mode, pairs=wanted, keyring=ring
         )
         assert hits == (set(wanted) if found else set()), ring.key_ids
     # The other tenant's suppression of the same address stays as it was.
     clear = await suppressions.suppressed(
-        session, tenant_id=other.tenant_id, pairs=wanted, keyring=old
+        session, tenant_id=other.tenant_id, mode=other.mode, pairs=wanted, keyring=old
     )
     assert clear == set(wanted)
     assert (

@@ -90,9 +90,11 @@ async def test_saves_create_immutable_versions(
     assert [v["version"] for v in versions["data"]] == [2, 1]
     assert "content" not in versions["data"][0]
 
-    found = await get_template(session, tenant_id=owner.tenant_id, key="welcome")
+    found = await get_template(session, tenant_id=owner.tenant_id, mode=owner.mode, key="welcome")
     assert found is not None and found.version == 2 and found.channels == ["sms"]
-    pinned = await get_template(session, tenant_id=owner.tenant_id, key="welcome", version=1)
+    pinned = await get_template(
+        session, tenant_id=owner.tenant_id, mode=owner.mode, key="welcome", version=1
+    )
     assert pinned is not None and pinned.locales["fr"]["sms"]["text"].startswith("Commande")
 
     actions = (
@@ -390,8 +392,15 @@ async def test_delete_removes_every_version_and_blocks_sending(
     assert_problem(preview, 404, "not_found")
     again = await client.delete("/v1/templates/gone", headers=owner.headers)
     assert_problem(again, 404, "not_found")
-    assert await get_template(session, tenant_id=owner.tenant_id, key="gone") is None
-    assert await get_template(session, tenant_id=owner.tenant_id, key="gone", version=1) is None
+    assert (
+        await get_template(session, tenant_id=owner.tenant_id, mode=owner.mode, key="gone") is None
+    )
+    assert (
+        await get_template(
+            session, tenant_id=owner.tenant_id, mode=owner.mode, key="gone", version=1
+        )
+        is None
+    )
     listed = (await client.get("/v1/templates", headers=owner.headers)).json()
     assert [t["key"] for t in listed["data"]] == ["kept"]
 
@@ -405,7 +414,7 @@ async def test_delete_removes_every_version_and_blocks_sending(
             AuditEntry.tenant_id == owner.tenant_id, AuditEntry.action == "template.deleted"
         )
     )
-    assert deleted == {"versions": 2, "latest_version": 2}
+    assert deleted == {"versions": 2, "latest_version": 2, "mode": "live"}
 
 
 async def test_list_shows_latest_versions_and_paginates(

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from app.ratelimit import (
     Bucket,
     TokenBuckets,
-    api_key_bucket,
+    api_bucket,
     provider_bucket,
     tenant_bucket,
 )
@@ -146,10 +146,10 @@ async def test_keys_share_the_tenant_hash_tag_and_expire(
 ) -> None:
     tenant = uuid.uuid4()
     limits = limits_for("free")
-    sends = tenant_bucket(tenant, limits)
+    sends = tenant_bucket(tenant, "live", limits)
     provider = provider_bucket(tenant, "config-1", 4.0, 8)
     await buckets.take([sends, provider], 2)
-    sends_key = f"herald:tb:{{{tenant}}}:tenant"
+    sends_key = f"herald:tb:{{{tenant}}}:tenant:live"
     provider_key = f"herald:tb:{{{tenant}}}:provider:config-1"
     assert await redis.exists(sends_key, provider_key) == 2
     # Each key lives until its bucket would be full again (2 tokens at its rate), plus 1 s.
@@ -162,7 +162,7 @@ async def test_keys_share_the_tenant_hash_tag_and_expire(
 
 
 async def test_the_script_is_reloaded_after_a_flush(redis: Redis, buckets: TokenBuckets) -> None:
-    bucket = api_key_bucket(scope(), uuid.uuid4(), limits_for("free"))
+    bucket = api_bucket(scope(), "live", limits_for("free"))
     assert (await buckets.take([bucket], 1)).granted == 1
     await redis.script_flush()
     assert (await buckets.take([bucket], 1)).granted == 1
