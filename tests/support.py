@@ -73,19 +73,24 @@ async def make_tenant(
     return TenantKey(tenant.id, issued.key.id, issued.secret)
 
 
-async def live_key(session: AsyncSession, tenant: TenantKey) -> TenantKey:
-    """A live key with every scope for `tenant`: what changes live settings (kill switches,
-    retry policy, default locale, provider configs), which no test key may."""
+async def key_of(session: AsyncSession, tenant: TenantKey, mode: str) -> TenantKey:
+    """Another key with every scope for `tenant`, of `mode`."""
     issued = await keys.issue_key(
         session,
         tenant_id=tenant.tenant_id,
-        name="live admin",
-        mode="live",
+        name=f"{mode} admin",
+        mode=mode,
         scopes=["send", "read", "manage"],
         actor="test",
     )
     await session.commit()
     return TenantKey(tenant.tenant_id, issued.key.id, issued.secret)
+
+
+async def live_key(session: AsyncSession, tenant: TenantKey) -> TenantKey:
+    """What changes live settings (kill switches, retry policy, default locale, provider
+    configs), which no test key may."""
+    return await key_of(session, tenant, "live")
 
 
 @asynccontextmanager

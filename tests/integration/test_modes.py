@@ -27,7 +27,7 @@ from app.runtime import ServiceUrls
 from app.templates.models import Template
 from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, key_of, make_tenant, settings_for
 
 WELCOME = {"email": {"subject": "Welcome {{ name }}", "text": "Hi {{ name }}"}}
 
@@ -101,16 +101,7 @@ async def both(app: Litestar, engine: Any, service_urls: ServiceUrls) -> AsyncIt
         session_factory(engine)() as session,
     ):
         live_key = await make_tenant(session, "Two worlds", mode="live")
-        issued = await keys.issue_key(
-            session,
-            tenant_id=live_key.tenant_id,
-            name="test",
-            mode="test",
-            scopes=["send", "read", "manage"],
-            actor="test",
-        )
-        await session.commit()
-        test_key = TenantKey(live_key.tenant_id, issued.key.id, issued.secret)
+        test_key = await key_of(session, live_key, "test")
         tenant = Tenant(
             await _world(client, session, live_key), await _world(client, session, test_key)
         )
