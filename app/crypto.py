@@ -9,7 +9,8 @@ and the config row). It is authenticated, not stored: a ciphertext copied into a
 another tenant fails to open there, because the associated data it is opened with differs.
 
 A keyed digest (HMAC-SHA256 under a key derived from each ring key) stands in for a value
-that must still be recognised but never read again, such as an erased person's address.
+that must still be recognised but never read again, such as an erased person's address, or
+that must not be checkable against a guess, such as a provider credential's fingerprint.
 Digests are made with the current key and matched against every key's, so that a rotation
 keeps old digests matching as long as the old key stays configured.
 
