@@ -1,4 +1,4 @@
-"""The `herald` command: dev, api, worker, migrate, tenant, audit and openapi."""
+"""The `herald` command: dev, api, worker, migrate, tenant, audit, keys and openapi."""
 
 from __future__ import annotations
 
@@ -60,15 +60,27 @@ def _migrated() -> Settings:
 def _after_upgrade(settings: Settings) -> None:
     """The data steps that need keys, which migrations do not have; each is idempotent.
 
-    Chains still ending in a legacy (unkeyed) audit entry get a keyed entry sealing them.
+    Chains still ending in a legacy (unkeyed) audit entry get a keyed entry sealing them,
+    and credential fingerprints not yet keyed are replaced (no re-encryption: that is
+    `herald keys rotate-encryption`, run when every process has the new key).
     """
     from app.audit.service import seal_legacy_chains
-    from app.crypto import audit_keys_for
+    from app.crypto import audit_keys_for, keyring_for
+    from app.providers.rotation import rotate
 
-    audit_keys = audit_keys_for(settings)
+    audit_keys, ring = audit_keys_for(settings), keyring_for(settings)
     sealed = _in_session(settings, lambda session: seal_legacy_chains(session, keys=audit_keys))
+    report = _in_session(settings, lambda session: rotate(session, ring, reseal=False))
     if sealed:
         click.echo(f"sealed {sealed} audit chains of legacy entries with a keyed entry")
+    if report.fingerprinted:
+        click.echo(f"replaced {report.fingerprinted} provider credential fingerprints")
+    if report.unreadable:
+        click.echo(
+            f"{len(report.unreadable)} provider configs cannot be opened with "
+            "HERALD_ENCRYPTION_KEYS; their fingerprints are left as they are",
+            err=True,
+        )
 
 
 def _in_session(settings: Settings, task: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -265,6 +277,47 @@ def audit_anchor(tenant_id: uuid.UUID | None, output: Path | None) -> None:
             click.echo(f"error: cannot append to {path}: {error}", err=True)
             sys.exit(2)
         click.echo(f"appended {len(lines)} anchors to {path}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keys that protect secrets at rest."""
+
+
+@keys.command("rotate-encryption")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=200, show_default=True)
+def keys_rotate_encryption(batch_size: int) -> None:
+    """Re-encrypt every provider credential under the first HERALD_ENCRYPTION_KEYS key.
+
+    Run it once every API and worker process has the new key configured; it is safe to
+    re-run and to run while they serve. Exit 1 when some credentials open with no key.
+    """
+    from app.crypto import keyring_for
+    from app.providers.rotation import rotate
+
+    settings = _with_services(_settings())
+    ring = keyring_for(settings)
+    report = _in_session(settings, lambda session: rotate(session, ring, batch_size=batch_size))
+    click.echo(
+        f"provider configs: {report.checked} checked, {report.resealed} re-encrypted under "
+        f"key {ring.current_key_id!r}, {report.fingerprinted} fingerprints replaced, "
+        f"{report.current} already current"
+    )
+    if report.unreadable:
+        for config_id in report.unreadable:
+            click.echo(f"UNREADABLE provider config {config_id}", err=True)
+        click.echo(
+            f"{len(report.unreadable)} configs open with no configured key: keep the keys "
+            "they were sealed with, or have their tenants send the credentials again",
+            err=True,
+        )
+        sys.exit(1)
+    retired = [key_id for key_id in ring.key_ids if key_id != ring.current_key_id]
+    if retired:
+        click.echo(
+            f"no provider credential needs {', '.join(map(repr, retired))} any more "
+            "(erased suppressions may: see README, Key rotation)"
+        )
 
 
 @main.command()
