@@ -215,7 +215,7 @@ def audit_verify(tenant_id: uuid.UUID | None, anchor_file: Path | None) -> None:
     2: the anchors or the configuration cannot be read.
     """
     from app.audit import anchors
-    from app.audit.service import verify
+    from app.audit.service import check
     from app.crypto import audit_keys_for
 
     settings = _settings()
@@ -231,7 +231,7 @@ def audit_verify(tenant_id: uuid.UUID | None, anchor_file: Path | None) -> None:
     keys = audit_keys_for(settings)
     result = _in_session(
         settings,
-        lambda session: verify(session, tenant_id=tenant_id, keys=keys, anchors=anchored),
+        lambda session: check(session, tenant_id=tenant_id, keys=keys, anchors=anchored),
     )
     for item in result.breaks:
         click.echo(f"BROKEN tenant {item.tenant_id} at entry {item.seq}: {item.reason}", err=True)

@@ -149,6 +149,18 @@ async def verify(
     tenant_id: uuid.UUID | None = None,
     keys: MacKeyring | None = None,
     anchors: Anchors | None = None,
+) -> list[ChainBreak]:
+    """The first break of each broken chain (or of one tenant's); [] when all is intact."""
+    result = await check(session, tenant_id=tenant_id, keys=keys, anchors=anchors)
+    return result.breaks
+
+
+async def check(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    keys: MacKeyring | None = None,
+    anchors: Anchors | None = None,
 ) -> Verification:
     """Check every chain (or one tenant's) and, given anchors, every anchored entry."""
     ring = keys or default_audit_keys()

@@ -132,7 +132,7 @@ async def test_chain_verifies_and_links(session: AsyncSession) -> None:
     assert entries[0].prev_hash == audit.GENESIS
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert {e.key_id for e in entries} == {default_audit_keys().current_key_id}
-    result = await audit.verify(session, tenant_id=acme.tenant_id)
+    result = await audit.check(session, tenant_id=acme.tenant_id)
     assert (result.breaks, result.chains, result.entries) == ([], 1, 5)
 
 
@@ -148,7 +148,7 @@ async def test_concurrent_appends_keep_one_chain(engine, session: AsyncSession) 
             await s.commit()
 
     await asyncio.gather(*(one(n) for n in range(20)))
-    assert (await audit.verify(session, tenant_id=acme.tenant_id)).breaks == []
+    assert await audit.verify(session, tenant_id=acme.tenant_id) == []
     total = await session.scalar(
         select(AuditEntry.seq)
         .where(AuditEntry.tenant_id == acme.tenant_id)
@@ -195,9 +195,9 @@ async def test_an_edited_row_is_detected(session: AsyncSession, service_urls: Se
         {"t": acme.tenant_id},
     )
 
-    breaks = (await audit.verify(session, tenant_id=acme.tenant_id)).breaks
+    breaks = await audit.verify(session, tenant_id=acme.tenant_id)
     assert [(b.seq, b.reason) for b in breaks] == [(2, "contents do not match the stored MAC")]
-    assert (await audit.verify(session, tenant_id=globex.tenant_id)).breaks == []
+    assert await audit.verify(session, tenant_id=globex.tenant_id) == []
 
     result = await herald(
         "audit", "verify", "--tenant", str(acme.tenant_id), service_urls=service_urls
@@ -221,7 +221,7 @@ async def test_a_deleted_row_is_detected(session: AsyncSession) -> None:
     await as_owner(
         session, "DELETE FROM audit_log WHERE tenant_id = :t AND seq = 2", {"t": acme.tenant_id}
     )
-    breaks = (await audit.verify(session, tenant_id=acme.tenant_id)).breaks
+    breaks = await audit.verify(session, tenant_id=acme.tenant_id)
     assert [(b.seq, b.reason) for b in breaks] == [(3, "entry 2 is missing")]
 
 
@@ -233,7 +233,7 @@ async def test_a_chain_recomputed_without_the_key_is_detected(session: AsyncSess
         await audit.append(session, tenant_id=acme.tenant_id, actor="t", action="x", target=str(n))
     await session.commit()
     await rewrite(session, (await entries_of(session, acme.tenant_id))[1:], keyed=True, actor="x")
-    breaks = (await audit.verify(session, tenant_id=acme.tenant_id)).breaks
+    breaks = await audit.verify(session, tenant_id=acme.tenant_id)
     assert [(b.seq, b.reason) for b in breaks] == [(2, "contents do not match the stored MAC")]
 
 
@@ -255,11 +255,11 @@ async def test_a_chain_rewritten_as_legacy_entries_is_detected(session: AsyncSes
     )
     await rewrite(session, await entries_of(session, whole.tenant_id), keyed=False, actor="x")
 
-    breaks = (await audit.verify(session, tenant_id=edited.tenant_id)).breaks
+    breaks = await audit.verify(session, tenant_id=edited.tenant_id)
     assert [(b.seq, b.reason) for b in breaks] == [
         (3, "entry has no key (a legacy entry) but follows keyed entries")
     ]
-    breaks = (await audit.verify(session, tenant_id=whole.tenant_id)).breaks
+    breaks = await audit.verify(session, tenant_id=whole.tenant_id)
     assert [(b.seq, b.reason) for b in breaks] == [
         (
             5,
@@ -280,14 +280,14 @@ async def test_entries_verify_under_every_configured_key(session: AsyncSession) 
     )
     await session.commit()
     assert [e.key_id for e in await entries_of(session, tenant_id)] == ["k1", "k2"]
-    assert (await audit.verify(session, tenant_id=tenant_id, keys=rotated)).breaks == []
+    assert await audit.verify(session, tenant_id=tenant_id, keys=rotated) == []
 
-    breaks = (await audit.verify(session, tenant_id=tenant_id, keys=ring(("k2", K2)))).breaks
+    breaks = await audit.verify(session, tenant_id=tenant_id, keys=ring(("k2", K2)))
     assert [(b.seq, b.reason) for b in breaks] == [
         (1, "signed with key 'k1', which HERALD_AUDIT_KEYS does not hold")
     ]
     # Another key under the same id (a guessed or wrong key) does not verify either.
-    breaks = (await audit.verify(session, tenant_id=tenant_id, keys=ring(("k1", K2)))).breaks
+    breaks = await audit.verify(session, tenant_id=tenant_id, keys=ring(("k1", K2)))
     assert [(b.seq, b.reason) for b in breaks] == [(1, "contents do not match the stored MAC")]
 
 
@@ -337,7 +337,7 @@ async def test_deleting_the_newest_entries_is_caught_by_an_anchor(
     await as_owner(
         session, "DELETE FROM audit_log WHERE tenant_id = :t AND seq > 2", {"t": acme.tenant_id}
     )
-    assert (await audit.verify(session, tenant_id=acme.tenant_id)).breaks == []
+    assert await audit.verify(session, tenant_id=acme.tenant_id) == []
     plain = await herald(
         "audit", "verify", "--tenant", str(acme.tenant_id), service_urls=service_urls
     )
@@ -396,8 +396,8 @@ async def test_an_anchored_entry_that_changed_is_named(session: AsyncSession) ->
             {"prev": prev, "mac": mac, "id": entry.id},
         )
         prev = str(mac)
-    assert (await audit.verify(session, tenant_id=tenant_id, keys=keys)).breaks == []
-    result = await audit.verify(session, tenant_id=tenant_id, keys=keys, anchors=anchored)
+    assert await audit.verify(session, tenant_id=tenant_id, keys=keys) == []
+    result = await audit.check(session, tenant_id=tenant_id, keys=keys, anchors=anchored)
     assert [(b.seq, b.reason) for b in result.breaks] == [
         (3, f"entry differs from its anchor of {anchored_at.isoformat()}")
     ]
@@ -411,7 +411,7 @@ async def test_a_chain_deleted_whole_is_caught_by_its_anchor(session: AsyncSessi
     [head] = await audit.heads(session, tenant_id=tenant_id)
     await as_owner(session, "DELETE FROM audit_log WHERE tenant_id = :t", {"t": tenant_id})
     anchored = {tenant_id: {1: audit.AnchoredEntry(head.mac, head.created_at)}}
-    result = await audit.verify(session, keys=keys, anchors=anchored)
+    result = await audit.check(session, keys=keys, anchors=anchored)
     [gone] = [b for b in result.breaks if b.tenant_id == tenant_id]
     assert gone.seq == 1 and gone.reason.endswith("the chain is empty")
 

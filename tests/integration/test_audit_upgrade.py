@@ -143,7 +143,7 @@ async def test_legacy_chains_are_sealed_and_stay_checked(
     # what a chain rewritten without the key would look like.
     await asyncio.to_thread(upgrade, url)
     async with session_factory(engine)() as session:
-        result = await audit.verify(session, keys=KEYS)
+        result = await audit.check(session, keys=KEYS)
     assert [(b.tenant_id, b.seq) for b in result.breaks] == sorted([(first, 3), (second, 2)])
 
     done = await migrate(url, service_urls)
@@ -157,7 +157,7 @@ async def test_legacy_chains_are_sealed_and_stay_checked(
     assert again.stdout.splitlines() == ["database schema is up to date"]
 
     async with session_factory(engine)() as session:
-        result = await audit.verify(session, keys=KEYS)
+        result = await audit.check(session, keys=KEYS)
         assert (result.breaks, result.chains, result.entries, result.legacy_entries) == (
             [],
             2,
@@ -213,7 +213,7 @@ async def test_legacy_chains_are_sealed_and_stay_checked(
             prev = digest
         await connection.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
     async with session_factory(engine)() as session:
-        result = await audit.verify(session, keys=KEYS)
+        result = await audit.check(session, keys=KEYS)
     assert [(b.tenant_id, b.seq, b.reason) for b in result.breaks] == [
         (first, 4, "previous hash does not match the previous entry")
     ]
