@@ -1,4 +1,4 @@
-"""The `herald` command: dev, api, worker, migrate, tenant, audit and openapi."""
+"""The `herald` command: dev, api, worker, migrate, tenant, audit, keys and openapi."""
 
 from __future__ import annotations
 
@@ -11,14 +11,20 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import httpx
 
 from app.settings import QUEUES, Settings, SettingsError, load_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -47,7 +53,52 @@ def _migrated() -> Settings:
 
     settings = _with_services(_settings())
     upgrade(_database_url(settings))
+    _after_upgrade(settings)
     return settings
+
+
+def _after_upgrade(settings: Settings) -> None:
+    """The data steps that need keys, which migrations do not have; each is idempotent.
+
+    Chains still ending in a legacy (unkeyed) audit entry get a keyed entry sealing them,
+    and credential fingerprints not yet keyed are replaced (no re-encryption: that is
+    `herald keys rotate-encryption`, run when every process has the new key).
+    """
+    from app.audit.service import seal_legacy_chains
+    from app.crypto import audit_keys_for, keyring_for
+    from app.providers.rotation import rotate
+
+    audit_keys, ring = audit_keys_for(settings), keyring_for(settings)
+    sealed = _in_session(settings, lambda session: seal_legacy_chains(session, keys=audit_keys))
+    report = _in_session(settings, lambda session: rotate(session, ring, reseal=False))
+    if sealed:
+        click.echo(f"sealed {sealed} audit chains of legacy entries with a keyed entry")
+    if report.fingerprinted:
+        click.echo(f"replaced {report.fingerprinted} provider credential fingerprints")
+    if report.unreadable:
+        click.echo(
+            f"{len(report.unreadable)} provider configs cannot be opened with "
+            "HERALD_ENCRYPTION_KEYS; their fingerprints are left as they are",
+            err=True,
+        )
+
+
+def _in_session(settings: Settings, task: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `task` with a database session of its own, and close everything after."""
+    from app.db import create_engine, session_factory
+    from app.models import load_all
+
+    load_all()  # foreign keys resolve against every table
+
+    async def run() -> T:
+        engine = create_engine(_database_url(settings), pool=False)
+        try:
+            async with session_factory(engine)() as session:
+                return await task(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def _share_metrics(settings: Settings) -> None:
@@ -145,22 +196,128 @@ def tenant_create(name: str, mode: str) -> None:
 
 @main.group()
 def audit() -> None:
-    """Inspect the audit log."""
+    """Verify the audit log and export its anchors."""
 
 
 @audit.command("verify")
-@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's chain.")
-def audit_verify(tenant_id: str | None) -> None:
-    """Recompute the audit log's hash chains; exit 1 when any is broken."""
-    from app.seed import verify_audit
+@click.option("--tenant", "tenant_id", type=click.UUID, default=None, help="Only this chain.")
+@click.option(
+    "--anchors",
+    "anchor_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Anchors to check against (default HERALD_AUDIT_ANCHOR_FILE).",
+)
+def audit_verify(tenant_id: uuid.UUID | None, anchor_file: Path | None) -> None:
+    """Check the audit chains, and that no anchored entry is missing or changed.
+
+    Exit 0: intact; 1: a chain is broken (each named at its first broken entry);
+    2: the anchors or the configuration cannot be read.
+    """
+    from app.audit import anchors
+    from app.audit.service import check
+    from app.crypto import audit_keys_for
+
+    settings = _settings()
+    path = anchor_file or settings.audit_anchor_file
+    anchored = None
+    if path is not None:
+        try:
+            anchored = anchors.read(path)
+        except anchors.AnchorFileError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+    settings = _with_services(settings)
+    keys = audit_keys_for(settings)
+    result = _in_session(
+        settings,
+        lambda session: check(session, tenant_id=tenant_id, keys=keys, anchors=anchored),
+    )
+    for item in result.breaks:
+        click.echo(f"BROKEN tenant {item.tenant_id} at entry {item.seq}: {item.reason}", err=True)
+    if result.breaks:
+        sys.exit(1)
+    checked = (
+        f"{result.anchored_entries} anchored entries present"
+        if path is not None
+        else "no anchors given (--anchors or HERALD_AUDIT_ANCHOR_FILE)"
+    )
+    click.echo(
+        f"audit log intact: {result.chains} chains, {result.entries} entries "
+        f"({result.legacy_entries} legacy); {checked}"
+    )
+
+
+@audit.command("anchor")
+@click.option("--tenant", "tenant_id", type=click.UUID, default=None, help="Only this chain.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Append the anchors to this file (default HERALD_AUDIT_ANCHOR_FILE).",
+)
+def audit_anchor(tenant_id: uuid.UUID | None, output: Path | None) -> None:
+    """Print each chain's head (tenant, seq, MAC, time) as JSON lines, and append them to a
+    file to keep where the database's users cannot write."""
+    from app.audit import anchors
+    from app.audit.service import heads
+    from app.db import utcnow
 
     settings = _with_services(_settings())
-    breaks = asyncio.run(verify_audit(_database_url(settings), tenant_id))
-    for item in breaks:
-        click.echo(f"BROKEN tenant {item.tenant_id} at entry {item.seq}: {item.reason}", err=True)
-    if breaks:
+    found = _in_session(settings, lambda session: heads(session, tenant_id=tenant_id))
+    now = utcnow()
+    lines = [anchors.line(head, now) for head in found]
+    for text in lines:
+        click.echo(text)
+    path = output or settings.audit_anchor_file
+    if path is not None:
+        try:
+            anchors.append(path, lines)
+        except OSError as error:
+            click.echo(f"error: cannot append to {path}: {error}", err=True)
+            sys.exit(2)
+        click.echo(f"appended {len(lines)} anchors to {path}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keys that protect secrets at rest."""
+
+
+@keys.command("rotate-encryption")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=200, show_default=True)
+def keys_rotate_encryption(batch_size: int) -> None:
+    """Re-encrypt every provider credential under the first HERALD_ENCRYPTION_KEYS key.
+
+    Run it once every API and worker process has the new key configured; it is safe to
+    re-run and to run while they serve. Exit 1 when some credentials open with no key.
+    """
+    from app.crypto import keyring_for
+    from app.providers.rotation import rotate
+
+    settings = _with_services(_settings())
+    ring = keyring_for(settings)
+    report = _in_session(settings, lambda session: rotate(session, ring, batch_size=batch_size))
+    click.echo(
+        f"provider configs: {report.checked} checked, {report.resealed} re-encrypted under "
+        f"key {ring.current_key_id!r}, {report.fingerprinted} fingerprints replaced, "
+        f"{report.current} already current"
+    )
+    if report.unreadable:
+        for config_id in report.unreadable:
+            click.echo(f"UNREADABLE provider config {config_id}", err=True)
+        click.echo(
+            f"{len(report.unreadable)} configs open with no configured key: keep the keys "
+            "they were sealed with, or have their tenants send the credentials again",
+            err=True,
+        )
         sys.exit(1)
-    click.echo("audit log intact")
+    retired = [key_id for key_id in ring.key_ids if key_id != ring.current_key_id]
+    if retired:
+        click.echo(
+            f"no provider credential needs {', '.join(map(repr, retired))} any more "
+            "(erased suppressions may: see README, Key rotation)"
+        )
 
 
 @main.command()

@@ -9,9 +9,13 @@ and the config row). It is authenticated, not stored: a ciphertext copied into a
 another tenant fails to open there, because the associated data it is opened with differs.
 
 A keyed digest (HMAC-SHA256 under a key derived from each ring key) stands in for a value
-that must still be recognised but never read again, such as an erased person's address.
+that must still be recognised but never read again, such as an erased person's address, or
+that must not be checkable against a guess, such as a provider credential's fingerprint.
 Digests are made with the current key and matched against every key's, so that a rotation
 keeps old digests matching as long as the old key stays configured.
+
+The audit log is chained with MACs under keys of its own (HERALD_AUDIT_KEYS, `MacKeyring`):
+kept apart from the encryption keys so that each can be rotated, and held, on its own.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ NONCE_BYTES = 12  # 96 bits: the size GCM is specified for; random per seal
 KEY_BYTES = 32
 DEV_KEY_ID = "local"
 DEV_KEY_FILE = "encryption_key"
+AUDIT_DEV_KEY_FILE = "audit_key"
 # Keeps digest keys apart from the sealing keys they are derived from.
 DIGEST_KEY_CONTEXT = b"herald keyed digests v1"
+# Keeps the audit chain's MAC keys apart from any other use of the configured bytes.
+AUDIT_KEY_CONTEXT = b"herald audit chain v1"
 
 
 class DecryptionError(ValueError):
@@ -89,6 +96,34 @@ class Keyring:
         return [hmac.digest(key, value, hashlib.sha256).hex() for key in self._digest_keys]
 
 
+class MacKeyring:
+    """Named HMAC-SHA256 keys: the first signs, any of them checks what it signed."""
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]], *, context: bytes) -> None:
+        if not keys:
+            raise ValueError("a keyring needs at least one key")
+        for key_id, key in keys:
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"key {key_id!r} must be {KEY_BYTES} bytes, not {len(key)}")
+        self._keys = {key_id: hmac.digest(key, context, hashlib.sha256) for key_id, key in keys}
+        self.current_key_id = keys[0][0]
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    def sign(self, message: bytes) -> tuple[str, str]:
+        """(current key id, hex MAC of `message` under it)."""
+        mac = self.mac(self.current_key_id, message)
+        assert mac is not None
+        return self.current_key_id, mac
+
+    def mac(self, key_id: str, message: bytes) -> str | None:
+        """The hex MAC of `message` under `key_id`; None when no such key is configured."""
+        key = self._keys.get(key_id)
+        return None if key is None else hmac.digest(key, message, hashlib.sha256).hex()
+
+
 _rings: dict[tuple[object, ...], Keyring] = {}
 _default: Keyring | None = None
 
@@ -119,13 +154,49 @@ def default_keyring() -> Keyring:
     return keyring_for(load_settings())
 
 
-def _dev_key(data_dir: Path) -> bytes:
-    # Production requires HERALD_ENCRYPTION_KEYS (settings refuse to load without it); this
-    # file only spares developers and tests from configuring a key.
-    path = data_dir / DEV_KEY_FILE
+_audit_rings: dict[tuple[object, ...], MacKeyring] = {}
+_default_audit: MacKeyring | None = None
+
+
+def audit_keys_for(settings: Settings) -> MacKeyring:
+    """The audit keys the settings describe; in development, one key generated once on disk.
+
+    A generated key's id is `local-` and 8 hex digits of the key's SHA-256, so that entries
+    signed from another data folder's key are reported as signed by an unknown key, not as
+    tampered with.
+    """
+    cache_key = (settings.audit_keys, settings.data_dir)
+    ring = _audit_rings.get(cache_key)
+    if ring is None:
+        keys = settings.audit_keys
+        if not keys:
+            key = _dev_key(settings.data_dir, AUDIT_DEV_KEY_FILE)
+            keys = ((f"local-{hashlib.sha256(key).hexdigest()[:8]}", key),)
+        ring = _audit_rings[cache_key] = MacKeyring(keys, context=AUDIT_KEY_CONTEXT)
+    return ring
+
+
+def default_audit_keys() -> MacKeyring:
+    """The audit keys of this process: always the environment's.
+
+    Unlike `default_keyring`, building another ring does not change it: every entry that a
+    process appends, from whichever service, is signed under the same keys.
+    """
+    global _default_audit
+    if _default_audit is None:
+        from app.settings import load_settings
+
+        _default_audit = audit_keys_for(load_settings())
+    return _default_audit
+
+
+def _dev_key(data_dir: Path, name: str = DEV_KEY_FILE) -> bytes:
+    # Production requires HERALD_ENCRYPTION_KEYS and HERALD_AUDIT_KEYS (settings refuse to
+    # load without them); these files only spare developers and tests from configuring keys.
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        temporary = data_dir / f".{DEV_KEY_FILE}.{os.getpid()}"
+        temporary = data_dir / f".{name}.{os.getpid()}"
         temporary.write_text(base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode())
         temporary.chmod(0o600)
         try:

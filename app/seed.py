@@ -1,4 +1,4 @@
-"""One-shot database tasks for the CLI: the demo tenant, tenants with a first key, audit checks."""
+"""One-shot database tasks for the CLI: the demo tenant, tenants with a first key."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from app.audit.service import ChainBreak, verify
 from app.auth import accounts, keys
 from app.auth.models import User
 from app.db import create_engine, session_factory
@@ -82,14 +81,5 @@ async def seed_demo(database_url: str, data_dir: Path) -> dict[str, str]:
             )
             await session.commit()
             return {**demo, "api_key": issued.secret}
-    finally:
-        await engine.dispose()
-
-
-async def verify_audit(database_url: str, tenant_id: str | None) -> list[ChainBreak]:
-    engine = create_engine(database_url, pool=False)
-    try:
-        async with session_factory(engine)() as session:
-            return await verify(session, tenant_id=uuid.UUID(tenant_id) if tenant_id else None)
     finally:
         await engine.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,19 @@ def _encryption_keys(value: str) -> tuple[tuple[str, bytes], ...]:
             raise ValueError("expected comma-separated id:key pairs, e.g. k1:<base64 of 32 bytes>")
         keys.append((kid, _secret_key(encoded)))
     return tuple(keys)
+
+
+def _audit_keys(value: str) -> tuple[tuple[str, bytes], ...]:
+    keys = _encryption_keys(value)
+    ids = [kid for kid, _ in keys]
+    for kid in ids:
+        # Each audit row records its key id (64 characters at most), and the id is part of
+        # what the MAC covers, separated by ":".
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kid):
+            raise ValueError(f"key id {kid!r}: 1 to 64 letters, digits, '.', '_' or '-'")
+    if len(set(ids)) != len(ids):
+        raise ValueError("each key id may appear once")
+    return keys
 
 
 def _base_urls(value: str) -> dict[str, str]:
@@ -202,6 +216,21 @@ VARIABLES: tuple[Var, ...] = (
         "first encrypts, all decrypt; required in production (development: generated once)",
     ),
     Var(
+        "HERALD_AUDIT_KEYS",
+        None,
+        _audit_keys,
+        "id:key pairs (key: url-safe base64 of 32 bytes) chaining the audit log with "
+        "HMAC-SHA256; the first signs, all verify; required in production (development: "
+        "generated once)",
+    ),
+    Var(
+        "HERALD_AUDIT_ANCHOR_FILE",
+        None,
+        _text,
+        "file `herald audit anchor` appends chain heads to and `herald audit verify` checks; "
+        "unset: only the --output / --anchors options",
+    ),
+    Var(
         "HERALD_ALLOW_PRIVATE_URLS",
         "false",
         _bool,
@@ -265,6 +294,8 @@ class Settings:
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
     worker_metrics_port: int | None = None
+    audit_keys: tuple[tuple[str, bytes], ...] | None = None
+    audit_anchor_file: Path | None = None
 
     @property
     def is_production(self) -> bool:
@@ -292,6 +323,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "REDIS_URL",
             "HERALD_SECRET_KEY",
             "HERALD_ENCRYPTION_KEYS",
+            "HERALD_AUDIT_KEYS",
         ):
             if values[required] is None:
                 raise SettingsError(required, "must be set when HERALD_ENV=production")
@@ -320,4 +352,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         otlp_endpoint=values["HERALD_OTLP_ENDPOINT"],
         trace_sample_ratio=values["HERALD_TRACE_SAMPLE_RATIO"],
         worker_metrics_port=values["HERALD_WORKER_METRICS_PORT"],
+        audit_keys=values["HERALD_AUDIT_KEYS"],
+        audit_anchor_file=(
+            Path(values["HERALD_AUDIT_ANCHOR_FILE"]) if values["HERALD_AUDIT_ANCHOR_FILE"] else None
+        ),
     )

@@ -1,4 +1,11 @@
-"""The audit_log table: one row per mutation, chained per tenant by SHA-256."""
+"""The audit_log table: one row per mutation, chained per tenant by HMAC-SHA256.
+
+`prev_hash` and `hash` hold the previous entry's MAC and this entry's (64 hex digits);
+`key_id` names the HERALD_AUDIT_KEYS key that made it. Rows written before migration 0011
+have no key id: their `hash` is the plain SHA-256 they were chained with then (see
+app/audit/service.py for how such a legacy prefix is checked). Since 0011 the database
+refuses new rows without a key id.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +34,4 @@ class AuditEntry(Base):
     created_at: Mapped[datetime]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64))

@@ -94,7 +94,12 @@ class ProviderOut(msgspec.Struct):
     enabled: bool
     options: dict[str, Any]
     fingerprint: Annotated[
-        str, msgspec.Meta(description="First 16 hex digits of the credentials' SHA-256.")
+        str,
+        msgspec.Meta(
+            description="16 hex digits of a keyed digest (HMAC-SHA256 under a server key) of "
+            "the credentials: equal credentials give equal fingerprints, and a fingerprint "
+            "cannot be checked against a guessed secret."
+        ),
     ]
     created_at: datetime
     updated_at: datetime

@@ -2,8 +2,9 @@
 
 Credentials are validated per provider (app/providers/credentials.py), then sealed with
 AES-GCM under associated data naming the tenant and the config row, so a ciphertext moved
-to another row or tenant does not open. Only a fingerprint (first 16 hex of the SHA-256 of
-the canonical credentials JSON) is ever shown, so a tenant can tell which key is in use.
+to another row or tenant does not open. Only a fingerprint is ever shown, so a tenant can
+tell which key is in use: 16 hex of a keyed digest (app/crypto.py) of the canonical
+credentials JSON, keyed so that nobody holding a fingerprint can confirm a guessed secret.
 
 `routes_for` is what the delivery engine asks: which providers, in which order, carry a
 tenant's channel. Test mode always gets the sandbox, whatever is configured.
@@ -12,7 +13,6 @@ tenant's channel. Test mode always gets the sandbox, whatever is configured.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -95,22 +95,24 @@ def sandbox_route(channel: str) -> ProviderRoute:
     return ProviderRoute(None, "sandbox", channel, 0, spec.rate_per_second, spec.burst, {}, {})
 
 
-def fingerprint(credentials: dict[str, Any]) -> str:
+def fingerprint(credentials: dict[str, Any], keyring: Keyring) -> str:
+    """The credentials' keyed digest under the current key, shortened for display."""
     canonical = json.dumps(credentials, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return keyring.digest(b"provider credentials\x00" + canonical.encode())[:16]
 
 
 def associated_data(tenant_id: uuid.UUID, config_id: uuid.UUID) -> bytes:
     return f"herald:provider_configs:{tenant_id}:{config_id}".encode()
 
 
-def _seal(config: ProviderConfig, credentials: dict[str, Any], keyring: Keyring) -> None:
+def seal_credentials(config: ProviderConfig, credentials: dict[str, Any], keyring: Keyring) -> None:
+    """Encrypt `credentials` into the config under the current key, and fingerprint them."""
     plaintext = json.dumps(credentials, sort_keys=True, separators=(",", ":")).encode()
     key_id, sealed = keyring.encrypt(
         plaintext, associated_data=associated_data(config.tenant_id, config.id)
     )
     config.key_id, config.credentials_ciphertext = key_id, sealed
-    config.fingerprint = fingerprint(credentials)
+    config.fingerprint = fingerprint(credentials, keyring)
 
 
 def open_credentials(config: ProviderConfig, keyring: Keyring) -> dict[str, Any]:
@@ -155,7 +157,7 @@ async def create_config(
         options=normalized.options,
         enabled=data.enabled,
     )
-    _seal(config, normalized.credentials, keyring)
+    seal_credentials(config, normalized.credentials, keyring)
     session.add(config)
     await session.flush()
     await audit.append(
@@ -248,7 +250,7 @@ def _replace_settings(
     normalized = normalize(config.provider, config.channel, credentials, options)
     config.options = normalized.options
     # Re-sealing also moves the row to the current key after a rotation.
-    _seal(config, normalized.credentials, keyring)
+    seal_credentials(config, normalized.credentials, keyring)
     return normalized.generated_secret
 
 

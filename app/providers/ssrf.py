@@ -5,7 +5,9 @@ its own network (cloud metadata at 169.254.169.254, Redis on 10.x, admin ports o
 localhost). So every such host is resolved here, and the request is refused when ANY
 resolved address is private, loopback, link-local, multicast, reserved, unspecified or
 otherwise not globally routable (IPv4 inside IPv6 — mapped, NAT64, 6to4, Teredo — is
-unwrapped and checked too), unless the operator allows private URLs.
+unwrapped and checked too), unless the operator allows private URLs. The refusal says only
+that the address is not allowed; which address a name resolved to goes to the log, never
+to the tenant.
 
 Checking is not enough: a hostile DNS server can answer the check with a public address
 and the connection a moment later with 127.0.0.1 (DNS rebinding). So the connection goes
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import structlog
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -74,9 +77,16 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> tuple[str, ..
     if not allow_private:
         for address in addresses:
             if not is_public(ipaddress.ip_address(address)):
-                where = host if host.strip("[]") == address else f"{host} resolves to {address}"
+                # The tenant reads this error (a message's last_error): naming the address
+                # a name resolved to would let tenants map our internal DNS. Operators get it
+                # in the log.
+                # (A logger of the current configuration: refusals are rare, and tests
+                # capture what is logged.)
+                structlog.get_logger(__name__).warning(
+                    "outbound address refused", host=host, port=port, address=address
+                )
                 raise UnsafeURL(
-                    f"{where}: a private or reserved address; Herald only calls public ones"
+                    f"{host}: the address is not allowed; Herald only calls public addresses"
                 )
     return addresses[:MAX_ADDRESSES]
 

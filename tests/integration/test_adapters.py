@@ -756,7 +756,11 @@ async def test_webhook_to_a_private_address_is_refused_by_default(
     for url in (f"{fake_provider.url}/h", f"http://localhost:{fake_provider.port}/h"):
         result = await adapter.send(outbound("webhook", url, HOOK))
         assert_failure(result, "permanent", None)
-        assert "private" in (result.error or "")
+        assert "the address is not allowed" in (result.error or "")
+    # The tenant reads the error: it does not say where the name pointed.
+    assert result.error == (
+        "URL refused: localhost: the address is not allowed; Herald only calls public addresses"
+    )
     assert fake_provider.requests == []
 
 
@@ -919,7 +923,7 @@ async def test_smtp_unreachable_is_transient_and_private_hosts_are_refused(
     guarded = adapter_for("smtp", "email", {}, smtp_options(port), http, STRICT)
     result = await guarded.send(outbound("email", "a@example.com", EMAIL))
     assert_failure(result, "config", None)
-    assert "private" in (result.error or "")
+    assert "the address is not allowed" in (result.error or "")
     assert mailbox.received == []
 
 

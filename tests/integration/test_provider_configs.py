@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -46,9 +47,8 @@ RSA_PEM = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 EC_PEM = _pem(ec.generate_private_key(ec.SECP256R1()))
 
 
-def fingerprint_of(credentials: dict[str, Any]) -> str:
-    canonical = json.dumps(credentials, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def fingerprint_of(credentials: dict[str, Any], settings: Settings) -> str:
+    return service.fingerprint(credentials, keyring_for(settings))
 
 
 async def create(client: httpx.AsyncClient, owner: TenantKey, **overrides: Any) -> dict[str, Any]:
@@ -61,7 +61,7 @@ async def create(client: httpx.AsyncClient, owner: TenantKey, **overrides: Any) 
 
 
 async def test_lifecycle_and_credentials_never_leave(
-    client: httpx.AsyncClient, session: AsyncSession
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
     owner = await make_tenant(session, "Providers")
     created = await create(client, owner)
@@ -78,7 +78,7 @@ async def test_lifecycle_and_credentials_never_leave(
     }
     assert created["rate_per_second"] == 100.0 and created["burst"] == 200  # provider defaults
     assert created["enabled"] is True and created["priority"] == 0
-    assert created["fingerprint"] == fingerprint_of({"api_key": "SG.very-secret-key"})
+    assert created["fingerprint"] == fingerprint_of({"api_key": "SG.very-secret-key"}, settings)
     assert "credentials" not in created and "secret" not in created
 
     path = f"/v1/providers/{created['id']}"
@@ -118,6 +118,24 @@ async def test_lifecycle_and_credentials_never_leave(
     assert "SG.very-secret-key" not in json.dumps([details for _, details in audit])
 
 
+async def test_a_fingerprint_cannot_confirm_a_guessed_secret(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    # The fingerprint was the SHA-256 of the credentials: anyone who saw it (the dashboard,
+    # the audit log, a support ticket) could try guesses offline until one matched.
+    owner = await make_tenant(session, "Guessed")
+    created = await create(client, owner, credentials={"api_key": "SG.password1"})
+    guess = json.dumps({"api_key": "SG.password1"}, sort_keys=True, separators=(",", ":"))
+    assert created["fingerprint"] != hashlib.sha256(guess.encode()).hexdigest()[:16]
+    # It is keyed: the same credentials under another server key fingerprint differently,
+    # and under the same key alike (a tenant can still tell which key is in use).
+    other = Keyring([("other", os.urandom(32))])
+    assert created["fingerprint"] != service.fingerprint({"api_key": "SG.password1"}, other)
+    again = await create(client, owner, name="again", credentials={"api_key": "SG.password1"})
+    assert again["fingerprint"] == created["fingerprint"]
+    assert re.fullmatch("[0-9a-f]{16}", created["fingerprint"])
+
+
 async def test_the_database_holds_only_ciphertext(
     client: httpx.AsyncClient, session: AsyncSession, settings: Settings
 ) -> None:
@@ -149,7 +167,7 @@ async def test_replacing_credentials_reseals_them(
         path, headers=owner.headers, json={"credentials": {"api_key": "SG.new"}}
     )
     assert changed.status_code == 200, changed.text
-    assert changed.json()["fingerprint"] == fingerprint_of({"api_key": "SG.new"})
+    assert changed.json()["fingerprint"] == fingerprint_of({"api_key": "SG.new"}, settings)
     session.expire_all()
     row = await session.scalar(
         select(ProviderConfig).where(ProviderConfig.id == uuid.UUID(created["id"]))
@@ -161,7 +179,7 @@ async def test_replacing_credentials_reseals_them(
         path, headers=owner.headers, json={"options": {"from_email": "news@acme.test"}}
     )
     assert options_only.json()["options"]["from_email"] == "news@acme.test"
-    assert options_only.json()["fingerprint"] == fingerprint_of({"api_key": "SG.new"})
+    assert options_only.json()["fingerprint"] == fingerprint_of({"api_key": "SG.new"}, settings)
 
 
 async def test_a_generated_webhook_secret_is_shown_once(
@@ -174,7 +192,11 @@ async def test_a_generated_webhook_secret_is_shown_once(
     assert secret.startswith("whsec_")
     fetched = (await client.get(f"/v1/providers/{created['id']}", headers=owner.headers)).json()
     assert "secret" not in fetched
-    assert created["fingerprint"] == fetched["fingerprint"] == fingerprint_of({"secret": secret})
+    assert (
+        created["fingerprint"]
+        == fetched["fingerprint"]
+        == fingerprint_of({"secret": secret}, settings)
+    )
 
     given = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     own = await create(client, owner, **body, credentials={"secret": given}, options={})

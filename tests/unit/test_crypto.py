@@ -1,14 +1,28 @@
-"""AES-GCM sealing: round trip, fresh nonces, tampering, associated data, and key rotation."""
+"""AES-GCM sealing: round trip, fresh nonces, tampering, associated data, key rotation; the
+audit log's MAC keys."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
 import pytest
 
-from app.crypto import DEV_KEY_FILE, DEV_KEY_ID, NONCE_BYTES, DecryptionError, Keyring, keyring_for
+from app.crypto import (
+    AUDIT_DEV_KEY_FILE,
+    AUDIT_KEY_CONTEXT,
+    DEV_KEY_FILE,
+    DEV_KEY_ID,
+    NONCE_BYTES,
+    DecryptionError,
+    Keyring,
+    MacKeyring,
+    audit_keys_for,
+    keyring_for,
+)
 from app.settings import load_settings
 
 AD = b"herald:provider_configs:tenant-a:config-1"
@@ -124,3 +138,38 @@ def test_keyed_digests_are_stable_keyed_and_survive_rotation() -> None:
     # After a rotation new digests use the new key; the old one still matches.
     rotated = Keyring([("k2", NEW), ("k1", OLD)])
     assert rotated.digests(b"ada@example.com") == [rotated.digest(b"ada@example.com"), digest]
+
+
+def test_audit_keys_are_configured_or_generated_once(tmp_path: Path) -> None:
+    configured = audit_keys_for(
+        load_settings(
+            {
+                "HERALD_DATA_DIR": str(tmp_path),
+                "HERALD_AUDIT_KEYS": "a2:" + "A" * 43 + ",a1:" + "B" * 43,
+            }
+        )
+    )
+    assert configured.key_ids == ("a2", "a1") and configured.current_key_id == "a2"
+    assert not (tmp_path / AUDIT_DEV_KEY_FILE).exists()
+
+    generated = audit_keys_for(load_settings({"HERALD_DATA_DIR": str(tmp_path)}))
+    key_file = tmp_path / AUDIT_DEV_KEY_FILE
+    assert key_file.exists() and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    key = base64.urlsafe_b64decode(key_file.read_text())
+    # Its id names the key, so entries from another data folder's key read as "unknown key".
+    assert generated.key_ids == (f"local-{hashlib.sha256(key).hexdigest()[:8]}",)
+    # Every process reading the folder signs alike.
+    again = MacKeyring([(generated.current_key_id, key)], context=AUDIT_KEY_CONTEXT)
+    assert again.sign(b"entry") == generated.sign(b"entry")
+
+
+def test_mac_keys_sign_with_the_first_and_check_with_any() -> None:
+    rotated = MacKeyring([("k2", NEW), ("k1", OLD)], context=AUDIT_KEY_CONTEXT)
+    key_id, mac = MacKeyring([("k1", OLD)], context=AUDIT_KEY_CONTEXT).sign(b"entry")
+    assert key_id == "k1" and rotated.mac("k1", b"entry") == mac
+    assert rotated.sign(b"entry")[0] == "k2" and rotated.sign(b"entry")[1] != mac
+    assert rotated.mac("k0", b"entry") is None
+    # The configured bytes are not the MAC key: a MAC under the raw key does not match.
+    assert mac != hmac.new(OLD, b"entry", hashlib.sha256).hexdigest()
+    with pytest.raises(ValueError, match="32 bytes"):
+        MacKeyring([("short", b"x")], context=AUDIT_KEY_CONTEXT)

@@ -34,6 +34,11 @@ def test_defaults_need_nothing() -> None:
         ("HERALD_SECURE_COOKIES", "maybe", "true or false"),
         ("HERALD_LOG_FORMAT", "xml", "console, json"),
         ("HERALD_ENCRYPTION_KEYS", "nokid", "id:key pairs"),
+        ("HERALD_AUDIT_KEYS", "nokid", "id:key pairs"),
+        ("HERALD_AUDIT_KEYS", "k1:short", "base64 of 32"),
+        ("HERALD_AUDIT_KEYS", f"a b:{GOOD_KEY}", "letters, digits"),
+        ("HERALD_AUDIT_KEYS", f"{'k' * 65}:{GOOD_KEY}", "1 to 64"),
+        ("HERALD_AUDIT_KEYS", f"k1:{GOOD_KEY},k1:{GOOD_KEY}", "once"),
         ("HERALD_PROVIDER_BASE_URLS", "sendgrid=ftp://x", "provider=URL"),
     ],
 )
@@ -46,7 +51,14 @@ def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str
 
 
 @pytest.mark.parametrize(
-    "missing", ["DATABASE_URL", "REDIS_URL", "HERALD_SECRET_KEY", "HERALD_ENCRYPTION_KEYS"]
+    "missing",
+    [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "HERALD_SECRET_KEY",
+        "HERALD_ENCRYPTION_KEYS",
+        "HERALD_AUDIT_KEYS",
+    ],
 )
 def test_production_requires_real_services_and_a_secret(missing: str) -> None:
     environ = {
@@ -55,6 +67,7 @@ def test_production_requires_real_services_and_a_secret(missing: str) -> None:
         "REDIS_URL": "redis://cache:6379/0",
         "HERALD_SECRET_KEY": GOOD_KEY,
         "HERALD_ENCRYPTION_KEYS": f"k1:{GOOD_KEY}",
+        "HERALD_AUDIT_KEYS": f"a1:{GOOD_KEY}",
     }
     del environ[missing]
     with pytest.raises(SettingsError) as raised:
@@ -70,10 +83,14 @@ def test_production_defaults_to_secure_cookies() -> None:
             "REDIS_URL": "redis://cache:6379/0",
             "HERALD_SECRET_KEY": GOOD_KEY,
             "HERALD_ENCRYPTION_KEYS": f"k2:{GOOD_KEY},k1:{GOOD_KEY}",
+            "HERALD_AUDIT_KEYS": f"audit-2026.1:{GOOD_KEY},audit_2025:{GOOD_KEY}",
+            "HERALD_AUDIT_ANCHOR_FILE": "/var/lib/herald/anchors.jsonl",
         }
     )
     assert settings.secure_cookies is True
     assert [kid for kid, _ in settings.encryption_keys or ()] == ["k2", "k1"]
+    assert [kid for kid, _ in settings.audit_keys or ()] == ["audit-2026.1", "audit_2025"]
+    assert str(settings.audit_anchor_file) == "/var/lib/herald/anchors.jsonl"
     assert len(settings.secret_key or b"") == 32
 
 

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from app.providers.ssrf import (
     DRAIN_BYTES,
@@ -72,8 +73,21 @@ def test_public_addresses_pass(address: str) -> None:
     ],
 )
 async def test_private_urls_are_refused(url: str) -> None:
-    with pytest.raises(UnsafeURL, match="private or reserved"):
+    with pytest.raises(UnsafeURL, match="the address is not allowed"):
         await pin_url(url, allow_private=False)
+
+
+async def test_the_refusal_names_no_resolved_address_but_the_log_does() -> None:
+    # Tenants read the refusal (a message's last_error): an address there would let them
+    # map internal DNS names one webhook at a time.
+    with capture_logs() as logs, pytest.raises(UnsafeURL) as refused:
+        await pin_url("http://localhost:8080/hook", allow_private=False)
+    assert str(refused.value) == (
+        "localhost: the address is not allowed; Herald only calls public addresses"
+    )
+    [line] = [line for line in logs if line["event"] == "outbound address refused"]
+    assert line["host"] == "localhost"
+    assert line["address"] in ("127.0.0.1", "::1")
 
 
 @pytest.mark.parametrize(
