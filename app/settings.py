@@ -233,6 +233,19 @@ VARIABLES: tuple[Var, ...] = (
         "port on which `herald worker` serves Prometheus /metrics (on HERALD_HOST); unset: none",
     ),
     Var(
+        "HERALD_RENDER_PROCESSES",
+        "2",
+        _int_in(1, 64),
+        "render processes per API process and per `herald worker` (tenant templates render "
+        "there, killed at their deadline)",
+    ),
+    Var(
+        "HERALD_RENDER_MEMORY_MB",
+        "512",
+        _int_in(128, 65536),
+        "address space each render process may use (RLIMIT_AS), in MiB",
+    ),
+    Var(
         "HERALD_SECURE_COOKIES",
         None,
         _bool,
@@ -265,6 +278,8 @@ class Settings:
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
     worker_metrics_port: int | None = None
+    render_processes: int = 2
+    render_memory_mb: int = 512
 
     @property
     def is_production(self) -> bool:
@@ -320,4 +335,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         otlp_endpoint=values["HERALD_OTLP_ENDPOINT"],
         trace_sample_ratio=values["HERALD_TRACE_SAMPLE_RATIO"],
         worker_metrics_port=values["HERALD_WORKER_METRICS_PORT"],
+        render_processes=values["HERALD_RENDER_PROCESSES"],
+        render_memory_mb=values["HERALD_RENDER_MEMORY_MB"],
     )

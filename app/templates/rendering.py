@@ -18,6 +18,7 @@ which can quote template values, are cleaned of both the same way and shortened.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import uuid
@@ -111,6 +112,23 @@ def render(
     fields = _FieldRenderer(channel, compiled, _context(data, recipient))
     with metered(RENDER_TIMEOUT_SECONDS):  # compiling above is not the template's time
         return _build(channel, found.content, fields)
+
+
+def prepare(
+    template: TemplateVersion,
+    channel: str,
+    *,
+    locale: str | None,
+    fallback: Sequence[str | None] = (),
+) -> None:
+    """Compile (and cache) what `render` of the same arguments will need; a source that does
+    not compile is left for `render` to report."""
+    found = template.content_for(channel, locale, *fallback)
+    if found is None:
+        return
+    for field, source in iter_sources(channel, found.content):
+        with contextlib.suppress(RenderFailed):
+            _compile(template.id, f"{found.path}.{channel}.{field}", channel, field, source)
 
 
 def _compile(

@@ -15,7 +15,7 @@ import pytest
 
 from app.templates.guards import metered, weight
 from app.templates.limits import MAX_WORK_CHARS
-from app.templates.rendering import RenderFailed, clean_message
+from app.templates.rendering import clean_message
 from tests.unit.test_rendering import failure, render_sms
 
 
