@@ -392,10 +392,10 @@ def _weigh(root: Any, memo: dict[int, tuple[Any, int]]) -> int:
 
 def check_weight_of(size: int, what: str) -> None:
     if size > MAX_WORK_CHARS:
-        shown = f"more than {MAX_WORK_CHARS}" if size >= _HEAVY else str(size)
+        shown = f"more than {MAX_WORK_CHARS}" if size >= _HEAVY else f"about {size}"
         raise LimitExceeded(
-            f"{what} is too big: about {shown} characters once printed, each element "
-            f"counted as often as it is reached; the limit is {MAX_WORK_CHARS}"
+            f"{what} is too big: {shown} characters once printed, each element counted as "
+            f"often as it is reached; the limit is {MAX_WORK_CHARS}"
         )
 
 
