@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import signal
 import sys
 import time
 from typing import BinaryIO
@@ -115,14 +116,19 @@ def serve(batch: RenderBatch, out: BinaryIO, slack: float) -> None:
 
 def main() -> None:
     memory_mb, slack = int(sys.argv[1]), float(sys.argv[2])
+    # Ctrl+C reaches the whole process group: the parent stops its children itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Frames go to the real stdout only; a stray print lands on stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     _limit_memory(memory_mb)
     stream = sys.stdin.buffer
-    _send(out, Ready(pid=os.getpid()))
-    while (body := _read(stream)) is not None:
-        serve(decode_batch(body), out, slack)
+    try:
+        _send(out, Ready(pid=os.getpid()))
+        while (body := _read(stream)) is not None:
+            serve(decode_batch(body), out, slack)
+    except BrokenPipeError:
+        pass  # the parent closed the pool (or died) while this one was busy
 
 
 if __name__ == "__main__":
