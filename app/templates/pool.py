@@ -146,9 +146,13 @@ class _Child:
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data
 
-    def kill(self) -> None:
+    def signal_kill(self) -> None:
+        """SIGKILL, from any thread: the thread using it sees its output end."""
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+
+    def kill(self) -> None:
+        self.signal_kill()
         self._close_pipes()
         self.process.wait()
 
@@ -221,11 +225,26 @@ class RenderPool:
     def close(self) -> None:
         """Stop every child (a batch under way ends with its jobs failed) and the threads."""
         self._closed = True
-        with self._lock:
-            children = list(self._children)
-        for child in children:
+        for child in self._drain_idle():
             child.stop(timeout=2)
+        # The others are in a batch: a thread of ours is reading their pipes, and closes
+        # them itself once the kill has ended its read.
+        with self._lock:
+            busy = list(self._children)
+        for child in busy:
+            child.signal_kill()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        for child in self._drain_idle():
+            child.stop(timeout=2)
+
+    def _drain_idle(self) -> list[_Child]:
+        children = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                children.append(self._idle.get_nowait())
+        with self._lock:
+            self._children.difference_update(children)
+        return children
 
     def _spawn(self) -> _Child:
         child = _Child(self.memory_mb)
@@ -237,7 +256,7 @@ class RenderPool:
         child.kill()
         with self._lock:
             self._children.discard(child)
-        return self._spawn()
+        return child if self._closed else self._spawn()
 
     def _run(self, batch: RenderBatch) -> BatchResult:
         child = self._idle.get()  # one per executor thread: never waits
@@ -292,7 +311,7 @@ class RenderPool:
 
     def _retire_if_old(self, child: _Child) -> _Child:
         child.batches += 1
-        if child.batches < MAX_BATCHES_PER_CHILD:
+        if child.batches < MAX_BATCHES_PER_CHILD or self._closed:
             return child
         child.stop(timeout=2)
         with self._lock:

@@ -155,6 +155,23 @@ async def test_close_stops_every_process() -> None:
         await pool.render(RenderBatch(sms("x"), {}, jobs(1)))
 
 
+async def test_close_during_a_batch_ends_it_and_leaves_no_process() -> None:
+    pool = RenderPool(processes=1, memory_mb=512)
+    pool.start()
+    await pool.render(RenderBatch(sms("x"), {}, jobs(1)))
+    stalls = sms(STALL)
+    running = asyncio.ensure_future(pool.render(RenderBatch(stalls, {}, jobs(3))))
+    await asyncio.sleep(0.1)
+    pids = pool.pids
+    began = time.monotonic()
+    await asyncio.to_thread(pool.close)
+    assert time.monotonic() - began < 2
+    result = await running
+    assert isinstance(result.outcomes[0], RenderFailed)
+    assert not any(_alive(pid) for pid in pids)
+    assert pool.pids == []
+
+
 async def test_renders_survive_a_template_with_a_syntax_error(pool: RenderPool) -> None:
     broken: TemplateVersion = sms("{% if %}")
     result = await pool.render(RenderBatch(broken, {}, jobs(2)))
