@@ -372,6 +372,16 @@ def bench_ratelimit(rate: float, burst: int, seconds: int, workers: int) -> None
     ratelimit.run(_migrated(), rate=rate, burst=burst, seconds=seconds, workers=workers)
 
 
+@bench.command("attacks")
+@click.option("--only", multiple=True, help="An attack by name (repeatable); default all.")
+@click.option("--send-wait", default=20.0, show_default=True, help="Seconds to watch a send.")
+def bench_attacks(only: tuple[str, ...], send_wait: float) -> None:
+    """Hostile templates previewed and sent: their time, /healthz latency, memory, outcome."""
+    from bench import attacks
+
+    attacks.run(_migrated(), only=only, send_wait=send_wait)
+
+
 @main.command()
 def dev() -> None:
     """What `make run` runs: migrate, seed a demo tenant, start the API and workers."""

@@ -38,12 +38,14 @@ from app.observability.tracing import start_tracing, stop_tracing
 from app.problems import EXCEPTION_HANDLERS
 from app.providers.api import ProviderController
 from app.providers.breaker import CircuitBreakers
-from app.ratelimit.buckets import TokenBuckets
+from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import rate_limit_middleware
 from app.recipients.api import CategoryController, RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
 from app.templates.api import TemplateController
+from app.templates.pool import RenderPool
+from app.templates.renderer import Renderer
 from app.tenants.api import TenantSettingsController, who_am_i
 from jobs import queues
 
@@ -86,9 +88,16 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
         intake_writer = IntakeWriter(intake_engine, arq)
         intake_writer.start()
         app.state.intake_writer = intake_writer
+        # Template previews render in processes of their own, killed at their deadline.
+        render_pool = RenderPool(
+            processes=settings.render_processes, memory_mb=settings.render_memory_mb
+        )
+        render_pool.start()
+        app.state.renderer = Renderer(render_pool, CostBuckets(redis))
         try:
             yield
         finally:
+            await asyncio.to_thread(render_pool.close)
             await intake_writer.stop()
             await intake_engine.dispose()
             await arq.aclose()

@@ -262,6 +262,19 @@ VARIABLES: tuple[Var, ...] = (
         "port on which `herald worker` serves Prometheus /metrics (on HERALD_HOST); unset: none",
     ),
     Var(
+        "HERALD_RENDER_PROCESSES",
+        "2",
+        _int_in(1, 64),
+        "render processes per API process and per `herald worker` (tenant templates render "
+        "there, killed at their deadline)",
+    ),
+    Var(
+        "HERALD_RENDER_MEMORY_MB",
+        "512",
+        _int_in(128, 65536),
+        "address space each render process may use (RLIMIT_AS), in MiB",
+    ),
+    Var(
         "HERALD_SECURE_COOKIES",
         None,
         _bool,
@@ -296,6 +309,8 @@ class Settings:
     worker_metrics_port: int | None = None
     audit_keys: tuple[tuple[str, bytes], ...] | None = None
     audit_anchor_file: Path | None = None
+    render_processes: int = 2
+    render_memory_mb: int = 512
 
     @property
     def is_production(self) -> bool:
@@ -356,4 +371,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         audit_anchor_file=(
             Path(values["HERALD_AUDIT_ANCHOR_FILE"]) if values["HERALD_AUDIT_ANCHOR_FILE"] else None
         ),
+        render_processes=values["HERALD_RENDER_PROCESSES"],
+        render_memory_mb=values["HERALD_RENDER_MEMORY_MB"],
     )

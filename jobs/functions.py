@@ -11,8 +11,11 @@ import structlog
 from arq.typing import WorkerCoroutine
 
 from app.delivery.service import Deliverer, Due
+from app.notifications import failures
 from app.notifications.dispatch import dispatch as dispatch_notification
 from jobs import queues
+
+log = structlog.get_logger(__name__)
 
 
 async def ping(ctx: dict[str, Any], token: str) -> str:
@@ -21,15 +24,31 @@ async def ping(ctx: dict[str, Any], token: str) -> str:
 
 
 async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
-    """Fan a notification out into messages and enqueue their delivery; returns the batch count."""
+    """Fan a notification out into messages and enqueue their delivery; returns the batch count.
+
+    The run is counted before it starts (a worker killed during it has counted it), and one
+    run too many fails the notification instead (app/notifications/failures.py)."""
     structlog.contextvars.bind_contextvars(notification_id=notification_id)
+    key = uuid.UUID(notification_id)
     async with ctx["sessions"]() as session:
-        batches = await dispatch_notification(session, notification_id=uuid.UUID(notification_id))
-        await session.commit()
-    await queues.enqueue_many(
-        ctx["redis"], [queues.delivery_job(b.priority, b.message_ids) for b in batches]
-    )
-    return len(batches)
+        if not await failures.begin_attempt(session, notification_id=key):
+            log.warning("dispatch given up: failed too many times")
+            return 0
+    try:
+        async with ctx["sessions"]() as session:
+            done = await dispatch_notification(
+                session, notification_id=key, renderer=ctx["renderer"]
+            )
+            await session.commit()
+    except Exception as error:
+        async with ctx["sessions"]() as session:
+            await failures.record_failure(session, notification_id=key, error=error)
+        raise
+    jobs = [queues.delivery_job(b.priority, b.message_ids) for b in done.batches]
+    if done.later is not None:  # out of render budget: the rest when it has refilled
+        jobs.append(queues.later_dispatch_job(key, done.priority, done.later))
+    await queues.enqueue_many(ctx["redis"], jobs)
+    return len(done.batches)
 
 
 async def deliver(

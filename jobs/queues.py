@@ -114,6 +114,13 @@ def dispatch_job(notification_id: uuid.UUID, priority: str, send_at: datetime | 
     )
 
 
+def later_dispatch_job(notification_id: uuid.UUID, priority: str, at: datetime) -> QueuedJob:
+    """The rest of a dispatch deferred for the render budget. Its own id: the running job
+    still holds `dispatch:<id>`; the relay leaves the notification alone until `at`."""
+    job_id = f"dispatch:{notification_id}:{int(at.timestamp() * 1000)}"
+    return QueuedJob(priority, "dispatch", (str(notification_id),), job_id, at)
+
+
 async def enqueue_dispatch(
     pool: ArqRedis, notification_id: uuid.UUID, priority: str, send_at: datetime | None
 ) -> bool:

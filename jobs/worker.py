@@ -25,8 +25,10 @@ from app.models import load_all
 from app.observability.tracing import start_tracing, stop_tracing
 from app.providers.breaker import CircuitBreakers
 from app.providers.http import new_client
-from app.ratelimit.buckets import TokenBuckets
+from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.settings import Settings
+from app.templates.pool import RenderPool
+from app.templates.renderer import Renderer
 from jobs.cron import cron_jobs
 from jobs.functions import FUNCTIONS
 from jobs.queues import POLL_DELAYS, QUEUE_NAMES, redis_settings
@@ -68,7 +70,7 @@ async def worker_context(
     settings: Settings, database_url: str, redis_url: str | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """What every job of a process shares: database sessions, one HTTP client, the deliverer
-    with its token buckets and circuit breakers."""
+    with its token buckets and circuit breakers, and the render processes of dispatch."""
     load_all()  # foreign keys resolve against every table, not only the ones jobs import
     tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-worker")
     engine = create_engine(database_url)
@@ -77,6 +79,10 @@ async def worker_context(
     assert url is not None, "workers need REDIS_URL"
     redis = Redis.from_url(url)
     router = Router(buckets=TokenBuckets(redis), breakers=CircuitBreakers(redis))
+    render_pool = RenderPool(
+        processes=settings.render_processes, memory_mb=settings.render_memory_mb
+    )
+    render_pool.start()
     try:
         async with new_client() as http:
             yield {
@@ -85,8 +91,10 @@ async def worker_context(
                 "deliverer": Deliverer(
                     sessions=sessions, http=http, settings=settings, router=router
                 ),
+                "renderer": Renderer(render_pool, CostBuckets(redis)),
             }
     finally:
+        await asyncio.to_thread(render_pool.close)
         await redis.aclose()
         await engine.dispose()
         await asyncio.to_thread(stop_tracing, tracing)

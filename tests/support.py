@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import socket
 import uuid
@@ -16,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import keys
 from app.settings import Settings, load_settings
+from app.templates.pool import RenderPool
+from app.templates.renderer import Renderer
 from app.tenants.service import create_tenant
 
 
@@ -129,3 +132,18 @@ async def serving(app: Litestar) -> AsyncIterator[Litestar]:
     finally:
         stopping.set()
         await task
+
+
+_renderer: Renderer | None = None
+
+
+def unmetered_renderer() -> Renderer:
+    """Render processes of the test run's own, without render budgets: for tests that call
+    dispatch() directly. Started on first use; they exit with the run (end of their input)."""
+    global _renderer
+    if _renderer is None:
+        pool = RenderPool(processes=1, memory_mb=512)
+        pool.start()
+        atexit.register(pool.close)
+        _renderer = Renderer(pool, None)
+    return _renderer

@@ -8,6 +8,12 @@ Content is rendered once per (channel, content used) unless the template reads
 `recipient`, in which case per recipient. Messages are written with bulk inserts;
 re-running dispatch after a crash inserts nothing twice and hands back the same delivery
 batches.
+
+Renders run in the render processes, within the tenant's render budget (Renderer). When
+the budget runs out part-way, the messages rendered so far are written (and go out), the
+notification stays `accepted` with `dispatch_after` set, and the caller dispatches it again
+then: that run skips every (recipient, channel, address) already written and reuses the
+shared renders already made, so a large personalised send proceeds at the tenant's pace.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -26,17 +33,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.ids import uuid7
-from app.notifications.models import Message, Notification
+from app.notifications.models import Message, Notification, Render
 from app.observability.tracing import parent_context, tracer
 from app.recipients import service as recipients
 from app.recipients.models import Recipient
+from app.templates.isolation import RenderJob
 from app.templates.models import TemplateVersion
-from app.templates.rendering import RenderFailed, is_personalised, render
+from app.templates.pool import Outcome
+from app.templates.renderer import Renderer
+from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
+from app.tenants.models import Tenant
 from app.tenants.settings import get_delivery_settings
 
 DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
+MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
 
 
 @dataclass(frozen=True)
@@ -46,14 +58,24 @@ class DeliveryBatch:
     message_ids: list[uuid.UUID]
 
 
-async def dispatch(session: AsyncSession, *, notification_id: uuid.UUID) -> list[DeliveryBatch]:
+@dataclass(frozen=True)
+class Dispatched:
+    batches: list[DeliveryBatch]  # the notification's queued messages, to enqueue
+    priority: str = "normal"
+    # Set when the render budget ran out part-way: dispatch the notification again then.
+    later: datetime | None = None
+
+
+async def dispatch(
+    session: AsyncSession, *, notification_id: uuid.UUID, renderer: Renderer
+) -> Dispatched:
     """Write the notification's messages (once) and return its queued messages in batches."""
     # The row lock serialises dispatch with cancellation of the same notification.
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
     )
     if notification is None or notification.status in ("cancelled", "failed"):
-        return []
+        return Dispatched([])
     with tracer().start_as_current_span(
         "herald.dispatch",
         context=parent_context(notification.trace_context),
@@ -64,14 +86,18 @@ async def dispatch(session: AsyncSession, *, notification_id: uuid.UUID) -> list
             "herald.template": notification.template_key,
         },
     ) as span:
+        later = None
         if notification.status == "accepted":
-            await _fan_out(session, notification)
+            later = await _fan_out(session, notification, renderer)
         batches = await queued_batches(session, notification)
         span.set_attribute("herald.messages", sum(len(b.message_ids) for b in batches))
-        return batches
+        return Dispatched(batches, notification.priority, later)
 
 
-async def _fan_out(session: AsyncSession, notification: Notification) -> None:
+async def _fan_out(
+    session: AsyncSession, notification: Notification, renderer: Renderer
+) -> datetime | None:
+    """Write what can be rendered now; the time to carry on when the budget ran out."""
     tenant_id, mode = notification.tenant_id, notification.mode
     template = await get_template(
         session,
@@ -87,13 +113,14 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         missing = "template" if template is None else "category"
         notification.status = "failed"
         notification.problems = {missing: "deleted after the notification was accepted"}
-        return
+        return None
     notification.critical = category.critical
     wanted = notification.audience["recipients"]
     people = await recipients.get_by_external_ids(
         session, tenant_id=tenant_id, mode=mode, external_ids=wanted, for_delivery=True
     )
     tenant = await get_delivery_settings(session, tenant_id=tenant_id)
+    plan = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
     plans = await recipients.plan_deliveries(
         session,
         tenant_id=tenant_id,
@@ -104,91 +131,168 @@ async def _fan_out(session: AsyncSession, notification: Notification) -> None:
         # drop_noncritical skips channels here; pause is applied at the delivery claim.
         kill_switches=tenant.kill_switches,
     )
-    # Rendering is CPU work (up to 100 ms a channel): off the event loop, like preview.
-    renders, messages = await asyncio.to_thread(
-        _compose, notification, template, {p.id: p for p in people}, plans, tenant.default_locale
+    written = await _written(session, notification.id)
+    to_write = [p for p in plans if (p.recipient_id, p.channel, p.address) not in written]
+    # Reading the template's sources (is it personalised?) is CPU work: off the event loop.
+    work = await asyncio.to_thread(
+        _Work.of,
+        notification,
+        template,
+        {p.id: p for p in people},
+        to_write,
+        tenant.default_locale,
+        await _shared_renders(session, notification.id),
     )
+    rendering = await renderer.render(
+        tenant_id=tenant_id,
+        mode=mode,
+        plan=plan or "free",
+        template=template,
+        data=notification.data,
+        jobs=work.jobs,
+    )
+    renders, messages = work.rows(notification, rendering.outcomes)
     await _insert_renders(session, renders)
     await _insert(session, _INSERT_MESSAGES, _MESSAGE_COLUMNS, messages)
+    # This run finished its work: a later failure starts counting afresh (failures.py).
+    notification.dispatch_attempts = 0
+    notification.dispatch_error = None
+    if rendering.wait is not None:
+        notification.dispatch_after = utcnow() + max(MIN_DEFER, timedelta(seconds=rendering.wait))
+        return notification.dispatch_after
     found = {p.external_id for p in people}
     unknown = [external_id for external_id in wanted if external_id not in found]
     notification.status = "dispatched"
     notification.dispatched_at = utcnow()
+    notification.dispatch_after = None
     if unknown:
         notification.problems = {"unknown_recipients": unknown[:100]}
+    return None
 
 
-def _compose(
-    notification: Notification,
-    template: TemplateVersion,
-    people: dict[uuid.UUID, Recipient],
-    plans: Sequence[recipients.PlannedDelivery],
-    default_locale: str | None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Render content and build message rows; one render per (channel, content used) when
-    possible, so recipients in fr-CA and fr-FR share the render of the template's `fr`."""
-    renders: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-    shared: dict[tuple[str, str | None], uuid.UUID | RenderFailed] = {}
-    for plan in plans:
-        row = _message_row(notification, plan)
-        messages.append(row)
-        if plan.skip_reason is not None:
-            continue
-        person = people[plan.recipient_id]
-        locales = (notification.locale, person.locale, default_locale)
-        if is_personalised(template, plan.channel, locales[0], locales[1:]):
-            outcome = _render(notification, template, plan.channel, locales, person, renders)
-        else:
+@dataclass
+class _Work:
+    """The renders a dispatch needs, and which message uses which: one job per (channel,
+    content used) when the content does not read `recipient`, else one per recipient, so
+    recipients in fr-CA and fr-FR share the render of the template's `fr`."""
+
+    template: TemplateVersion
+    plans: list[recipients.PlannedDelivery] = field(default_factory=list)
+    uses: list[int | uuid.UUID | None] = field(default_factory=list)  # job, render, or none
+    jobs: list[RenderJob] = field(default_factory=list)
+    locales: list[str | None] = field(default_factory=list)  # whose content each job renders
+
+    @classmethod
+    def of(
+        cls,
+        notification: Notification,
+        template: TemplateVersion,
+        people: dict[uuid.UUID, Recipient],
+        plans: Sequence[recipients.PlannedDelivery],
+        default_locale: str | None,
+        made: dict[tuple[str, str | None], uuid.UUID],
+    ) -> _Work:
+        work = cls(template)
+        shared: dict[tuple[str, str | None], int | uuid.UUID] = dict(made)
+        for plan in plans:
+            work.plans.append(plan)
+            if plan.skip_reason is not None:
+                work.uses.append(None)
+                continue
+            person = people[plan.recipient_id]
+            locales = (notification.locale, person.locale, default_locale)
             found = template.content_for(plan.channel, *locales)
-            key = (plan.channel, found.path if found is not None else None)
+            locale = found.locale if found is not None else None
+            if is_personalised(template, plan.channel, locales[0], locales[1:]):
+                context = recipients.template_context(person)
+                work.uses.append(work._job(plan.channel, locales, locale, context))
+                continue
+            key = (plan.channel, locale)
             if key not in shared:
-                shared[key] = _render(notification, template, plan.channel, locales, None, renders)
-            outcome = shared[key]
-        if isinstance(outcome, RenderFailed):
-            row.update(
-                status="failed", error_class="render", last_error=f"{outcome.field}: {outcome}"
-            )
-        else:
-            row["render_id"] = outcome
-    return renders, messages
+                shared[key] = work._job(plan.channel, locales, locale, None)
+            work.uses.append(shared[key])
+        return work
+
+    def _job(
+        self,
+        channel: str,
+        locales: tuple[str | None, ...],
+        locale: str | None,
+        recipient: dict[str, Any] | None,
+    ) -> int:
+        self.jobs.append(RenderJob(channel, locales[0], tuple(locales[1:]), recipient))
+        self.locales.append(locale)
+        return len(self.jobs) - 1
+
+    def rows(
+        self, notification: Notification, outcomes: Sequence[Outcome]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Render rows and message rows; a message whose render was not made yet (out of
+        budget) is left for the next run."""
+        renders: list[dict[str, Any]] = []
+        render_ids: dict[int, uuid.UUID] = {}
+        messages: list[dict[str, Any]] = []
+        for plan, use in zip(self.plans, self.uses, strict=True):
+            row = _message_row(notification, plan)
+            if isinstance(use, uuid.UUID):
+                row["render_id"] = use
+            elif isinstance(use, int):
+                outcome = outcomes[use]
+                if outcome is None:
+                    continue
+                if isinstance(outcome, RenderFailed):
+                    row.update(
+                        status="failed",
+                        error_class="render",
+                        last_error=f"{outcome.field}: {outcome}",
+                    )
+                else:
+                    if use not in render_ids:
+                        render_ids[use] = uuid7()
+                        renders.append(
+                            {
+                                "id": render_ids[use],
+                                "notification_id": notification.id,
+                                "tenant_id": notification.tenant_id,
+                                "channel": plan.channel,
+                                "locale": self.locales[use],
+                                "content": msgspec.to_builtins(outcome),
+                            }
+                        )
+                    row["render_id"] = render_ids[use]
+            messages.append(row)
+        return renders, messages
 
 
-def _render(
-    notification: Notification,
-    template: TemplateVersion,
-    channel: str,
-    locales: tuple[str | None, ...],
-    person: Recipient | None,
-    renders: list[dict[str, Any]],
-) -> uuid.UUID | RenderFailed:
-    """Render for the first of `locales` the template has; the row records whose content."""
-    context = recipients.template_context(person) if person is not None else None
-    try:
-        content = render(
-            template,
-            channel,
-            locale=locales[0],
-            fallback=locales[1:],
-            data=notification.data,
-            recipient=context,
+async def _written(session: AsyncSession, notification_id: uuid.UUID) -> set[tuple[Any, ...]]:
+    """(recipient, channel, address) of the messages an earlier run wrote (the unique key's
+    index serves it)."""
+    rows = await session.execute(
+        select(Message.recipient_id, Message.channel, Message.address).where(
+            Message.notification_id == notification_id
         )
-    except RenderFailed as failed:
-        return failed
-    found = template.content_for(channel, *locales)
-    locale = found.locale if found is not None else None
-    render_id = uuid7()
-    renders.append(
-        {
-            "id": render_id,
-            "notification_id": notification.id,
-            "tenant_id": notification.tenant_id,
-            "channel": channel,
-            "locale": locale,
-            "content": msgspec.to_builtins(content),
-        }
     )
-    return render_id
+    return {tuple(row) for row in rows.all()}
+
+
+async def _shared_renders(
+    session: AsyncSession, notification_id: uuid.UUID
+) -> dict[tuple[str, str | None], uuid.UUID]:
+    """Renders an earlier run made for everyone (channel, locale of the content used); a
+    personalised content's renders are each one recipient's and are never shared."""
+    if not await session.scalar(
+        select(Render.id).where(Render.notification_id == notification_id).limit(1)
+    ):
+        return {}
+    rows = await session.execute(
+        select(Render.channel, Render.locale, Render.id)
+        .where(Render.notification_id == notification_id)
+        .order_by(Render.id)
+    )
+    made: dict[tuple[str, str | None], uuid.UUID] = {}
+    for channel, locale, render_id in rows.all():
+        made.setdefault((channel, locale), render_id)
+    return made
 
 
 def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -> dict[str, Any]:

@@ -71,6 +71,13 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     trace_context: Mapped[str | None] = mapped_column(Text)
     # Whether its category was critical when it was dispatched (kill switches spare those).
     critical: Mapped[bool | None]
+    # Dispatch runs begun since the last one that finished (counted before each starts, so a
+    # worker killed mid-dispatch counts too); past MAX_DISPATCH_ATTEMPTS it is failed.
+    dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The last dispatch run's error, for the reason it is failed with.
+    dispatch_error: Mapped[str | None] = mapped_column(Text)
+    # A dispatch deferred for the tenant's render budget runs again at this time.
+    dispatch_after: Mapped[datetime | None]
 
 
 class Render(UuidPrimaryKey, Base):

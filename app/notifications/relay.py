@@ -5,6 +5,9 @@ notification and then enqueues its dispatch job, and that enqueue can be lost (R
 or flushed, the process killed in between). A notification still `accepted` a while after
 it was due has lost its job, or waits behind a backlog: the relay cron (jobs/cron.py)
 enqueues it again under the same job id, which arq refuses while the first is still there.
+A notification whose dispatch was deferred for its tenant's render budget has a deferred job
+of its own and is due again at `dispatch_after`, not before. One whose dispatch keeps failing
+is failed after a few runs (failures.py), so the relay does not dispatch it for ever.
 This is an operator job: it reads every tenant's rows.
 """
 
@@ -39,6 +42,7 @@ _STALE = text(
      WHERE status = 'accepted'
        AND created_at < now() - CAST(:older_than AS interval)
        AND (send_at IS NULL OR send_at < now() - CAST(:older_than AS interval))
+       AND (dispatch_after IS NULL OR dispatch_after < now() - CAST(:older_than AS interval))
      ORDER BY created_at
      LIMIT :limit
     """

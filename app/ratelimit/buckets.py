@@ -13,6 +13,11 @@ refilled to full, so idle buckets vanish; a missing key is a full bucket.
 Keys are `herald:tb:{<scope>}:<rest>` where `Bucket.key` is `<scope>:<rest>`: the scope is
 the tenant id, a Redis Cluster hash tag, so all of one tenant's buckets live in one slot
 and a single script may touch them together. Build keys with the helpers below.
+
+`CostBuckets` is for work whose cost is known only afterwards (render time): it reserves
+up to an amount before the work and settles with what the work cost after it, which may
+leave the bucket in debt (down to minus one burst); nothing is granted until the debt is
+repaid by the refill.
 """
 
 from __future__ import annotations
@@ -144,6 +149,71 @@ class Grant:
     # line; the k-th after it comes k / rate later (0.0 when all were granted).
     turn: float = 0.0
     bucket: str = ""  # the limiting bucket's key
+
+
+# KEYS[1]: the bucket. ARGV: rate, burst, want, least, adjust. `adjust` is added first (a
+# settlement: unused reservation back, or the overrun taken); then, if the level holds at
+# least `least`, up to `want` is granted and taken. Returns {granted, wait} in whole
+# microseconds: wait is 0 when something was granted, else until the level reaches `least`.
+_SPEND = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want, least, adjust = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local state = redis.call('HMGET', KEYS[1], 't', 'ts')
+local level = tonumber(state[1])
+local last = tonumber(state[2])
+if level == nil or last == nil then
+  level = burst
+elseif now > last then
+  level = math.min(burst, level + (now - last) * rate / 1000000)
+end
+level = math.max(-burst, math.min(burst, level + adjust))
+local granted = 0
+if want > 0 and level >= least then
+  granted = math.min(want, level)
+  level = level - granted
+end
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', level), 'ts', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - level) / rate * 1000) + 1000)
+local wait = 0
+if granted == 0 and level < least then wait = (least - level) / rate end
+return {math.floor(granted * 1000000), math.ceil(wait * 1000000)}
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    granted: float  # amount reserved (0 when the bucket held less than asked as the least)
+    wait: float  # seconds until it holds that least (0.0 when something was granted)
+
+
+class CostBuckets:
+    """Buckets charged by what work cost, known after it: reserve, work, then settle."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = redis.register_script(_SPEND)
+
+    async def reserve(self, bucket: Bucket, want: float, *, least: float) -> Reservation:
+        """Take up to `want` if the bucket holds at least `least` (<= its burst), else
+        nothing. Raises redis.exceptions.RedisError (or OSError) when Redis is unreachable."""
+        return await self._spend(bucket, want, min(least, bucket.burst), 0.0)
+
+    async def settle(self, bucket: Bucket, reserved: float, cost: float) -> None:
+        """Give back what a reservation did not use, or take what the work cost beyond it."""
+        if reserved != cost:
+            await self._spend(bucket, 0.0, 0.0, reserved - cost)
+
+    async def _spend(self, bucket: Bucket, want: float, least: float, adjust: float) -> Reservation:
+        args = [bucket.rate, bucket.burst, want, least, adjust]
+        granted_us, wait_us = await self._script(keys=[bucket.redis_key], args=args)
+        return Reservation(int(granted_us) / 1_000_000, int(wait_us) / 1_000_000)
+
+
+def render_bucket(tenant_id: uuid.UUID | str, mode: str, limits: PlanLimits) -> Bucket:
+    """The tenant's render time in one mode, in milliseconds: previews and dispatches
+    together. Test renders have a budget of their own, so they never delay live sends."""
+    return Bucket(f"{tenant_id}:render:{mode}", limits.render_ms_rate, limits.render_ms_burst)
 
 
 def tenant_bucket(tenant_id: uuid.UUID | str, mode: str, limits: PlanLimits) -> Bucket:

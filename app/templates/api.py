@@ -1,11 +1,12 @@
 """/v1/templates: save versions, read, list, delete and preview the tenant's templates.
 
-Writes need scope `manage`, reads and previews `read`.
+Writes need scope `manage`, reads and previews `read`. Previews render in the render pool
+within the tenant's render budget (app/templates/renderer.py): over it, 429.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
 import uuid
 from typing import Annotated, Any
 
@@ -20,9 +21,11 @@ from app.dependencies import DbSession
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
 from app.templates import service
-from app.templates.content import SmsContent
+from app.templates.content import Content, SmsContent
+from app.templates.isolation import RenderJob
 from app.templates.models import TemplateVersion
-from app.templates.rendering import RenderFailed, render
+from app.templates.renderer import OverBudget, Renderer
+from app.templates.rendering import RenderFailed
 from app.templates.schemas import (
     ChannelPreview,
     PreviewError,
@@ -211,8 +214,28 @@ class TemplateController(Controller):
         template = await _template(db_session, request, key, data.version)
         # As at a send: the tenant's default locale comes before the template's own content.
         tenant = await get_delivery_settings(db_session, tenant_id=request.user.tenant_id)
-        # Rendering is CPU work of up to 100 ms per channel: keep it off the event loop.
-        channels = await asyncio.to_thread(_preview_channels, template, data, tenant.default_locale)
+        # The session is not needed while rendering: give its connection back meanwhile.
+        await db_session.rollback()
+        renderer: Renderer = request.app.state.renderer
+        jobs = [
+            RenderJob(channel, data.locale, (tenant.default_locale,), data.recipient)
+            for channel in template.channels
+        ]
+        try:
+            outcomes = await renderer.preview(
+                tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
+                plan=request.user.plan,
+                template=template,
+                data=data.data,
+                jobs=jobs,
+            )
+        except OverBudget as over:
+            raise _over_budget(over) from None
+        channels = {
+            job.channel: _preview(template, job, outcome, tenant.default_locale)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        }
         return TemplatePreview(
             object="template_preview",
             key=template.key,
@@ -227,34 +250,33 @@ def _builtins(value: Any) -> dict[str, Any]:
     return result
 
 
-def _preview_channels(
-    template: TemplateVersion, body: PreviewRequest, default_locale: str | None
-) -> dict[str, ChannelPreview]:
-    return {
-        channel: _preview(template, channel, body, default_locale) for channel in template.channels
-    }
+def _over_budget(over: OverBudget) -> Problem:
+    seconds = max(1, math.ceil(over.retry_after))
+    return Problem(
+        429,
+        "rate_limited",
+        f"Render budget exhausted: this tenant's templates may render for "
+        f"{over.bucket.rate:g} ms per second (bursts of {over.bucket.burst} ms), and a preview "
+        f"sets aside each channel's worst case until it ends; retry in {seconds} s.",
+        headers={"Retry-After": str(seconds)},
+        retry_after=seconds,
+    )
 
 
 def _preview(
-    template: TemplateVersion, channel: str, body: PreviewRequest, default_locale: str | None
+    template: TemplateVersion,
+    job: RenderJob,
+    outcome: Content | RenderFailed,
+    default_locale: str | None,
 ) -> ChannelPreview:
-    found = template.content_for(channel, body.locale, default_locale)
+    found = template.content_for(job.channel, job.locale, default_locale)
     locale = found.locale if found is not None else template.default_locale
-    try:
-        content = render(
-            template,
-            channel,
-            locale=body.locale,
-            fallback=(default_locale,),
-            data=body.data,
-            recipient=body.recipient,
-        )
-    except RenderFailed as failed:
+    if isinstance(outcome, RenderFailed):
         return ChannelPreview(
-            locale=locale, ok=False, error=PreviewError(field=failed.field, message=str(failed))
+            locale=locale, ok=False, error=PreviewError(field=outcome.field, message=str(outcome))
         )
     sms = None
-    if isinstance(content, SmsContent):
-        stats = count_segments(content.text)
+    if isinstance(outcome, SmsContent):
+        stats = count_segments(outcome.text)
         sms = SmsStats(length=stats.length, encoding=stats.encoding, segments=stats.segments)
-    return ChannelPreview(locale=locale, ok=True, content=content, sms=sms)
+    return ChannelPreview(locale=locale, ok=True, content=outcome, sms=sms)

@@ -5,6 +5,16 @@ filter and guarded operator, and a budget of intermediate text, which `reserve()
 *before* an operation whose result size the template controls, and `charged()` draws down
 after each string is built. Outside `metered()` (compiling at save time) only the size
 pre-checks apply, against the whole budget.
+
+Containers have a *weight* (`weight()`): about how many characters `str()` of them would
+be, each element counted as often as it is reached. `{% set a = [a, a] %}` doubles the
+weight of `a` while costing nothing to build, and one C call over the result (`==`, `in`,
+`sort`, `str()`, hashing a tuple key) then runs for a time exponential in the template's
+size, holding the GIL past every deadline. So every container a template builds (list,
+tuple and dict literals, `dict()`, filter results) and every container handed to a
+comparison, a test, a stringifying filter or output is weighed first and refused above
+MAX_WORK_CHARS. Weights are remembered per render by object identity, so building `[a, a]`
+costs the weighing of two known items, not a walk of everything below them.
 """
 
 from __future__ import annotations
@@ -13,12 +23,14 @@ import math
 import re
 import string
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
+from jinja2.utils import Namespace
 from markupsafe import soft_str
 
 from app.templates.limits import MAX_INT_BITS, MAX_ITEMS, MAX_OUTPUT_BYTES, MAX_WORK_CHARS
@@ -33,6 +45,9 @@ class _Meter:
     timeout: float
     deadline: float
     work_left: int
+    # id(container) -> (the container, its weight): the container is held so that its id
+    # cannot be reused by another object during the render.
+    weights: dict[int, tuple[Any, int]] = dataclass_field(default_factory=dict)
 
 
 _meter: ContextVar[_Meter | None] = ContextVar("herald_template_meter", default=None)
@@ -184,7 +199,7 @@ def collect(items: Iterable[Any], separator: int, what: str) -> list[Any]:
     size = 0
     for item in items:
         tick()
-        size += separator + (len(item) if isinstance(item, str | bytes) else len(soft_str(item)))
+        size += separator + text_size(item)
         reserve(size, what)
         collected.append(item)
     return collected
@@ -207,7 +222,7 @@ def percent_size(template: str, values: Any) -> int:
         items = list(values.values())
     else:
         items = list(values) if isinstance(values, tuple) else [values]
-    widest = max((len(soft_str(item)) for item in items), default=0)
+    widest = max((text_size(item) for item in items), default=0)
     size = len(template)
     for spec in _PERCENT_SPEC.finditer(template):
         width, precision = spec.group(1), spec.group(2)
@@ -219,7 +234,7 @@ def percent_size(template: str, values: Any) -> int:
 
 def format_size(template: str, values: Iterable[Any]) -> int:
     """An upper bound of `template.format(...)`; nested fields in specs are refused."""
-    widest = max((len(soft_str(value)) for value in values), default=0)
+    widest = max((text_size(value) for value in values), default=0)
     size = len(template)
     for _, field, spec, _ in string.Formatter().parse(template):
         if field is None:
@@ -267,7 +282,7 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
             reserve(len(left) + len(right), "`+`")
         elif isinstance(left, list | tuple) and isinstance(right, list | tuple):
             check_items(len(left) + len(right), "`+`")
-            reserve(_weight(left, _room()) + _weight(right, _room()), "`+`")
+            check_weight_of(weight(left) + weight(right), "`+`")
     elif operator == "%" and isinstance(left, str):
         reserve(percent_size(left, right), "`%`")
 
@@ -277,25 +292,126 @@ def _check_repeat(sequence: str | bytes | list[Any] | tuple[Any, ...], times: in
         reserve(len(sequence) * times, "`*`")
         return
     check_items(len(sequence) * times, "`*`")
-    # `[big] * n` costs nothing until it is printed, joined or formatted: weigh it now.
+    # `[big] * n` costs nothing until it is printed, joined or compared: weigh it now.
     if times > 0:
-        reserve(_weight(sequence, _room() // times + 1) * times, "`*`")
+        check_weight_of(weight(sequence) * times, "`*`")
 
 
-def _weight(value: Any, limit: int) -> int:
-    """About how many characters `str(value)` would be, counted up to just past `limit`."""
-    total, stack = 0, [value]
-    while stack and total <= limit:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item) + 4
-        elif isinstance(item, list | tuple):
-            total += 2
-            stack.extend(item)
-        elif isinstance(item, dict):
-            total += 2
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        else:
-            total += 8
-    return total
+# What weight() walks into; everything else counts as a short scalar. Namespace is the one
+# mutable container a template can change (`{% set ns.x = … %}`): its weight is never kept.
+_CONTAINERS = (list, tuple, set, frozenset, dict, Mapping, KeysView, ValuesView, Namespace)
+_SCALAR = 8  # a number, None, a date: about as long as its repr
+_HEAVY = MAX_WORK_CHARS + 1  # weights stop counting here: anything heavier is refused
+_TICK_EVERY = 4096  # items weighed between deadline checks
+
+
+def _leaf(value: Any) -> int | None:
+    """The weight of a value that holds no others; None for a container."""
+    if isinstance(value, str | bytes):
+        return len(value) + 4  # quotes and a separator
+    if isinstance(value, _CONTAINERS):
+        return None
+    return _SCALAR
+
+
+def _items(value: Any) -> Iterable[Any]:
+    if isinstance(value, Namespace):
+        value = value._Namespace__attrs  # its own dict (name-mangled)
+    if isinstance(value, Mapping):
+        return (*value.keys(), *value.values())
+    if isinstance(value, ItemsView):
+        return [part for pair in value for part in pair]
+    return value  # type: ignore[no-any-return]
+
+
+def weight(value: Any) -> int:
+    """About how many characters `str(value)` would be, every element counted as often as
+    it is reached; also what comparing, hashing or sorting it costs. At most _HEAVY."""
+    leaf = _leaf(value)
+    if leaf is not None:
+        return leaf
+    meter = _meter.get()
+    memo: dict[int, tuple[Any, int]] = meter.weights if meter is not None else {}
+    known = memo.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    return _weigh(value, memo)
+
+
+def _weigh(root: Any, memo: dict[int, tuple[Any, int]]) -> int:
+    """Depth-first, without recursion (templates can nest far deeper than Python's stack),
+    each container summed once its unknown children are: linear in the distinct objects.
+
+    A namespace can change after it was weighed, and so can whatever holds one: their
+    weights serve this walk only and are not kept for the next."""
+    stack, expanded, volatile = [root], set(), set()
+    steps = 0
+    while stack:
+        node = stack[-1]
+        key = id(node)
+        known = memo.get(key)
+        if known is not None and known[0] is node:
+            stack.pop()
+            continue
+        if key not in expanded:
+            expanded.add(key)
+            unknown = [
+                item
+                for item in _items(node)
+                if _leaf(item) is None and id(item) not in expanded and id(item) not in memo
+            ]
+            if unknown:
+                stack.extend(unknown)
+                continue
+        total = 2
+        changes = isinstance(node, Namespace)
+        for item in _items(node):
+            steps += 1
+            if steps % _TICK_EVERY == 0:
+                tick()
+            leaf = _leaf(item)
+            if leaf is None:
+                entry = memo.get(id(item))
+                # Not weighed yet: a cycle back to a container being weighed (a namespace
+                # holding itself), which repr() prints as `...`.
+                leaf = entry[1] if entry is not None else _SCALAR
+                changes = changes or id(item) in volatile or entry is None
+            total += leaf
+            if total >= _HEAVY:
+                total, changes = _HEAVY, True  # not every item was looked at: keep nothing
+                break
+        memo[key] = (node, total)
+        if changes:
+            volatile.add(key)
+        stack.pop()
+    result = memo[id(root)][1]
+    for key in volatile:
+        del memo[key]
+    return result
+
+
+def check_weight_of(size: int, what: str) -> None:
+    if size > MAX_WORK_CHARS:
+        shown = f"more than {MAX_WORK_CHARS}" if size >= _HEAVY else f"about {size}"
+        raise LimitExceeded(
+            f"{what} is too big: {shown} characters once printed, each element counted as "
+            f"often as it is reached; the limit is {MAX_WORK_CHARS}"
+        )
+
+
+def check_weight(value: Any, what: str) -> Any:
+    """Refuse a container too heavy to compare, hash, sort or print; returns `value`."""
+    if _leaf(value) is None:
+        check_weight_of(weight(value), what)
+    return value
+
+
+def text_size(value: Any) -> int:
+    """How long `str(value)` is, found without building it when `value` is a container."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if _leaf(value) is None:
+        size = weight(value)
+        check_weight_of(size, "turning a container into text")
+        return size
+    return len(soft_str(value))

@@ -24,3 +24,11 @@ MAX_ITEMS = 100_000
 
 #: Largest integer a template may compute with `*` or `**`, in bits.
 MAX_INT_BITS = 8192
+
+#: A render still running this long after RENDER_TIMEOUT_SECONDS has its process killed (the
+#: in-process checks stop most runaway templates at the limit; this is for one C call that
+#: holds on past it).
+RENDER_KILL_GRACE_SECONDS = 0.100
+
+#: Compiling the sources one batch of renders needs (up to MAX_SOURCE_BYTES each).
+COMPILE_TIMEOUT_SECONDS = 1.0

@@ -7,10 +7,18 @@ that are not defined are errors (StrictUndefined), reported with the field they 
 
 Only email `html` is autoescaped. Compiled templates are cached by (version id, source
 path): versions are immutable, so an entry never goes stale.
+
+Rendered text is refused when it holds NUL (`"\\x00"` in a template, `'%c' % 0`) or a lone
+surrogate (`"\\ud800"`): PostgreSQL stores neither in text or jsonb, and no channel can
+carry them. Refused rather than stripped: a message quietly different from what its
+template says is worse than one that fails naming the field, and tenant data cannot hold
+them (the API refuses them), so only the template itself can be at fault. Error messages,
+which can quote template values, are cleaned of both the same way and shortened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import uuid
@@ -107,6 +115,23 @@ def render(
         return _build(channel, found.content, fields)
 
 
+def prepare(
+    template: TemplateVersion,
+    channel: str,
+    *,
+    locale: str | None,
+    fallback: Sequence[str | None] = (),
+) -> None:
+    """Compile (and cache) what `render` of the same arguments will need; a source that does
+    not compile is left for `render` to report."""
+    found = template.content_for(channel, locale, *fallback)
+    if found is None:
+        return
+    for field, source in iter_sources(channel, found.content):
+        with contextlib.suppress(RenderFailed):
+            _compile(template.id, f"{found.path}.{channel}.{field}", channel, field, source)
+
+
 def _compile(
     template_id: uuid.UUID, path: str, channel: str, field: str, source: str
 ) -> jinja2.Template:
@@ -193,7 +218,15 @@ class _FieldRenderer:
             text = _generate(self.compiled[field], self.context)
         except Exception as error:  # anything a template raises is the template's failure
             raise RenderFailed(name, _describe(error)) from error
-        self.size += len(text.encode())
+        if "\x00" in text:
+            raise RenderFailed(name, "the rendered text holds NUL (\\u0000): no channel carries it")
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:
+            raise RenderFailed(
+                name, "the rendered text holds a lone surrogate (such as \\ud800): not Unicode"
+            ) from None
+        self.size += len(encoded)
         if self.size > MAX_OUTPUT_BYTES:
             raise RenderFailed(
                 name, f"the rendered {self.channel} is larger than {MAX_OUTPUT_BYTES} bytes"
@@ -213,10 +246,24 @@ def _generate(template: jinja2.Template, context: dict[str, Any]) -> str:
     return "".join(chunks)
 
 
+MAX_ERROR_CHARS = 500
+
+
 def _describe(error: Exception) -> str:
     if isinstance(error, RecursionError):
-        return "recursion too deep (does a macro call itself without end?)"
-    return str(error) or type(error).__name__
+        return "recursion too deep (a macro calling itself without end, or nesting too deep)"
+    if isinstance(error, MemoryError):
+        return "the render ran out of memory"
+    return clean_message(str(error) or type(error).__name__)
+
+
+def clean_message(message: str) -> str:
+    """A message fit for a text column and JSON: no NUL, no lone surrogate, not too long."""
+    message = message.replace("\x00", "\\x00")
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return message
 
 
 _LINE_BREAKS = re.compile(r"[\r\n]+")

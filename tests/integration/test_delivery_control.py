@@ -30,7 +30,7 @@ from app.runtime import ServiceUrls
 from app.tenants.plans import limits_for
 from tests.fakes import FakeProvider, Mailbox
 from tests.send_path import notify, put_recipient, put_template, workers
-from tests.support import TenantKey, free_port, settings_for
+from tests.support import TenantKey, free_port, settings_for, unmetered_renderer
 
 HOOK = {"webhook": {"body": {"event": "ping", "n": "{{ n }}"}}}
 MAIL = {"email": {"subject": "Hi", "text": "Hello"}}
@@ -68,7 +68,9 @@ async def queued(
     """Send one notification to n recipients and dispatch it here; its message ids."""
     to = [f"r{i}" for i in range(n)]
     accepted = await notify(client, tenant, template=template, to=to, data={"n": 1})
-    await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+    await dispatch(
+        session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+    )
     await session.commit()
     ids = await session.scalars(
         select(Message.id)

@@ -179,7 +179,7 @@ async def test_an_update_made_during_the_rotation_is_kept(db: Database) -> None:
         async with db.session() as session:
             rotation = asyncio.create_task(rotate(session, both, batch_size=10))
             try:
-                await _until_waiting_for_a_lock(db)
+                await _until_waiting_for_a_lock(db, rotation)
                 await api.commit()
                 report = await rotation
             finally:  # a failure above must not leave the task on the session's connection
@@ -192,9 +192,11 @@ async def test_an_update_made_during_the_rotation_is_kept(db: Database) -> None:
     assert opened[ids[0]] == {"api_key": "SG.0"} and opened[ids[2]] == {"api_key": "SG.2"}
 
 
-async def _until_waiting_for_a_lock(db: Database) -> None:
+async def _until_waiting_for_a_lock(db: Database, rotation: asyncio.Task[object]) -> None:
     async with db.session() as probe:
         for _ in range(600):
+            if rotation.done():  # it cannot have passed the locked row: say why it ended
+                raise AssertionError(f"the rotation ended early: {rotation.result()!r}")
             waiting = await probe.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity "

@@ -29,7 +29,7 @@ from app.tenants.models import Tenant
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, live_key, make_tenant, settings_for
+from tests.support import TenantKey, live_key, make_tenant, settings_for, unmetered_renderer
 
 CONTENT = {
     "email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"},
@@ -339,7 +339,9 @@ async def test_drop_noncritical_skips_messages_already_waiting(
         accepted = await notify(
             client, tenant, template="news", to=["ada"], category=category, data={"name": "A"}
         )
-        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await dispatch(
+            session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+        )
         await session.commit()
         sent[(tenant.tenant_id, category)] = (tenant, accepted["id"])
     [promo_email] = [
@@ -387,7 +389,9 @@ async def test_a_message_given_back_after_the_switch_is_skipped_at_its_claim(
         accepted = await notify(
             client, sandbox, template="news", to=["ada"], category=category, data={"name": "A"}
         )
-        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await dispatch(
+            session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+        )
         await session.commit()
         [message] = (await notification(client, sandbox, accepted["id"]))["messages"]
         ids[category] = uuid.UUID(message["id"])
@@ -451,7 +455,9 @@ async def test_lifting_a_pause_releases_held_messages(
     neighbour = await send(other, "normal", ["ada"])
     # Dispatch (run here, not by a worker) still writes the paused channel's messages.
     for accepted in (urgent, bulk, later, neighbour):
-        await dispatch(session, notification_id=uuid.UUID(accepted["id"]))
+        await dispatch(
+            session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+        )
         await session.commit()
     held = by_channel(await notification(client, sandbox, urgent["id"]))
     assert held == {"email": ("queued", None), "inbox": ("queued", None)}

@@ -40,7 +40,7 @@ from jobs.worker import build_worker
 from tests.conftest import create_database, drop_database
 from tests.fakes import FakeProvider
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, serving, settings_for
+from tests.support import TenantKey, make_tenant, serving, settings_for, unmetered_renderer
 
 LONG_AGO = timedelta(minutes=5)  # further back than any threshold of the relay or sweeper
 
@@ -255,7 +255,7 @@ async def test_sweep_requeues_an_expired_claim_and_records_the_lost_attempt(
     accepted = await notify(api, tenant, template="event", to=["c1"], data={"what": "c"})
     await enqueued_by_the_api(redis, accepted)
     await redis.flushdb()
-    await dispatch(db, notification_id=uuid.UUID(accepted["id"]))
+    await dispatch(db, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer())
     await db.commit()
     [message_id] = await message_ids(api, tenant, accepted["id"])
     # A worker claims the message and dies before sending; later its lease runs out.
@@ -346,7 +346,7 @@ async def test_sweep_holds_a_paused_channel_and_requeues_it_once_lifted(
     await enqueued_by_the_api(redis, held, other)
     await redis.flushdb()
     for accepted in (held, other):
-        await dispatch(db, notification_id=uuid.UUID(accepted["id"]))
+        await dispatch(db, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer())
         await db.commit()
     lost_claim, never_claimed, overdue_retry = await message_ids(api, paused, held["id"])
     [flowing_id] = await message_ids(api, flowing, other["id"])
@@ -499,7 +499,7 @@ async def test_a_claim_lost_with_the_budget_spent_goes_to_the_dead_letter_queue(
     accepted = await notify(api, tenant, template="event", to=["p1"], data={"what": "p"})
     await enqueued_by_the_api(redis, accepted)
     await redis.flushdb()
-    await dispatch(db, notification_id=uuid.UUID(accepted["id"]))
+    await dispatch(db, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer())
     await db.commit()
     [message_id] = await message_ids(api, tenant, accepted["id"])
     outcomes = []
