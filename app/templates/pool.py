@@ -204,6 +204,8 @@ class RenderPool:
         self._children: set[_Child] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._in_flight = 0
+        self.most_in_flight = 0  # the most batches ever rendered at once (tests, metrics)
         self._executor = ThreadPoolExecutor(processes, thread_name_prefix="herald-render")
 
     def start(self) -> None:
@@ -260,6 +262,16 @@ class RenderPool:
 
     def _run(self, batch: RenderBatch) -> BatchResult:
         child = self._idle.get()  # one per executor thread: never waits
+        with self._lock:
+            self._in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        try:
+            return self._render_on(child, batch)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _render_on(self, child: _Child, batch: RenderBatch) -> BatchResult:
         outcomes: list[Outcome] = [None] * len(batch.jobs)
         cost = 0.0
         start = 0

@@ -134,14 +134,12 @@ async def test_concurrent_batches_use_every_process(pool: RenderPool) -> None:
     stalls = sms(
         "{% for i in range(10 ** 5) %}{% for j in range(10 ** 5) %}{% endfor %}{% endfor %}"
     )
-    began = time.monotonic()
     results = await asyncio.gather(
         *(pool.render(RenderBatch(stalls, {}, jobs(2))) for _ in range(2))
     )
-    took = time.monotonic() - began
     assert all(isinstance(o, RenderFailed) for r in results for o in r.outcomes)
-    # Two batches of two 100 ms renders on two processes: side by side, not one after other.
-    assert took < 4 * 0.1 + 0.25
+    # Two batches on two processes: side by side, not one after the other.
+    assert pool.most_in_flight == 2
 
 
 async def test_close_stops_every_process() -> None:
