@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
-from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -165,13 +164,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=openapi_config(),
         template_config=dashboard.template_config(),
         plugins=plugins,
-        csrf_config=CSRFConfig(
-            secret=secret_key(settings).hex(),
-            cookie_secure=settings.secure_cookies,
-            cookie_httponly=False,
-            cookie_samesite="strict",
-            exclude=["/v1/", "/webhooks/"],
-        ),
+        # No app-wide CSRF config: the dashboard's router checks session-bound tokens
+        # (admin_ui/csrf.py); /v1 and /webhooks take keys and signatures, not cookies.
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "inbox_tokens": InboxTokenSigner(secret_key(settings))}),
     )
