@@ -12,6 +12,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from admin_ui.account import AccountController
 from admin_ui.accounts import AccountsController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
@@ -38,7 +39,7 @@ class Dashboard:
         return [
             Router(
                 path="/",
-                route_handlers=[AccountsController, KeysController],
+                route_handlers=[AccountsController, AccountController, KeysController],
                 # The CSRF check reads the session: it comes second.
                 middleware=[
                     session_middleware(self.settings, self.secret_key),

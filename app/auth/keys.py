@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.auth.models import KEY_MODES, SCOPES, ApiKey
+from app.auth.models import KEY_MODES, SCOPES, ApiKey, UnverifiedTenant
 from app.pagination import Page, keyset_page
 from app.tenants.models import Tenant
 
@@ -36,6 +36,10 @@ REFUSAL_SECONDS = 10.0
 # Database lookups of keys not in a process's memory, at once; the request pool has 20.
 MAX_LOOKUPS = 4
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+UNVERIFIED_LIVE_KEY = (
+    "This live key works once an owner of the tenant has verified their e-mail address in "
+    "the dashboard; test keys work meanwhile."
+)
 
 
 class InvalidKeyRequest(ValueError):
@@ -178,7 +182,7 @@ class KeyCache:
     effective across every process within `ttl`. A refused key is remembered too, so a
     client repeating a bad key costs one SELECT, not one per request: unknown and revoked
     keys for `REFUSAL_SECONDS` (neither can become valid: secrets are random and revocation
-    is final).
+    is final), a live key of an unverified tenant for `ttl` only (verification lifts it).
 
     Each side holds at most `max_entries`, the oldest dropped first, so a flood of random
     keys fills the refusal side and cannot push valid keys out. Lookups of keys not in
@@ -277,20 +281,24 @@ async def _look_up(session: AsyncSession, key_hash: bytes, cache: KeyCache) -> P
                 ApiKey.scopes,
                 ApiKey.revoked_at,
                 Tenant.plan,
+                UnverifiedTenant.tenant_id.is_not(None).label("held"),
                 or_(
                     ApiKey.last_used_at.is_(None),
                     ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION,
                 ).label("stale"),
             )
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .outerjoin(UnverifiedTenant, UnverifiedTenant.tenant_id == ApiKey.tenant_id)
             .where(ApiKey.key_hash == key_hash)  # the unique index on key_hash
         )
     ).first()
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or (row.mode == "live" and row.held):
         await session.rollback()  # nothing was written; the connection goes back
         if row is None:
             raise cache.refuse(key_hash, "The API key is not recognised.")
-        raise cache.refuse(key_hash, "The API key has been revoked.")
+        if row.revoked_at is not None:
+            raise cache.refuse(key_hash, "The API key has been revoked.")
+        raise cache.refuse(key_hash, UNVERIFIED_LIVE_KEY, seconds=cache.ttl)
     if row.stale:
         # Recorded to the minute: a busy key would otherwise rewrite its row (and queue on
         # its lock) once a second in every process.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from admin_ui.csrf import TOKEN_SECONDS, CsrfTokens
+from app.auth.devices import LIFETIME_SECONDS, DeviceTokens
 
 SECRET = b"k" * 32
 
@@ -33,3 +34,14 @@ def test_forged_and_malformed_tokens_are_refused() -> None:
     assert not tokens.valid(f"{int(issued) + 1}.{mac}", "session-a"), "a moved timestamp"
     for junk in ("", ".", "abc.def", "0" * 128, f"{issued}.", "9" * 40 + ".x"):
         assert not tokens.valid(junk, "session-a")
+
+
+def test_device_tokens_name_one_account_for_a_while() -> None:
+    devices = DeviceTokens(SECRET)
+    now = time.time()
+    token = devices.issue("Ann@Example.com", now=now)
+    assert devices.trusts(token, " ann@example.com ", now=now)
+    assert not devices.trusts(token, "bob@example.com", now=now)
+    assert not devices.trusts(token, "ann@example.com", now=now + LIFETIME_SECONDS + 1)
+    assert not devices.trusts(None, "ann@example.com")
+    assert not devices.trusts("12.34", "ann@example.com")
