@@ -1,4 +1,9 @@
-"""Sign-up, sign-in and sign-out: the dashboard's doors."""
+"""Sign-up, sign-in, sign-out and e-mail verification: the dashboard's doors.
+
+The rules (limits, delays, verification) live in app/auth; this module reads forms, finds
+who is knocking (`client_of`) and turns the services' answers into pages: 422 with the field
+at fault, 400 for wrong credentials, 429 with Retry-After when told to slow down.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import FormMultiDict
+from litestar.params import FromQuery
 
 from admin_ui.pages import form_text, page, see_other
 from admin_ui.session import USER_ID, end_session, signed_in_member, start_session
-from app.auth import accounts
-from app.auth.accounts import AccountError, AccountLocked
-from app.db import utcnow
+from app.auth import accounts, devices, verification
+from app.auth.accounts import AccountError, Client, Guards, TooManyAttempts
+from app.auth.client_ip import client_address, client_network
+from app.auth.mailer import SystemMailer
 from app.dependencies import DbSession
 from app.settings import Settings
 
@@ -44,31 +51,42 @@ class SignUpForm:
         return None
 
 
-def _form_errors(error: AccountError) -> dict[str, str]:
+def guards_of(request: Request[Any, Any, Any]) -> Guards:
+    guards: Guards = request.app.state.account_guards
+    return guards
+
+
+def client_of(request: Request[Any, Any, Any]) -> Client:
+    """The request's network (HERALD_TRUSTED_PROXY_HOPS says whom to believe) and device."""
+    settings: Settings = request.app.state.settings
+    address = client_address(
+        request.client.host if request.client else None,
+        request.headers.getall("x-forwarded-for", []),
+        settings.trusted_proxy_hops,
+    )
+    return Client(client_network(address), request.cookies.get(devices.COOKIE))
+
+
+def form_errors(error: AccountError) -> dict[str, str]:
     """Field errors by field name; an error about no field in particular is under ''."""
     return {error.field or "": str(error)}
 
 
-def _sign_up_page(form: SignUpForm, error: AccountError | None = None) -> Response[Any]:
-    errors = _form_errors(error) if error else {}
-    return page("signup.html", status_code=422 if error else 200, form=form, errors=errors)
-
-
-def _sign_in_page(email: str = "", error: AccountError | None = None) -> Response[Any]:
-    if isinstance(error, AccountLocked):
-        response = page(
-            "signin.html",
-            status_code=429,
-            email=email,
-            errors={"": str(error)},
-            locked_until=error.until,
-        )
-        retry_after = max(1, int((error.until - utcnow()).total_seconds()))
-        response.headers["Retry-After"] = str(retry_after)
+def refused_page(
+    template_name: str, error: AccountError, *, status_code: int, **context: Any
+) -> Response[Any]:
+    """A form sent back with its error: 429 with Retry-After when the answer is "slow down"."""
+    if isinstance(error, TooManyAttempts):
+        response = page(template_name, status_code=429, errors=form_errors(error), **context)
+        response.headers["Retry-After"] = str(error.retry_after)
         return response
-    if error is not None:
-        return page("signin.html", status_code=400, email=email, errors=_form_errors(error))
-    return page("signin.html", email=email, errors={})
+    return page(template_name, status_code=status_code, errors=form_errors(error), **context)
+
+
+async def mail_link(request: Request[Any, Any, Any], name: str, to: str, link: str) -> bool:
+    mailer: SystemMailer = request.app.state.mailer
+    subject, text = verification.link_mail(name, link)
+    return await mailer.send(to=to, subject=subject, text=text)
 
 
 class AccountsController(Controller):
@@ -85,29 +103,35 @@ class AccountsController(Controller):
     ) -> Response[Any]:
         if await signed_in_member(request, db_session):
             return see_other(request, HOME)
-        return _sign_up_page(SignUpForm())
+        return page("signup.html", form=SignUpForm(), errors={})
 
     @post("/signup")
     async def sign_up(
         self, request: Request[Any, Any, Any], db_session: DbSession
     ) -> Response[Any]:
         form = SignUpForm.read(await request.form())
+        settings: Settings = request.app.state.settings
         try:
             if problem := form.too_long():
                 raise problem
-            user, tenant = await accounts.sign_up(
+            signed_up = await accounts.sign_up(
                 db_session,
+                guards_of(request),
+                client_of(request),
                 email=form.email,
                 name=form.name,
                 password=form.password,
                 company=form.company,
+                public_url=settings.public_url,
             )
         except AccountError as error:
             await db_session.rollback()
-            return _sign_up_page(form, error)
+            return refused_page("signup.html", error, status_code=422, form=form)
         await db_session.commit()
-        start_session(request, user.id, tenant.id)
-        return see_other(request, HOME)
+        user = signed_up.user
+        sent = await mail_link(request, user.name, user.email, signed_up.link)
+        start_session(request, user, signed_up.tenant.id)
+        return see_other(request, HOME if sent else "/account?notice=mail_failed")
 
     @get("/signin")
     async def sign_in_form(
@@ -115,7 +139,7 @@ class AccountsController(Controller):
     ) -> Response[Any]:
         if await signed_in_member(request, db_session):
             return see_other(request, HOME)
-        return _sign_in_page()
+        return page("signin.html", email="", errors={})
 
     @post("/signin")
     async def sign_in(
@@ -125,23 +149,51 @@ class AccountsController(Controller):
         email = form_text(form, "email")
         settings: Settings = request.app.state.settings
         try:
-            user = await accounts.sign_in(
+            signed_in = await accounts.sign_in(
                 db_session,
+                guards_of(request),
+                client_of(request),
                 email=email,
                 password=form_text(form, "password"),
-                max_failures=settings.signin_max_failures,
-                lockout_seconds=settings.signin_lockout_seconds,
             )
         except AccountError as error:
             await db_session.rollback()
-            return _sign_in_page(email, error)
+            return refused_page("signin.html", error, status_code=400, email=email)
+        user = signed_in.user
         memberships = await accounts.tenants_of(db_session, user_id=user.id)
         if not memberships:
-            return _sign_in_page(email, AccountError("This account has no access to any tenant."))
-        start_session(request, user.id, memberships[0].tenant.id)
-        return see_other(request, HOME)
+            orphan = AccountError("This account has no access to any tenant.")
+            return refused_page("signin.html", orphan, status_code=400, email=email)
+        start_session(request, user, memberships[0].tenant.id)
+        response = see_other(request, HOME)
+        response.set_cookie(
+            devices.COOKIE,
+            signed_in.device_token,
+            max_age=devices.LIFETIME_SECONDS,
+            httponly=True,
+            samesite="lax",
+            secure=settings.secure_cookies,
+        )
+        return response
 
     @post("/signout")
     async def sign_out(self, request: Request[Any, Any, Any]) -> Response[Any]:
         end_session(request)
         return see_other(request, "/signin")
+
+    @get("/verify-email")
+    async def verify_email_form(self, token: FromQuery[str] = "") -> Response[Any]:
+        # A click on the mailed link only shows a button: mail scanners that fetch links
+        # must not use up the single-use token.
+        return page("verify_email.html", token=token[: verification.MAX_TOKEN_LENGTH + 1])
+
+    @post("/verify-email")
+    async def verify_email(
+        self, request: Request[Any, Any, Any], db_session: DbSession
+    ) -> Response[Any]:
+        token = form_text(await request.form(), "token")
+        user = await verification.verify(db_session, token=token)
+        await db_session.commit()
+        if user is None:
+            return page("verify_email.html", status_code=400, token="", invalid=True)
+        return page("verify_email.html", token="", verified=user.email)

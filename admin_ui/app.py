@@ -12,7 +12,9 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from admin_ui.account import AccountController
 from admin_ui.accounts import AccountsController
+from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
@@ -37,8 +39,12 @@ class Dashboard:
         return [
             Router(
                 path="/",
-                route_handlers=[AccountsController, KeysController],
-                middleware=[session_middleware(self.settings, self.secret_key)],
+                route_handlers=[AccountsController, AccountController, KeysController],
+                # The CSRF check reads the session: it comes second.
+                middleware=[
+                    session_middleware(self.settings, self.secret_key),
+                    csrf_middleware(CsrfTokens(self.secret_key)),
+                ],
                 exception_handlers=EXCEPTION_HANDLERS,
                 response_headers=SECURITY_RESPONSE_HEADERS,
                 # Pages show tenant data and, once, a key's secret: never cache them.

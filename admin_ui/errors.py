@@ -11,6 +11,7 @@ from litestar.types import ExceptionHandlersMap
 
 from admin_ui.pages import SECURITY_HEADERS, page, see_other
 from admin_ui.session import SignInRequired
+from app.auth.passwords import PasswordsBusy
 
 log = structlog.get_logger(__name__)
 
@@ -21,7 +22,10 @@ _TITLES = {
     405: "Method not allowed",
     413: "Too large",
     500: "Something went wrong",
+    503: "Busy",
 }
+# Seconds a sign-in refused because too many wait for their password check should wait.
+BUSY_RETRY_SECONDS = 5
 # The framework's wording for a failed CSRF check means nothing to a person.
 _CSRF_FAILURE = "CSRF token verification failed"
 _CSRF_MESSAGE = (
@@ -51,6 +55,14 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     return _error_page(exc.status_code, message, exc.headers)
 
 
+def passwords_busy(request: Request[Any, Any, Any], _: PasswordsBusy) -> Response[Any]:
+    return _error_page(
+        503,
+        "Herald is checking many passwords right now. Please try again in a few seconds.",
+        {"Retry-After": str(BUSY_RETRY_SECONDS)},
+    )
+
+
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     request_id = request.scope.get("state", {}).get("request_id", "")
     log.exception("unhandled dashboard error", path=request.url.path, exc_info=exc)
@@ -59,6 +71,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     SignInRequired: sign_in_required,
+    PasswordsBusy: passwords_busy,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

@@ -7,7 +7,7 @@ JavaScript, as plain form posts answered with the whole page.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
@@ -25,9 +25,10 @@ from admin_ui.session import (
     provide_member,
     require_key_manager,
 )
-from app.auth import keys
+from app.auth import keys, verification
 from app.auth.keys import IssuedKey
 from app.auth.models import KEY_MODES, SCOPES
+from app.auth.verification import LiveKeysNotAllowed
 from app.dependencies import DbSession
 
 NAME_MAX_LENGTH = 100  # the api_keys.name column
@@ -53,6 +54,10 @@ class KeyForm:
     errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
+    def blank(cls, live_allowed: bool) -> KeyForm:
+        return cls(mode="live" if live_allowed else "test")
+
+    @classmethod
     def read(cls, form: FormMultiDict) -> KeyForm:
         name = form_text(form, "name").strip()
         mode = form_text(form, "mode")
@@ -69,40 +74,44 @@ class KeyForm:
         return cls(name=name, mode=mode, scopes=scopes, errors=errors)
 
 
-def _context(member: Member, form: KeyForm, created: IssuedKey | None = None) -> dict[str, Any]:
+def _context(
+    member: Member, form: KeyForm, live_allowed: bool, created: IssuedKey | None = None
+) -> dict[str, Any]:
     return {
         "member": member,
         "form": form,
         "created": created,
         "scope_help": SCOPE_HELP,
         "mode_help": MODE_HELP,
+        "live_allowed": live_allowed,
     }
 
 
 async def _keys_page(
     db_session: AsyncSession,
     member: Member,
-    form: KeyForm,
+    form: KeyForm | None = None,
     created: IssuedKey | None = None,
     status_code: int = 200,
 ) -> Response[Any]:
+    allowed = await verification.live_keys_allowed(db_session, tenant_id=member.tenant.id)
     listed = await keys.list_keys(db_session, tenant_id=member.tenant.id, limit=PAGE_SIZE)
     return page(
         "keys.html",
         status_code=status_code,
         keys=listed.items,
         has_more=listed.has_more,
-        **_context(member, form, created),
+        **_context(member, form or KeyForm.blank(allowed), allowed, created),
     )
 
 
 def _create_section(
-    member: Member, form: KeyForm, created: IssuedKey | None = None
+    member: Member, form: KeyForm, live_allowed: bool, created: IssuedKey | None = None
 ) -> Response[Any]:
     """The create-a-key section swapped in by htmx; with a new key, also its row (out of band)."""
     return HTMXTemplate(
         template_name="partials/key_create.html",
-        context={**_context(member, form, created), "add_row": created is not None},
+        context={**_context(member, form, live_allowed, created), "add_row": created is not None},
         status_code=201 if created else 422,
     )
 
@@ -113,7 +122,7 @@ class KeysController(Controller):
 
     @get("/")
     async def list_keys(self, db_session: DbSession, member: SignedInMember) -> Response[Any]:
-        return await _keys_page(db_session, member, KeyForm())
+        return await _keys_page(db_session, member)
 
     @post("/")
     async def create_key(
@@ -121,29 +130,39 @@ class KeysController(Controller):
     ) -> Response[Any]:
         require_key_manager(member)
         form = KeyForm.read(await request.form())
-        if form.errors:
+        if not form.errors:
+            try:
+                await verification.check_key_mode(
+                    db_session, tenant_id=member.tenant.id, mode=form.mode
+                )
+            except LiveKeysNotAllowed as refused:
+                form = replace(form, errors={refused.field: str(refused)})
+        issued = None
+        if not form.errors:
+            try:
+                issued = await keys.issue_key(
+                    db_session,
+                    tenant_id=member.tenant.id,
+                    name=form.name,
+                    mode=form.mode,
+                    scopes=list(form.scopes),
+                    actor=member.actor,
+                )
+            except keys.KeyLimitReached as full:
+                await db_session.rollback()
+                form = replace(form, errors={"name": str(full)})
+        if issued is None:
             if is_htmx(request):
-                return _create_section(member, form)
+                allowed = await verification.live_keys_allowed(
+                    db_session, tenant_id=member.tenant.id
+                )
+                return _create_section(member, form, allowed)
             return await _keys_page(db_session, member, form, status_code=422)
-        try:
-            issued = await keys.issue_key(
-                db_session,
-                tenant_id=member.tenant.id,
-                name=form.name,
-                mode=form.mode,
-                scopes=list(form.scopes),
-                actor=member.actor,
-            )
-        except keys.KeyLimitReached as full:
-            await db_session.rollback()
-            form.errors["name"] = str(full)
-            if is_htmx(request):
-                return _create_section(member, form)
-            return await _keys_page(db_session, member, form, status_code=409)
         await db_session.commit()
         if is_htmx(request):
-            return _create_section(member, KeyForm(), issued)
-        return await _keys_page(db_session, member, KeyForm(), issued, status_code=201)
+            allowed = await verification.live_keys_allowed(db_session, tenant_id=member.tenant.id)
+            return _create_section(member, KeyForm.blank(allowed), allowed, issued)
+        return await _keys_page(db_session, member, None, issued, status_code=201)
 
     @post("/{key_id:uuid}/revoke")
     async def revoke_key(

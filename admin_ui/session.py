@@ -1,8 +1,11 @@
 """Who is signed in to the dashboard: the session cookie's contents and the member they name.
 
-The session (an encrypted, signed cookie) holds only the user id and the current tenant id.
+The session (an encrypted, signed cookie) holds only the user id, the current tenant id, the
+user's session generation when it began, and the CSRF binding (admin_ui/csrf.py).
 Everything else, the role in particular, is read from the database on every request, so a
-changed or removed membership takes effect at once.
+changed or removed membership takes effect at once; and a session whose generation is not
+the user's current one (they signed out everywhere, or changed their password since) is
+over, whichever browser holds its cookie.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SESSION_COOKIE = "herald_session"
 SESSION_MAX_AGE = 12 * 3600  # a working day; people sign in again the next morning
 USER_ID = "user_id"
 TENANT_ID = "tenant_id"
+GENERATION = "generation"
 
 # Role → what it may change. Reading is open to every member of the tenant.
 KEY_MANAGERS = frozenset({"owner", "admin", "developer"})
@@ -88,11 +92,12 @@ def _derive_key(secret_key: bytes, purpose: bytes) -> bytes:
     return hmac.new(secret_key, purpose, hashlib.sha256).digest()
 
 
-def start_session(
-    request: Request[Any, Any, Any], user_id: uuid.UUID, tenant_id: uuid.UUID
-) -> None:
+def start_session(request: Request[Any, Any, Any], user: User, tenant_id: uuid.UUID) -> None:
+    """A new session (and so a new CSRF binding) for the user, in their current generation."""
     request.clear_session()
-    request.set_session({USER_ID: str(user_id), TENANT_ID: str(tenant_id)})
+    request.set_session(
+        {USER_ID: str(user.id), TENANT_ID: str(tenant_id), GENERATION: user.session_generation}
+    )
 
 
 def end_session(request: Request[Any, Any, Any]) -> None:
@@ -118,7 +123,9 @@ async def signed_in_member(
     if user_id is None or tenant_id is None:
         return None
     user = await accounts.get_user(db_session, user_id=user_id)
-    if user is None:
+    session = request.scope.get("session")
+    generation = session.get(GENERATION) if isinstance(session, dict) else None
+    if user is None or generation != user.session_generation:
         return None
     access = next(
         (

@@ -144,7 +144,9 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     options: dict[str, Any] = {
         "host": host or settings.host,
         "port": port or settings.port,
-        "proxy_headers": True,
+        # The dashboard works out client addresses itself (HERALD_TRUSTED_PROXY_HOPS);
+        # uvicorn's own rewriting would trust X-Forwarded-For from any local peer.
+        "proxy_headers": False,
         "log_level": "warning",
         "access_log": False,
     }

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from app.auth import accounts, keys
 from app.auth.models import User
+from app.auth.passwords import Passwords
 from app.db import create_engine, session_factory
 from app.tenants.service import create_tenant
 
@@ -45,21 +46,25 @@ async def seed_demo(database_url: str, data_dir: Path) -> dict[str, str]:
     """The demo tenant and owner (created once), and a fresh hk_test_ key for this run."""
     credentials_file = data_dir / "demo-credentials.json"
     engine = create_engine(database_url, pool=False)
+    passwords = Passwords()
     try:
         async with session_factory(engine)() as session:
             user = await session.scalar(select(User).where(func.lower(User.email) == DEMO_EMAIL))
             if user is None or not credentials_file.exists():
                 password = secrets.token_urlsafe(12)
                 if user is None:
-                    user, _ = await accounts.sign_up(
+                    # An operator's tenant: verified, its live keys work.
+                    user, _ = await accounts.create_account(
                         session,
+                        passwords,
                         email=DEMO_EMAIL,
                         name="Demo Owner",
                         password=password,
                         company=DEMO_COMPANY,
+                        verified=True,
                     )
                 else:
-                    user.password_hash = accounts.hash_password(password)
+                    user.password_hash = await passwords.hash(password)
                 credentials_file.write_text(json.dumps({"email": DEMO_EMAIL, "password": password}))
                 credentials_file.chmod(0o600)
             demo = json.loads(credentials_file.read_text())
@@ -82,4 +87,5 @@ async def seed_demo(database_url: str, data_dir: Path) -> dict[str, str]:
             await session.commit()
             return {**demo, "api_key": issued.secret}
     finally:
+        passwords.close()
         await engine.dispose()

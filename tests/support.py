@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
+import ipaddress
 import os
+import secrets
 import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from litestar import Litestar
@@ -20,6 +27,11 @@ from app.settings import Settings, load_settings
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
 from app.tenants.service import create_tenant
+
+
+def client_address() -> str:
+    """A random address in 10.0.0.0/8, for a test client of its own network."""
+    return str(ipaddress.IPv4Address(0x0A000000 + secrets.randbelow(1 << 24)))
 
 
 def free_port() -> int:
@@ -147,3 +159,64 @@ def unmetered_renderer() -> Renderer:
         atexit.register(pool.close)
         _renderer = Renderer(pool, None)
     return _renderer
+
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    url: str
+    log: Path  # the process's output
+
+
+@contextmanager
+def herald_api(database_url: str, redis_url: str, folder: Path, **env: str) -> Iterator[ApiServer]:
+    """A real `herald api` process on a free port, with extra environment `env`; stopped
+    (SIGTERM, then SIGKILL) on the way out."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "HERALD_ENV": "test",
+        "HERALD_DATA_DIR": str(folder / "data"),
+        "HERALD_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "HERALD_PORT": str(port),  # the links Herald mails point here
+        **env,
+    }
+    log = folder / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=environ,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(url, process, log)
+        yield ApiServer(url, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"herald api exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.2)
+    raise RuntimeError(f"herald api was not ready within {STARTUP_SECONDS} s:\n{log.read_text()}")

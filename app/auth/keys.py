@@ -11,6 +11,7 @@ limit of its own below its tenant's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -19,12 +20,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.auth.models import KEY_MODES, SCOPES, ApiKey
+from app.auth.models import KEY_MODES, SCOPES, ApiKey, UnverifiedTenant
 from app.modes import MODES
 from app.pagination import Page, keyset_page
 from app.tenants.models import Tenant
@@ -41,6 +44,15 @@ MAX_ACTIVE_KEYS = 100
 #: Bounds of a key's own rate limit (it can only lower its tenant's).
 MAX_KEY_RATE = 10_000.0
 MAX_KEY_BURST = 20_000
+# Refusals of unknown and revoked keys are remembered this long by each process.
+REFUSAL_SECONDS = 10.0
+# Database lookups of keys not in a process's memory, at once; the request pool has 20.
+MAX_LOOKUPS = 4
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+UNVERIFIED_LIVE_KEY = (
+    "This live key works once an owner of the tenant has verified their e-mail address in "
+    "the dashboard; test keys work meanwhile."
+)
 
 
 class InvalidKeyRequest(ValueError):
@@ -251,67 +263,139 @@ async def revoke_key(
 
 
 class KeyCache:
-    """A per-process memory of authenticated keys, trusted for at most `ttl` seconds.
+    """A per-process memory of looked-up keys, and the gate in front of the lookups.
 
-    It spares a database round trip per request while keeping revocation effective across
-    every process within `ttl` (the setting HERALD_API_KEY_CACHE_SECONDS, at most 1 s).
+    A valid key's principal is trusted for `ttl` seconds (HERALD_API_KEY_CACHE_SECONDS, at
+    most 1 s): that spares a database round trip per request while keeping revocation
+    effective across every process within `ttl`. A refused key is remembered too, so a
+    client repeating a bad key costs one SELECT, not one per request: unknown and revoked
+    keys for `REFUSAL_SECONDS` (neither can become valid: secrets are random and revocation
+    is final), a live key of an unverified tenant for `ttl` only (verification lifts it).
+
+    Each side holds at most `max_entries`, the oldest dropped first, so a flood of random
+    keys fills the refusal side and cannot push valid keys out. Lookups of keys not in
+    memory take one of `MAX_LOOKUPS` slots (and look in memory again once they have one, so
+    a burst of one key makes a query or two, not one per request): a flood of unknown keys
+    holds at most that many database connections, leaving the rest of the pool to requests
+    with keys that work.
     """
 
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int = 10_000, max_lookups: int = MAX_LOOKUPS
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._refusals: dict[bytes, tuple[float, str]] = {}
+        self._lookups = asyncio.Semaphore(max_lookups)
 
     def get(self, key_hash: bytes) -> Principal | None:
-        hit = self._entries.get(key_hash)
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
+        return _fresh(self._entries, key_hash)
 
     def put(self, key_hash: bytes, principal: Principal) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key_hash] = (time.monotonic() + self.ttl, principal)
+        if self.ttl > 0:
+            _remember(self._entries, key_hash, self.ttl, principal, self.max_entries)
+
+    def refusal(self, key_hash: bytes) -> str | None:
+        """Why the key was refused, if it was refused lately."""
+        return _fresh(self._refusals, key_hash)
+
+    def refuse(self, key_hash: bytes, reason: str, seconds: float = REFUSAL_SECONDS) -> KeyRejected:
+        """Remember a refusal for `seconds` (not at all for 0); the error to raise."""
+        if seconds > 0:
+            _remember(self._refusals, key_hash, seconds, reason, self.max_entries)
+        return KeyRejected(reason)
+
+    def lookup_slot(self) -> asyncio.Semaphore:
+        return self._lookups
+
+    def __len__(self) -> int:
+        return len(self._entries) + len(self._refusals)
+
+
+V = TypeVar("V")
+
+
+def _fresh(entries: dict[bytes, tuple[float, V]], key_hash: bytes) -> V | None:
+    hit = entries.get(key_hash)
+    if hit is None:
+        return None
+    if hit[0] < time.monotonic():
+        del entries[key_hash]
+        return None
+    return hit[1]
+
+
+def _remember(
+    entries: dict[bytes, tuple[float, V]], key_hash: bytes, ttl: float, value: V, limit: int
+) -> None:
+    entries.pop(key_hash, None)
+    while len(entries) >= limit:  # dicts keep insertion order: the first is the oldest
+        del entries[next(iter(entries))]
+    entries[key_hash] = (time.monotonic() + ttl, value)
 
 
 async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> Principal:
-    """Resolve a bearer secret to its principal, recording the key's last use."""
+    """Resolve a bearer secret to its principal; refuse it before anything is written."""
     if not KEY_PATTERN.match(secret):
         raise KeyRejected("The API key is malformed: expected hk_live_… or hk_test_… .")
     key_hash = hash_key(secret)
     cached = cache.get(key_hash)
     if cached is not None:
         return cached
-    # One statement authenticates, records the use and reads the tenant's plan.
+    refused = cache.refusal(key_hash)
+    if refused is not None:
+        raise KeyRejected(refused)
+    async with cache.lookup_slot():
+        # Another request may have looked the key up while this one waited for the slot.
+        cached = cache.get(key_hash)
+        if cached is not None:
+            return cached
+        refused = cache.refusal(key_hash)
+        if refused is not None:
+            raise KeyRejected(refused)
+        return await _look_up(session, key_hash, cache)
+
+
+async def _look_up(session: AsyncSession, key_hash: bytes, cache: KeyCache) -> Principal:
+    # A read first: only a key that authenticates records its use.
     row = (
         await session.execute(
-            update(ApiKey)
-            .where(
-                ApiKey.key_hash == key_hash,
-                ApiKey.revoked_at.is_(None),
-                Tenant.id == ApiKey.tenant_id,
-            )
-            .values(last_used_at=func.now())
-            .returning(
+            select(
                 ApiKey.id,
                 ApiKey.tenant_id,
                 ApiKey.prefix,
                 ApiKey.mode,
                 ApiKey.scopes,
+                ApiKey.revoked_at,
                 Tenant.plan,
                 ApiKey.rate_per_second,
                 ApiKey.burst,
+                UnverifiedTenant.tenant_id.is_not(None).label("held"),
+                or_(
+                    ApiKey.last_used_at.is_(None),
+                    ApiKey.last_used_at < func.now() - LAST_USED_RESOLUTION,
+                ).label("stale"),
             )
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .outerjoin(UnverifiedTenant, UnverifiedTenant.tenant_id == ApiKey.tenant_id)
+            .where(ApiKey.key_hash == key_hash)  # the unique index on key_hash
         )
     ).first()
-    await session.commit()
-    if row is None:
-        revoked = await session.scalar(select(ApiKey.id).where(ApiKey.key_hash == key_hash))
-        raise KeyRejected(
-            "The API key has been revoked." if revoked else "The API key is not recognised."
+    if row is None or row.revoked_at is not None or (row.mode == "live" and row.held):
+        await session.rollback()  # nothing was written; the connection goes back
+        if row is None:
+            raise cache.refuse(key_hash, "The API key is not recognised.")
+        if row.revoked_at is not None:
+            raise cache.refuse(key_hash, "The API key has been revoked.")
+        raise cache.refuse(key_hash, UNVERIFIED_LIVE_KEY, seconds=cache.ttl)
+    if row.stale:
+        # Recorded to the minute: a busy key would otherwise rewrite its row (and queue on
+        # its lock) once a second in every process.
+        await session.execute(
+            update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=func.now())
         )
+    await session.commit()
     principal = Principal(
         tenant_id=row.tenant_id,
         key_id=row.id,

@@ -1,4 +1,4 @@
-"""api_keys, users and memberships."""
+"""api_keys, users and memberships; e-mail verifications and the tenants awaiting one."""
 
 from __future__ import annotations
 
@@ -49,9 +49,11 @@ class User(UuidPrimaryKey, CreatedAt, Base):
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(String(200))
-    failed_sign_ins: Mapped[int] = mapped_column(default=0, server_default="0")
-    locked_until: Mapped[datetime | None]
     last_sign_in_at: Mapped[datetime | None]
+    # Dashboard sessions carry the generation they began in; raising it (sign out
+    # everywhere, a new password) ends every session of an older one.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+    email_verified_at: Mapped[datetime | None]
 
 
 class Membership(CreatedAt, Base):
@@ -65,3 +67,28 @@ class Membership(CreatedAt, Base):
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     role: Mapped[str] = mapped_column(String(16))
+
+
+class EmailVerification(CreatedAt, Base):
+    """A link mailed to prove an address: only the token's SHA-256 is kept; single use."""
+
+    __tablename__ = "email_verifications"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))  # the address the link was sent to
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class UnverifiedTenant(CreatedAt, Base):
+    """A tenant made by self-service sign-up whose owners have not verified an address yet:
+    it may not use or create live keys. Operators' tenants never get a row."""
+
+    __tablename__ = "unverified_tenants"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )

@@ -1,20 +1,19 @@
 """The dashboard in a real browser: a real `herald api` process driven by headless Chromium.
 
-Signs up, creates API keys (the secret shown once, with a working copy button), revokes one
-through the confirm dialog, and leaves a screenshot in test-artifacts/dashboard-keys.png.
+Signs up, confirms the e-mail through the link mailed to a real SMTP server (aiosmtpd),
+creates API keys (the secret shown once, with a working copy button), revokes one through
+the confirm dialog, and leaves a screenshot in test-artifacts/dashboard-keys.png.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,8 @@ import pytest
 from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
 
 from app.runtime import ServiceUrls
-from tests.support import free_port
+from tests.fakes import Mailbox
+from tests.support import herald_api
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -36,7 +36,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-STARTUP_SECONDS = 30
 SECRET = re.compile(r"^hk_(live|test)_[0-9A-Za-z]{32}$")
 PASSWORD = "a long enough password"
 
@@ -50,62 +49,53 @@ def require_chromium() -> None:
     pytest.skip(message)
 
 
-def _wait_until_ready(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"herald api exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    pytest.fail(f"herald api was not ready within {STARTUP_SECONDS} s:\n{log.read_text()}")
-
-
 @pytest.fixture
-def server(service_urls: ServiceUrls, tmp_path: Path) -> Iterator[str]:
-    """A `herald api` process on a free port, against this run's test database; its URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": service_urls.database_url,
-        "REDIS_URL": service_urls.redis_url,
-        "HERALD_ENV": "test",
-        "HERALD_DATA_DIR": str(tmp_path / "data"),
-        "HERALD_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-    }
-    log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_ready(base_url, process, log)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server(
+    service_urls: ServiceUrls, tmp_path: Path, mailbox: tuple[Mailbox, int]
+) -> Iterator[str]:
+    """A `herald api` process against this run's test database, mailing through the test's
+    SMTP server; its URL."""
+    _, smtp_port = mailbox
+    with herald_api(
+        service_urls.database_url,
+        service_urls.redis_url,
+        tmp_path,
+        HERALD_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
+    ) as api:
+        yield api.url
 
 
-async def sign_up(page: Page, base_url: str, company: str) -> None:
+def verification_link(box: Mailbox, to: str) -> str:
+    """The link of the one verification mail sent to `to`, decoded as a mail reader does."""
+    mails = [envelope for envelope in box.received if to in envelope.rcpt_tos]
+    assert len(mails) == 1, f"one mail to {to}"
+    mail = message_from_bytes(mails[0].original_content or b"", policy=policy.default)
+    body = mail.get_body(("plain",))
+    assert body is not None
+    found = re.search(r"http://\S+/verify-email\?token=\S+", body.get_content())
+    assert found, body.get_content()
+    return found.group(0)
+
+
+async def sign_up(page: Page, base_url: str, company: str) -> str:
+    """Sign up; the e-mail signed up with."""
+    email = f"ada-{uuid.uuid4().hex[:8]}@acme.example"
     await page.goto(f"{base_url}/signup")
     await page.get_by_label("Company name").fill(company)
     await page.get_by_label("Your name").fill("Ada Example")
-    await page.get_by_label("Work e-mail").fill(f"ada-{uuid.uuid4().hex[:8]}@acme.example")
+    await page.get_by_label("Work e-mail").fill(email)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Create account").click()
     await page.wait_for_url(f"{base_url}/keys")
+    return email
+
+
+async def verify_email(page: Page, base_url: str, box: Mailbox, email: str) -> None:
+    """Follow the mailed link and confirm, as the owner would."""
+    await page.goto(verification_link(box, email))
+    await page.get_by_role("button", name="Confirm my e-mail address").click()
+    await expect(page.locator("h1")).to_have_text("E-mail verified")
+    await page.goto(f"{base_url}/keys")
 
 
 async def create_key(page: Page, name: str, mode: str, scopes: list[str]) -> str:
@@ -135,7 +125,7 @@ async def wait_for_api_status(base_url: str, secret: str, status: int) -> int:
             await asyncio.sleep(0.1)
 
 
-async def test_dashboard_keys_in_a_browser(server: str) -> None:
+async def test_dashboard_keys_in_a_browser(server: str, mailbox: tuple[Mailbox, int]) -> None:
     require_chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     problems: list[str] = []
@@ -161,9 +151,12 @@ async def test_dashboard_keys_in_a_browser(server: str) -> None:
             page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
             page.on("dialog", on_dialog)
 
-            await sign_up(page, server, "Acme Rockets")
+            email = await sign_up(page, server, "Acme Rockets")
             await expect(page.locator(".account-tenant")).to_have_text("Acme Rockets")
             await expect(page.locator("#keys-body .empty-row")).to_be_visible()
+            await expect(page.locator("#verify-notice")).to_contain_text(email)
+            await verify_email(page, server, mailbox[0], email)
+            await expect(page.locator("#verify-notice")).to_have_count(0)
 
             doomed = await create_key(page, "Legacy cron job", "live", ["send"])
             assert await wait_for_api_status(server, doomed, 200) == 200
@@ -198,6 +191,14 @@ async def test_dashboard_keys_in_a_browser(server: str) -> None:
             await page.reload()
             await expect(page.locator("#new-key-secret")).to_have_count(0)
             await expect(rows.filter(has_text="Legacy cron job")).to_contain_text("Revoked")
+
+            await page.get_by_role("link", name="Account").click()
+            await expect(page.locator("#email-section")).to_contain_text("Verified on")
+            await page.get_by_label("Current password").fill(PASSWORD)
+            await page.get_by_label("New password").fill("another long password")
+            await page.get_by_role("button", name="Change password").click()
+            await expect(page.locator("#account-notice")).to_contain_text("password was changed")
+            await page.screenshot(path=ARTIFACTS / "dashboard-account.png", full_page=True)
         finally:
             await browser.close()
     assert problems == [], problems

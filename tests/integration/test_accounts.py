@@ -8,7 +8,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth import accounts
+from app.auth.passwords import Passwords
 from app.db import session_factory
+
+PASSWORDS = Passwords(concurrency=2)
 
 
 async def test_concurrent_sign_ups_with_one_email_make_one_account(engine: AsyncEngine) -> None:
@@ -17,12 +20,14 @@ async def test_concurrent_sign_ups_with_one_email_make_one_account(engine: Async
     async def sign_up() -> str:
         async with sessions() as session:
             try:
-                await accounts.sign_up(
+                await accounts.create_account(
                     session,
+                    PASSWORDS,
                     email="race@example.com",
                     name="Racer",
                     password="long enough password",
                     company="Race Co",
+                    verified=False,
                 )
                 await session.commit()
             except accounts.AccountError as error:
@@ -42,6 +47,7 @@ async def test_concurrent_sign_ups_with_one_email_make_one_account(engine: Async
         ({"company": ""}, "company"),
         ({"company": "c" * 201}, "company"),
         ({"name": "n" * 201}, "name"),
+        ({"password": "p" * 1025}, "password"),
     ],
 )
 async def test_sign_up_names_the_bad_field(
@@ -56,5 +62,5 @@ async def test_sign_up_names_the_bad_field(
     }
     async with session_factory(engine)() as session:
         with pytest.raises(accounts.AccountError) as raised:
-            await accounts.sign_up(session, **form)
+            await accounts.create_account(session, PASSWORDS, **form, verified=False)
     assert raised.value.field == field

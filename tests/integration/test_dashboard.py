@@ -10,7 +10,6 @@ import asyncio
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 import httpx
 from argon2 import PasswordHasher
@@ -21,62 +20,19 @@ from app.audit.models import AuditEntry
 from app.auth import accounts, keys
 from app.auth.models import Membership, User
 from app.settings import Settings
+from tests.dashboard import (
+    PASSWORD,
+    ROW_ID,
+    SECRET,
+    create_key,
+    csrf_token,
+    htmx_headers,
+    post_form,
+    sign_in,
+    sign_up,
+    unique_email,
+)
 from tests.support import TenantKey
-
-PASSWORD = "correct horse battery"
-SECRET = re.compile(r"hk_(?:live|test)_[0-9A-Za-z]{32}")
-ROW_ID = re.compile(r'id="key-([0-9a-f-]{36})"')
-
-
-def unique_email(who: str = "ann") -> str:
-    return f"{who}-{uuid.uuid4().hex[:10]}@acme.example"
-
-
-async def csrf_token(client: httpx.AsyncClient) -> str:
-    """The token the CSRF cookie holds, fetching a page first when there is no cookie yet."""
-    if "csrftoken" not in client.cookies:
-        (await client.get("/signin")).raise_for_status()
-    return client.cookies["csrftoken"]
-
-
-def htmx_headers(token: str) -> dict[str, str]:
-    return {"HX-Request": "true", "x-csrftoken": token}
-
-
-async def post_form(client: httpx.AsyncClient, path: str, fields: dict[str, str]) -> httpx.Response:
-    """A form post as a browser sends it, CSRF token included."""
-    return await client.post(path, data={**fields, "_csrf_token": await csrf_token(client)})
-
-
-async def sign_up(
-    client: httpx.AsyncClient, email: str, *, company: str = "Acme Ltd", password: str = PASSWORD
-) -> httpx.Response:
-    fields = {"company": company, "name": "Ann Example", "email": email, "password": password}
-    return await post_form(client, "/signup", fields)
-
-
-async def sign_in(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-    return await post_form(client, "/signin", {"email": email, "password": password})
-
-
-@dataclass(frozen=True)
-class CreatedKey:
-    response: httpx.Response
-    secret: str
-    key_id: uuid.UUID
-
-
-async def create_key(
-    client: httpx.AsyncClient, name: str = "Backend", scopes: tuple[str, ...] = ("send", "read")
-) -> CreatedKey:
-    data = {"name": name, "mode": "live", "scopes": list(scopes)}
-    response = await client.post("/keys", data=data, headers=htmx_headers(await csrf_token(client)))
-    assert response.status_code == 201, response.text
-    secrets = SECRET.findall(response.text)
-    assert len(set(secrets)) == 1, "the created key's secret appears in the answer"
-    row = ROW_ID.search(response.text)
-    assert row, "the answer carries the new key's row"
-    return CreatedKey(response, secrets[0], uuid.UUID(row.group(1)))
 
 
 async def wait_for_status(
@@ -194,27 +150,6 @@ async def test_sign_in_with_wrong_password_fails(client: httpx.AsyncClient) -> N
     accepted = await sign_in(client, email.upper(), PASSWORD)
     assert accepted.status_code == 303
     assert (await client.get("/keys")).status_code == 200
-
-
-async def test_sign_in_locks_out_after_max_failures(
-    client: httpx.AsyncClient, settings: Settings
-) -> None:
-    email = unique_email()
-    await sign_up(client, email)
-    await post_form(client, "/signout", {})
-
-    for attempt in range(1, settings.signin_max_failures):
-        response = await sign_in(client, email, f"wrong password {attempt}")
-        assert response.status_code == 400, f"attempt {attempt} is only refused"
-    locking = await sign_in(client, email, "wrong password, the last straw")
-    assert locking.status_code == 429
-    assert "locked" in locking.text
-    assert int(locking.headers["retry-after"]) > 0
-
-    right_password = await sign_in(client, email, PASSWORD)
-    assert right_password.status_code == 429, "the right password is refused while locked"
-    assert "locked" in right_password.text
-    assert (await client.get("/keys")).status_code == 303
 
 
 async def test_post_without_csrf_token_is_refused(client: httpx.AsyncClient) -> None:

@@ -17,6 +17,8 @@ def test_defaults_need_nothing() -> None:
     assert settings.public_url == "http://127.0.0.1:8000"
     assert settings.worker_queues == ("high", "normal", "low")
     assert settings.secure_cookies is False
+    assert settings.trusted_proxy_hops == 0, "the direct peer is the client"
+    assert settings.smtp_url is None and settings.password_hash_concurrency == 1
 
 
 @pytest.mark.parametrize(
@@ -40,6 +42,13 @@ def test_defaults_need_nothing() -> None:
         ("HERALD_AUDIT_KEYS", f"{'k' * 65}:{GOOD_KEY}", "1 to 64"),
         ("HERALD_AUDIT_KEYS", f"k1:{GOOD_KEY},k1:{GOOD_KEY}", "once"),
         ("HERALD_PROVIDER_BASE_URLS", "sendgrid=ftp://x", "provider=URL"),
+        ("HERALD_PASSWORD_HASH_CONCURRENCY", "0", "from 1 to 64"),
+        ("HERALD_TRUSTED_PROXY_HOPS", "9", "from 0 to 5"),
+        ("HERALD_SMTP_URL", "http://mail:25", "smtp://"),
+        ("HERALD_SMTP_URL", "smtp://", "smtp://"),
+        ("HERALD_SMTP_URL", "smtp://mail:99999", "port number"),
+        ("HERALD_MAIL_FROM", "herald", "no-reply@example.com"),
+        ("HERALD_MAIL_FROM", "a@b.example\r\nBcc: x@y.example", "no-reply@example.com"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:
