@@ -66,7 +66,7 @@ class Poller:
     base_url: str
     every: float = 0.02
     latencies: list[float] = field(default_factory=list)
-    failures: int = 0
+    failures: list[str] = field(default_factory=list)  # what each failed poll got
 
     @contextlib.contextmanager
     def polling(self) -> Iterator[Poller]:
@@ -77,9 +77,11 @@ class Poller:
                 while not stop.is_set():
                     began = time.perf_counter()
                     try:
-                        client.get("/healthz").raise_for_status()
-                    except httpx.HTTPError:
-                        self.failures += 1
+                        answer = client.get("/healthz")
+                        if answer.status_code != 200:
+                            self.failures.append(str(answer.status_code))
+                    except httpx.HTTPError as error:
+                        self.failures.append(repr(error))
                     self.latencies.append(time.perf_counter() - began)
                     stop.wait(self.every)
 
@@ -115,7 +117,7 @@ def _preview(client: httpx.Client, base_url: str, name: str, source: str, pid: i
     slowest = max(poller.latencies, default=float("nan"))
     print(
         f"  {name:8} preview {took * 1000:8.0f} ms  healthz max {slowest * 1000:7.0f} ms "
-        f"({len(poller.latencies)} polls, {poller.failures} failed)  "
+        f"({len(poller.latencies)} polls, {len(poller.failures)} failed)  "
         f"api peak RSS {_peak_rss_mb(pid):6.0f} MB  → {outcome}"
     )
 

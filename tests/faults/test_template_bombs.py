@@ -17,14 +17,9 @@ delivering, and a dispatch that keeps dying ends `failed` with its reason.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import httpx
 import pytest
 from arq import ArqRedis
 from arq.constants import in_progress_key_prefix, result_key_prefix
@@ -32,6 +27,7 @@ from sqlalchemy import select
 
 from app.notifications.failures import MAX_DISPATCH_ATTEMPTS
 from app.notifications.models import Notification
+from bench.attacks import Poller
 from jobs import queues
 from tests.faults.harness import Receiver, Stack, Timeline, check_ledger, wait_until
 from tests.send_path import notify, put_template
@@ -54,40 +50,6 @@ ATTACKS = {
 HEALTHZ_BOUND = 0.100  # seconds: every answer, while any attack runs
 
 
-@dataclass
-class HealthPoller:
-    """GET /healthz every 10 ms from a thread of its own, keeping each answer's latency."""
-
-    base_url: str
-    latencies: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-
-    @contextlib.contextmanager
-    def polling(self) -> Iterator[HealthPoller]:
-        stop = threading.Event()
-
-        def poll() -> None:
-            with httpx.Client(base_url=self.base_url, timeout=10) as client:
-                while not stop.is_set():
-                    began = time.perf_counter()
-                    try:
-                        answer = client.get("/healthz")
-                        if answer.status_code != 200:
-                            self.failures.append(str(answer.status_code))
-                    except httpx.HTTPError as error:
-                        self.failures.append(repr(error))
-                    self.latencies.append(time.perf_counter() - began)
-                    stop.wait(0.01)
-
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            stop.set()
-            thread.join()
-
-
 async def test_every_bomb_is_a_render_error_while_the_api_answers_healthz(stack: Stack) -> None:
     clock = Timeline()
     tenant = await stack.tenant("Bomber")
@@ -99,7 +61,7 @@ async def test_every_bomb_is_a_render_error_while_the_api_answers_healthz(stack:
         for name, source in ATTACKS.items():
             key = f"bomb-{uuid.uuid4().hex[:8]}"
             await put_template(api, tenant, key, {"sms": {"text": source}})
-            poller = HealthPoller(str(api.base_url))
+            poller = Poller(str(api.base_url), every=0.01)
             with poller.polling():
                 await asyncio.sleep(0.05)  # a few answers before the attack
                 began = time.monotonic()
