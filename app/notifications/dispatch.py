@@ -43,7 +43,6 @@ from app.templates.pool import Outcome
 from app.templates.renderer import Renderer
 from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
-from app.tenants.models import Tenant
 from app.tenants.settings import get_delivery_settings
 
 DELIVERY_BATCH_SIZE = 100
@@ -120,7 +119,6 @@ async def _fan_out(
         session, tenant_id=tenant_id, mode=mode, external_ids=wanted, for_delivery=True
     )
     tenant = await get_delivery_settings(session, tenant_id=tenant_id)
-    plan = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
     plans = await recipients.plan_deliveries(
         session,
         tenant_id=tenant_id,
@@ -146,7 +144,7 @@ async def _fan_out(
     rendering = await renderer.render(
         tenant_id=tenant_id,
         mode=mode,
-        plan=plan or "free",
+        plan=tenant.plan,
         template=template,
         data=notification.data,
         jobs=work.jobs,

@@ -83,12 +83,13 @@ def _buckets_for(user: object) -> tuple[Bucket, ...]:
 
 
 def _whose(user: object, grant: Grant) -> str:
+    """Which of the caller's buckets refused, in words (_buckets_for's order)."""
     if isinstance(user, RecipientPrincipal):
         return "this recipient's inbox tokens"
-    if grant.bucket.split(":")[1] == "apikey":
+    assert isinstance(user, Principal)
+    if grant.bucket != _buckets_for(user)[0].key:
         return "this API key"
-    mode = user.mode if isinstance(user, Principal) else "live"
-    return f"the {mode}-mode keys of this tenant together"
+    return f"the {user.mode}-mode keys of this tenant together"
 
 
 def _refusal(user: object, grant: Grant) -> Problem:

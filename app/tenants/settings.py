@@ -141,18 +141,21 @@ class DeliverySettings:
 
     kill_switches: dict[str, KillSwitch]
     default_locale: str | None
+    plan: str = "free"  # whose render budget dispatch draws on
 
 
 async def get_delivery_settings(session: AsyncSession, *, tenant_id: uuid.UUID) -> DeliverySettings:
-    """Kill switches and default locale; none of either for an unknown tenant."""
+    """Kill switches, default locale and plan; none of the first two for an unknown tenant."""
     row = (
         await session.execute(
-            select(Tenant.kill_switches, Tenant.default_locale).where(Tenant.id == tenant_id)
+            select(Tenant.kill_switches, Tenant.default_locale, Tenant.plan).where(
+                Tenant.id == tenant_id
+            )
         )
     ).first()
     if row is None:
         return DeliverySettings({}, None)
-    return DeliverySettings(switches_of(row[0]), row[1])
+    return DeliverySettings(switches_of(row[0]), row[1], row[2])
 
 
 # The CTE locks the row first, so `previous` is what this change replaces even when another
