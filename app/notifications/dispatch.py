@@ -43,7 +43,7 @@ from app.templates.pool import Outcome
 from app.templates.renderer import Renderer
 from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
-from app.tenants.settings import get_delivery_settings
+from app.tenants.delivery_controls import get_delivery_settings
 
 DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
