@@ -29,6 +29,7 @@ from app.auth.mailer import SystemMailer
 from app.auth.middleware import ApiKeyAuthenticationMiddleware, inbox_tokens_only_where_allowed
 from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
+from app.categories.api import CategoryController
 from app.db import create_engine, session_factory
 from app.dependencies import provide_db_session
 from app.dlq.api import DlqController
@@ -46,7 +47,7 @@ from app.providers.api import ProviderController
 from app.providers.breaker import CircuitBreakers
 from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import rate_limit_middleware
-from app.recipients.api import CategoryController, RecipientController, SuppressionController
+from app.recipients.api import RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
 from app.templates.api import TemplateController

@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.categories import service as categories
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Message, Notification, Render
@@ -105,7 +106,7 @@ async def _fan_out(
         key=notification.template_key,
         version=notification.template_version,
     )
-    category = await recipients.get_category(
+    category = await categories.get_category(
         session, tenant_id=tenant_id, mode=mode, key=notification.category
     )
     if template is None or category is None:

@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.audit.models import AuditEntry
+from app.categories.service import CategoryView
 from app.db import utcnow
 from app.delivery import claims, held
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message
 from app.recipients import service as recipients
-from app.recipients.preferences import CategoryView
 from app.runtime import ServiceUrls
 from app.tenants import delivery_controls
 from app.tenants.models import Tenant
