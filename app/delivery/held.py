@@ -8,8 +8,8 @@ messages already written is delivery's, here:
   back (a transient failure, a wait for tokens), the delivery claim skips it
   (app/delivery/claims.py).
 - `pause` lifted: the channel's messages the claim left alone are due again and need deliver
-  jobs. `held_pages` reads them in keyset pages of at most RELEASE_PAGE ids (high priority
-  first, by id within a priority), so however many a pause held, no request loads them all.
+  jobs. `held_pages` reads them in keyset pages of at most RELEASE_PAGE ids (by id, each
+  page grouped by priority), so however many a pause held, no request loads them all.
   Messages whose retry is due later keep the deferred job that will deliver them.
 """
 
@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.modes import MODES
 from app.notifications.models import PRIORITIES, Message, Notification
 
 RESUME_BATCH = 100  # message ids per deliver job when a pause is lifted
@@ -52,18 +53,23 @@ async def held_page(
     *,
     tenant_id: uuid.UUID,
     channel: str,
-    priority: str,
+    mode: str,
     after: uuid.UUID | None = None,
     limit: int = RELEASE_PAGE,
-) -> list[uuid.UUID]:
-    """Ids (ascending, past `after`) of the channel's messages of a priority due for delivery."""
+) -> list[tuple[str, uuid.UUID]]:
+    """(priority, id), by id past `after`, of the channel's messages of a mode that are due
+    for delivery: at most `limit`.
+
+    The walk follows the (tenant_id, mode, id) index, so a page costs what it reads from
+    `after` on, and the pages of a release read the tenant's messages of the mode once.
+    """
     query = (
-        select(Message.id)
+        select(Notification.priority, Message.id)
         .join(Notification, Notification.id == Message.notification_id)
         .where(
             Message.tenant_id == tenant_id,
+            Message.mode == mode,
             Notification.tenant_id == tenant_id,
-            Notification.priority == priority,
             Message.channel == channel,
             Message.status.in_(("queued", "retrying")),
             or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
@@ -73,7 +79,7 @@ async def held_page(
     )
     if after is not None:
         query = query.where(Message.id > after)
-    return list(await session.scalars(query))
+    return [(priority, message_id) for priority, message_id in await session.execute(query)]
 
 
 async def held_pages(
@@ -84,24 +90,29 @@ async def held_pages(
     size: int = RESUME_BATCH,
     page: int = RELEASE_PAGE,
 ) -> AsyncIterator[list[tuple[str, list[uuid.UUID]]]]:
-    """Pages of (priority, ids) deliver batches (at most `size` ids each, `page` a page) of
-    the channel's messages due for delivery, high priority first.
+    """Pages of (priority, ids) deliver batches of the channel's messages due for delivery:
+    at most `page` ids a page, at most `size` a batch, each batch of one priority (high
+    first within the page: each priority has a queue of its own, so it is the queue, not
+    the order of the enqueues, that keeps high priority first).
 
     Each page is one query; the caller enqueues a page's batches before the next is read.
     """
-    for priority in PRIORITIES:
+    for mode in MODES:
         after: uuid.UUID | None = None
         while True:
-            ids = await held_page(
-                session,
-                tenant_id=tenant_id,
-                channel=channel,
-                priority=priority,
-                after=after,
-                limit=page,
+            rows = await held_page(
+                session, tenant_id=tenant_id, channel=channel, mode=mode, after=after, limit=page
             )
-            if ids:
-                yield [(priority, ids[start : start + size]) for start in range(0, len(ids), size)]
-            if len(ids) < page:
+            by_priority: dict[str, list[uuid.UUID]] = {priority: [] for priority in PRIORITIES}
+            for priority, message_id in rows:
+                by_priority[priority].append(message_id)
+            batches = [
+                (priority, ids[start : start + size])
+                for priority, ids in by_priority.items()
+                for start in range(0, len(ids), size)
+            ]
+            if batches:
+                yield batches
+            if len(rows) < page:
                 break
-            after = ids[-1]
+            after = rows[-1][1]

@@ -5,6 +5,7 @@ release of held messages when a pause is lifted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -537,13 +538,14 @@ async def test_held_messages_are_read_in_bounded_pages(
             session, tenant_id=sandbox.tenant_id, channel="email", size=2, page=3
         )
     ]
-    assert all(sum(len(ids) for _, ids in page) <= 3 for page in pages)
+    assert [sum(len(ids) for _, ids in page) for page in pages] == [3, 3, 3]
     assert all(0 < len(ids) <= 2 for page in pages for _, ids in page)
-    released = [(priority, i) for page in pages for priority, ids in page for i in ids]
-    assert [priority for priority, _ in released] == ["high"] * 2 + ["normal"] * 7
-    high = [i for priority, i in released if priority == "high"]
-    normal = [i for priority, i in released if priority == "normal"]
-    assert high == sorted(high) and normal == sorted(normal)
+    for page in pages:  # each batch of one priority, high first within its page
+        priorities = [priority for priority, _ in page]
+        assert priorities == sorted(priorities, key=["high", "normal", "low"].index)
+    released = {i: priority for page in pages for priority, ids in page for i in ids}
+    assert sum(len(ids) for page in pages for _, ids in page) == len(released) == 9
+    assert sorted(released.values()) == ["high"] * 2 + ["normal"] * 7
     waiting = await session.scalars(
         select(Message.id).where(
             Message.tenant_id == sandbox.tenant_id,
@@ -551,7 +553,10 @@ async def test_held_messages_are_read_in_bounded_pages(
             Message.status == "queued",
         )
     )
-    assert sorted(i for _, i in released) == sorted(waiting)
+    assert sorted(released) == sorted(waiting)
+    # Pages follow the ids: every id of a page is past the previous page's.
+    for before, after in itertools.pairwise(pages):
+        assert max(i for _, ids in before for i in ids) < min(i for _, ids in after for i in ids)
     # A page cut exactly at its bound is followed by one that finds nothing more.
     exact = [
         page
@@ -559,4 +564,7 @@ async def test_held_messages_are_read_in_bounded_pages(
             session, tenant_id=sandbox.tenant_id, channel="email", page=9
         )
     ]
-    assert [len(ids) for page in exact for _, ids in page] == [2, 7]
+    assert [(priority, len(ids)) for page in exact for priority, ids in page] == [
+        ("high", 2),
+        ("normal", 7),
+    ]
