@@ -1,7 +1,9 @@
 """The API keys page: list the tenant's keys, create one (its secret shown once), revoke one.
 
 Creating and revoking work with htmx (partials swapped into the page) and, without
-JavaScript, as plain form posts answered with the whole page.
+JavaScript, as plain form posts answered with the whole page. Whether the member's role may
+do either is the key service's to decide (app/auth/roles.py): it refuses, and this page
+answers 403.
 """
 
 from __future__ import annotations
@@ -19,13 +21,8 @@ from litestar.plugins.htmx import HTMXTemplate
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_ui.pages import form_text, form_texts, is_htmx, page, see_other
-from admin_ui.session import (
-    Member,
-    SignedInMember,
-    provide_member,
-    require_key_manager,
-)
-from app.auth import keys, verification
+from admin_ui.session import Member, SignedInMember, not_allowed, provide_member
+from app.auth import keys, roles, verification
 from app.auth.keys import IssuedKey
 from app.auth.models import KEY_MODES, SCOPES
 from app.auth.verification import LiveKeysNotAllowed
@@ -128,7 +125,10 @@ class KeysController(Controller):
     async def create_key(
         self, request: Request[Any, Any, Any], db_session: DbSession, member: SignedInMember
     ) -> Response[Any]:
-        require_key_manager(member)
+        # A role that may not create keys is refused before its form is read (the service
+        # refuses it again), so that it gets a 403 whatever it sent.
+        if not roles.may_manage_keys(member.role):
+            raise not_allowed(member)
         form = KeyForm.read(await request.form())
         if not form.errors:
             try:
@@ -147,7 +147,10 @@ class KeysController(Controller):
                     mode=form.mode,
                     scopes=list(form.scopes),
                     actor=member.actor,
+                    role=member.role,
                 )
+            except roles.RoleNotAllowed:
+                raise not_allowed(member) from None
             except keys.KeyLimitReached as full:
                 await db_session.rollback()
                 form = replace(form, errors={"name": str(full)})
@@ -172,10 +175,16 @@ class KeysController(Controller):
         member: SignedInMember,
         key_id: FromPath[uuid.UUID],
     ) -> Response[Any]:
-        require_key_manager(member)
-        key = await keys.revoke_key(
-            db_session, tenant_id=member.tenant.id, key_id=key_id, actor=member.actor
-        )
+        try:
+            key = await keys.revoke_key(
+                db_session,
+                tenant_id=member.tenant.id,
+                key_id=key_id,
+                actor=member.actor,
+                role=member.role,
+            )
+        except roles.RoleNotAllowed:
+            raise not_allowed(member) from None
         if key is None:
             raise NotFoundException(f"No API key {key_id} in {member.tenant.name}.")
         await db_session.commit()

@@ -25,7 +25,7 @@ from litestar.middleware.session.client_side import ClientSideSessionBackend, Co
 from litestar.types import ASGIApp
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth import accounts
+from app.auth import accounts, roles
 from app.auth.models import User
 from app.dependencies import DbSession
 from app.settings import Settings
@@ -36,9 +36,6 @@ SESSION_MAX_AGE = 12 * 3600  # a working day; people sign in again the next morn
 USER_ID = "user_id"
 TENANT_ID = "tenant_id"
 GENERATION = "generation"
-
-# Role → what it may change. Reading is open to every member of the tenant.
-KEY_MANAGERS = frozenset({"owner", "admin", "developer"})
 
 
 class SignInRequired(Exception):
@@ -59,7 +56,8 @@ class Member:
 
     @property
     def can_manage_keys(self) -> bool:
-        return self.role in KEY_MANAGERS
+        """What the pages show; the key service enforces the same rule (app/auth/roles.py)."""
+        return roles.may_manage_keys(self.role)
 
 
 def session_config(settings: Settings, secret_key: bytes) -> CookieBackendConfig:
@@ -150,9 +148,9 @@ async def provide_member(request: Request[Any, Any, Any], db_session: DbSession)
 SignedInMember: TypeAlias = NamedDependency[Member]
 
 
-def require_key_manager(member: Member) -> None:
-    if not member.can_manage_keys:
-        raise PermissionDeniedException(
-            f"Your role in {member.tenant.name} ({member.role}) can see API keys but not "
-            "create or revoke them."
-        )
+def not_allowed(member: Member) -> PermissionDeniedException:
+    """The 403 for a member whose role the services refused (app/auth/roles.py)."""
+    return PermissionDeniedException(
+        f"Your role in {member.tenant.name} ({member.role}) can see API keys but not "
+        "create or revoke them."
+    )

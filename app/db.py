@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import MetaData, func
+from sqlalchemy import Boolean, MetaData, func, literal_column
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -46,6 +46,15 @@ def utcnow() -> datetime:
 
 class CreatedAt:
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class UpdatedAt:
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# RETURNed by INSERT ... ON CONFLICT DO UPDATE: true for a row inserted, false for one updated
+# (the updated row version's xmax holds the id of the transaction updating it).
+WAS_INSERTED = literal_column("xmax = 0", Boolean).label("inserted")
 
 
 def asyncpg_url(url: str) -> str:

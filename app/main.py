@@ -26,14 +26,16 @@ from app.auth.api import ApiKeyController
 from app.auth.devices import DeviceTokens
 from app.auth.keys import KeyCache
 from app.auth.mailer import SystemMailer
-from app.auth.middleware import ApiKeyAuthenticationMiddleware, inbox_tokens_only_where_allowed
+from app.auth.middleware import ApiKeyAuthenticationMiddleware
 from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
+from app.categories.api import CategoryController
 from app.db import create_engine, session_factory
 from app.dependencies import provide_db_session
 from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
-from app.inbox.api import InboxController
+from app.inbox.api import InboxController, InboxTokenController
+from app.inbox.guard import InboxAuthentication, refuse_inbox_tokens
 from app.inbox.tokens import InboxTokenSigner
 from app.inputs import CheckedRequest, refuse_nul_parameters
 from app.notifications.api import NotificationController, list_messages, read_message
@@ -46,7 +48,7 @@ from app.providers.api import ProviderController
 from app.providers.breaker import CircuitBreakers
 from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import rate_limit_middleware
-from app.recipients.api import CategoryController, RecipientController, SuppressionController
+from app.recipients.api import RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
 from app.templates.api import TemplateController
@@ -152,16 +154,28 @@ def api_router() -> Router:
             list_messages,
             read_message,
             DlqController,
-            InboxController,
+            InboxTokenController,
             RecipientController,
             CategoryController,
             SuppressionController,
             ProviderController,
             TemplateController,
         ],
-        # Authentication first: the rate limit takes from the authenticated key's bucket.
-        middleware=[ApiKeyAuthenticationMiddleware, rate_limit_middleware],
-        guards=[inbox_tokens_only_where_allowed],
+        # API keys only: an inbox token is refused (403) before their authentication. Then
+        # authentication: the rate limit takes from the authenticated key's bucket.
+        middleware=[refuse_inbox_tokens, ApiKeyAuthenticationMiddleware, rate_limit_middleware],
+        security=[{"apiKey": []}],
+    )
+
+
+def inbox_router() -> Router:
+    """The routes that read and mark an inbox: they take a recipient's inbox token, checked
+    by the inbox's own authentication, as well as an API key (app/inbox/guard.py)."""
+    return Router(
+        path="/v1",
+        route_handlers=[InboxController],
+        # The rate limit takes from the token's recipient bucket, or the key's.
+        middleware=[InboxAuthentication, rate_limit_middleware],
         security=[{"apiKey": []}],
     )
 
@@ -196,7 +210,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         traced = OpenTelemetryConfig(tracer_provider=tracing, exclude=UNTRACED_PATHS)
         plugins.append(OpenTelemetryPlugin(traced))
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, api_router(), *dashboard.routers()],
+        route_handlers=[
+            healthz,
+            readyz,
+            metrics,
+            api_router(),
+            inbox_router(),
+            *dashboard.routers(),
+        ],
         dependencies={"db_session": Provide(provide_db_session)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Input limits of every route: JSON nesting depth, no NUL in any string (app/inputs.py).

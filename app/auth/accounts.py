@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth import verification
+from app.auth import roles, verification
 from app.auth.devices import DeviceTokens
 from app.auth.models import Membership, User
 from app.auth.passwords import Passwords
@@ -160,7 +160,7 @@ async def create_account(
         await session.rollback()
         raise AccountError("An account with this e-mail already exists.", field="email") from None
     tenant = await create_tenant(session, name=company.strip(), actor=f"user:{user.email}")
-    session.add(Membership(user_id=user.id, tenant_id=tenant.id, role="owner"))
+    session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=roles.OWNER))
     if not verified:
         await verification.hold_live_keys(session, tenant_id=tenant.id)
     await session.flush()

@@ -5,8 +5,10 @@ stored, with a short prefix for display; the secret is returned once, at creatio
 
 A key's mode bounds what it can do to other keys: a test key sees, creates and revokes test
 keys only (a leaked one cannot mint a live key or revoke the live ones); a live key manages
-both. A tenant holds at most MAX_ACTIVE_KEYS keys not revoked, and a key may carry a rate
-limit of its own below its tenant's.
+both. A dashboard member's role bounds it too: issuing and revoking take the acting
+member's role and refuse one that may not manage keys (app/auth/roles.py). A tenant holds at
+most MAX_ACTIVE_KEYS keys not revoked, and a key may carry a rate limit of its own below its
+tenant's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.auth.models import KEY_MODES, SCOPES, ApiKey, UnverifiedTenant
 from app.modes import MODES
 from app.pagination import Page, keyset_page
@@ -122,10 +125,17 @@ async def issue_key(
     scopes: list[str],
     actor: str,
     caller_mode: str | None = None,
+    role: str | None = None,
     rate_per_second: float | None = None,
     burst: int | None = None,
 ) -> IssuedKey:
-    """Issue a key; `caller_mode` is the mode of the API key asking (None: a dashboard user)."""
+    """Issue a key; `caller_mode` is the mode of the API key asking (None: a dashboard user),
+    `role` the acting dashboard member's (None: an API key or an operator, not a member).
+
+    Raises RoleNotAllowed, before anything else, for a role that may not manage keys.
+    """
+    if role is not None:
+        roles.require_key_manager(role)
     _check_request(name, mode, scopes)
     _check_rate(rate_per_second, burst)
     if caller_mode is not None and mode not in modes_visible_to(caller_mode):
@@ -236,8 +246,15 @@ async def revoke_key(
     key_id: uuid.UUID,
     actor: str,
     modes: Sequence[str] = MODES,
+    role: str | None = None,
 ) -> ApiKey | None:
-    """Revoke a key of the tenant; revoking a revoked key changes nothing and is not audited."""
+    """Revoke a key of the tenant; revoking a revoked key changes nothing and is not audited.
+
+    `role` is the acting dashboard member's (None: an API key or an operator); one that may
+    not manage keys is refused (RoleNotAllowed) before anything is read or written.
+    """
+    if role is not None:
+        roles.require_key_manager(role)
     revoked: ApiKey | None = await session.scalar(
         update(ApiKey)
         .where(

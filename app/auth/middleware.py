@@ -1,5 +1,8 @@
-"""Bearer API-key authentication for /v1, and the guards of its routes: scopes, live mode,
-and which routes an inbox token may use at all."""
+"""Bearer API-key authentication for /v1, and the guards of its routes: scopes, live mode.
+
+API keys only: the inbox's routes check inbox tokens themselves (app/inbox/guard.py), and
+hand any other bearer to `authenticate_api_key` here.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +15,45 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from app.auth.keys import KeyRejected, Principal, authenticate
-from app.inbox.tokens import PREFIX as INBOX_TOKEN_PREFIX
-from app.inbox.tokens import RecipientPrincipal, TokenRejected
 from app.problems import Problem
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="herald"'}
 
 
-def _unauthorized(detail: str) -> NotAuthorizedException:
+def unauthorized(detail: str) -> NotAuthorizedException:
     return NotAuthorizedException(detail=detail, headers=CHALLENGE)
+
+
+def bearer_secret(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The credential of `Authorization: Bearer <credential>`; a 401 without one."""
+    header = connection.headers.get("authorization")
+    if not header:
+        raise unauthorized(
+            "No API key: send it as `Authorization: Bearer hk_live_…` (or hk_test_…)."
+        )
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise unauthorized("The Authorization header must be `Bearer <API key>`.")
+    return secret.strip()
+
+
+async def authenticate_api_key(
+    connection: ASGIConnection[Any, Any, Any, Any], secret: str
+) -> Principal:
+    """The principal of an API key; a 401 naming why when it is refused."""
+    state = connection.app.state
+    async with state.sessions() as session:
+        try:
+            return await authenticate(session, secret, state.key_cache)
+        except KeyRejected as rejected:
+            raise unauthorized(str(rejected)) from None
 
 
 class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization")
-        if not header:
-            raise _unauthorized(
-                "No API key: send it as `Authorization: Bearer hk_live_…` (or hk_test_…)."
-            )
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise _unauthorized("The Authorization header must be `Bearer <API key>`.")
-        state = connection.app.state
-        if secret.strip().startswith(INBOX_TOKEN_PREFIX):
-            try:
-                return AuthenticationResult(
-                    user=state.inbox_tokens.verify(secret.strip()), auth=None
-                )
-            except TokenRejected as rejected:
-                raise _unauthorized(str(rejected)) from None
-        async with state.sessions() as session:
-            try:
-                principal = await authenticate(session, secret.strip(), state.key_cache)
-            except KeyRejected as rejected:
-                raise _unauthorized(str(rejected)) from None
+        principal = await authenticate_api_key(connection, bearer_secret(connection))
         return AuthenticationResult(user=principal, auth=None)
 
 
@@ -56,7 +62,7 @@ def requires_scope(
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     # A coroutine: Litestar runs a plain function guard in a worker thread, on every call.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal: Principal = connection.user  # or a RecipientPrincipal, whose only scope is inbox
+        principal: Principal = connection.user
         if scope not in principal.scopes:
             raise Problem(
                 403,
@@ -66,23 +72,6 @@ def requires_scope(
             )
 
     return guard
-
-
-#: Set in a route's `opt` when an inbox token (`hit_…`) may call it; no other route admits one.
-INBOX_ROUTE = "inbox_route"
-
-
-async def inbox_tokens_only_where_allowed(
-    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
-) -> None:
-    """Refuse an inbox token on every route but the inbox's own (set on the /v1 router)."""
-    if isinstance(connection.user, RecipientPrincipal) and not handler.opt.get(INBOX_ROUTE):
-        raise Problem(
-            403,
-            "forbidden",
-            "An inbox token may only read and mark its own recipient's inbox; "
-            "this endpoint needs an API key.",
-        )
 
 
 async def live_mode_required(

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import roles
 from app.auth.models import EmailVerification, Membership, UnverifiedTenant, User
 from app.db import utcnow
 
@@ -121,7 +122,7 @@ async def verify(session: AsyncSession, *, token: str) -> User | None:
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()
     owned = select(Membership.tenant_id).where(
-        Membership.user_id == user.id, Membership.role == "owner"
+        Membership.user_id == user.id, Membership.role == roles.OWNER
     )
     await session.execute(delete(UnverifiedTenant).where(UnverifiedTenant.tenant_id.in_(owned)))
     return user

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import utcnow
 from app.delivery.claims import Claimed, claim, release
-from app.delivery.retry import retry_delay
+from app.delivery.retry import RetryPolicy, retry_delay
 from app.delivery.routing import UNGUARDED, Allocation, Router, Send
 from app.notifications.models import Attempt
 from app.observability.tracing import parent_context, tracer
@@ -41,7 +41,6 @@ from app.providers.breaker import route_key_for
 from app.providers.service import ProviderRoute, build_adapter, routes_for
 from app.recipients.service import ERASED_TEXT, add_suppressions, erased_messages
 from app.settings import Settings
-from app.tenants.settings import RetryPolicy
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.tenants.settings import RetryPolicy
+from app.delivery.retry import RetryPolicy
 
 LOST_ERROR = "worker lost its claim"
 

@@ -1,4 +1,9 @@
-"""/v1/recipients/{id}/inbox: the in-app inbox, for a recipient token or a `read` API key."""
+"""/v1/recipients/{id}/inbox: the in-app inbox, for a recipient token or a `read` API key.
+
+Two controllers, for two kinds of caller: InboxTokenController issues and revokes inbox
+tokens, for API keys with `send` (on the API-key routes); InboxController reads and marks an
+inbox, on a router of its own that checks inbox tokens itself (app/inbox/guard.py).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
-from app.auth.middleware import CHALLENGE, INBOX_ROUTE, requires_scope
+from app.auth.middleware import CHALLENGE, requires_scope
 from app.dependencies import DbSession
 from app.inbox import service
+from app.inbox.guard import inbox_reader
 from app.inbox.tokens import MAX_TTL, RecipientPrincipal
 from app.pagination import MAX_LIMIT
 from app.problems import Problem
@@ -65,16 +71,6 @@ class TokensRevoked(msgspec.Struct):
     revoked_before: datetime
 
 
-_READ_SCOPE_GUARD = requires_scope("read")
-
-
-async def _inbox_guard(connection: Any, handler: Any) -> None:
-    """A recipient token, or an API key with `read`, may use an inbox."""
-    if isinstance(connection.user, RecipientPrincipal):
-        return
-    await _READ_SCOPE_GUARD(connection, handler)
-
-
 async def _recipient_id(
     session: AsyncSession, principal: Principal | RecipientPrincipal, external_id: str
 ) -> uuid.UUID:
@@ -94,7 +90,7 @@ async def _recipient_id(
     return found.id
 
 
-class InboxController(Controller):
+class InboxTokenController(Controller):
     path = "/recipients/{external_id:str}"
     tags = ["Inbox"]
 
@@ -144,10 +140,14 @@ class InboxController(Controller):
             object="inbox_tokens_revoked", recipient=external_id, revoked_before=revoked_before
         )
 
+
+class InboxController(Controller):
+    path = "/recipients/{external_id:str}"
+    tags = ["Inbox"]
+    guards = [inbox_reader]
+
     @get(
         "/inbox",
-        guards=[_inbox_guard],
-        opt={INBOX_ROUTE: True},
         summary="The recipient's inbox, newest first",
     )
     async def read_inbox(
@@ -191,8 +191,6 @@ class InboxController(Controller):
     @post(
         "/inbox/{message_id:uuid}/read",
         status_code=200,
-        guards=[_inbox_guard],
-        opt={INBOX_ROUTE: True},
         summary="Mark one item read; 404 when it is not an item of this inbox",
     )
     async def mark_one(
@@ -207,8 +205,6 @@ class InboxController(Controller):
     @post(
         "/inbox/read-all",
         status_code=200,
-        guards=[_inbox_guard],
-        opt={INBOX_ROUTE: True},
         summary="Mark every item read",
     )
     async def mark_all(

@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.categories import service as categories
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Message, Notification, Render
@@ -43,7 +44,7 @@ from app.templates.pool import Outcome
 from app.templates.renderer import Renderer
 from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
-from app.tenants.settings import get_delivery_settings
+from app.tenants.delivery_controls import get_delivery_settings
 
 DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
@@ -105,7 +106,7 @@ async def _fan_out(
         key=notification.template_key,
         version=notification.template_version,
     )
-    category = await recipients.get_category(
+    category = await categories.get_category(
         session, tenant_id=tenant_id, mode=mode, key=notification.category
     )
     if template is None or category is None:

@@ -19,6 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
+from app.categories import service as categories
+from app.categories.rules import high_priority_refusal, rules_for
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Notification
@@ -138,7 +140,7 @@ async def _validated_values(
     tenant_id, mode = principal.tenant_id, principal.mode
     template = await latest_summary(session, tenant_id=tenant_id, mode=mode, key=body.template)
     category_key = category_of(body, template)
-    category = await recipients.get_category(
+    category = await categories.get_category(
         session, tenant_id=tenant_id, mode=mode, key=category_key
     )
     critical = None if category is None else category.critical
@@ -175,12 +177,8 @@ def notification_row(
         raise InvalidNotification(
             "category", f"no category {category_key!r} in {principal.mode} mode"
         )
-    if body.priority == "high" and not category_critical:
-        raise InvalidNotification(
-            "priority",
-            f"high priority is for critical categories (such as `security`); category "
-            f"{category_key!r} is not critical: send it at normal priority",
-        )
+    if body.priority == "high" and not rules_for(category_critical).may_be_high_priority:
+        raise InvalidNotification("priority", high_priority_refusal(category_key))
     if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
         raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
     ids = _audience_ids(body.to)

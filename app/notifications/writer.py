@@ -26,6 +26,7 @@ from prometheus_client import Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import Principal
+from app.categories.service import DEFAULT_CATEGORIES
 from app.channels import CHANNELS
 from app.notifications.intake import (
     Accepted,
@@ -38,7 +39,6 @@ from app.notifications.intake import (
 )
 from app.notifications.schemas import NotificationCreate
 from app.observability.tracing import current_trace_context
-from app.recipients.preferences import DEFAULT_CATEGORIES
 from app.templates.service import TemplateSummary
 from jobs import queues
 

@@ -1,4 +1,4 @@
-"""/v1/recipients, /v1/categories and /v1/suppressions.
+"""/v1/recipients (with their preferences) and /v1/suppressions.
 
 Scopes: reading needs `read`; every write (PUT, POST, DELETE) needs `send`, the scope of
 the integrations that register users as they notify them. Every object read or written is
@@ -25,9 +25,6 @@ from app.recipients import preferences as prefs
 from app.recipients import service, suppressions
 from app.recipients.models import Recipient
 from app.recipients.schemas import (
-    CategoryList,
-    CategoryOut,
-    CategoryUpdate,
     Preferences,
     RecipientBatch,
     RecipientBatchResult,
@@ -44,7 +41,7 @@ from app.recipients.validation import RecipientInvalid
 ApiRequest = Request[Principal, None, Any]
 READ = [requires_scope("read")]
 SEND = [requires_scope("send")]
-# Changing what overrides opt-outs, or lifting bounce protection, is configuration.
+# Lifting bounce protection is configuration.
 MANAGE = [requires_scope("manage")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 
@@ -229,61 +226,6 @@ class RecipientController(Controller):
             raise invalid(error) from None
         await db_session.commit()
         return Preferences(channels=stored.channels, categories=stored.categories)
-
-
-def _category_out(record: prefs.CategoryRecord) -> CategoryOut:
-    return CategoryOut(
-        key=record.key,
-        object="category",
-        name=record.name,
-        description=record.description,
-        critical=record.critical,
-        default=record.default,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-    )
-
-
-class CategoryController(Controller):
-    path = "/categories"
-    tags = ["Categories"]
-
-    @get("/", guards=READ, summary="List categories, the built-in ones included")
-    async def list_categories(self, request: ApiRequest, db_session: DbSession) -> CategoryList:
-        records = await prefs.list_categories(
-            db_session, tenant_id=request.user.tenant_id, mode=request.user.mode
-        )
-        return CategoryList(object="list", data=[_category_out(r) for r in records])
-
-    @put(
-        "/{key:str}",
-        guards=MANAGE,
-        status_code=200,
-        responses={201: ResponseSpec(data_container=CategoryOut, description="Created")},
-        summary="Create or replace a category (201 when the key is new)",
-    )
-    async def put_category(
-        self,
-        request: ApiRequest,
-        db_session: DbSession,
-        key: FromPath[str],
-        data: JSONBody[CategoryUpdate],
-    ) -> Response[CategoryOut]:
-        try:
-            record, created = await prefs.put_category(
-                db_session,
-                tenant_id=request.user.tenant_id,
-                mode=request.user.mode,
-                key=key,
-                name=data.name,
-                description=data.description,
-                critical=data.critical,
-                actor=request.user.actor,
-            )
-        except RecipientInvalid as error:
-            raise invalid(error) from None
-        await db_session.commit()
-        return Response(_category_out(record), status_code=201 if created else 200)
 
 
 class SuppressionController(Controller):

@@ -1,4 +1,6 @@
-"""recipients, categories, preferences and suppressions: who may be reached, where and how.
+"""recipients, preferences and suppressions: who may be reached, where and how.
+
+Categories, which preferences name by key, are a domain of their own (app/categories/).
 
 Every row carries tenant_id and its mode (app/modes.py). Preferences reference their
 recipient through (tenant_id, recipient_id), so a preference can never point at another
@@ -12,23 +14,19 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     CheckConstraint,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     String,
-    Text,
     UniqueConstraint,
-    func,
-    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.channels import CHANNELS
-from app.db import Base, CreatedAt, UuidPrimaryKey
+from app.db import Base, CreatedAt, UpdatedAt, UuidPrimaryKey
 from app.modes import mode_check, mode_column
 
 SUPPRESSION_REASONS = (
@@ -39,14 +37,6 @@ SUPPRESSION_REASONS = (
     "unregistered_device",
     "manual",
 )
-
-# RETURNed by INSERT ... ON CONFLICT DO UPDATE: true for a row inserted, false for one updated
-# (the updated row version's xmax holds the id of the transaction updating it).
-WAS_INSERTED = literal_column("xmax = 0", Boolean).label("inserted")
-
-
-class UpdatedAt:
-    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
 class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
@@ -79,20 +69,6 @@ class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
     erased_at: Mapped[datetime | None]
     # Inbox tokens issued before this instant are refused (POST …/inbox-tokens/revoke).
     inbox_tokens_valid_after: Mapped[datetime | None]
-
-
-class Category(CreatedAt, UpdatedAt, Base):
-    __tablename__ = "categories"
-    __table_args__ = (mode_check(),)
-
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
-    )
-    mode: Mapped[str] = mapped_column(String(8), primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-    description: Mapped[str] = mapped_column(Text, default="", server_default="")
-    critical: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Preference(UpdatedAt, Base):

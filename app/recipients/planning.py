@@ -1,10 +1,11 @@
 """Planning deliveries: for each recipient x channel, the address to use or why to skip.
 
 Two queries at most, whatever the number of recipients: their preferences (skipped for a
-critical category) and the suppressions among their addresses. Critical categories ignore
-opt-outs, never suppressions: a hard-bounced or complaining address stays unreachable.
-A tenant's `drop_noncritical` kill switch on a channel skips that channel for every
-non-critical category (`pause` holds messages at delivery, not here).
+category that ignores opt-outs) and the suppressions among their addresses. What a
+category's being critical changes is app/categories/rules.py's: critical ones ignore
+opt-outs, never suppressions (a hard-bounced or complaining address stays unreachable), and
+a tenant's `drop_noncritical` kill switch on a channel skips that channel for every other
+category (`pause` holds messages at delivery, not here).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from types import MappingProxyType
 from sqlalchemy import ARRAY, Uuid, any_, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.categories.rules import rules_for
+from app.categories.service import CategoryView
 from app.channels import CHANNELS
 from app.recipients.models import Preference, Recipient
-from app.recipients.preferences import ALL_CATEGORIES, CategoryView
+from app.recipients.preferences import ALL_CATEGORIES
 from app.recipients.suppressions import suppressed
 from app.recipients.validation import suppression_key
 
@@ -101,12 +104,13 @@ async def plan_deliveries(
         for channel in dict.fromkeys(channels)
         for address in addresses(recipient, channel) or [""]
     ]
+    rules = rules_for(category.critical)
     dropped: set[str] = set()
-    if not category.critical:
+    if not rules.ignores_drop_noncritical:
         dropped = {c for c in channels if kill_switches.get(c) == DROP_NONCRITICAL}
     flowing = [channel for channel in dict.fromkeys(channels) if channel not in dropped]
     opted_out: set[tuple[uuid.UUID, str]] = set()
-    if not category.critical and flowing:
+    if not rules.ignores_opt_outs and flowing:
         ids = list({recipient.id for recipient in recipients})
         opted_out = await _opted_out(session, tenant_id, ids, flowing, category.key)
     wanted = {

@@ -1,4 +1,4 @@
-"""Request and response bodies of /v1/recipients, /v1/categories and /v1/suppressions.
+"""Request and response bodies of /v1/recipients and /v1/suppressions.
 
 Recipient bodies use msgspec's UNSET to tell a field left out (unchanged on update) from an
 explicit null (cleared). Limits are checked again by the service, which Python callers reach
@@ -103,28 +103,6 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True):
 
     channels: dict[str, bool] = msgspec.field(default_factory=dict)
     categories: dict[str, dict[str, bool]] = msgspec.field(default_factory=dict)
-
-
-class CategoryUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
-    critical: bool = False
-
-
-class CategoryOut(msgspec.Struct):
-    key: str
-    object: Literal["category"]
-    name: str
-    description: str
-    critical: bool
-    default: bool
-    created_at: datetime | None
-    updated_at: datetime | None
-
-
-class CategoryList(msgspec.Struct):
-    object: Literal["list"]
-    data: list[CategoryOut]
 
 
 class SuppressionCreate(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,7 +1,7 @@
 """Recipients: atomic create-or-update (one or a batch), reads, erasure and template context.
 
 This module is also the notification dispatcher's and the delivery path's one entry point into
-the domain: it re-exports get_category (preferences.py), plan_deliveries (planning.py),
+the domain: it re-exports plan_deliveries (planning.py),
 add_suppressions (suppressions.py), erase_recipient, erased_messages and ERASED_TEXT
 (erasure.py). Every function takes the tenant and the mode (app/modes.py) and filters on both.
 """
@@ -27,12 +27,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.db import WAS_INSERTED
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
 from app.recipients.erasure import ERASED_TEXT, erase_recipient, erased_messages
-from app.recipients.models import WAS_INSERTED, Recipient
+from app.recipients.models import Recipient
 from app.recipients.planning import PlannedDelivery, plan_deliveries
-from app.recipients.preferences import CategoryView, get_category
 from app.recipients.schemas import RecipientInput
 from app.recipients.suppressions import add_suppressions
 from app.recipients.validation import (
@@ -49,7 +49,6 @@ from app.recipients.validation import (
 
 __all__ = [
     "ERASED_TEXT",
-    "CategoryView",
     "PlannedDelivery",
     "RecipientInput",
     "RecipientInvalid",
@@ -58,7 +57,6 @@ __all__ = [
     "erase_recipient",
     "erased_messages",
     "get_by_external_ids",
-    "get_category",
     "get_recipient",
     "list_recipients",
     "plan_deliveries",

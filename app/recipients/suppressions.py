@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.crypto import Keyring, default_keyring
+from app.db import WAS_INSERTED
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
-from app.recipients.models import SUPPRESSION_REASONS, WAS_INSERTED, Suppression
+from app.recipients.models import SUPPRESSION_REASONS, Suppression
 from app.recipients.validation import ERASED_PREFIX, check_suppression_address, suppression_key
 
 MAX_ADDRESS = 2048

@@ -16,6 +16,9 @@ import msgspec
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from app.categories.keys import KEY_RULE as CATEGORY_KEY_RULE
+from app.categories.keys import is_category_key
+
 MAX_EXTERNAL_ID = 200
 MAX_PUSH_TOKENS = 20
 MAX_PUSH_TOKEN_LENGTH = 1024
@@ -24,7 +27,6 @@ MAX_DATA_BYTES = 16 * 1024
 PUSH_PROVIDERS = ("fcm", "apns")
 ERASED_PREFIX = "erased:"
 RESERVED_ID = "batch"
-CATEGORY_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 _FORBIDDEN_IN_ID = re.compile(r"[/\s\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
@@ -167,10 +169,9 @@ def normalise_data(value: Any) -> dict[str, Any]:
 
 
 def check_category_key(key: str, field: str = "key") -> str:
-    if not CATEGORY_KEY.match(key):
-        raise RecipientInvalid(
-            field, "1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
-        )
+    """A category key as preferences name it (the form is app/categories/service.py's)."""
+    if not is_category_key(key):
+        raise RecipientInvalid(field, CATEGORY_KEY_RULE)
     return key
 
 

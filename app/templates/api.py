@@ -41,7 +41,7 @@ from app.templates.schemas import (
 from app.templates.sms import count_segments
 from app.templates.sources import is_locale
 from app.templates.validation import KEY_PATTERN, InvalidTemplate, is_key
-from app.tenants.settings import get_delivery_settings
+from app.tenants.delivery_controls import get_delivery_settings
 
 ApiRequest = Request[Principal, None, Any]
 Version = Annotated[int | None, QueryParameter(ge=1, le=MAX_INT4)]

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.audit import service as audit
+from app.categories.service import get_category
 from app.channels import CHANNELS
 from app.pagination import Page, keyset_page
-from app.recipients.preferences import get_category
 from app.templates.models import Template, TemplateVersion
 from app.templates.validation import FieldError, InvalidTemplate, check_template, is_key
 

@@ -20,9 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
+from app.delivery import held
+from app.delivery.retry import RetryPolicy
 from app.dependencies import DbSession
 from app.problems import Problem, field_error
-from app.tenants import settings
+from app.tenants import delivery_controls as controls
 from app.tenants.schemas import (
     DefaultLocaleOut,
     DefaultLocaleUpdate,
@@ -83,30 +85,28 @@ async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
             mode=principal.mode,
             scopes=sorted(principal.scopes),
         ),
-        kill_switches=dict(settings.switches_of(tenant.kill_switches)),
-        retry_policy=RetryPolicyOut.of(settings.RetryPolicy.of(tenant.retry_policy)),
+        kill_switches=dict(controls.switches_of(tenant.kill_switches)),
+        retry_policy=RetryPolicyOut.of(RetryPolicy.of(tenant.retry_policy)),
         default_locale=tenant.default_locale,
     )
 
 
-async def _release(request: ApiRequest, db_session: AsyncSession, work: settings.ResumeWork) -> int:
+async def _release(request: ApiRequest, db_session: AsyncSession, work: controls.ResumeWork) -> int:
     """Queue the messages a lifted pause held; returns how many were queued."""
-    batches = await settings.held_batches(
-        db_session, tenant_id=work.tenant_id, channel=work.channel
-    )
     millis = int(time.time() * 1000)
     released = 0
-    for priority, ids in batches:
-        try:
-            if await queues.enqueue_delivery(
-                request.app.state.arq,
-                priority,
-                ids,
-                job_id=f"resume:{ids[0]}:{len(ids)}:{millis}",
-            ):
-                released += len(ids)
-        except Exception:  # committed; pausing and resuming again releases them
-            log.exception("resume enqueue failed", message_ids=[str(i) for i in ids])
+    async for page in held.held_pages(db_session, tenant_id=work.tenant_id, channel=work.channel):
+        for priority, ids in page:
+            try:
+                if await queues.enqueue_delivery(
+                    request.app.state.arq,
+                    priority,
+                    ids,
+                    job_id=f"resume:{ids[0]}:{len(ids)}:{millis}",
+                ):
+                    released += len(ids)
+            except Exception:  # committed; pausing and resuming again releases them
+                log.exception("resume enqueue failed", message_ids=[str(i) for i in ids])
     return released
 
 
@@ -116,7 +116,7 @@ class TenantSettingsController(Controller):
 
     @get("/kill-switches", guards=READ, summary="The tenant's kill switches per channel")
     async def get_kill_switches(self, request: ApiRequest, db_session: DbSession) -> KillSwitches:
-        switches = await settings.get_kill_switches(db_session, tenant_id=request.user.tenant_id)
+        switches = await controls.get_kill_switches(db_session, tenant_id=request.user.tenant_id)
         return KillSwitches("kill_switches", dict(switches))
 
     @put(
@@ -133,16 +133,16 @@ class TenantSettingsController(Controller):
         data: JSONBody[KillSwitchUpdate],
     ) -> KillSwitchChange:
         try:
-            work = await settings.set_kill_switch(
+            work = await controls.set_kill_switch(
                 db_session,
                 tenant_id=request.user.tenant_id,
                 channel=channel,
                 mode=None if data.mode == "off" else data.mode,
                 actor=request.user.actor,
             )
-        except settings.SettingInvalid as error:
+        except controls.SettingInvalid as error:
             raise field_error(error.field, error.message) from None
-        except settings.TenantNotFound:
+        except controls.TenantNotFound:
             raise _gone() from None
         await db_session.commit()
         # After commit: a deliver job must find the switch off, or it would hold them again.
@@ -160,8 +160,8 @@ class TenantSettingsController(Controller):
     @get("/retry-policy", guards=READ, summary="The tenant's retry policy")
     async def get_retry_policy(self, request: ApiRequest, db_session: DbSession) -> RetryPolicyOut:
         try:
-            policy = await settings.get_retry_policy(db_session, tenant_id=request.user.tenant_id)
-        except settings.TenantNotFound:
+            policy = await controls.get_retry_policy(db_session, tenant_id=request.user.tenant_id)
+        except controls.TenantNotFound:
             raise _gone() from None
         return RetryPolicyOut.of(policy)
 
@@ -169,17 +169,17 @@ class TenantSettingsController(Controller):
     async def put_retry_policy(
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[RetryPolicyUpdate]
     ) -> RetryPolicyOut:
-        wanted = settings.RetryPolicy(data.max_attempts, data.window_hours)
+        wanted = RetryPolicy(data.max_attempts, data.window_hours)
         try:
-            policy = await settings.set_retry_policy(
+            policy = await controls.set_retry_policy(
                 db_session,
                 tenant_id=request.user.tenant_id,
                 policy=wanted,
                 actor=request.user.actor,
             )
-        except settings.SettingInvalid as error:
+        except controls.SettingInvalid as error:
             raise field_error(error.field, error.message) from None
-        except settings.TenantNotFound:
+        except controls.TenantNotFound:
             raise _gone() from None
         await db_session.commit()
         return RetryPolicyOut.of(policy)
@@ -189,8 +189,8 @@ class TenantSettingsController(Controller):
         self, request: ApiRequest, db_session: DbSession
     ) -> DefaultLocaleOut:
         try:
-            locale = await settings.get_default_locale(db_session, tenant_id=request.user.tenant_id)
-        except settings.TenantNotFound:
+            locale = await controls.get_default_locale(db_session, tenant_id=request.user.tenant_id)
+        except controls.TenantNotFound:
             raise _gone() from None
         return DefaultLocaleOut("default_locale", locale)
 
@@ -204,15 +204,15 @@ class TenantSettingsController(Controller):
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[DefaultLocaleUpdate]
     ) -> DefaultLocaleOut:
         try:
-            locale = await settings.set_default_locale(
+            locale = await controls.set_default_locale(
                 db_session,
                 tenant_id=request.user.tenant_id,
                 locale=data.default_locale,
                 actor=request.user.actor,
             )
-        except settings.SettingInvalid as error:
+        except controls.SettingInvalid as error:
             raise field_error(error.field, error.message) from None
-        except settings.TenantNotFound:
+        except controls.TenantNotFound:
             raise _gone() from None
         await db_session.commit()
         return DefaultLocaleOut("default_locale", locale)

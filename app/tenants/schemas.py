@@ -1,7 +1,7 @@
 """Bodies of /v1/tenant and its settings (kill switches, retry policy, default locale).
 
-Limits are checked again by app/tenants/settings.py, which Python callers reach without
-msgspec's decoding.
+Limits are checked again by app/tenants/delivery_controls.py (the retry policy's bounds
+are app/delivery/retry.py's), which Python callers reach without msgspec's decoding.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from app.tenants.settings import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
+from app.delivery.retry import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
 
 KillSwitchMode = Literal["pause", "drop_noncritical", "off"]
 

@@ -12,12 +12,13 @@ import time
 import uuid
 
 import httpx
+import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from app.auth import accounts, keys
+from app.auth import accounts, keys, roles
 from app.auth.models import Membership, User
 from app.settings import Settings
 from tests.dashboard import (
@@ -256,6 +257,81 @@ async def test_viewer_sees_keys_but_cannot_create_or_revoke(
     assert listed.items[0].revoked_at is None
     api = await client.get("/v1/tenant", headers=tenant.headers)
     assert api.status_code == 200
+
+
+async def test_the_key_service_refuses_a_role_that_may_not_manage_keys(
+    session: AsyncSession, tenant: TenantKey
+) -> None:
+    """The rule is the service's, not only the pages': a viewer's role is refused before
+    anything is written, and every other role may issue and revoke."""
+    with pytest.raises(roles.RoleNotAllowed) as refused:
+        await keys.issue_key(
+            session,
+            tenant_id=tenant.tenant_id,
+            name="sneaky",
+            mode="test",
+            scopes=["manage"],
+            actor="user:vic@example.com",
+            role="viewer",
+        )
+    assert refused.value.role == "viewer"
+    with pytest.raises(roles.RoleNotAllowed):
+        await keys.revoke_key(
+            session,
+            tenant_id=tenant.tenant_id,
+            key_id=tenant.key_id,
+            actor="user:vic@example.com",
+            role="viewer",
+        )
+    await session.commit()
+    listed = await keys.list_keys(session, tenant_id=tenant.tenant_id)
+    assert [(key.name, key.revoked_at) for key in listed.items] == [("test key", None)]
+    written = await session.scalars(
+        select(AuditEntry.action).where(
+            AuditEntry.tenant_id == tenant.tenant_id, AuditEntry.actor == "user:vic@example.com"
+        )
+    )
+    assert list(written) == []
+
+    for role in sorted(roles.KEY_MANAGERS):
+        issued = await keys.issue_key(
+            session,
+            tenant_id=tenant.tenant_id,
+            name=f"by {role}",
+            mode="test",
+            scopes=["send"],
+            actor=f"user:{role}@example.com",
+            role=role,
+        )
+        revoked = await keys.revoke_key(
+            session,
+            tenant_id=tenant.tenant_id,
+            key_id=issued.key.id,
+            actor=f"user:{role}@example.com",
+            role=role,
+        )
+        assert revoked is not None and revoked.revoked_at is not None
+    await session.commit()
+
+
+async def test_a_viewers_revoke_is_refused_by_the_service(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    """The revoke route holds no role check of its own: the 403 is the key service's."""
+    email = unique_email("val")
+    await add_member(session, tenant.tenant_id, "viewer", email)
+    assert (await sign_in(client, email, PASSWORD)).status_code == 303
+    for answer in (
+        await client.post(
+            f"/keys/{tenant.key_id}/revoke", headers=htmx_headers(await csrf_token(client))
+        ),
+        await post_form(client, f"/keys/{tenant.key_id}/revoke", {}),
+    ):
+        assert answer.status_code == 403
+        assert "(viewer) can see API keys but not create or revoke them" in answer.text
+    [key] = (await keys.list_keys(session, tenant_id=tenant.tenant_id)).items
+    assert key.revoked_at is None
+    assert (await client.get("/v1/tenant", headers=tenant.headers)).status_code == 200
 
 
 async def test_a_tenant_cannot_revoke_another_tenants_key(

@@ -80,6 +80,52 @@ async def test_a_token_reads_the_inbox_of_its_own_mode(
     )
 
 
+async def test_the_inbox_checks_its_tokens_and_api_key_routes_refuse_them(
+    client: httpx.AsyncClient, session: AsyncSession, sandbox: TenantKey
+) -> None:
+    """The inbox routes authenticate inbox tokens themselves; every route of API keys
+    refuses one (403), or a forged one as unauthorized (401), and an API key still reads."""
+    from tests.support import live_key
+
+    await put_recipient(client, sandbox, "mia")
+    token = await token_for(client, sandbox, "mia")
+    forged = {"Authorization": token["Authorization"][:-2] + "xx"}
+    elsewhere = [
+        ("GET", "/v1/categories", None),
+        ("PUT", "/v1/categories/otp", {"name": "OTP", "critical": True}),
+        ("GET", "/v1/recipients/mia/preferences", None),
+        ("PUT", "/v1/tenant/kill-switches/email", {"mode": "pause"}),
+        ("GET", "/v1/tenant/retry-policy", None),
+        ("DELETE", "/v1/recipients/mia", None),
+    ]
+    for method, path, body in elsewhere:
+        refused = await client.request(method, path, headers=token, json=body)
+        assert_problem(refused, 403, "forbidden")
+        assert_problem(
+            await client.request(method, path, headers=forged, json=body), 401, "unauthorized"
+        )
+    # Nothing was changed by them: mia is there, no channel paused, no category added.
+    live = await live_key(session, sandbox)
+    assert (await client.get("/v1/recipients/mia", headers=sandbox.headers)).status_code == 200
+    switched = await client.get("/v1/tenant/kill-switches", headers=live.headers)
+    assert switched.json()["channels"] == {}
+    keys = {
+        c["key"]
+        for c in (await client.get("/v1/categories", headers=sandbox.headers)).json()["data"]
+    }
+    assert "otp" not in keys
+    # The inbox takes the token, and an API key with `read`, through its own authentication.
+    for headers in (token, sandbox.headers):
+        assert (await client.get("/v1/recipients/mia/inbox", headers=headers)).status_code == 200
+        read_all = await client.post("/v1/recipients/mia/inbox/read-all", headers=headers)
+        assert read_all.status_code == 200
+    assert_problem(
+        await client.get("/v1/recipients/mia/inbox", headers=forged), 401, "unauthorized"
+    )
+    no_auth = await client.get("/v1/recipients/mia/inbox")
+    assert_problem(no_auth, 401, "unauthorized")
+
+
 @pytest.mark.parametrize(
     "link",
     [

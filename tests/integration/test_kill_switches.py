@@ -5,6 +5,7 @@ release of held messages when a pause is lifted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -17,14 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.audit.models import AuditEntry
+from app.categories.service import CategoryView
 from app.db import utcnow
-from app.delivery import claims
+from app.delivery import claims, held
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message
 from app.recipients import service as recipients
-from app.recipients.preferences import CategoryView
 from app.runtime import ServiceUrls
-from app.tenants import settings as tenant_settings
+from app.tenants import delivery_controls
 from app.tenants.models import Tenant
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
@@ -153,8 +154,8 @@ async def test_bad_input(
     problem = assert_problem(response, 422, "validation_error")
     assert [e["field"] for e in problem["errors"]] == [field]  # type: ignore[attr-defined]
     assert await switches(client, tenant) == {}
-    with pytest.raises(tenant_settings.SettingInvalid) as refused:
-        await tenant_settings.set_kill_switch(
+    with pytest.raises(delivery_controls.SettingInvalid) as refused:
+        await delivery_controls.set_kill_switch(
             session, tenant_id=tenant.tenant_id, channel="fax", mode="pause", actor="test"
         )
     assert refused.value.field == "channel"
@@ -180,7 +181,7 @@ async def test_scopes(client: httpx.AsyncClient, session: AsyncSession) -> None:
     assert_problem(response, 403, "insufficient_scope")
     response = await client.get("/v1/tenant/kill-switches", headers=sender.headers)
     assert_problem(response, 403, "insufficient_scope")
-    assert await tenant_settings.get_kill_switches(session, tenant_id=reader.tenant_id) == {}
+    assert await delivery_controls.get_kill_switches(session, tenant_id=reader.tenant_id) == {}
 
 
 async def test_test_keys_cannot_switch_live_sending(
@@ -191,7 +192,7 @@ async def test_test_keys_cannot_switch_live_sending(
         "/v1/tenant/kill-switches/sms", headers=sandbox.headers, json={"mode": "pause"}
     )
     assert_problem(response, 403, "live_mode_required")
-    assert await tenant_settings.get_kill_switches(session, tenant_id=sandbox.tenant_id) == {}
+    assert await delivery_controls.get_kill_switches(session, tenant_id=sandbox.tenant_id) == {}
     # A test key still reads them; a live key's switch holds for the whole tenant.
     await switch(client, await live_key(session, sandbox), "sms", "pause")
     assert await switches(client, sandbox) == {"sms": "pause"}
@@ -503,3 +504,67 @@ async def test_lifting_a_pause_releases_held_messages(
         m["id"]: m["status"] for m in (await notification(client, sandbox, later["id"]))["messages"]
     }
     assert statuses[retry_later] == "retrying"
+
+
+async def test_held_messages_are_read_in_bounded_pages(
+    client: httpx.AsyncClient, sandbox: TenantKey, session: AsyncSession
+) -> None:
+    """Releasing reads a paused channel's messages page by page (keyset on the id), high
+    priority first, each page and each deliver batch within its bound, none twice."""
+    await put_template(client, sandbox, "news", {"email": CONTENT["email"]})
+    people = [f"p{n}" for n in range(7)]
+    for who in people:
+        await put_recipient(client, sandbox, who, email=f"{who}@example.com")
+    await switch(client, await live_key(session, sandbox), "email", "pause")
+    urgent = await notify(
+        client,
+        sandbox,
+        template="news",
+        to=people[:2],
+        priority="high",
+        category="security",
+        data={"name": "A"},
+    )
+    bulk = await notify(client, sandbox, template="news", to=people, data={"name": "B"})
+    for accepted in (urgent, bulk):
+        await dispatch(
+            session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+        )
+        await session.commit()
+
+    pages = [
+        page
+        async for page in held.held_pages(
+            session, tenant_id=sandbox.tenant_id, channel="email", size=2, page=3
+        )
+    ]
+    assert [sum(len(ids) for _, ids in page) for page in pages] == [3, 3, 3]
+    assert all(0 < len(ids) <= 2 for page in pages for _, ids in page)
+    for page in pages:  # each batch of one priority, high first within its page
+        priorities = [priority for priority, _ in page]
+        assert priorities == sorted(priorities, key=["high", "normal", "low"].index)
+    released = {i: priority for page in pages for priority, ids in page for i in ids}
+    assert sum(len(ids) for page in pages for _, ids in page) == len(released) == 9
+    assert sorted(released.values()) == ["high"] * 2 + ["normal"] * 7
+    waiting = await session.scalars(
+        select(Message.id).where(
+            Message.tenant_id == sandbox.tenant_id,
+            Message.channel == "email",
+            Message.status == "queued",
+        )
+    )
+    assert sorted(released) == sorted(waiting)
+    # Pages follow the ids: every id of a page is past the previous page's.
+    for before, after in itertools.pairwise(pages):
+        assert max(i for _, ids in before for i in ids) < min(i for _, ids in after for i in ids)
+    # A page cut exactly at its bound is followed by one that finds nothing more.
+    exact = [
+        page
+        async for page in held.held_pages(
+            session, tenant_id=sandbox.tenant_id, channel="email", page=9
+        )
+    ]
+    assert [(priority, len(ids)) for page in exact for priority, ids in page] == [
+        ("high", 2),
+        ("normal", 7),
+    ]

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import keys
+from app.categories.models import Category
 from app.notifications.models import Message, Notification
-from app.recipients.models import Category, Recipient, Suppression
+from app.recipients.models import Recipient, Suppression
 from app.runtime import ServiceUrls
 from app.templates.models import Template
 from tests.integration.test_api_auth import assert_problem

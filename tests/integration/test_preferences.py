@@ -10,10 +10,11 @@ import httpx
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.categories import service as categories
+from app.categories.service import CategoryView
 from app.channels import CHANNELS
 from app.recipients import service
 from app.recipients.planning import PlannedDelivery
-from app.recipients.preferences import CategoryView
 from app.recipients.schemas import PushToken, RecipientInput
 from tests.integration.test_api_auth import assert_problem
 from tests.support import TenantKey, make_tenant
@@ -139,12 +140,14 @@ async def test_invalid_categories_are_named(client: httpx.AsyncClient, tenant: T
 async def test_get_category(session: AsyncSession, client: httpx.AsyncClient) -> None:
     owner = await make_tenant(session, "Categories")
     other = await make_tenant(session, "Other categories")
-    view = await service.get_category(
+    view = await categories.get_category(
         session, tenant_id=owner.tenant_id, mode=owner.mode, key="security"
     )
     assert view == CategoryView(key="security", name="Security", critical=True)
     assert (
-        await service.get_category(session, tenant_id=owner.tenant_id, mode=owner.mode, key="nope")
+        await categories.get_category(
+            session, tenant_id=owner.tenant_id, mode=owner.mode, key="nope"
+        )
         is None
     )
 
@@ -154,15 +157,17 @@ async def test_get_category(session: AsyncSession, client: httpx.AsyncClient) ->
     await client.put(
         "/v1/categories/security", headers=owner.headers, json={"name": "Sec", "critical": False}
     )
-    assert await service.get_category(
+    assert await categories.get_category(
         session, tenant_id=owner.tenant_id, mode=owner.mode, key="otp"
     ) == (CategoryView(key="otp", name="OTP", critical=True))
-    overridden = await service.get_category(
+    overridden = await categories.get_category(
         session, tenant_id=owner.tenant_id, mode=owner.mode, key="security"
     )
     assert overridden is not None and overridden.critical is False
     assert (
-        await service.get_category(session, tenant_id=other.tenant_id, mode=other.mode, key="otp")
+        await categories.get_category(
+            session, tenant_id=other.tenant_id, mode=other.mode, key="otp"
+        )
         is None
     )
 
@@ -227,7 +232,7 @@ async def test_plan_deliveries(
         ],
     )
     await session.commit()
-    marketing = await service.get_category(
+    marketing = await categories.get_category(
         session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="marketing"
     )
     assert marketing is not None
@@ -276,7 +281,7 @@ async def test_plan_deliveries(
     assert all(isinstance(p, PlannedDelivery) for p in plans)
 
     # A critical category ignores opt-outs (one query fewer), never suppressions.
-    security = await service.get_category(
+    security = await categories.get_category(
         session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="security"
     )
     assert security is not None and security.critical
@@ -322,7 +327,7 @@ async def test_plans_ignore_other_tenants_suppressions_and_preferences(
     [person] = await service.get_by_external_ids(
         session, tenant_id=mine.tenant_id, mode=mine.mode, external_ids=["same"]
     )
-    transactional = await service.get_category(
+    transactional = await categories.get_category(
         session, tenant_id=mine.tenant_id, mode=mine.mode, key="transactional"
     )
     assert transactional is not None

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.audit.models import AuditEntry
-from app.tenants import settings as tenant_settings
+from app.delivery.retry import RetryPolicy
+from app.tenants import delivery_controls
 from app.tenants.models import Tenant
-from app.tenants.settings import RetryPolicy
 from tests.integration.test_api_auth import assert_problem
 from tests.support import TenantKey, make_tenant
 
@@ -58,7 +58,7 @@ async def test_defaults_then_round_trip(
     assert await stored(session, tenant) == {"max_attempts": 3, "window_hours": 2.0}
     who = (await client.get("/v1/tenant", headers=tenant.headers)).json()
     assert who["retry_policy"] == changed
-    policy = await tenant_settings.get_retry_policy(session, tenant_id=tenant.tenant_id)
+    policy = await delivery_controls.get_retry_policy(session, tenant_id=tenant.tenant_id)
     assert policy == RetryPolicy(3, 2.0)
     assert policy.window == timedelta(hours=2)
 
@@ -130,8 +130,8 @@ async def test_bad_input(
 async def test_the_service_refuses_what_the_api_would(
     session: AsyncSession, tenant: TenantKey, policy: RetryPolicy, field: str
 ) -> None:
-    with pytest.raises(tenant_settings.SettingInvalid) as refused:
-        await tenant_settings.set_retry_policy(
+    with pytest.raises(delivery_controls.SettingInvalid) as refused:
+        await delivery_controls.set_retry_policy(
             session, tenant_id=tenant.tenant_id, policy=policy, actor="test"
         )
     assert refused.value.field == field
@@ -209,6 +209,6 @@ async def test_stored_json_is_read_tolerantly(
         update(Tenant).where(Tenant.id == tenant.tenant_id).values(retry_policy=json)
     )
     await session.commit()
-    read = await tenant_settings.get_retry_policy(session, tenant_id=tenant.tenant_id)
+    read = await delivery_controls.get_retry_policy(session, tenant_id=tenant.tenant_id)
     assert read == expected
     assert isinstance(read.max_attempts, int) and isinstance(read.window_hours, float)

@@ -12,10 +12,10 @@ from app.delivery.retry import (
     MAX_GROWTH,
     MIN_DELAY,
     WINDOW_SHARE,
+    RetryPolicy,
     ceiling,
     retry_delay,
 )
-from app.tenants.settings import RetryPolicy
 
 FITTED = [
     RetryPolicy(),

@@ -1,15 +1,20 @@
-"""A tenant's delivery settings: kill switches per channel, the retry policy, the default locale.
+"""A tenant's delivery controls: kill switches per channel, the retry policy, the default locale.
+
+These are the tenant's own settings, stored on its row; what they mean to messages belongs
+to delivery: the retry policy's bounds and schedule to app/delivery/retry.py, what a kill
+switch does to messages already written to app/delivery/held.py.
 
 Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
-  leaves them alone until the pause is lifted, when `held_batches` finds them again.
+  leaves them alone until the pause is lifted, when the caller releases them
+  (`app.delivery.held.held_pages`).
 - `drop_noncritical`: the channel's messages of non-critical categories already waiting
-  (`queued`, `retrying`) become `skipped` (skip_reason `kill_switch`) when it is set,
-  dispatch writes later ones so, and the delivery claim skips any that comes back after a
-  send under way; critical categories still flow.
+  become `skipped` when it is set (`app.delivery.held.drop_waiting_noncritical`), dispatch
+  writes later ones so, and the delivery claim skips any that comes back after a send under
+  way; critical categories still flow.
 
-The retry policy (tenants.retry_policy) is read by delivery through `RetryPolicy.of`,
-which takes the defaults for anything absent or unusable in the stored JSON.
+The retry policy (tenants.retry_policy) is checked against its bounds when it is set and
+read by delivery through `RetryPolicy.of`.
 
 The default locale (tenants.default_locale, a normalised tag or null) is the locale of
 recipients who have none, and the last fallback before a template's own content.
@@ -20,29 +25,24 @@ racing on different channels all stick, and is audited in the caller's transacti
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import String, bindparam, func, or_, select, text
+from sqlalchemy import String, bindparam, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.channels import CHANNELS
-from app.notifications.models import PRIORITIES, Message, Notification
+from app.delivery.held import drop_waiting_noncritical
+from app.delivery.retry import RetryPolicy, RetryPolicyInvalid
 from app.recipients.validation import RecipientInvalid, normalise_locale
 from app.tenants.models import Tenant
 
 KillSwitch = Literal["pause", "drop_noncritical"]
 KILL_SWITCHES: tuple[KillSwitch, ...] = ("pause", "drop_noncritical")
-
-MAX_ATTEMPTS_RANGE = (1, 20)
-WINDOW_HOURS_RANGE = (1.0, 72.0)
-RESUME_BATCH = 100  # message ids per deliver job when a pause is lifted
 
 
 class SettingInvalid(ValueError):
@@ -56,48 +56,6 @@ class SettingInvalid(ValueError):
 
 class TenantNotFound(LookupError):
     """The tenant row is gone (deleted between authentication and now)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 8  # 1..20 attempts in all, the first included
-    window_hours: float = 24.0  # 1..72: no attempt later than creation (or replay) + this
-
-    @classmethod
-    def of(cls, stored: Mapping[str, Any]) -> RetryPolicy:
-        """The policy stored as JSON; an absent, mistyped or out-of-range member is defaulted."""
-        if not isinstance(stored, Mapping):  # None, or JSON that is not an object
-            stored = {}
-        attempts: Any = stored.get("max_attempts")
-        hours: Any = stored.get("window_hours")
-        policy = cls()
-        if not _in_range(attempts, MAX_ATTEMPTS_RANGE, integral=True):
-            attempts = policy.max_attempts
-        if not _in_range(hours, WINDOW_HOURS_RANGE, integral=False):
-            hours = policy.window_hours
-        return cls(max_attempts=int(attempts), window_hours=float(hours))
-
-    @property
-    def window(self) -> timedelta:
-        return timedelta(hours=self.window_hours)
-
-    def check(self) -> None:
-        """Raise SettingInvalid naming the first member out of range."""
-        if not _in_range(self.max_attempts, MAX_ATTEMPTS_RANGE, integral=True):
-            low, high = MAX_ATTEMPTS_RANGE
-            raise SettingInvalid("max_attempts", f"an integer from {low} to {high}")
-        if not _in_range(self.window_hours, WINDOW_HOURS_RANGE, integral=False):
-            low_h, high_h = WINDOW_HOURS_RANGE
-            raise SettingInvalid("window_hours", f"a number from {low_h:g} to {high_h:g}")
-
-
-def _in_range(value: Any, bounds: tuple[float, float], *, integral: bool) -> bool:
-    # bool is an int to Python, never a count or a duration to us.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    if integral and not isinstance(value, int):
-        return False
-    return math.isfinite(value) and bounds[0] <= value <= bounds[1]
 
 
 @dataclass(frozen=True)
@@ -187,7 +145,8 @@ async def set_kill_switch(
 ) -> ResumeWork:
     """Switch one channel (None: off) in the caller's transaction; audited.
 
-    After commit, when the result `resumes`, the caller releases `held_batches`.
+    After commit, when the result `resumes`, the caller releases the held messages
+    (`app.delivery.held.held_pages`).
     """
     if channel not in CHANNELS:
         raise SettingInvalid("channel", f"unknown channel; one of {', '.join(CHANNELS)}")
@@ -203,7 +162,7 @@ async def set_kill_switch(
     previous = cast(KillSwitch, row[0]) if row[0] in KILL_SWITCHES else None
     dropped = 0
     if mode == "drop_noncritical":
-        dropped = await _drop_waiting_noncritical(session, tenant_id=tenant_id, channel=channel)
+        dropped = await drop_waiting_noncritical(session, tenant_id=tenant_id, channel=channel)
     await audit.append(
         session,
         tenant_id=tenant_id,
@@ -213,57 +172,6 @@ async def set_kill_switch(
         details={"mode": mode or "off", "previous": previous or "off", "dropped": dropped},
     )
     return ResumeWork(tenant_id, channel, previous, mode, switches_of(row[1]), dropped)
-
-
-# Messages being sent right now (`sending`) are past stopping; should one come back (a
-# transient failure, a wait for tokens), the delivery claim skips it (app/delivery/claims.py).
-_DROP_WAITING = text(
-    """
-    UPDATE messages AS m
-       SET status = 'skipped', skip_reason = 'kill_switch', next_attempt_at = NULL,
-           updated_at = now()
-      FROM notifications AS n
-     WHERE m.tenant_id = :tenant_id AND m.channel = :channel
-       AND m.status IN ('queued', 'retrying')
-       AND n.id = m.notification_id AND n.tenant_id = :tenant_id AND n.critical IS NOT TRUE
-    """
-).bindparams(bindparam("channel", type_=String))
-
-
-async def _drop_waiting_noncritical(
-    session: AsyncSession, *, tenant_id: uuid.UUID, channel: str
-) -> int:
-    result = await session.execute(_DROP_WAITING, {"tenant_id": tenant_id, "channel": channel})
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def held_batches(
-    session: AsyncSession, *, tenant_id: uuid.UUID, channel: str, size: int = RESUME_BATCH
-) -> list[tuple[str, list[uuid.UUID]]]:
-    """(priority, ids) batches of the channel's messages waiting for delivery, high first.
-
-    Messages whose retry is due later keep the deferred job that will deliver them.
-    """
-    rows = await session.execute(
-        select(Notification.priority, Message.id)
-        .join(Notification, Notification.id == Message.notification_id)
-        .where(
-            Message.tenant_id == tenant_id,
-            Notification.tenant_id == tenant_id,
-            Message.channel == channel,
-            Message.status.in_(("queued", "retrying")),
-            or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
-        )
-        .order_by(Message.id)
-    )
-    by_priority: dict[str, list[uuid.UUID]] = {priority: [] for priority in PRIORITIES}
-    for priority, message_id in rows:
-        by_priority[priority].append(message_id)
-    return [
-        (priority, ids[start : start + size])
-        for priority, ids in by_priority.items()
-        for start in range(0, len(ids), size)
-    ]
 
 
 async def get_retry_policy(session: AsyncSession, *, tenant_id: uuid.UUID) -> RetryPolicy:
@@ -282,7 +190,10 @@ async def set_retry_policy(
     session: AsyncSession, *, tenant_id: uuid.UUID, policy: RetryPolicy, actor: str
 ) -> RetryPolicy:
     """Replace the tenant's retry policy in the caller's transaction; audited."""
-    policy.check()
+    try:
+        policy.check()
+    except RetryPolicyInvalid as invalid:
+        raise SettingInvalid(invalid.field, invalid.message) from None
     stored = await session.scalar(_SET_POLICY, {"policy": asdict(policy), "tenant_id": tenant_id})
     if stored is None:
         raise TenantNotFound(str(tenant_id))

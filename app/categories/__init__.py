@@ -1,0 +1,1 @@
+"""Categories of notifications, and what a critical one may do that others may not."""
