@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.delivery.claims import claim, release
+from app.delivery.outcomes import Due, Sent, record
 from app.delivery.routing import Router, Send
-from app.delivery.service import Deliverer, Due, Sent, record
+from app.delivery.service import Deliverer
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Attempt, Message
 from app.providers.base import SendResult
