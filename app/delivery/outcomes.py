@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -98,10 +97,14 @@ class OutcomeWriter:
         self._pending = asyncio.Event()  # something to write
         self._full = asyncio.Event()  # enough to write now (or the batch is over)
         self._finishing = False
-        self._task: asyncio.Task[None] | None = None
+        # Writes and renewals both move claims (one ends them, the other changes their
+        # token): one at a time. Renewals run apart from the writes, so that a write waiting
+        # on something else (a breaker in Redis) cannot let the claims run out.
+        self._claims = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._renewing())]
 
     def add(self, outcome: Sent) -> None:
         self._buffer.append(outcome)
@@ -115,37 +118,46 @@ class OutcomeWriter:
         self._finishing = True
         self._pending.set()
         self._full.set()
-        if self._task is not None:
-            await self._task
+        try:
+            if self._tasks:
+                await self._tasks[0]
+        finally:
+            await self.cancel()
         return self.due
 
     async def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop writing and renewing (what is not written stays claimed, for the sweeper)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def held(self) -> list[Claimed]:
         """The claims whose outcome is not written."""
         return list(self._open.values())
 
     async def _run(self) -> None:
-        renew_at = time.monotonic() + LEASE_RENEW_EVERY
         while True:
-            await _wait(self._pending, max(renew_at - time.monotonic(), 0))
-            if self._pending.is_set():
-                await _wait(self._full, FLUSH_EVERY)
-                try:
-                    await self._flush()
-                except Exception:
-                    if self._finishing:
-                        raise
-                    log.exception("outcomes not written yet: trying again")
-                    await asyncio.sleep(RETRY_PAUSE)
+            await self._pending.wait()
+            await _wait(self._full, FLUSH_EVERY)
+            try:
+                await self._flush()
+            except Exception:
+                if self._finishing:
+                    raise
+                log.exception("outcomes not written yet: trying again")
+                await asyncio.sleep(RETRY_PAUSE)
             if self._finishing and not self._buffer:
                 return
-            if time.monotonic() >= renew_at:
-                await self._renew()
-                renew_at = time.monotonic() + LEASE_RENEW_EVERY
+
+    async def _renewing(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_EVERY)
+            try:
+                async with self._claims, self.sessions() as session:
+                    await renew(session, self.held())
+                    await session.commit()
+            except Exception:  # the lease allows for a missed renewal
+                log.exception("claims not renewed")
 
     async def _flush(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -154,7 +166,7 @@ class OutcomeWriter:
         if not batch:
             return
         try:
-            async with self.sessions() as session:
+            async with self._claims, self.sessions() as session:
                 retries = await record(session, batch, self.started)
                 await session.commit()
         except BaseException:
@@ -178,14 +190,6 @@ class OutcomeWriter:
                 return
             now = utcnow()
             self.due += [Due(message_id, priority, now) for message_id, priority in now_due]
-
-    async def _renew(self) -> None:
-        try:
-            async with self.sessions() as session:
-                await renew(session, self.held())
-                await session.commit()
-        except Exception:  # the lease allows for a missed renewal
-            log.exception("claims not renewed")
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -129,7 +129,7 @@ class Deliverer:
             unstarted = await self._send_all(allocation.sends, writer.add)
             due = await writer.finish()
         finally:
-            await writer.cancel()  # only when something above raised: the task is done else
+            await writer.cancel()  # a send or the final write raised: stop renewing too
         if unstarted:
             await self.router.report([(send, None) for send in unstarted])
             async with self.sessions() as session:
