@@ -5,6 +5,10 @@ and counts the attempt; a message another worker holds, one cancelled meanwhile,
 yet due, or one whose tenant paused its channel is not claimed, and a non-critical one of a
 channel switched to drop_noncritical is skipped instead. A message released
 without a provider call gets its attempt back and waits until the time it is given.
+
+The lease is short and its holder renews it while the batch runs (`renew`): a batch may
+legitimately take minutes (a provider slow to time out, 100 messages at 32 at a time), but a
+dead worker's claims are given back by the sweeper soon after their last renewal.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.templates.content import Content
 
-CLAIM_LEASE = timedelta(seconds=120)
+# What a dead worker's claim holds its messages back: the lease, and up to one sweep
+# (SWEEP_EVERY, 10 s) after it. A live holder renews every LEASE_RENEW_EVERY, so two
+# renewals in a row may fail (a PostgreSQL slow or briefly gone) before its claims run out;
+# when they do, the outcomes it then writes are refused and the sweeper's choice stands.
+CLAIM_LEASE = timedelta(seconds=30)
+LEASE_RENEW_EVERY = 10.0  # seconds
 
 _CLAIM = text(
     """
@@ -74,6 +83,33 @@ _RELEASE = text(
 )
 
 
+# The holder extends its claims; the new end is the claim's new token.
+_RENEW = text(
+    """
+    UPDATE messages AS m
+       SET claimed_until = now() + :lease
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS timestamptz[])) AS c(id, token)
+     WHERE m.id = c.id AND m.status = 'sending' AND m.claimed_until = c.token
+    RETURNING m.id, m.claimed_until
+    """
+)
+
+# Messages waiting for a breaker that has closed since: due now. Only while they still wait
+# for that breaker: still given back (not claimed again, nor sent), due at the very time
+# they were held until.
+_BRING_FORWARD = text(
+    """
+    UPDATE messages AS m
+       SET next_attempt_at = now(), updated_at = now()
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS h(id, at),
+           notifications AS n
+     WHERE m.id = h.id AND m.status IN ('queued', 'retrying') AND m.next_attempt_at = h.at
+       AND n.id = m.notification_id
+    RETURNING m.id, n.priority
+    """
+)
+
+
 @dataclass
 class Claimed:
     id: uuid.UUID
@@ -86,6 +122,7 @@ class Claimed:
     rate_limited_attempts: int  # earlier attempts a provider answered "rate limited"
     retry_window_from: datetime  # the retry policy's window starts here (creation, or replay)
     claimed_until: datetime  # the lease's end, and the claim's token: see record / release
+    # (renew moves both)
     content: Content
     mode: str
     priority: str
@@ -144,3 +181,36 @@ async def release(session: AsyncSession, waiting: Sequence[tuple[Claimed, dateti
                 "tokens": [m.claimed_until for m, _ in waiting],
             },
         )
+
+
+async def renew(
+    session: AsyncSession, claims: Sequence[Claimed], lease: timedelta = CLAIM_LEASE
+) -> int:
+    """Extend the claims still held (each one's token moves with its end); how many were."""
+    if not claims:
+        return 0
+    rows = await session.execute(
+        _RENEW,
+        {
+            "ids": [m.id for m in claims],
+            "tokens": [m.claimed_until for m in claims],
+            "lease": lease,
+        },
+    )
+    renewed = {row.id: row.claimed_until for row in rows}
+    for message in claims:
+        message.claimed_until = renewed.get(message.id, message.claimed_until)
+    return len(renewed)
+
+
+async def bring_forward(
+    session: AsyncSession, held: Sequence[tuple[uuid.UUID, datetime]]
+) -> list[tuple[uuid.UUID, str]]:
+    """Make messages held until a time due now, those still waiting for exactly that time;
+    (id, priority) of each."""
+    if not held:
+        return []
+    rows = await session.execute(
+        _BRING_FORWARD, {"ids": [i for i, _ in held], "ats": [at for _, at in held]}
+    )
+    return [(row.id, row.priority) for row in rows]

@@ -6,27 +6,43 @@ when half-open, none when open); those go to the next route (failover). Admitted
 take tokens from the tenant's bucket and the route's bucket in one Redis call; messages
 that get none wait for the exact time the buckets refill, spread at the limiting rate, so
 no worker ever sleeps holding them. With every route's breaker open, messages wait for
-the earliest probe rather than fail.
+the earliest probe rather than fail, noted beside each breaker that refused them.
+
+The router is the one place that talks to the breakers: it asks them before sends
+(`allocate`) and tells them how the sends went (`report`), which is when a probe's success
+closes a breaker and hands back the messages that were waiting for it.
+
+The inbox is a built-in route like the sandbox: Herald's own store, where the message row
+is the delivery, so it has neither a breaker nor buckets.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from app.delivery.claims import Claimed
-from app.providers.breaker import CircuitBreakers, route_key_for
+from app.providers.base import SendResult
+from app.providers.breaker import CircuitBreakers, Held, route_key_for
 from app.providers.service import ProviderRoute
 from app.ratelimit.buckets import Bucket, TokenBuckets, provider_bucket, tenant_bucket
 from app.tenants.plans import limits_for
 
+log = structlog.get_logger(__name__)
+
 # Breakers guard real provider accounts; the sandbox's outcomes are chosen by address,
-# so its simulated failures must not trip anything.
-UNGUARDED = ("sandbox",)
+# so its simulated failures must not trip anything, and the inbox is Herald's own store.
+UNGUARDED = ("sandbox", "inbox")
+UNMETERED = ("inbox",)  # no provider's rate to keep to, nor the tenant's sending rate
+FAILURE_CLASSES = ("transient", "config")  # what a breaker counts against a provider
 JITTER_ALLOWANCE = 0.05  # seconds of a provider's rate kept back from its burst
 
 DEFERRED = Counter(
@@ -37,7 +53,7 @@ DEFERRED = Counter(
 @dataclass(frozen=True)
 class Send:
     message: Claimed
-    route: ProviderRoute | None  # None: the inbox, or a channel with no provider at all
+    route: ProviderRoute | None  # None: a channel with no provider at all
     probe: bool = False  # the half-open breaker's one trial call
 
 
@@ -79,11 +95,60 @@ class Router:
                 retry_at = min(retry_at or route_retry, route_retry)
             chosen, pending = pending[:admitted], pending[admitted:]
             await self._take_tokens(route, chosen, probe, now, allocation, returning)
-        # Every route refused (breakers open): wait for the first probe, not an attempt.
+        # Every route refused (breakers open): wait for the first probe, not an attempt,
+        # or for whichever of those breakers closes first.
         wake = retry_at or now + timedelta(seconds=1)
         allocation.waiting += [(message, wake) for message in pending]
-        DEFERRED.labels("breaker_open").inc(len(pending))
+        if pending:
+            DEFERRED.labels("breaker_open").inc(len(pending))
+            await self._hold(routes, pending, wake)
         return allocation
+
+    async def _hold(
+        self, routes: Sequence[ProviderRoute], pending: list[Claimed], wake: datetime
+    ) -> None:
+        held = [(message.id, wake) for message in pending]
+        for route in routes:
+            if route.provider in UNGUARDED:
+                continue
+            key = route_key_for(route.config_id, route.channel)
+            try:
+                await self.breakers.hold(pending[0].tenant_id, key, held)
+            except RedisError as error:  # they still go at `wake`, only not sooner
+                log.warning("held messages not noted", route=key, error=str(error))
+
+    async def report(self, outcomes: Sequence[tuple[Send, SendResult | None]]) -> list[Held]:
+        """Tell each guarded route's breaker its successes and failures (None: a send that
+        was not made); the messages that a probe's success released, each with the time it
+        was held until.
+
+        Rate limiting and a bad address say nothing of a provider's health: they count as
+        neither, and a probe that ended so, or was not made, hands its permit back."""
+        tally: dict[tuple[uuid.UUID, str, bool], list[int]] = defaultdict(lambda: [0, 0])
+        for send, result in outcomes:
+            route = send.route
+            if route is None or route.provider in UNGUARDED:
+                continue
+            counts = tally[
+                (send.message.tenant_id, route_key_for(route.config_id, route.channel), send.probe)
+            ]
+            if result is not None and result.ok:
+                counts[0] += 1
+            elif result is not None and result.error_class in FAILURE_CLASSES:
+                counts[1] += 1
+        released: list[Held] = []
+        for (tenant_id, route_key, probe), (successes, failures) in tally.items():
+            if not (successes or failures or probe):
+                continue
+            try:
+                state = await self.breakers.record(
+                    tenant_id, route_key, successes=successes, failures=failures, probe=probe
+                )
+            except RedisError as error:
+                log.warning("breaker not updated", route=route_key, error=str(error))
+                continue
+            released += state.released
+        return released
 
     async def _admit(
         self, route: ProviderRoute, pending: list[Claimed]
@@ -105,6 +170,9 @@ class Router:
         returning: bool,
     ) -> None:
         if not chosen:
+            return
+        if route.provider in UNMETERED:
+            allocation.sends += [Send(m, route) for m in chosen]
             return
         buckets = _buckets(route, chosen[0])
         grant = await self.buckets.take(buckets, len(chosen), at_head=returning)

@@ -15,11 +15,15 @@ burning retries (and the tenant's reputation) on a dead one.
   the permit back. A permit whose result never arrives (its worker died) expires after
   `probe_timeout`, and the next caller gets a new one.
 
+Messages that wait for a breaker (every route refused them) are noted beside it (`hold`),
+with the time they were given; the call that closes the breaker takes the notes back
+(`BreakerState.released`), so that those messages go now instead of at that time.
+
 State lives in one Redis hash per breaker, `herald:cb:{<tenant_id>}:<route key>`, hash-tagged
 per tenant so that a Redis Cluster keeps a tenant's breakers in one slot (which also lets
 `states` read many of them in one script call). Every decision is one Lua script run on the
 server's clock (`TIME`), so workers with skewed clocks still agree. Which outcomes count as
-failures is the caller's choice (see app/delivery/service.py): transient and config errors
+failures is the caller's choice (see app/delivery/routing.py): transient and config errors
 do; permanent per-address errors and rate limiting say nothing about the provider's health.
 """
 
@@ -29,7 +33,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from prometheus_client import Counter
@@ -88,6 +92,8 @@ class BreakerState:
     failures: int
     opened_at: datetime | None
     retry_at: datetime | None  # open: when a probe may go; half-open: when the probe expires
+    # The messages held for this breaker that its closing (this call's) released.
+    released: tuple[Held, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,27 @@ def route_key_for(config_id: uuid.UUID | None, channel: str) -> str:
 
 def breaker_key(tenant_id: uuid.UUID, route_key: str) -> str:
     return f"herald:cb:{{{tenant_id}}}:{route_key}"
+
+
+def held_key(tenant_id: uuid.UUID, route_key: str) -> str:
+    """The sorted set of messages waiting for the breaker: `<message id>:<due µs>` members
+    scored by the due time. Same hash tag as the breaker: one slot, one script."""
+    return f"herald:cbh:{{{tenant_id}}}:{route_key}"
+
+
+Held = tuple[uuid.UUID, datetime]  # a message waiting for a breaker, and when it is due
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _held(member: Any) -> Held:
+    # Exact to the microsecond: the waiting message's due time in PostgreSQL is matched
+    # against it (see app/delivery/claims.py, bring_forward).
+    message_id, micros = _text(member).split(":")
+    return uuid.UUID(message_id), _EPOCH + timedelta(microseconds=int(micros))
 
 
 # Shared by every script. ARGV[1..6] is the policy (BreakerPolicy.script_args). A breaker's
@@ -192,8 +219,9 @@ return {1, 1, now + PROBE_TIMEOUT, probe == 0 and 'half_open' or ''}
 """
 )
 
-# KEYS[1]: the breaker; ARGV[7..9]: successes, failures, probe (1/0). Returns the view
-# followed by the transition ('' when none).
+# KEYS[1]: the breaker, KEYS[2]: its held messages; ARGV[7..9]: successes, failures, probe
+# (1/0). Returns the view followed by the transition ('' when none) and, when the probe
+# closed the breaker, the held messages not yet due (taken: the set is deleted).
 _RECORD = (
     _PRELUDE
     + """
@@ -202,6 +230,7 @@ local successes, failures, probe = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local h = load(key)
 local now = now_ms()
 local moved = ''
+local released = {}
 if h.retry_at then
   -- Outcomes of calls admitted before the breaker opened say nothing new: only the probe's
   -- outcome moves an open breaker.
@@ -212,6 +241,8 @@ if h.retry_at then
     elseif successes > 0 then
       redis.call('DEL', key)
       moved = 'closed'
+      released = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. (now * 1000), '+inf')
+      redis.call('DEL', KEYS[2])
     else
       redis.call('HDEL', key, 'probe_until')
     end
@@ -238,6 +269,7 @@ elseif next(h) then
 end
 local reply = view(h, now)
 reply[6] = moved
+reply[7] = released
 return reply
 """
 )
@@ -255,6 +287,25 @@ return reply
 """
 )
 
+# KEYS[1]: the held messages; ARGV: pairs of (due µs, member). What is already due is
+# dropped, or not noted (its message goes its way anyway); the set lasts until the last
+# message in it is due, and a minute longer.
+_HOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local last = now
+for i = 1, #ARGV, 2 do
+  local at = tonumber(ARGV[i])
+  if at > now then
+    redis.call('ZADD', KEYS[1], at, ARGV[i + 1])
+    last = math.max(last, at)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], math.floor((last - now) / 1000) + 60000)
+return redis.call('ZCARD', KEYS[1])
+"""
+
 # KEYS[1]: the breaker. Returns 1 when it was open or half-open.
 _RESET = """
 local was_open = redis.call('HEXISTS', KEYS[1], 'retry_at')
@@ -269,7 +320,7 @@ def _count(transition: Any) -> None:
         TRANSITIONS.labels(to=name).inc()
 
 
-def _state(values: Sequence[Any]) -> BreakerState:
+def _state(values: Sequence[Any], released: Sequence[Any] = ()) -> BreakerState:
     name, calls, failures, opened_at, retry_at = values[:5]
     return BreakerState(
         state=cast(StateName, _text(name)),
@@ -277,6 +328,7 @@ def _state(values: Sequence[Any]) -> BreakerState:
         failures=int(failures),
         opened_at=_time(opened_at),
         retry_at=_time(retry_at),
+        released=tuple(_held(member) for member in released),
     )
 
 
@@ -292,6 +344,7 @@ class CircuitBreakers:
         self._record = redis.register_script(_RECORD)
         self._states = redis.register_script(_STATES)
         self._reset = redis.register_script(_RESET)
+        self._hold = redis.register_script(_HOLD)
 
     async def admit(self, tenant_id: uuid.UUID, route_key: str, calls: int) -> Admission:
         """How many of `calls` may go to this route now; one script call."""
@@ -316,15 +369,27 @@ class CircuitBreakers:
         probe: bool = False,
     ) -> BreakerState:
         """Count outcomes (trips a closed breaker) or settle the probe (closes or re-opens
-        it); the state afterwards. One script call."""
+        it); the state afterwards, with the messages held for it when this closed it. One
+        script call."""
         if successes < 0 or failures < 0:
             raise ValueError("successes and failures must not be negative")
         reply = await self._record(
-            keys=[breaker_key(tenant_id, route_key)],
+            keys=[breaker_key(tenant_id, route_key), held_key(tenant_id, route_key)],
             args=[*self._args, successes, failures, int(probe)],
         )
         _count(reply[5])
-        return _state(reply)
+        return _state(reply, reply[6] if len(reply) > 6 else ())
+
+    async def hold(self, tenant_id: uuid.UUID, route_key: str, held: Sequence[Held]) -> None:
+        """Note messages that wait for this breaker, each due at its time: the probe that
+        closes the breaker releases them (see `record`). One script call."""
+        if not held:
+            return
+        args: list[Any] = []
+        for message_id, at in held:
+            micros = _micros(at)
+            args += [micros, f"{message_id}:{micros}"]
+        await self._hold(keys=[held_key(tenant_id, route_key)], args=args)
 
     async def states(
         self, tenant_id: uuid.UUID, route_keys: Sequence[str]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,10 @@ class SavedConfig:
 def sandbox_route(channel: str) -> ProviderRoute:
     spec = SPECS["sandbox"]
     return ProviderRoute(None, "sandbox", channel, 0, spec.rate_per_second, spec.burst, {}, {})
+
+
+# The inbox channel's one route, built in: Herald's own store (app/providers/adapters/inbox.py).
+INBOX_ROUTE = ProviderRoute(None, "inbox", "inbox", 0, math.inf, 0, {}, {})
 
 
 def fingerprint(credentials: dict[str, Any], keyring: Keyring) -> str:
@@ -329,11 +334,14 @@ async def routes_for(
 ) -> list[ProviderRoute]:
     """The providers to try for a tenant's channel, in order.
 
-    mode "test": the sandbox, always (test keys never reach a real provider). mode "live":
-    the enabled configs of the channel by priority (lowest first; oldest first on ties).
+    The inbox: its built-in route, in both modes. Other channels in mode "test": the
+    sandbox, always (test keys never reach a real provider). mode "live": the enabled
+    configs of the channel by priority (lowest first; oldest first on ties).
     A config whose credentials cannot be opened (its key was removed from
     HERALD_ENCRYPTION_KEYS) is logged and left out rather than failing the whole channel.
     """
+    if channel == "inbox":
+        return [INBOX_ROUTE]
     if mode == "test":
         return [sandbox_route(channel)]
     if mode != "live":

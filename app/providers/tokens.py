@@ -1,6 +1,7 @@
 """Short-lived provider tokens (FCM's OAuth2 access token, APNs' provider JWT), per process.
 
-Adapters are rebuilt for every batch; the tokens they mint outlive them here, so a worker
+A worker keeps its adapters in a bounded cache (app/delivery/service.py, AdapterCache), so
+an adapter may be dropped and built again; the tokens it minted outlive it here, so a worker
 asks Google for an access token about once an hour per service account, and signs an APNs
 token at most every 50 minutes per key, as Apple asks (it refuses tokens refreshed more
 often than every 20 minutes, and older than an hour).

@@ -420,7 +420,8 @@ class Stack:
             return int(getattr(result, "rowcount", 0))
 
     async def expire_claims(self) -> int:
-        # What CLAIM_LEASE (120 s) running out looks like, without waiting for it.
+        # What CLAIM_LEASE (30 s after the last renewal) running out looks like, without
+        # waiting for it.
         return await self.execute(
             "UPDATE messages SET claimed_until = now() - interval '1 second'"
             " WHERE status = 'sending'"

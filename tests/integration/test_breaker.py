@@ -16,6 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from app.db import utcnow
 from app.providers.breaker import (
     Admission,
     BreakerPolicy,
@@ -195,6 +196,34 @@ async def test_probe_failure_reopens_for_another_cool_down(processes: Workers) -
 
     await asyncio.sleep(policy.cool_down + 0.1)
     assert len([a for a in await race_for_probe(workers, tenant) if a.allowed]) == 1
+
+
+async def test_the_probe_that_closes_it_releases_the_messages_held_for_it(
+    processes: Workers,
+) -> None:
+    workers = processes(FAST)
+    tenant = uuid.uuid4()
+    await trip(workers[0], tenant)
+    await asyncio.sleep(FAST.cool_down + 0.1)
+    probe = await workers[0].admit(tenant, ROUTE, 5)
+    assert probe.probe and probe.retry_at is not None
+    # The four others wait for the probe's verdict, noted by two workers; one noted with a
+    # time already past went its way and is not released.
+    held = [(uuid.uuid4(), probe.retry_at) for _ in range(4)]
+    await workers[1].hold(tenant, ROUTE, held[:2])
+    await workers[2].hold(tenant, ROUTE, held[2:])
+    await workers[2].hold(tenant, ROUTE, [(uuid.uuid4(), utcnow() - timedelta(seconds=1))])
+
+    failed = await workers[3].record(tenant, ROUTE, successes=0, failures=1, probe=True)
+    assert failed.state == "open" and failed.released == ()  # they wait on
+    await asyncio.sleep(FAST.cool_down + 0.1)
+    assert (await workers[0].admit(tenant, ROUTE, 1)).probe
+    closed = await workers[3].record(tenant, ROUTE, successes=1, failures=0, probe=True)
+
+    assert closed.state == "closed"
+    assert sorted(closed.released) == sorted(held)  # exact to the microsecond
+    again = await workers[3].record(tenant, ROUTE, successes=1, failures=0)
+    assert again.released == ()  # released once
 
 
 async def test_an_unanswered_probe_expires_and_another_is_allowed(processes: Workers) -> None:

@@ -18,9 +18,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.delivery.claims import claim, release
+from app.delivery.claims import claim, release, renew
+from app.delivery.outcomes import Due, Sent, record
 from app.delivery.routing import Router, Send
-from app.delivery.service import Deliverer, Due, Sent, record
+from app.delivery.service import Deliverer
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Attempt, Message
 from app.providers.base import SendResult
@@ -375,6 +376,52 @@ async def test_a_worker_that_lost_its_claim_cannot_overwrite_the_new_holder(
         select(Attempt.outcome).where(Attempt.message_id == first).order_by(Attempt.id)
     )
     assert list(outcomes) == ["failed", "sent"]
+
+
+async def test_a_renewed_claim_outlives_its_first_lease_and_its_outcome_is_written(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+) -> None:
+    """The holder of a batch renews its claims while it runs: the lease moves on (the
+    sweeper takes back only claims past it), and the outcome written with the renewed token
+    counts. A claim the sweeper took back is not renewed."""
+    kept, lost = await webhook_messages(client, session, tenant, provider, 2)
+    [holder] = await claim(session, [kept], lease=timedelta(seconds=1))
+    [stale] = await claim(session, [lost], lease=timedelta(seconds=1))
+    await session.commit()
+    first_token = holder.claimed_until
+    # The sweeper took `lost` back (its worker stopped renewing); another worker holds it.
+    await session.execute(
+        update(Message)
+        .where(Message.id == lost)
+        .values(status="retrying", claimed_until=None, next_attempt_at=None)
+    )
+    [other] = await claim(session, [lost])
+    await session.commit()
+
+    assert await renew(session, [holder, stale], lease=timedelta(minutes=5)) == 1
+    await session.commit()
+    assert holder.claimed_until > first_token + timedelta(minutes=4)
+    session.expire_all()
+    leases = dict(
+        (
+            await session.execute(
+                select(Message.id, Message.claimed_until).where(Message.id.in_([kept, lost]))
+            )
+        )
+        .tuples()
+        .all()
+    )
+    # The row's lease is the renewed one (the sweeper takes back only what is past it);
+    # the other worker's claim is untouched.
+    assert leases == {kept: holder.claimed_until, lost: other.claimed_until}
+    assert stale.claimed_until != other.claimed_until
+    ok = SendResult(ok=True, provider_message_id="p-1")
+    await record(session, [Sent(Send(holder, None), "webhook", ok, 5)], utcnow())
+    await session.commit()
+    assert (await states(session, [kept]))[0][0] == "sent"
 
 
 async def test_a_replay_gets_a_whole_retry_budget_and_window(

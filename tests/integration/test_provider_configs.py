@@ -536,11 +536,18 @@ async def test_routes_follow_mode_priority_and_enabled(
     )
     assert "SG.primary" not in repr(routes[0])
 
-    for channel in ("email", "sms", "push", "webhook", "inbox"):
+    for channel in ("email", "sms", "push", "webhook"):
         [sandbox] = await service.routes_for(
             session, tenant_id=owner.tenant_id, channel=channel, mode="test"
         )
         assert (sandbox.provider, sandbox.channel, sandbox.config_id) == ("sandbox", channel, None)
+    # The inbox is Herald's own store: its built-in route, whatever the mode.
+    for mode in ("live", "test"):
+        [inbox] = await service.routes_for(
+            session, tenant_id=owner.tenant_id, channel="inbox", mode=mode
+        )
+        assert inbox == service.INBOX_ROUTE
+        assert (inbox.provider, inbox.channel, inbox.config_id) == ("inbox", "inbox", None)
     assert (
         await service.routes_for(
             session, tenant_id=owner.tenant_id, channel="push", mode="live", keyring=ring

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db import create_engine, session_factory, utcnow
 from app.delivery import sweeper
-from app.delivery.service import claim
+from app.delivery.claims import claim
 from app.main import create_app
 from app.migrate import upgrade
 from app.notifications import relay

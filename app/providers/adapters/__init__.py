@@ -11,7 +11,17 @@ import httpx
 import msgspec
 
 from app.providers import credentials as specs
-from app.providers.adapters import apns, fcm, mailgun, sandbox, sendgrid, smtp, twilio, webhook
+from app.providers.adapters import (
+    apns,
+    fcm,
+    inbox,
+    mailgun,
+    sandbox,
+    sendgrid,
+    smtp,
+    twilio,
+    webhook,
+)
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult, failed
 from app.settings import Settings
 
@@ -138,6 +148,8 @@ def build(
 ) -> ProviderAdapter:
     if provider == "sandbox":
         return sandbox.SandboxAdapter(channel)
+    if provider == "inbox":
+        return inbox.InboxAdapter()
     builder = BUILDERS.get(provider)
     if builder is None:
         raise ValueError(f"no adapter for provider {provider!r}")
