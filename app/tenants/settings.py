@@ -2,7 +2,7 @@
 
 Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
-  leaves them alone until the pause is lifted, when `held_batches` finds them again.
+  leaves them alone until the pause is lifted, when `held_page` finds them again.
 - `drop_noncritical`: the channel's messages of non-critical categories already waiting
   (`queued`, `retrying`) become `skipped` (skip_reason `kill_switch`) when it is set,
   dispatch writes later ones so, and the delivery claim skips any that comes back after a
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.channels import CHANNELS
-from app.notifications.models import PRIORITIES, Message, Notification
+from app.notifications.models import Message, Notification
 from app.recipients.validation import RecipientInvalid, normalise_locale
 from app.tenants.models import Tenant
 
@@ -42,7 +42,6 @@ KILL_SWITCHES: tuple[KillSwitch, ...] = ("pause", "drop_noncritical")
 
 MAX_ATTEMPTS_RANGE = (1, 20)
 WINDOW_HOURS_RANGE = (1.0, 72.0)
-RESUME_BATCH = 100  # message ids per deliver job when a pause is lifted
 
 
 class SettingInvalid(ValueError):
@@ -187,7 +186,7 @@ async def set_kill_switch(
 ) -> ResumeWork:
     """Switch one channel (None: off) in the caller's transaction; audited.
 
-    After commit, when the result `resumes`, the caller releases `held_batches`.
+    After commit, when the result `resumes`, the caller releases `held_page` by page.
     """
     if channel not in CHANNELS:
         raise SettingInvalid("channel", f"unknown channel; one of {', '.join(CHANNELS)}")
@@ -237,10 +236,16 @@ async def _drop_waiting_noncritical(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def held_batches(
-    session: AsyncSession, *, tenant_id: uuid.UUID, channel: str, size: int = RESUME_BATCH
-) -> list[tuple[str, list[uuid.UUID]]]:
-    """(priority, ids) batches of the channel's messages waiting for delivery, high first.
+async def held_page(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    channel: str,
+    after: uuid.UUID | None,
+    limit: int,
+) -> list[tuple[str, uuid.UUID]]:
+    """(priority, id) of the channel's messages waiting for delivery, by id after `after`:
+    one page of at most `limit`, so that a large backlog is released page by page.
 
     Messages whose retry is due later keep the deferred job that will deliver them.
     """
@@ -253,17 +258,12 @@ async def held_batches(
             Message.channel == channel,
             Message.status.in_(("queued", "retrying")),
             or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= func.now()),
+            *([Message.id > after] if after is not None else []),
         )
         .order_by(Message.id)
+        .limit(limit)
     )
-    by_priority: dict[str, list[uuid.UUID]] = {priority: [] for priority in PRIORITIES}
-    for priority, message_id in rows:
-        by_priority[priority].append(message_id)
-    return [
-        (priority, ids[start : start + size])
-        for priority, ids in by_priority.items()
-        for start in range(0, len(ids), size)
-    ]
+    return [(priority, message_id) for priority, message_id in rows]
 
 
 async def get_retry_policy(session: AsyncSession, *, tenant_id: uuid.UUID) -> RetryPolicy:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.audit.models import AuditEntry
 from app.db import utcnow
-from app.delivery import claims
+from app.delivery import claims, outbox
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message
 from app.recipients import service as recipients
@@ -467,7 +467,7 @@ async def test_lifting_a_pause_releases_held_messages(
     ]
     pool = await queues.connect(service_urls.redis_url)
     try:
-        await queues.enqueue_many(pool, [queues.delivery_job("high", urgent_ids)])
+        await queues.outbox(pool).enqueue([outbox.deliver("high", urgent_ids)])
     finally:
         await pool.aclose()
     await run_workers(service_urls)
