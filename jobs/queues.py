@@ -64,7 +64,7 @@ def outbox(pool: ArqRedis) -> Outbox:
 # for a whole batch in one call: a job is written (payload + queue entry) only when neither
 # its payload nor its result is present, which is arq's uniqueness rule for job ids. It
 # answers 1 or 0 per job: written, or refused as a duplicate.
-_ENQUEUE_MANY = """
+ENQUEUE_MANY = """
 local written = {}
 for i = 1, #ARGV, 5 do
   local job_id = ARGV[i + 1]
@@ -92,6 +92,6 @@ async def enqueue_many(pool: ArqRedis, jobs: Sequence[Job]) -> list[bool]:
         payload = serialize_job(job.function, job.args, {}, None, now_ms)
         expires_ms = max(score - now_ms, 0) + EXPIRES_EXTRA_MS
         argv += [QUEUE_NAMES[job.priority], job.id, score, expires_ms, payload]
-    script = pool.register_script(_ENQUEUE_MANY)  # EVALSHA, falling back to EVAL once
+    script = pool.register_script(ENQUEUE_MANY)  # EVALSHA, falling back to EVAL once
     written = await script(keys=[job_key_prefix, result_key_prefix], args=argv)
     return [bool(flag) for flag in written]

@@ -186,18 +186,21 @@ async def _replay_page(
 ) -> list[tuple[uuid.UUID, str, str]]:
     """Up to BATCH_SIZE replayable failed messages moved back to queued: (id, channel,
     priority). SKIP LOCKED: a message a concurrent call is moving is that call's."""
+    # A CTE, run once: as an IN (subquery) PostgreSQL may rescan it per row updated, and
+    # each rescan skips the rows this UPDATE already changed and locks the next page.
     page = (
         select(Message.id)
         .where(*conditions, _REPLAYABLE)
         .order_by(Message.id)
         .limit(outbox.BATCH_SIZE)
         .with_for_update(of=Message, skip_locked=True)
-        .scalar_subquery()
+        .cte("page")
+        .prefix_with("MATERIALIZED")
     )
     rows = await session.execute(
         update(Message)
         .where(
-            Message.id.in_(page),
+            Message.id == page.c.id,
             Message.status == "failed",
             Notification.id == Message.notification_id,
         )

@@ -28,6 +28,7 @@ from app.tenants import settings as tenant_settings
 from app.tenants.models import Tenant
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
+from tests.queue_traffic import queue_traffic
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, live_key, make_tenant, settings_for, unmetered_renderer
 
@@ -503,3 +504,40 @@ async def test_lifting_a_pause_releases_held_messages(
         m["id"]: m["status"] for m in (await notification(client, sandbox, later["id"]))["messages"]
     }
     assert statuses[retry_later] == "retrying"
+
+
+async def test_a_large_release_goes_in_pages_of_one_redis_round_trip(
+    sandbox_admin: TenantKey,
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+) -> None:
+    """250 held messages are released by pages of the batch size: one read and one
+    enqueue each, never the whole list at once."""
+    await put_template(client, sandbox, "news", CONTENT)
+    await switch(client, sandbox_admin, "email", "pause")
+    await run_workers(service_urls)  # nothing left over from earlier tests
+    many = [
+        {"external_id": f"held-{i}", "email": f"held-{i}@example.com"}
+        for i in range(2 * outbox.BATCH_SIZE + 50)
+    ]
+    accepted = await notify(client, sandbox, template="news", to=many, data={"name": "A"})
+    await dispatch(
+        session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+    )
+    await session.commit()
+    await run_workers(service_urls)  # the inbox goes; the paused e-mail is held
+
+    async with queue_traffic(service_urls.redis_url) as traffic:
+        resumed = await switch(client, sandbox_admin, "email", "off")
+    assert resumed["released"] == 250
+    assert traffic.round_trips == 3  # pages of 100, 100 and 50
+    resumes = [
+        j for j in (await queued_jobs(service_urls.redis_url))["normal"] if j.startswith("resume:")
+    ]
+    assert sorted(int(j.split(":")[2]) for j in resumes) == [50, 100, 100]
+
+    await run_workers(service_urls)
+    view = await notification(client, sandbox, accepted["id"])
+    assert view["counts"] == {"sent": 500}
