@@ -7,6 +7,9 @@
 - `sweep` (every SWEEP_EVERY s): messages whose claim expired are released and enqueued;
   queued or retrying messages due more than SWEEP_OVERDUE_AFTER ago are enqueued again.
 
+Each tick hands all it found to Redis in one call (the outbox's batched enqueue), whatever
+the number of jobs: a backlog after a lost Redis costs a round trip per tick, not per job.
+
 Every queue's worker registers both (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's

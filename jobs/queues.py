@@ -53,10 +53,23 @@ class ArqEnqueuer:
         self.pool = pool
 
     async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        return await enqueue_many(self.pool, jobs)
+        """Enqueue jobs in one round trip; per job, whether it was new (else it existed)."""
+        if not jobs:
+            return []
+        now_ms = int(time.time() * 1000)
+        argv: list[Any] = []
+        for job in jobs:
+            score = int(job.defer_until.timestamp() * 1000) if job.defer_until else now_ms
+            payload = serialize_job(job.function, job.args, {}, None, now_ms)
+            expires_ms = max(score - now_ms, 0) + EXPIRES_EXTRA_MS
+            argv += [QUEUE_NAMES[job.priority], job.id, score, expires_ms, payload]
+        script = self.pool.register_script(ENQUEUE_MANY)  # EVALSHA, falling back to EVAL once
+        written = await script(keys=[job_key_prefix, result_key_prefix], args=argv)
+        return [bool(flag) for flag in written]
 
 
 def outbox(pool: ArqRedis) -> Outbox:
+    """The domain's outbox over this pool."""
     return Outbox(ArqEnqueuer(pool))
 
 
@@ -79,19 +92,3 @@ end
 return written
 """
 EXPIRES_EXTRA_MS = 86_400_000  # arq's default: a job not started within a day is dropped
-
-
-async def enqueue_many(pool: ArqRedis, jobs: Sequence[Job]) -> list[bool]:
-    """Enqueue jobs in one round trip; per job, whether it was new (else it already existed)."""
-    if not jobs:
-        return []
-    now_ms = int(time.time() * 1000)
-    argv: list[Any] = []
-    for job in jobs:
-        score = int(job.defer_until.timestamp() * 1000) if job.defer_until else now_ms
-        payload = serialize_job(job.function, job.args, {}, None, now_ms)
-        expires_ms = max(score - now_ms, 0) + EXPIRES_EXTRA_MS
-        argv += [QUEUE_NAMES[job.priority], job.id, score, expires_ms, payload]
-    script = pool.register_script(ENQUEUE_MANY)  # EVALSHA, falling back to EVAL once
-    written = await script(keys=[job_key_prefix, result_key_prefix], args=argv)
-    return [bool(flag) for flag in written]
