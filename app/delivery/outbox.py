@@ -6,9 +6,11 @@ the transaction has committed. Every job id is built here, so that enqueueing th
 twice is refused by the queue (dispatch of a notification, the first delivery of a batch)
 while work that must run again gets an id of its own (a retry, a sweep, a replay).
 
-The domain only knows the `Enqueuer` protocol; jobs/queues.py implements it over arq, and
-the composition roots (app/main.py for the API, jobs/worker.py for workers) plug it in. No
-module under app/ imports jobs/ (the import-linter contract in pyproject.toml says so).
+The domain only knows the `Enqueuer` protocol; jobs/queues.py implements it over arq. The
+API's composition root (app/main.py) plugs it in, and the job functions (jobs/functions.py,
+jobs/cron.py) wrap their worker's pool in it. No module under app/ but the composition
+roots (app/main.py, app/cli.py) imports jobs/: the import-linter contract in
+pyproject.toml says so.
 
 An enqueue that fails after the commit loses nothing: the outbox relay re-enqueues
 notifications still `accepted`, and the sweeper messages still `queued` or `retrying`
