@@ -23,6 +23,7 @@ test: $(STAMP) lint typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # layers point down (the contracts in pyproject.toml)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 import structlog
 from litestar import Litestar, Router
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -31,7 +30,7 @@ from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
 from app.categories.api import CategoryController
 from app.db import create_engine, session_factory
-from app.dependencies import provide_db_session
+from app.dependencies import DEPENDENCIES
 from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController, InboxTokenController
@@ -55,6 +54,9 @@ from app.templates.api import TemplateController
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
 from app.tenants.api import TenantSettingsController, who_am_i
+
+# The composition root may plug the queues' implementation into the domain; nothing else
+# under app/ imports jobs/ (the import-linter contract in pyproject.toml).
 from jobs import queues
 
 log = structlog.get_logger(__name__)
@@ -99,12 +101,13 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
         engine = create_engine(urls.database_url)
         redis = Redis.from_url(urls.redis_url)
         arq = await queues.connect(urls.redis_url)
+        outbox = queues.outbox(arq)
         app.state.update(
             engine=engine,
             sessions=session_factory(engine),
             redis=redis,
             breakers=CircuitBreakers(redis),
-            arq=arq,
+            outbox=outbox,
             key_cache=KeyCache(settings.api_key_cache_seconds),
             token_buckets=TokenBuckets(redis),
             account_guards=account_guards(settings, redis),
@@ -113,7 +116,7 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
         # Its own small pool: the writer runs one batch at a time and checks connections
         # itself, so it skips the per-checkout ping of the request pool.
         intake_engine = create_engine(urls.database_url, pool_size=2, pre_ping=False)
-        intake_writer = IntakeWriter(intake_engine, arq)
+        intake_writer = IntakeWriter(intake_engine, outbox)
         intake_writer.start()
         app.state.intake_writer = intake_writer
         # Template previews render in processes of their own, killed at their deadline.
@@ -218,7 +221,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             inbox_router(),
             *dashboard.routers(),
         ],
-        dependencies={"db_session": Provide(provide_db_session)},
+        dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Input limits of every route: JSON nesting depth, no NUL in any string (app/inputs.py).
         request_class=CheckedRequest,

@@ -7,6 +7,9 @@
 - `sweep` (every SWEEP_EVERY s): messages whose claim expired are released and enqueued;
   queued or retrying messages due more than SWEEP_OVERDUE_AFTER ago are enqueued again.
 
+Each tick hands all it found to Redis in one call (the outbox's batched enqueue), whatever
+the number of jobs: a backlog after a lost Redis costs a round trip per tick, not per job.
+
 Every queue's worker registers both (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
@@ -18,16 +21,15 @@ second time; CRON_KEEP_RESULT keeps the id for longer than any such delay.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from arq import ArqRedis
 from arq.cron import CronJob, cron
 from prometheus_client import Counter
 
+from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
 from app.notifications.relay import stale_accepted
 from jobs import queues
@@ -40,7 +42,6 @@ RELAY_LIMIT = 1_000
 SWEEP_EVERY = 10  # seconds
 SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
 SWEEP_LIMIT = 1_000  # per reason and tick
-SWEEP_BATCH = 100  # message ids per deliver job, as dispatch makes them
 CRON_TIMEOUT = 60  # seconds; below the workers' job_timeout, so arq's in-progress TTL holds
 CRON_KEEP_RESULT = 300  # seconds a tick's id stays taken after its run
 
@@ -60,11 +61,8 @@ async def relay(
     """Enqueue dispatch for notifications still accepted after their due time; the count."""
     async with ctx["sessions"]() as session:
         pending = await stale_accepted(session, older_than=older_than, limit=limit)
-    enqueued = 0
-    for notification in pending:
-        enqueued += await queues.enqueue_dispatch(
-            ctx["redis"], notification.id, notification.priority, notification.send_at
-        )
+    jobs = [outbox.dispatch(n.id, n.priority, n.send_at) for n in pending]
+    enqueued = sum(await queues.outbox(ctx["redis"]).enqueue(jobs))  # one round trip
     RELAY_ENQUEUED.inc(enqueued)
     # A stale row whose job is still there (a backlog) is found but not enqueued again.
     _log("relay", stale=len(pending), enqueued=enqueued)
@@ -84,31 +82,29 @@ async def sweep(
         await session.commit()
         late = await overdue(session, older_than=overdue_after, limit=limit)
         await session.commit()
-    counts = {
-        "expired_claim": await _enqueue(ctx["redis"], released),
-        "overdue": await _enqueue(ctx["redis"], late),
-    }
+    counts = await _enqueue(ctx, {"expired_claim": released, "overdue": late})
     for reason, count in counts.items():
         SWEEPER_REQUEUED.labels(reason).inc(count)
     _log("sweep", **counts)
     return counts
 
 
-async def _enqueue(pool: ArqRedis, messages: Sequence[DueMessage]) -> int:
-    """Deliver jobs of up to SWEEP_BATCH ids per (priority, channel); the ids enqueued."""
-    groups: dict[tuple[str, str], list[DueMessage]] = defaultdict(list)
-    for message in messages:
-        groups[(message.priority, message.channel)].append(message)
-    tick = int(time.time())
-    enqueued = 0
-    for (priority, _), group in groups.items():
-        for start in range(0, len(group), SWEEP_BATCH):
-            ids = [message.id for message in group[start : start + SWEEP_BATCH]]
-            # Its own id: a deliver or retry job of the same messages may still hold theirs.
-            job_id = f"sweep:{ids[0]}:{len(ids)}:{tick}"
-            if await queues.enqueue_delivery(pool, priority, ids, job_id=job_id):
-                enqueued += len(ids)
-    return enqueued
+async def _enqueue(ctx: dict[str, Any], found: dict[str, Sequence[DueMessage]]) -> dict[str, int]:
+    """Deliver jobs of up to BATCH_SIZE ids per (priority, channel), all in one round trip;
+    the ids enqueued per reason."""
+    tick = str(int(time.time()))
+    jobs: list[outbox.Job] = []
+    reasons: list[tuple[str, int]] = []  # per job: its reason and how many ids it holds
+    for reason, messages in found.items():
+        keyed = (((m.priority, m.channel), m.id) for m in messages)
+        for (priority, _), ids in outbox.batches(keyed):
+            jobs.append(outbox.redeliver("sweep", priority, ids, tick))
+            reasons.append((reason, len(ids)))
+    written = await queues.outbox(ctx["redis"]).enqueue(jobs)
+    counts = dict.fromkeys(found, 0)
+    for (reason, size), new in zip(reasons, written, strict=True):
+        counts[reason] += size if new else 0
+    return counts
 
 
 def _log(event: str, **counts: int) -> None:

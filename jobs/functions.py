@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import structlog
 from arq.typing import WorkerCoroutine
 
-from app.delivery.service import Deliverer, Due
+from app.delivery import outbox
+from app.delivery.service import Deliverer
 from app.notifications import failures
 from app.notifications.dispatch import dispatch as dispatch_notification
 from jobs import queues
@@ -44,10 +43,7 @@ async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
         async with ctx["sessions"]() as session:
             await failures.record_failure(session, notification_id=key, error=error)
         raise
-    jobs = [queues.delivery_job(b.priority, b.message_ids) for b in done.batches]
-    if done.later is not None:  # out of render budget: the rest when it has refilled
-        jobs.append(queues.later_dispatch_job(key, done.priority, done.later))
-    await queues.enqueue_many(ctx["redis"], jobs)
+    await queues.outbox(ctx["redis"]).enqueue(done.jobs(key))
     return len(done.batches)
 
 
@@ -61,22 +57,8 @@ async def deliver(
     structlog.contextvars.bind_contextvars(message_ids=message_ids[:5], messages=len(message_ids))
     ids = [uuid.UUID(message_id) for message_id in message_ids]
     due = await deliverer.deliver(ids, returning=returning)
-    await queues.enqueue_many(ctx["redis"], later_jobs(due))
+    await queues.outbox(ctx["redis"]).enqueue(outbox.later(due))
     return len(message_ids)
-
-
-def later_jobs(due: list[Due]) -> list[queues.QueuedJob]:
-    """A retry is a job of its own; messages given back unsent come back together with
-    those due at the same moment (the router times its groups so)."""
-    jobs = [queues.retry_job(d.priority, d.message_id, d.attempt, d.at) for d in due if d.attempt]
-    together: dict[tuple[str, datetime], list[Due]] = defaultdict(list)
-    for item in due:
-        if not item.attempt:
-            together[(item.priority, item.at)].append(item)
-    for group in together.values():
-        for start in range(0, len(group), queues.WAIT_GROUP_SIZE):
-            jobs.append(queues.waiting_job(group[start : start + queues.WAIT_GROUP_SIZE]))
-    return jobs
 
 
 FUNCTIONS: list[WorkerCoroutine] = [ping, dispatch, deliver]

@@ -9,10 +9,11 @@ overrides the default. What being critical changes for a send is app/categories/
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -115,6 +116,45 @@ async def get_category(
         return _record(row).view
     default = DEFAULT_CATEGORIES.get(key)
     return default.view if default else None
+
+
+CategoryKey = tuple[uuid.UUID, str, str]  # (tenant, mode, key)
+
+_STORED_CRITICALITY = text(
+    """
+    SELECT c.tenant_id, c.mode, c.key, c.critical
+      FROM categories AS c
+      JOIN unnest(CAST(:tenant_ids AS uuid[]), CAST(:modes AS text[]), CAST(:keys AS text[]))
+           AS w(tenant_id, mode, key)
+        ON c.tenant_id = w.tenant_id AND c.mode = w.mode AND c.key = w.key
+    """
+)
+
+
+async def criticality(
+    session: AsyncSession, wanted: Collection[CategoryKey]
+) -> dict[CategoryKey, bool]:
+    """Whether each category asked for is critical, in one query for a whole intake batch;
+    absent when the category exists neither as a row nor as a default (as get_category)."""
+    if not wanted:
+        return {}
+    keys = list(wanted)
+    rows = await session.execute(
+        _STORED_CRITICALITY,
+        {
+            "tenant_ids": [k[0] for k in keys],
+            "modes": [k[1] for k in keys],
+            "keys": [k[2] for k in keys],
+        },
+    )
+    stored = {(row[0], row[1], row[2]): bool(row[3]) for row in rows}
+    found: dict[CategoryKey, bool] = {}
+    for key in keys:
+        if key in stored:
+            found[key] = stored[key]
+        elif key[2] in DEFAULT_CATEGORIES:
+            found[key] = DEFAULT_CATEGORIES[key[2]].critical
+    return found
 
 
 async def put_category(

@@ -21,10 +21,10 @@ from collections.abc import AsyncIterator
 from sqlalchemy import String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.delivery.outbox import BATCH_SIZE
 from app.modes import MODES
 from app.notifications.models import PRIORITIES, Message, Notification
 
-RESUME_BATCH = 100  # message ids per deliver job when a pause is lifted
 RELEASE_PAGE = 1_000  # message ids read per query when a pause is lifted
 
 _DROP_WAITING = text(
@@ -87,7 +87,7 @@ async def held_pages(
     *,
     tenant_id: uuid.UUID,
     channel: str,
-    size: int = RESUME_BATCH,
+    size: int = BATCH_SIZE,
     page: int = RELEASE_PAGE,
 ) -> AsyncIterator[list[tuple[str, list[uuid.UUID]]]]:
     """Pages of (priority, ids) deliver batches of the channel's messages due for delivery:

@@ -6,14 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-import structlog
 from litestar import Controller, Request, get, post
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
-from app.dependencies import DbSession
+from app.dependencies import DbSession, OutboxDependency
 from app.dlq import service
 from app.dlq.schemas import (
     DiscardResult,
@@ -28,12 +27,8 @@ from app.notifications.api import message_out
 from app.notifications.queries import MessageFilters
 from app.pagination import MAX_LIMIT
 from app.problems import field_error
-from jobs import queues
-
-log = structlog.get_logger(__name__)
 
 ApiRequest = Request[Principal, None, Any]
-ENQUEUE_BATCH = 100
 
 
 def _selection(body: DlqSelection) -> service.Selection:
@@ -106,7 +101,11 @@ class DlqController(Controller):
         summary="Queue failed messages for delivery again",
     )
     async def replay(
-        self, request: ApiRequest, db_session: DbSession, data: JSONBody[DlqSelection]
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        outbox: OutboxDependency,
+        data: JSONBody[DlqSelection],
     ) -> ReplayResult | DryRunResult:
         selection = _selection(data)
         tenant_id, mode = request.user.tenant_id, request.user.mode
@@ -117,22 +116,13 @@ class DlqController(Controller):
             return DryRunResult(replayable, not_replayable)
         outcome = await service.replay(
             db_session,
+            outbox,
             tenant_id=tenant_id,
             mode=mode,
             selection=selection,
             actor=request.user.actor,
         )
-        await db_session.commit()
-        # Only this call moved these rows (the UPDATE is guarded by status = 'failed').
-        call = uuid.uuid4().hex
-        for n, (priority, ids) in enumerate(service.batches(outcome.moved, ENQUEUE_BATCH)):
-            try:
-                await queues.enqueue_delivery(
-                    request.app.state.arq, priority, ids, job_id=f"replay:{call}:{n}"
-                )
-            except Exception:  # committed as queued: the sweeper enqueues them once overdue
-                log.exception("replay enqueue failed", message_ids=[str(i) for i in ids])
-        return ReplayResult(len(outcome.moved), outcome.not_replayable)
+        return ReplayResult(outcome.replayed, outcome.not_replayable)
 
     @post(
         "/discard",

@@ -1,15 +1,15 @@
 """Reading the dead-letter queue (messages with status `failed`), replaying and discarding.
 
 Every function acts on the failed messages of one tenant and mode: a test key can neither see
-nor replay live messages. Replay and discard are each one UPDATE guarded by
-`status = 'failed'`: concurrent calls selecting the same message move it once, and only the
-call that moved it sees it returned.
+nor replay live messages. Replay and discard are UPDATEs guarded by `status = 'failed'`:
+concurrent calls selecting the same message move it once, and only the call that moved it
+sees it returned. A replay goes in pages of the outbox's batch size, each one transaction
+(audited) and one enqueue, so that a large group is never held in memory or in one lock.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.delivery import outbox
 from app.notifications.models import Attempt, Message, Notification
 from app.notifications.queries import MessageFilters, MessageView, message_conditions, message_page
 from app.pagination import Page
@@ -42,15 +43,8 @@ class Group:
 
 
 @dataclass(frozen=True)
-class Replayed:
-    id: uuid.UUID
-    channel: str
-    priority: str
-
-
-@dataclass(frozen=True)
 class ReplayOutcome:
-    moved: list[Replayed]
+    replayed: int  # messages this call moved back to queued
     not_replayable: int
 
 
@@ -136,9 +130,20 @@ def _audit_details(selection: Selection, mode: str, counts: dict[str, int]) -> d
 
 
 async def replay(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, selection: Selection, actor: str
+    session: AsyncSession,
+    queue: outbox.Outbox,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    selection: Selection,
+    actor: str,
 ) -> ReplayOutcome:
-    """Move matching failed messages back to queued, in the caller's transaction; audited."""
+    """Move matching failed messages back to queued and enqueue their delivery.
+
+    In pages of outbox.BATCH_SIZE messages: each page is one transaction, committed here
+    with its audit entry, then one enqueue of its deliver jobs (the session must hold
+    nothing uncommitted). A lost enqueue leaves the page queued, for the sweeper.
+    """
     conditions = _selected(tenant_id, mode, selection)
     not_replayable = int(
         await session.scalar(
@@ -148,9 +153,57 @@ async def replay(
         )
         or 0
     )
+    call = uuid.uuid4().hex  # the job ids of this call's pages: only this call moved them
+    replayed = page = 0
+    while True:
+        moved = await _replay_page(session, conditions)
+        if moved or page == 0:
+            counts = {"count": len(moved), "not_replayable": not_replayable if page == 0 else 0}
+            await audit.append(
+                session,
+                tenant_id=tenant_id,
+                actor=actor,
+                action="dlq.replayed",
+                target="dlq",
+                details=_audit_details(selection, mode, counts),
+            )
+        await session.commit()
+        keyed = (((channel, priority), message_id) for message_id, channel, priority in moved)
+        await queue.enqueue_after_commit(
+            [
+                outbox.redeliver("replay", priority, ids, f"{call}.{page}")
+                for (_, priority), ids in outbox.batches(keyed)
+            ]
+        )
+        replayed += len(moved)
+        page += 1
+        if len(moved) < outbox.BATCH_SIZE:
+            return ReplayOutcome(replayed, not_replayable)
+
+
+async def _replay_page(
+    session: AsyncSession, conditions: list[ColumnElement[bool]]
+) -> list[tuple[uuid.UUID, str, str]]:
+    """Up to BATCH_SIZE replayable failed messages moved back to queued: (id, channel,
+    priority). SKIP LOCKED: a message a concurrent call is moving is that call's."""
+    # A CTE, run once: as an IN (subquery) PostgreSQL may rescan it per row updated, and
+    # each rescan skips the rows this UPDATE already changed and locks the next page.
+    page = (
+        select(Message.id)
+        .where(*conditions, _REPLAYABLE)
+        .order_by(Message.id)
+        .limit(outbox.BATCH_SIZE)
+        .with_for_update(of=Message, skip_locked=True)
+        .cte("page")
+        .prefix_with("MATERIALIZED")
+    )
     rows = await session.execute(
         update(Message)
-        .where(*conditions, _REPLAYABLE, Notification.id == Message.notification_id)
+        .where(
+            Message.id == page.c.id,
+            Message.status == "failed",
+            Notification.id == Message.notification_id,
+        )
         .values(
             status="queued",
             # A replay gets a whole retry budget of its own: attempts and window start anew.
@@ -166,18 +219,7 @@ async def replay(
         .returning(Message.id, Message.channel, Notification.priority),
         execution_options={"synchronize_session": False},
     )
-    moved = [Replayed(row.id, row.channel, row.priority) for row in rows]
-    await audit.append(
-        session,
-        tenant_id=tenant_id,
-        actor=actor,
-        action="dlq.replayed",
-        target="dlq",
-        details=_audit_details(
-            selection, mode, {"count": len(moved), "not_replayable": not_replayable}
-        ),
-    )
-    return ReplayOutcome(moved, not_replayable)
+    return [(row[0], row[1], row[2]) for row in rows]
 
 
 async def discard(
@@ -206,15 +248,3 @@ async def discard(
         details=_audit_details(selection, mode, {"count": discarded}),
     )
     return discarded
-
-
-def batches(moved: Sequence[Replayed], size: int) -> list[tuple[str, list[uuid.UUID]]]:
-    """(priority, ids) batches of at most `size`, one set per (channel, priority)."""
-    by_key: dict[tuple[str, str], list[uuid.UUID]] = {}
-    for message in moved:
-        by_key.setdefault((message.channel, message.priority), []).append(message.id)
-    return [
-        (priority, ids[start : start + size])
-        for (_, priority), ids in by_key.items()
-        for start in range(0, len(ids), size)
-    ]

@@ -7,15 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
-import structlog
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
-from app.dependencies import DbSession
+from app.dependencies import DbSession, IntakeDependency
 from app.notifications import intake, queries
 from app.notifications.schemas import (
     AttemptOut,
@@ -27,12 +25,9 @@ from app.notifications.schemas import (
     NotificationCreate,
     NotificationOut,
 )
-from app.notifications.writer import IntakeUnavailable, IntakeWriter
+from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
-from jobs import queues
-
-log = structlog.get_logger(__name__)
 
 ApiRequest = Request[Principal, None, Any]
 MAX_IDEMPOTENCY_KEY = 255
@@ -88,6 +83,7 @@ class NotificationController(Controller):
     async def send(
         self,
         request: ApiRequest,
+        intake_writer: IntakeDependency,
         data: JSONBody[NotificationCreate],
         idempotency_key: Annotated[
             str | None,
@@ -101,7 +97,7 @@ class NotificationController(Controller):
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise field_error("Idempotency-Key", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
         try:
-            accepted = await _accept(request, data, idempotency_key)
+            accepted = await intake_writer.accept(request.user, data, idempotency_key)
         except IntakeUnavailable:
             raise Problem(
                 503,
@@ -178,30 +174,6 @@ class NotificationController(Controller):
         await db_session.commit()
         notification, cancelled = outcome
         return CancelResult(notification.id, "notification", notification.status, cancelled)
-
-
-async def _accept(
-    request: ApiRequest, body: NotificationCreate, idempotency_key: str | None
-) -> intake.Accepted:
-    """Plain requests share a group commit; inline recipients need a transaction of their own."""
-    if all(isinstance(item, str) for item in body.to):
-        writer: IntakeWriter = request.app.state.intake_writer
-        return await writer.accept(request.user, body, idempotency_key)
-    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with sessions() as session:
-        accepted = await intake.accept(
-            session, principal=request.user, body=body, idempotency_key=idempotency_key
-        )
-        await session.commit()
-    notification = accepted.notification
-    if notification.status == "accepted" and not accepted.replayed:
-        try:
-            await queues.enqueue_dispatch(
-                request.app.state.arq, notification.id, notification.priority, notification.send_at
-            )
-        except Exception:  # the row is committed: the outbox relay enqueues it later
-            log.exception("enqueue failed", notification_id=str(notification.id))
-    return accepted
 
 
 @get(

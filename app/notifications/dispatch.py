@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories import service as categories
 from app.db import utcnow
+from app.delivery import outbox
 from app.ids import uuid7
 from app.notifications.models import Message, Notification, Render
 from app.observability.tracing import parent_context, tracer
@@ -46,7 +47,6 @@ from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import get_delivery_settings
 
-DELIVERY_BATCH_SIZE = 100
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
 
@@ -64,6 +64,14 @@ class Dispatched:
     priority: str = "normal"
     # Set when the render budget ran out part-way: dispatch the notification again then.
     later: datetime | None = None
+
+    def jobs(self, notification_id: uuid.UUID) -> list[outbox.Job]:
+        """What to enqueue once committed: the batches' deliveries, and the rest of the
+        dispatch when the render budget ran out."""
+        jobs = [outbox.deliver(b.priority, b.message_ids) for b in self.batches]
+        if self.later is not None:
+            jobs.append(outbox.later_dispatch(notification_id, self.priority, self.later))
+        return jobs
 
 
 async def dispatch(
@@ -380,7 +388,7 @@ async def queued_batches(session: AsyncSession, notification: Notification) -> l
     return [
         DeliveryBatch(channel, notification.priority, chunk)
         for channel, ids in by_channel.items()
-        for chunk in _chunks(ids, DELIVERY_BATCH_SIZE)
+        for chunk in _chunks(ids, outbox.BATCH_SIZE)
     ]
 
 

@@ -1,14 +1,14 @@
-"""Group commit for POST /v1/notifications: concurrent requests share their statements.
+"""The one path that writes notifications: a group commit for POST /v1/notifications.
 
 Each request still waits until its own row is committed (the 202 promise), but requests
-that arrive while a write is in flight go out together in the next one. A batch of N costs
-one lookup (templates, categories, Idempotency-Keys already taken), one INSERT and one Redis
-call instead of N times that; a request on an idle server costs what it did alone, with no
-added delay. A replayed key is answered before its request is validated, as on the
-per-request path: the same key and body get the same answer whatever changed since.
-
-Requests that carry inline recipients upsert them in the same transaction as the
-notification and take the per-request path (`intake.accept`).
+that arrive while a write is in flight go out together in the next one, in one
+transaction. A batch of N costs one lookup of the Idempotency-Keys already taken, one of
+the templates (app/templates/service.py) and one of the categories
+(app/categories/service.py), one INSERT and one Redis call, instead of N times that; a
+request on an idle server costs what it did alone, with no added delay. A replayed key is
+answered before its request is checked: the same key and body get the same answer
+whatever changed since. Recipients given inline are upserted in the batch's transaction,
+for the notifications that were inserted (not for a replay).
 """
 
 from __future__ import annotations
@@ -23,24 +23,27 @@ import asyncpg
 import msgspec
 import structlog
 from prometheus_client import Histogram
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auth.keys import Principal
-from app.categories.service import DEFAULT_CATEGORIES
-from app.channels import CHANNELS
+from app.categories.service import criticality
+from app.db import session_factory
+from app.delivery import outbox
 from app.notifications.intake import (
     Accepted,
     AcceptedNotification,
     IdempotencyConflict,
     InvalidNotification,
     category_of,
+    inline_recipients,
     notification_row,
     request_hash,
 )
 from app.notifications.schemas import NotificationCreate
 from app.observability.tracing import current_trace_context
-from app.templates.service import TemplateSummary
-from jobs import queues
+from app.recipients import service as recipients
+from app.recipients.schemas import RecipientInput
+from app.templates.service import latest_summaries
 
 log = structlog.get_logger(__name__)
 
@@ -56,35 +59,6 @@ BATCH_SIZE = Histogram(
 class IntakeUnavailable(Exception):
     """The batch could not be written; nothing of it was accepted."""
 
-
-# One round trip for the batch. Kind 0, per distinct (tenant, mode, template key, asked
-# category): the newest version of the mode and, when the category that applies exists as a
-# row, whether it is critical (default categories exist without one). Kind 1, per (tenant,
-# mode, Idempotency-Key) already taken: the notification holding it.
-_LOOKUP = """
-SELECT 0 AS kind, v.i, t.version, t.category, t.channels, c.critical AS category_critical,
-       NULL::uuid AS tenant_id, NULL::text AS mode, NULL::text AS idempotency_key,
-       NULL::uuid AS id, NULL::text AS status, NULL::text AS priority,
-       NULL::timestamptz AS created_at, NULL::timestamptz AS send_at, NULL::text AS request_hash
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
-       WITH ORDINALITY AS v(tenant_id, mode, key, category, i)
-  LEFT JOIN LATERAL (
-        SELECT version, category, ARRAY(SELECT jsonb_object_keys(content)) AS channels
-          FROM templates
-         WHERE tenant_id = v.tenant_id AND mode = v.mode AND key = v.key
-           AND deleted_at IS NULL
-         ORDER BY version DESC
-         LIMIT 1) AS t ON true
-  LEFT JOIN categories AS c
-         ON c.tenant_id = v.tenant_id AND c.mode = v.mode
-        AND c.key = coalesce(v.category, t.category, 'transactional')
-UNION ALL
-SELECT 1, NULL, NULL, NULL, NULL, NULL, n.tenant_id, n.mode, n.idempotency_key, n.id, n.status,
-       n.priority, n.created_at, n.send_at, n.request_hash
-  FROM notifications AS n
-  JOIN unnest($5::uuid[], $6::text[], $7::text[]) AS k(tenant_id, mode, idempotency_key)
-    ON n.tenant_id = k.tenant_id AND n.mode = k.mode AND n.idempotency_key = k.idempotency_key
-"""
 
 _INSERT = """
 INSERT INTO notifications (id, tenant_id, api_key_id, mode, idempotency_key, request_hash,
@@ -141,14 +115,15 @@ class _Request:
     future: asyncio.Future[Accepted]
     trace_context: str | None  # the request's span: the batch is written in another task
     row: dict[str, Any] | None = None
+    inline: list[RecipientInput] | None = None  # recipients given inline, to upsert
 
 
 class IntakeWriter:
     """One per API process: queues accepts and writes them in batches, one batch at a time."""
 
-    def __init__(self, engine: AsyncEngine, arq: Any) -> None:
-        self._engine = engine
-        self._arq = arq
+    def __init__(self, engine: AsyncEngine, queue: outbox.Outbox) -> None:
+        self._sessions = session_factory(engine)
+        self._outbox = queue
         self._waiting: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -199,17 +174,26 @@ class IntakeWriter:
                     request.future.set_exception(failure)
 
     async def _write(self, batch: list[_Request]) -> None:
-        async with self._engine.connect() as connection:
+        # Without recipients given inline the INSERT is the batch's only write: no
+        # transaction around it, two round trips (BEGIN, COMMIT) fewer per batch.
+        inline = any(isinstance(item, RecipientInput) for r in batch for item in r.body.to)
+        autocommit = {} if inline else {"isolation_level": "AUTOCOMMIT"}
+        async with self._sessions() as session:
+            connection = await session.connection(execution_options=autocommit)
             raw = await connection.get_raw_connection()
             db = raw.driver_connection
             assert db is not None
             try:
-                await self._validate(db, batch)
+                await self._validate(session, db, batch)
                 valid = [request for request in batch if request.row is not None]
                 inserted = await self._insert(db, valid)
+                await _upsert_inline(
+                    session, [r for r in valid if r.row is not None and r.row["id"] in inserted]
+                )
                 conflicted = [r for r in valid if r.row is not None and r.row["id"] not in inserted]
                 if conflicted:
                     await self._replay(db, conflicted)
+                await session.commit()
             except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
                 # The writer's pool does not ping at checkout: a broken connection is
                 # dropped here, so the next batch gets a new one.
@@ -223,66 +207,49 @@ class IntakeWriter:
                 _resolve(request, Accepted(answer, replayed=False))
         self._enqueue_later(accepted)
 
-    async def _validate(self, db: Any, batch: list[_Request]) -> None:
+    async def _validate(self, session: AsyncSession, db: Any, batch: list[_Request]) -> None:
         """Build each request's row, or settle its future.
 
         A request whose Idempotency-Key was taken gets the original answer (or a conflict)
         before any check, so a replay answers the same whatever changed since.
         """
-        keys = list(dict.fromkeys(_lookup_key(request) for request in batch))
-        taken = list(
-            dict.fromkeys(
-                (r.principal.tenant_id, r.principal.mode, r.idempotency_key)
-                for r in batch
-                if r.idempotency_key is not None
-            )
-        )
-        rows = await db.fetch(
-            _LOOKUP,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [k[3] for k in keys],
-            [t[0] for t in taken],
-            [t[1] for t in taken],
-            [t[2] for t in taken],
-        )
-        found: dict[_LookupKey, tuple[TemplateSummary | None, bool | None]] = {}
-        earlier: dict[tuple[uuid.UUID, str, str], Any] = {}
-        for row in rows:
-            if row["kind"] == 1:
-                earlier[(row["tenant_id"], row["mode"], row["idempotency_key"])] = row
-                continue
-            template = None
-            if row["version"] is not None:
-                present = set(row["channels"])
-                template = TemplateSummary(
-                    keys[row["i"] - 1][2],
-                    row["version"],
-                    row["category"],
-                    [c for c in CHANNELS if c in present],
-                )
-            found[keys[row["i"] - 1]] = (template, row["category_critical"])
+        earlier = await _taken(db, [r for r in batch if r.idempotency_key is not None])
+        fresh = []
         for request in batch:
-            template, critical = found[_lookup_key(request)]
-            digest = request_hash(request.body)
             holder = earlier.get(_taken_key(request))
-            if holder is not None:
-                _answer_earlier(request, holder, digest)
-                continue
-            if critical is None:  # no row: a built-in category, or none at all
-                default = DEFAULT_CATEGORIES.get(category_of(request.body, template))
-                critical = None if default is None else default.critical
+            if holder is None:
+                fresh.append(request)
+            else:
+                _answer_earlier(request, holder, request_hash(request.body))
+        templates = await latest_summaries(
+            session, {(r.principal.tenant_id, r.principal.mode, r.body.template) for r in fresh}
+        )
+        template_of = {
+            id(r): templates.get((r.principal.tenant_id, r.principal.mode, r.body.template))
+            for r in fresh
+        }
+        critical = await criticality(
+            session,
+            {
+                (r.principal.tenant_id, r.principal.mode, category_of(r.body, template_of[id(r)]))
+                for r in fresh
+            },
+        )
+        for request in fresh:
+            principal, template = request.principal, template_of[id(request)]
+            category = (principal.tenant_id, principal.mode, category_of(request.body, template))
             try:
                 request.row = notification_row(
-                    request.principal, request.body, template, category_critical=critical
+                    principal, request.body, template, category_critical=critical.get(category)
                 )
+                request.inline = inline_recipients(request.body)
             except InvalidNotification as invalid:
+                request.row = None
                 _fail(request, invalid)
                 continue
             request.row["idempotency_key"] = request.idempotency_key
             request.row["trace_context"] = request.trace_context
-            request.row["request_hash"] = digest
+            request.row["request_hash"] = request_hash(request.body)
 
     async def _insert(self, db: Any, requests: Sequence[_Request]) -> set[uuid.UUID]:
         if not requests:
@@ -333,19 +300,42 @@ class IntakeWriter:
         task.add_done_callback(self._enqueues.discard)
 
     async def _enqueue(self, accepted: list[AcceptedNotification]) -> None:
-        jobs = [queues.dispatch_job(n.id, n.priority, n.send_at) for n in accepted]
-        try:
-            await queues.enqueue_many(self._arq, jobs)
-        except Exception:
-            log.exception("enqueue failed; the relay will enqueue", count=len(jobs))
+        jobs = [outbox.dispatch(n.id, n.priority, n.send_at) for n in accepted]
+        await self._outbox.enqueue_after_commit(jobs)
 
 
-_LookupKey = tuple[uuid.UUID, str, str, str | None]
+async def _taken(db: Any, requests: list[_Request]) -> dict[tuple[uuid.UUID, str, str], Any]:
+    """The notifications already holding the requests' Idempotency-Keys, by key."""
+    if not requests:
+        return {}
+    keys = list(dict.fromkeys(_taken_key(r) for r in requests))
+    records = await db.fetch(
+        _EARLIER, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
+    )
+    return {(r["tenant_id"], r["mode"], r["idempotency_key"]): r for r in records}
 
 
-def _lookup_key(request: _Request) -> _LookupKey:
-    principal = request.principal
-    return (principal.tenant_id, principal.mode, request.body.template, request.body.category)
+async def _upsert_inline(session: AsyncSession, inserted: list[_Request]) -> None:
+    """Upsert the inline recipients of the notifications inserted, per tenant and mode.
+
+    In arrival order, a later request's fields winning (as if each had upserted its own);
+    sorted by id (stable) and cut in pieces of the upsert's limit, so that concurrent
+    batches lock their rows in the same order.
+    """
+    by_owner: dict[tuple[uuid.UUID, str], list[RecipientInput]] = {}
+    for request in inserted:
+        if request.inline:
+            owner = (request.principal.tenant_id, request.principal.mode)
+            by_owner.setdefault(owner, []).extend(request.inline)
+    for (tenant_id, mode), items in by_owner.items():
+        items.sort(key=lambda item: item.external_id)
+        for start in range(0, len(items), recipients.MAX_BATCH):
+            await recipients.upsert_recipients(
+                session,
+                tenant_id=tenant_id,
+                mode=mode,
+                items=items[start : start + recipients.MAX_BATCH],
+            )
 
 
 def _taken_key(request: _Request) -> tuple[uuid.UUID, str, str]:

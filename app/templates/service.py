@@ -11,6 +11,7 @@ the numbering (versions are never reused).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,29 +149,49 @@ class TemplateSummary:
     channels: list[str]
 
 
-async def latest_summary(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, key: str
-) -> TemplateSummary | None:
-    """The newest live version's number, category and channels, in one light query."""
-    keys = select(func.jsonb_object_keys(Template.content)).correlate(Template)
-    channels = func.array(keys.scalar_subquery())
-    row = (
-        await session.execute(
-            select(Template.version, Template.category, channels)
-            .where(
-                Template.tenant_id == tenant_id,
-                Template.mode == mode,
-                Template.key == key,
-                Template.deleted_at.is_(None),
-            )
-            .order_by(Template.version.desc())
-            .limit(1)
+TemplateKey = tuple[uuid.UUID, str, str]  # (tenant, mode, key)
+
+# The newest live version of each asked (tenant, mode, key), in one statement for a batch.
+_LATEST = text(
+    """
+    SELECT w.tenant_id, w.mode, w.key, t.version, t.category, t.channels
+      FROM unnest(CAST(:tenant_ids AS uuid[]), CAST(:modes AS text[]), CAST(:keys AS text[]))
+           AS w(tenant_id, mode, key)
+      JOIN LATERAL (
+            SELECT version, category, ARRAY(SELECT jsonb_object_keys(content)) AS channels
+              FROM templates
+             WHERE tenant_id = w.tenant_id AND mode = w.mode AND key = w.key
+               AND deleted_at IS NULL
+             ORDER BY version DESC
+             LIMIT 1) AS t ON true
+    """
+)
+
+
+async def latest_summaries(
+    session: AsyncSession, wanted: Collection[TemplateKey]
+) -> dict[TemplateKey, TemplateSummary]:
+    """The newest live version's number, category and channels of each template asked for
+    (absent: no such template), in one light query for a whole intake batch."""
+    if not wanted:
+        return {}
+    keys = list(wanted)
+    rows = await session.execute(
+        _LATEST,
+        {
+            "tenant_ids": [k[0] for k in keys],
+            "modes": [k[1] for k in keys],
+            "keys": [k[2] for k in keys],
+        },
+    )
+    found: dict[TemplateKey, TemplateSummary] = {}
+    for row in rows:
+        present = set(row.channels)
+        channels: list[str] = [c for c in CHANNELS if c in present]
+        found[(row.tenant_id, row.mode, row.key)] = TemplateSummary(
+            row.key, row.version, row.category, channels
         )
-    ).first()
-    if row is None:
-        return None
-    present = set(row[2])
-    return TemplateSummary(key, row[0], row[1], [c for c in CHANNELS if c in present])
+    return found
 
 
 async def list_templates(

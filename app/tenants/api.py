@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
-import structlog
 from litestar import Controller, Request, get, put
 from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
 from app.delivery import held
+from app.delivery.outbox import Outbox, redeliver
 from app.delivery.retry import RetryPolicy
-from app.dependencies import DbSession
+from app.dependencies import DbSession, OutboxDependency
 from app.problems import Problem, field_error
 from app.tenants import delivery_controls as controls
 from app.tenants.schemas import (
@@ -35,9 +35,6 @@ from app.tenants.schemas import (
     RetryPolicyUpdate,
 )
 from app.tenants.service import get_tenant
-from jobs import queues
-
-log = structlog.get_logger(__name__)
 
 ApiRequest = Request[Principal, None, Any]
 READ = [requires_scope("read")]
@@ -91,22 +88,15 @@ async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
     )
 
 
-async def _release(request: ApiRequest, db_session: AsyncSession, work: controls.ResumeWork) -> int:
-    """Queue the messages a lifted pause held; returns how many were queued."""
-    millis = int(time.time() * 1000)
+async def _release(db_session: AsyncSession, outbox: Outbox, work: controls.ResumeWork) -> int:
+    """Queue the messages a lifted pause held, a page at a time (one read, one enqueue);
+    returns how many were queued. A lost enqueue: pausing and resuming again releases them."""
+    tag = str(int(time.time() * 1000))
     released = 0
     async for page in held.held_pages(db_session, tenant_id=work.tenant_id, channel=work.channel):
-        for priority, ids in page:
-            try:
-                if await queues.enqueue_delivery(
-                    request.app.state.arq,
-                    priority,
-                    ids,
-                    job_id=f"resume:{ids[0]}:{len(ids)}:{millis}",
-                ):
-                    released += len(ids)
-            except Exception:  # committed; pausing and resuming again releases them
-                log.exception("resume enqueue failed", message_ids=[str(i) for i in ids])
+        jobs = [redeliver("resume", priority, ids, tag) for priority, ids in page]
+        written = await outbox.enqueue_after_commit(jobs)
+        released += sum(len(job.args[0]) for job, new in zip(jobs, written, strict=True) if new)
     return released
 
 
@@ -129,6 +119,7 @@ class TenantSettingsController(Controller):
         self,
         request: ApiRequest,
         db_session: DbSession,
+        outbox: OutboxDependency,
         channel: FromPath[str],
         data: JSONBody[KillSwitchUpdate],
     ) -> KillSwitchChange:
@@ -146,7 +137,7 @@ class TenantSettingsController(Controller):
             raise _gone() from None
         await db_session.commit()
         # After commit: a deliver job must find the switch off, or it would hold them again.
-        released = await _release(request, db_session, work) if work.resumes else 0
+        released = await _release(db_session, outbox, work) if work.resumes else 0
         return KillSwitchChange(
             object="kill_switch",
             channel=channel,

@@ -9,15 +9,20 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from redis.asyncio import Redis
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
+from app.delivery import outbox
+from app.notifications.dispatch import dispatch
 from app.notifications.models import Attempt, Message
 from app.runtime import ServiceUrls
+from jobs import queues
 from tests.integration.test_api_auth import assert_problem
+from tests.queue_traffic import queue_traffic
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, make_tenant, settings_for, unmetered_renderer
 
 EMAIL = {"email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"}}
 
@@ -278,3 +283,62 @@ async def test_scopes(client: httpx.AsyncClient, session: AsyncSession) -> None:
     for path in ("/v1/dlq/replay", "/v1/dlq/discard"):
         response = await client.post(path, headers=reader.headers, json={"filter": {}})
         assert_problem(response, 403, "insufficient_scope")
+
+
+async def test_a_large_replay_goes_in_pages_of_one_transaction_and_one_round_trip(
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    service_urls: ServiceUrls,
+    session: AsyncSession,
+) -> None:
+    """250 failed messages replayed by filter: three pages (100, 100, 50), each committed
+    with its audit entry and enqueued in one call, never the whole list at once."""
+    await put_template(client, sandbox, "hello", EMAIL)
+    many = [
+        {"external_id": f"dead-{i}", "email": "fail@sandbox.herald"}
+        for i in range(2 * outbox.BATCH_SIZE + 50)
+    ]
+    accepted = await notify(client, sandbox, template="hello", to=many, data={"name": "x"})
+    notification_id = uuid.UUID(accepted["id"])
+    await dispatch(session, notification_id=notification_id, renderer=unmetered_renderer())
+    await session.execute(
+        update(Message)
+        .where(Message.notification_id == notification_id)
+        .values(status="failed", error_class="permanent", last_error="refused")
+    )
+    await session.commit()
+    redis = Redis.from_url(service_urls.redis_url)
+    await redis.delete(*queues.QUEUE_NAMES.values())  # the API's dispatch job: not under test
+
+    selection = {"filter": {"notification": accepted["id"]}}
+    async with queue_traffic(service_urls.redis_url) as traffic:
+        answer = await replay(client, sandbox, **selection)
+    assert answer.json() == {"replayed": 250, "not_replayable": 0}
+    assert traffic.round_trips == 3  # one enqueue per page
+    jobs = [
+        j.decode() for name in queues.QUEUE_NAMES.values() for j in await redis.zrange(name, 0, -1)
+    ]
+    await redis.aclose()
+    # replay:<first id>:<ids>:<call>.<page>
+    assert sorted(int(job.split(":")[2]) for job in jobs if job.startswith("replay:")) == [
+        50,
+        100,
+        100,
+    ]
+    statuses = await session.execute(
+        select(Message.status, func.count())
+        .where(Message.notification_id == notification_id)
+        .group_by(Message.status)
+    )
+    assert dict(statuses.all()) == {"queued": 250}
+    audit = await session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.tenant_id == sandbox.tenant_id, AuditEntry.action == "dlq.replayed")
+        .order_by(AuditEntry.seq)
+    )
+    assert [entry.details["count"] for entry in audit] == [100, 100, 50]
+    # Nothing left to replay.
+    assert (await replay(client, sandbox, **selection)).json() == {
+        "replayed": 0,
+        "not_replayable": 0,
+    }

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.notifications.models import Notification
+from app.recipients.models import Recipient
 from app.runtime import ServiceUrls
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
@@ -114,3 +115,53 @@ async def test_idempotency_inside_one_batch(
         .where(Notification.tenant_id == tenant.tenant_id)
     )
     assert rows == 1
+
+
+async def test_inline_recipients_share_the_batch_and_are_upserted_with_it(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
+) -> None:
+    """Requests with recipients given inline go through the same group commit as plain
+    ones; each upserts its recipients in the batch's transaction, a later request's fields
+    winning, and a refused recipient refuses its own request only."""
+    await put_template(client, tenant, "hello", CONTENT)
+    await put_recipient(client, tenant, "ann", email="ann@example.com")
+    plain = {"template": "hello", "to": ["ann"]}
+    cases: list[tuple[dict[str, Any], int]] = []
+    for i in range(10):
+        inline = {"external_id": f"zed-{i}", "email": f"zed-{i}@example.com", "locale": "fr"}
+        cases += [
+            (plain, 202),
+            ({"template": "hello", "to": ["ann", inline]}, 202),
+            ({"template": "hello", "to": [{"external_id": f"bad-{i}", "email": "nope"}]}, 422),
+        ]
+    # The same recipient in two requests: the second one's locale is the one kept.
+    cases.append(({"template": "hello", "to": [{"external_id": "zed-0", "locale": "de"}]}, 202))
+    before = batches_observed()
+    answers = await asyncio.gather(*(post(client, tenant, body) for body, _ in cases))
+    after = batches_observed()
+    for (_, status), answer in zip(cases, answers, strict=True):
+        assert answer.status_code == status, answer.text
+        if status == 422:
+            assert [e["field"] for e in answer.json()["errors"]] == ["to[0].email"]
+    assert after[1] - before[1] == len(cases)
+    assert after[0] - before[0] < len(cases)
+    stored = dict(
+        (
+            await session.execute(
+                select(Recipient.external_id, Recipient.locale).where(
+                    Recipient.tenant_id == tenant.tenant_id, Recipient.mode == tenant.mode
+                )
+            )
+        ).all()
+    )
+    assert stored == {
+        "ann": None,
+        "zed-0": "de",
+        **{f"zed-{i}": "fr" for i in range(1, 10)},
+    }
+    rows = await session.scalar(
+        select(func.count())
+        .select_from(Notification)
+        .where(Notification.tenant_id == tenant.tenant_id)
+    )
+    assert rows == 21

@@ -20,7 +20,7 @@ from app.audit import service as audit
 from app.audit.models import AuditEntry
 from app.categories.service import CategoryView
 from app.db import utcnow
-from app.delivery import claims, held
+from app.delivery import claims, held, outbox
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message
 from app.recipients import service as recipients
@@ -29,6 +29,7 @@ from app.tenants import delivery_controls
 from app.tenants.models import Tenant
 from jobs import queues
 from tests.integration.test_api_auth import assert_problem
+from tests.queue_traffic import queue_traffic
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, live_key, make_tenant, settings_for, unmetered_renderer
 
@@ -468,7 +469,7 @@ async def test_lifting_a_pause_releases_held_messages(
     ]
     pool = await queues.connect(service_urls.redis_url)
     try:
-        await queues.enqueue_many(pool, [queues.delivery_job("high", urgent_ids)])
+        await queues.outbox(pool).enqueue([outbox.deliver("high", urgent_ids)])
     finally:
         await pool.aclose()
     await run_workers(service_urls)
@@ -568,3 +569,40 @@ async def test_held_messages_are_read_in_bounded_pages(
         ("high", 2),
         ("normal", 7),
     ]
+
+
+async def test_a_large_release_goes_in_pages_of_one_redis_round_trip(
+    sandbox_admin: TenantKey,
+    client: httpx.AsyncClient,
+    sandbox: TenantKey,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+) -> None:
+    """250 held messages are released in one page (pages hold up to 1,000): one read and
+    one enqueue of its three deliver batches, not one round trip per batch."""
+    await put_template(client, sandbox, "news", CONTENT)
+    await switch(client, sandbox_admin, "email", "pause")
+    await run_workers(service_urls)  # nothing left over from earlier tests
+    many = [
+        {"external_id": f"held-{i}", "email": f"held-{i}@example.com"}
+        for i in range(2 * outbox.BATCH_SIZE + 50)
+    ]
+    accepted = await notify(client, sandbox, template="news", to=many, data={"name": "A"})
+    await dispatch(
+        session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
+    )
+    await session.commit()
+    await run_workers(service_urls)  # the inbox goes; the paused e-mail is held
+
+    async with queue_traffic(service_urls.redis_url) as traffic:
+        resumed = await switch(client, sandbox_admin, "email", "off")
+    assert resumed["released"] == 250
+    assert traffic.round_trips == 1  # one page: batches of 100, 100 and 50
+    resumes = [
+        j for j in (await queued_jobs(service_urls.redis_url))["normal"] if j.startswith("resume:")
+    ]
+    assert sorted(int(j.split(":")[2]) for j in resumes) == [50, 100, 100]
+
+    await run_workers(service_urls)
+    view = await notification(client, sandbox, accepted["id"])
+    assert view["counts"] == {"sent": 500}

@@ -315,8 +315,8 @@ async def test_idempotency_key_replays_and_conflicts(
 async def test_replay_does_not_validate_again(
     client: httpx.AsyncClient, sandbox: TenantKey, inline: bool
 ) -> None:
-    """The same key and body answer the original even once the template is gone, on both
-    paths (ids only go through the group-commit writer, inline recipients do not)."""
+    """The same key and body answer the original even once the template is gone, whether
+    the recipients are ids or given inline."""
     await put_template(client, sandbox, "short-lived", {"email": EMAIL_AND_INBOX["email"]})
     to: list[object] = [{"external_id": "r1", "email": "r1@example.com"}] if inline else ["r1"]
     body = {"template": "short-lived", "to": to, "data": {"name": "x"}}
@@ -700,7 +700,7 @@ async def test_high_priority_is_for_critical_categories(
         "/v1/categories/otp", headers=sandbox.headers, json={"name": "OTP", "critical": True}
     )
     assert critical.status_code == 201, critical.text
-    for to in (["ivy"], [{"external_id": "ivy"}]):  # the batched writer and the inline path
+    for to in (["ivy"], [{"external_id": "ivy"}]):  # ids, and a recipient given inline
         body = {"template": "code", "to": to, "data": {"code": "1"}, "priority": "high"}
         refused = await client.post("/v1/notifications", headers=sandbox.headers, json=body)
         problem = assert_problem(refused, 422, "validation_error")

@@ -25,7 +25,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.db import create_engine, session_factory, utcnow
-from app.delivery import sweeper
+from app.delivery import outbox, sweeper
 from app.delivery.claims import claim
 from app.main import create_app
 from app.migrate import upgrade
@@ -39,6 +39,7 @@ from jobs import cron, queues
 from jobs.worker import build_worker
 from tests.conftest import create_database, drop_database
 from tests.fakes import FakeProvider
+from tests.queue_traffic import queue_traffic
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, make_tenant, serving, settings_for, unmetered_renderer
 
@@ -523,3 +524,57 @@ async def test_a_claim_lost_with_the_budget_spent_goes_to_the_dead_letter_queue(
         (2, "lost", "transient"),
     ]
     assert receiver.requests == []
+
+
+async def test_a_tick_enqueues_in_one_redis_round_trip(
+    api: httpx.AsyncClient,
+    db: AsyncSession,
+    redis: ArqRedis,
+    ctx: dict[str, Any],
+    own_urls: ServiceUrls,
+    receiver: FakeProvider,
+) -> None:
+    """Three lost dispatches, then 250 lost deliveries (three deliver jobs): each tick
+    hands all it found to Redis in one call."""
+    tenant = await webhook_tenant(api, db, receiver, "Batched", [])
+    many = [
+        {"external_id": f"b{i}", "webhook_url": f"{receiver.url}/hook"}
+        for i in range(2 * outbox.BATCH_SIZE + 50)
+    ]
+    big = await notify(api, tenant, template="event", to=many, data={"what": "b"})
+    small = [
+        await notify(api, tenant, template="event", to=["b0"], data={"what": str(i)})
+        for i in range(2)
+    ]
+    await enqueued_by_the_api(redis, big, *small)
+    await redis.flushdb()
+    ids = [uuid.UUID(a["id"]) for a in (big, *small)]
+    await db.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids))
+        .values(created_at=Notification.created_at - LONG_AGO)
+    )
+    await db.commit()
+    async with queue_traffic(own_urls.redis_url) as traffic:
+        assert await cron.relay(with_redis(ctx, redis)) == 3
+    assert traffic.round_trips == 1
+    assert {f"dispatch:{i}" for i in ids} <= await queued_job_ids(redis)
+
+    await redis.flushdb()  # lost again, after dispatch wrote the messages
+    for notification_id in ids:
+        await dispatch(db, notification_id=notification_id, renderer=unmetered_renderer())
+        await db.commit()
+    await db.execute(
+        update(Message)
+        .where(Message.notification_id.in_(ids))
+        .values(next_attempt_at=utcnow() - LONG_AGO)
+    )
+    await db.commit()
+    async with queue_traffic(own_urls.redis_url) as traffic:
+        counts = await cron.sweep(with_redis(ctx, redis))
+    assert counts == {"expired_claim": 0, "overdue": 252}
+    assert traffic.round_trips == 1
+    swept = [j for j in await queued_job_ids(redis) if j.startswith("sweep:")]
+    assert sorted(int(j.split(":")[2]) for j in swept) == [52, 100, 100]
+
+    await redis.flushdb()  # delivering them is the other tests' subject
