@@ -1,7 +1,8 @@
 """Fixtures: a fresh database on real PostgreSQL and a real Redis for the whole run.
 
 With DATABASE_URL / REDIS_URL set (CI), their servers are used; otherwise embedded ones are
-started under .herald/test. Each run migrates a database of its own and drops it afterwards.
+started under .herald/test-<pid>. Each run migrates a database of its own and drops it
+afterwards.
 """
 
 from __future__ import annotations

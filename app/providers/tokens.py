@@ -1,9 +1,10 @@
 """Short-lived provider tokens (FCM's OAuth2 access token, APNs' provider JWT), per process.
 
-Adapters are rebuilt for every batch; the tokens they mint outlive them here, so a worker
-asks Google for an access token about once an hour per service account, and signs an APNs
-token at most every 50 minutes per key, as Apple asks (it refuses tokens refreshed more
-often than every 20 minutes, and older than an hour).
+A worker keeps an adapter per provider config and credentials, builds a new one when they
+change, and several configs may share one key; so the tokens are kept here, by the
+credential that signs them: a worker asks Google for an access token about once an hour per
+service account, and signs an APNs token at most every 50 minutes per key, as Apple asks (it
+refuses tokens refreshed more often than every 20 minutes, and older than an hour).
 """
 
 from __future__ import annotations
