@@ -14,9 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.inputs import MAX_JSON_DEPTH
 from app.runtime import ServiceUrls
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, make_tenant, settings_for
 
 EMAIL = {"email": {"subject": "Hi {{ name }}", "text": "Hi"}}
 

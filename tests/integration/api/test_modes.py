@@ -25,9 +25,8 @@ from app.notifications.models import Message, Notification
 from app.recipients.models import Category, Recipient, Suppression
 from app.runtime import ServiceUrls
 from app.templates.models import Template
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, put_recipient, put_template, workers
-from tests.support import TenantKey, key_of, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, key_of, make_tenant, settings_for
 
 WELCOME = {"email": {"subject": "Welcome {{ name }}", "text": "Hi {{ name }}"}}
 

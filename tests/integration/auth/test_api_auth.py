@@ -11,19 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import generate_secret
 from app.auth.models import ApiKey
-from tests.support import TenantKey, make_tenant
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, object] = response.json()
-    assert body["type"] == f"https://herald.dev/problems/{slug}"
-    assert body["status"] == status
-    assert body["detail"]
-    return body
+from tests.support import TenantKey, assert_problem, make_tenant
 
 
 async def test_who_am_i(client: httpx.AsyncClient, tenant: TenantKey) -> None:

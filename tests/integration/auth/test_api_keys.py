@@ -10,8 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 
 async def test_create_use_list_and_revoke(client: httpx.AsyncClient, session: AsyncSession) -> None:

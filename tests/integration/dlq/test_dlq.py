@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.models import AuditEntry
 from app.notifications.models import Attempt, Message
 from app.runtime import ServiceUrls
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, make_tenant, settings_for
 
 EMAIL = {"email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"}}
 

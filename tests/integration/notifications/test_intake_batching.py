@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.notifications.models import Notification
 from app.runtime import ServiceUrls
 from jobs import queues
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import put_recipient, put_template
-from tests.support import TenantKey
+from tests.support import TenantKey, assert_problem
 
 CONTENT = {"email": {"subject": "Hi", "text": "Hello"}, "inbox": {"title": "Hi", "body": "Hello"}}
 

@@ -17,9 +17,8 @@ from app.notifications.models import Notification
 from app.providers.adapters.sandbox import SLOW_SECONDS
 from app.runtime import ServiceUrls
 from jobs import functions, queues
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, make_tenant, settings_for
 
 EMAIL_AND_INBOX = {
     "email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"},

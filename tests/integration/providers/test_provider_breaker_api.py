@@ -21,9 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.models import AuditEntry
 from app.providers.breaker import CircuitBreakers
 from app.runtime import ServiceUrls
-from tests.integration.test_api_auth import assert_problem
-from tests.integration.test_provider_configs import create
-from tests.support import TenantKey, make_tenant, ready_client, settings_for
+from tests.integration.providers.test_provider_configs import create
+from tests.support import TenantKey, assert_problem, make_tenant, ready_client, settings_for
 
 CLOSED = {"state": "closed", "calls": 0, "failures": 0, "opened_at": None, "retry_at": None}
 

@@ -21,8 +21,7 @@ from app.crypto import Keyring, keyring_for
 from app.providers import service
 from app.providers.models import ProviderConfig
 from app.settings import Settings
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, live_key, make_tenant
+from tests.support import TenantKey, assert_problem, live_key, make_tenant
 
 SENDGRID = {
     "channel": "email",

@@ -16,8 +16,7 @@ from app.ratelimit.buckets import INBOX_BURST, INBOX_RATE
 from app.runtime import ServiceUrls
 from app.tenants.models import Tenant
 from app.tenants.plans import limits_for
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant, ready_client, settings_for
+from tests.support import TenantKey, assert_problem, make_tenant, ready_client, settings_for
 
 FREE = limits_for("free")
 

@@ -15,8 +15,7 @@ from app.recipients import service
 from app.recipients.planning import PlannedDelivery
 from app.recipients.preferences import CategoryView
 from app.recipients.schemas import PushToken, RecipientInput
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 ALL_ON = dict.fromkeys(CHANNELS, True)
 

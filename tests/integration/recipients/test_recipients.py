@@ -15,9 +15,8 @@ from app.audit.models import AuditEntry
 from app.recipients import service
 from app.recipients.models import Preference, Recipient
 from app.recipients.schemas import PushToken, RecipientInput
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import put_template
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 FULL = {
     "email": "Ada.Lovelace@Example.COM",

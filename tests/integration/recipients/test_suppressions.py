@@ -15,8 +15,7 @@ from app.audit.models import AuditEntry
 from app.crypto import Keyring
 from app.recipients import service, suppressions
 from app.recipients.models import Suppression
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 
 def fields_of(problem: dict[str, Any]) -> list[str]:

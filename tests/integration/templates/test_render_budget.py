@@ -21,9 +21,8 @@ from app.ratelimit.buckets import Bucket, CostBuckets, render_bucket
 from app.runtime import ServiceUrls
 from app.tenants.plans import limits_for
 from jobs import functions, queues
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import notify, put_recipient, put_template, workers
-from tests.support import TenantKey, settings_for
+from tests.support import TenantKey, assert_problem, settings_for
 
 # Runs into the 100 ms render limit for every recipient: each render costs about 100 ms.
 RUNAWAY = (

@@ -13,8 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.models import AuditEntry
 from app.templates.limits import MAX_SOURCE_BYTES
 from app.templates.service import get_template
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 WELCOME: dict[str, Any] = {
     "name": "Welcome",

@@ -15,9 +15,8 @@ from app.audit import service as audit
 from app.audit.models import AuditEntry
 from app.notifications.models import Render
 from app.runtime import ServiceUrls
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, live_key, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, live_key, make_tenant, settings_for
 
 PATH = "/v1/tenant/default-locale"
 

@@ -27,9 +27,15 @@ from app.runtime import ServiceUrls
 from app.tenants import settings as tenant_settings
 from app.tenants.models import Tenant
 from jobs import queues
-from tests.integration.test_api_auth import assert_problem
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
-from tests.support import TenantKey, live_key, make_tenant, settings_for, unmetered_renderer
+from tests.support import (
+    TenantKey,
+    assert_problem,
+    live_key,
+    make_tenant,
+    settings_for,
+    unmetered_renderer,
+)
 
 CONTENT = {
     "email": {"subject": "Hello {{ name }}", "text": "Hi {{ name }}"},

@@ -16,8 +16,7 @@ from app.audit.models import AuditEntry
 from app.tenants import settings as tenant_settings
 from app.tenants.models import Tenant
 from app.tenants.settings import RetryPolicy
-from tests.integration.test_api_auth import assert_problem
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, assert_problem, make_tenant
 
 DEFAULT = {"object": "retry_policy", "max_attempts": 8, "window_hours": 24.0}
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.providers.adapters import apns
 from app.providers.base import SendResult
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     DEVICE,
     PUSH,
     adapter_for,

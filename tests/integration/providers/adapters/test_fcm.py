@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.providers.adapters import fcm
 from app.providers.base import SendResult
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     PUSH,
     adapter_for,
     assert_failure,

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from app.providers.base import SendResult
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     EMAIL,
     SENDER,
     UNSUBSCRIBE,

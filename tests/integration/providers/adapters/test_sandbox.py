@@ -17,7 +17,7 @@ from app.templates.content import (
     Content,
     InboxContent,
 )
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     DEVICE,
     EMAIL,
     HOOK,

@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.fakes import Mailbox
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     EMAIL,
     SENDER,
     STRICT,

@@ -14,7 +14,7 @@ import respx
 from app.providers.base import SendResult
 from app.settings import load_settings
 from tests.fakes import FakeProvider
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     SMS,
     adapter_for,
     assert_failure,

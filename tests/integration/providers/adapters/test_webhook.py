@@ -16,7 +16,7 @@ from app.providers.base import SendResult
 from app.providers.credentials import normalize
 from app.providers.standard_webhooks import signature_headers
 from tests.fakes import FakeProvider
-from tests.integration.adapters.helpers import (
+from tests.integration.providers.adapters.helpers import (
     HOOK,
     STRICT,
     adapter_for,
