@@ -9,6 +9,7 @@ or one left by an older Herald) is stopped by the next start: the second test le
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,13 +61,18 @@ class Dev:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "data"
-    yield folder
-    # Whatever a failed test left running on this folder is stopped here.
-    for process in psutil.process_iter(["cmdline"]):
-        if str(folder) in " ".join(process.info["cmdline"] or []):
+def started() -> Iterator[list[psutil.Process]]:
+    """Processes a test saw started; whatever a failed test left running is killed here."""
+    processes: list[psutil.Process] = []
+    yield processes
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
             process.kill()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
 
 
 def _names(processes: list[psutil.Process]) -> str:
@@ -74,11 +80,12 @@ def _names(processes: list[psutil.Process]) -> str:
 
 
 def test_herald_dev_killed_leaves_nothing_running_and_starts_again(
-    data_dir: Path, tmp_path: Path
+    data_dir: Path, tmp_path: Path, started: list[psutil.Process]
 ) -> None:
     first = Dev(data_dir, tmp_path / "first.log")
     assert "RuntimeDirWarning" not in first.wait_running()
     children = first.descendants()
+    started.extend(children)
     commands = _names(children)
     for expected in ("postgres -D", "redis-server", "app.cli api", "app.cli worker"):
         assert expected in commands, f"no {expected!r} among {commands}"
@@ -94,13 +101,16 @@ def test_herald_dev_killed_leaves_nothing_running_and_starts_again(
         assert "Herald is running." in banner
     finally:
         children = second.descendants()
+        started.extend(children)
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(timeout=120) == 0
     _, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, f"still running after herald dev stopped: {_names(alive)}"
 
 
-def test_a_server_left_without_its_owner_is_stopped_and_replaced(data_dir: Path) -> None:
+def test_a_server_left_without_its_owner_is_stopped_and_replaced(
+    data_dir: Path, started: list[psutil.Process]
+) -> None:
     services = EmbeddedServices(data_dir, None, None)
     services.start()
     assert services.postgres is not None and services.redis is not None
@@ -111,6 +121,7 @@ def test_a_server_left_without_its_owner_is_stopped_and_replaced(data_dir: Path)
     services.postgres.owner.release()
     services.redis.owner.release()
     left = [psutil.Process(postgres.pid), psutil.Process(redis.pid)]
+    started.extend(left)
 
     again = EmbeddedServices(data_dir, None, None)
     try:
