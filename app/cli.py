@@ -38,12 +38,15 @@ def _settings() -> Settings:
 
 def _with_services(settings: Settings) -> Settings:
     """Settings whose URLs are set: embedded services are started (and stopped at exit)."""
-    from app.runtime import EmbeddedServices
+    from app.runtime import EmbeddedServices, EmbeddedServicesMissing
 
     if settings.database_url and settings.redis_url:
         return settings
     embedded = EmbeddedServices(settings.data_dir, settings.database_url, settings.redis_url)
-    urls = embedded.start()
+    try:
+        urls = embedded.start()
+    except EmbeddedServicesMissing as error:
+        raise click.UsageError(str(error)) from None
     atexit.register(embedded.stop)
     return dataclasses.replace(settings, database_url=urls.database_url, redis_url=urls.redis_url)
 
@@ -386,18 +389,27 @@ def bench_attacks(only: tuple[str, ...], send_wait: float) -> None:
 
 @main.command()
 def dev() -> None:
-    """What `make run` runs: migrate, seed a demo tenant, start the API and workers."""
+    """What `make run` runs: migrate, seed a demo tenant, start the API and workers.
+
+    Whatever it starts ends with it, even when it is killed (see app/children.py), and it
+    ends with what started it: a killed `make run` leaves nothing running.
+    """
+    from app.children import end_with_parent, ending_with_parent
     from app.seed import seed_demo
 
+    end_with_parent(signal.SIGTERM)
     settings = _migrated()
     database_url = _database_url(settings)
     demo = asyncio.run(seed_demo(database_url, settings.data_dir))
     _share_metrics(settings)  # the API's /metrics shows the worker's deliveries too
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.redis_url or ""}
     herald = [sys.executable, "-m", "app.cli"]
+    # SIGTERM: both shut down cleanly (in-flight sends finish, render processes stop).
     children = [
-        subprocess.Popen([*herald, "api"], env=env),  # noqa: S603
-        subprocess.Popen([*herald, "worker"], env=env),  # noqa: S603
+        subprocess.Popen(  # noqa: S603
+            [*herald, command], env=env, preexec_fn=ending_with_parent(signal.SIGTERM)
+        )
+        for command in ("api", "worker")
     ]
     try:
         _wait_ready(settings, children)

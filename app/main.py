@@ -94,10 +94,13 @@ def account_guards(settings: Settings, redis: Redis) -> Guards:
 def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if settings.is_production and settings.smtp_url is None:
+        if settings.env == "production" and settings.smtp_url is None:
             log.warning("HERALD_SMTP_URL is unset: e-mail verification links go to this log")
         embedded = EmbeddedServices(settings.data_dir, settings.database_url, settings.redis_url)
-        urls = await asyncio.to_thread(embedded.start)
+        # Without URLs only when an ASGI server runs the factory itself (the CLI starts the
+        # servers first). On this thread, not a pool's: a server ends when the thread that
+        # started it does (app/children.py).
+        urls = embedded.start()
         engine = create_engine(urls.database_url)
         redis = Redis.from_url(urls.redis_url)
         arq = await queues.connect(urls.redis_url)

@@ -365,10 +365,6 @@ class Settings:
     smtp_url: str | None = None
     mail_from: str = "Herald <no-reply@localhost>"
 
-    @property
-    def is_production(self) -> bool:
-        return self.env == "production"
-
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every variable; raise SettingsError naming the first bad one."""

@@ -36,6 +36,10 @@ from jobs.queues import POLL_DELAYS, QUEUE_NAMES, redis_settings
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE = 25
+# Closing a Worker deletes its health-check key, a command its pool retries for as long as
+# Redis is down: a worker stopping while Redis is gone (stopped at the same moment, as when
+# `herald dev` is killed) would never exit. The key expires by itself.
+CLOSE_SECONDS = 10
 HEALTH_CHECK_INTERVAL = 30
 
 
@@ -129,5 +133,8 @@ async def _serve(ctx: dict[str, Any], redis_url: str, queues: tuple[str, ...]) -
     try:
         await asyncio.gather(*(w.main_task for w in workers if w.main_task), return_exceptions=True)
     finally:
-        for worker in workers:
-            await worker.close()
+        closing = asyncio.gather(*(worker.close() for worker in workers))
+        try:
+            await asyncio.wait_for(closing, CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("workers closed without Redis", seconds=CLOSE_SECONDS)

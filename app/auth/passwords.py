@@ -41,11 +41,6 @@ class PasswordsBusy(Exception):
     """Too many password checks are waiting already; the caller should try again shortly."""
 
 
-def hash_now(password: str) -> str:
-    """Hash in the calling thread: for command-line tasks, never on a server's event loop."""
-    return _hasher.hash(password)
-
-
 @functools.cache
 def _dummy_hash() -> str:
     # Verified against when an e-mail is unknown, so both paths cost one verification.

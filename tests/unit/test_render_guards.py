@@ -3,7 +3,7 @@
 `{% set a = [a, a] %}` doubles a structure at no cost; one comparison, sort, hash or str()
 of the result then holds the GIL for minutes. These tests run each such bomb in this
 process, where nothing but the guards can stop it: each must fail as a render error
-naming the field, quickly. (tests/integration/test_render_pool.py covers the process that
+naming the field, quickly. (tests/integration/templates/test_render_pool.py covers the process that
 is killed when a guard misses; tests/faults/test_template_bombs.py the running services.)
 """
 
