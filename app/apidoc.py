@@ -27,6 +27,7 @@ from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIResponse,
     Operation,
+    Parameter,
     Reference,
     Schema,
 )
@@ -273,7 +274,36 @@ def _plain(value: dict[str, Any]) -> Schema | Reference:
     return Schema(**fields)
 
 
+def _path_parameters() -> dict[tuple[str, str], dict[str, Any]]:
+    """(path prefix, parameter) → what the service accepts in that part of the path, from the
+    constants its validators use (the controllers take these parameters as plain strings)."""
+    from app.channels import CHANNELS
+    from app.recipients.validation import CATEGORY_KEY, EXTERNAL_ID_SCHEMA, MAX_EXTERNAL_ID
+    from app.templates.validation import KEY_PATTERN
+
+    external_id = {**EXTERNAL_ID_SCHEMA, "minLength": 1, "maxLength": MAX_EXTERNAL_ID}
+    return {
+        ("/v1/templates/", "key"): {"pattern": KEY_PATTERN},
+        ("/v1/categories/", "key"): {"pattern": CATEGORY_KEY.pattern},
+        ("/v1/recipients/", "external_id"): external_id,
+        ("/v1/tenant/kill-switches/", "channel"): {"enum": list(CHANNELS)},
+    }
+
+
+def _declare_path_parameters(operation: Operation, path: str) -> None:
+    for parameter in operation.parameters or []:
+        if not isinstance(parameter, Parameter) or parameter.param_in != "path":
+            continue
+        for (prefix, name), rules in _path_parameters().items():
+            if path.startswith(prefix) and parameter.name == name:
+                schema = parameter.schema
+                assert isinstance(schema, Schema)
+                for key, value in rules.items():
+                    setattr(schema, _snake(key), value)
+
+
 def _declare(operation: Operation, path: str) -> None:
+    _declare_path_parameters(operation, path)
     wanted = dict(_ALWAYS)
     if operation.request_body is not None:
         wanted |= _WITH_BODY

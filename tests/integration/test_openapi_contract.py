@@ -107,6 +107,25 @@ def test_every_v1_operation_declares_its_problems(document: dict[str, Any]) -> N
     assert "409" in key_creation
 
 
+def test_path_parameters_say_what_the_service_accepts(document: dict[str, Any]) -> None:
+    def schema(path: str, method: str) -> dict[str, Any]:
+        [parameter] = [
+            p for p in document["paths"][path][method]["parameters"] if p["in"] == "path"
+        ]
+        found: dict[str, Any] = parameter["schema"]
+        return found
+
+    assert schema("/v1/tenant/kill-switches/{channel}", "put")["enum"] == [
+        "email",
+        "sms",
+        "push",
+        "webhook",
+        "inbox",
+    ]
+    assert "pattern" in schema("/v1/templates/{key}", "put")
+    assert "pattern" in schema("/v1/recipients/{external_id}", "put")
+
+
 async def _send(
     client: httpx.AsyncClient, tenant: TenantKey, method: str, path: str, body: Any
 ) -> httpx.Response:
