@@ -1,14 +1,22 @@
-"""How the OpenAPI document describes bodies and errors, so it is as strict as the API.
+"""How the OpenAPI document describes bodies, parameters and errors, as strict as the API.
 
 - Every msgspec Struct (request and response bodies) is described by msgspec's own JSON
   Schema of it, the schema msgspec decodes with: lengths, patterns, ranges, enums, formats,
   required members, `additionalProperties: false` where unknown members are refused, and the
-  `examples` and schema text declared next to each field (`msgspec.Meta`). Litestar's own
-  rendering drops several of these; this plugin takes its place for Structs.
-- Every /v1 operation lists the errors it can answer as RFC 9457 problems (`Problem`):
-  401, 403, 422 and 429 on all of them (authentication, scopes and mode, input checked on
-  every route, rate limits), 400 and 413 where a body is read, 404 where the path names an
-  object. Conflicts and the like are declared on their own routes (`problem_responses`).
+  schema text declared next to each field (`msgspec.Meta`, whose `extra_json_schema` carries
+  what a service checks besides, declared beside its validator). Litestar's own rendering
+  drops several of these; `MsgspecSchemaPlugin` takes its place for Structs. A Struct may
+  add class variables: `openapi_examples` (whole example bodies), `openapi_extra` (rules
+  between its fields) and `openapi_type` (a type describing it instead, such as a union
+  tagged by `provider`).
+- What app/inputs.py refuses in every body is said everywhere: no NUL in a string or member
+  name; a value of any type is a `JsonValue`.
+- Path parameters the controllers take as plain strings get the patterns their validators
+  use; every /v1 operation lists the errors it can answer as RFC 9457 problems
+  (`ProblemDetails`): 401, 403, 422 and 429 on all of them (authentication, scopes and mode,
+  input checked on every route, rate limits), 400 and 413 where a body is read, 404 where
+  the path names an object. Others (409, 503) are declared on their routes
+  (`problem_responses`). `complete_document` adds these once the app has built the document.
 """
 
 from __future__ import annotations
