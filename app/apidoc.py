@@ -318,6 +318,10 @@ def _declare(operation: Operation, path: str) -> None:
     if "{" in path:
         wanted |= _WITH_PATH_OBJECT
     responses = operation.responses if operation.responses is not None else {}
+    framework_400 = responses.get("400")
+    if framework_400 is not None and _is_framework_default(framework_400):
+        # Litestar's invalid-parameter answer, which app/problems.py sends as a 422 problem.
+        del responses["400"]
     for status, description in wanted.items():
         if status not in responses or _is_framework_default(responses[status]):
             responses[status] = _problem(description)

@@ -103,6 +103,9 @@ def test_every_v1_operation_declares_its_problems(document: dict[str, Any]) -> N
             for status in wanted:
                 content = responses[status]["content"]
                 assert content == {"application/problem+json": {"schema": problem}}, status
+            for status, response in responses.items():  # no error of another shape either
+                if status >= "400":
+                    assert set(response["content"]) == {"application/problem+json"}, status
     key_creation = document["paths"]["/v1/api-keys"]["post"]["responses"]
     assert "409" in key_creation
 
