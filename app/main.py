@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import Redis
 
 import admin_ui
+from app.apidoc import MsgspecSchemaPlugin, complete_document
 from app.auth.accounts import Guards
 from app.auth.api import ApiKeyController
 from app.auth.devices import DeviceTokens
@@ -211,11 +212,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_format)
     dashboard = admin_ui.Dashboard(settings, secret_key(settings))
     tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-api")
-    plugins = dashboard.plugins()
+    plugins = [MsgspecSchemaPlugin(), *dashboard.plugins()]
     if tracing is not None:
         traced = OpenTelemetryConfig(tracer_provider=tracing, exclude=UNTRACED_PATHS)
         plugins.append(OpenTelemetryPlugin(traced))
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
@@ -239,3 +240,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         state=State({"settings": settings, "inbox_tokens": InboxTokenSigner(secret_key(settings))}),
     )
+    # Built once here, where the errors every route may answer are added to it; /docs and
+    # `herald openapi` serve this same object.
+    complete_document(app.openapi_schema)
+    return app

@@ -8,8 +8,9 @@ invalid input, `errors: [{field, message}]` naming each offending field.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import structlog
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -55,6 +56,33 @@ _STATUS_SLUGS = {
     429: "rate_limited",
     503: "service_unavailable",
 }
+
+
+class FieldError(msgspec.Struct):
+    field: Annotated[
+        str, msgspec.Meta(description="The offending field: `email`, `to[3].phone`, `limit`.")
+    ]
+    message: str
+
+
+class ProblemDetails(msgspec.Struct, omit_defaults=True):
+    """How every error of the API is answered (RFC 9457), as `application/problem+json`."""
+
+    type: Annotated[
+        str,
+        msgspec.Meta(
+            description=f"A stable URI naming the kind of error: {PROBLEM_BASE}<slug>.",
+            examples=[PROBLEM_BASE + "validation_error"],
+        ),
+    ]
+    title: str
+    status: int
+    detail: str
+    instance: Annotated[str, msgspec.Meta(description="The path of the request.")]
+    request_id: str | None = None
+    errors: (
+        Annotated[list[FieldError], msgspec.Meta(description="Each invalid field (422).")] | None
+    ) = None
 
 
 class Problem(HTTPException):

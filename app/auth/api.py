@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from litestar import Controller, Request, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from app.apidoc import problem_responses
 from app.auth import keys
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
@@ -31,7 +32,13 @@ class ApiKeyController(Controller):
     tags = ["API keys"]
     guards = [requires_scope("manage")]
 
-    @post("/", summary="Create an API key; the secret is in this answer only")
+    @post(
+        "/",
+        summary="Create an API key; the secret is in this answer only",
+        responses=problem_responses(
+            {409: "The tenant already holds 100 keys that are not revoked."}
+        ),
+    )
     async def create_key(
         self, request: ApiRequest, db_session: DbSession, data: JSONBody[ApiKeyCreate]
     ) -> ApiKeyCreated:

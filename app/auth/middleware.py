@@ -57,11 +57,21 @@ class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=None)
 
 
+def is_options(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """True for OPTIONS, which only the framework's own handler answers (no route of ours
+    declares it): it lists the route's methods in `Allow` and shows nothing of a tenant, and
+    the authentication middleware lets it through without a key, as browsers send CORS
+    preflights. A guard reading `connection.user` then would find none: let it pass."""
+    return connection.scope.get("method") == "OPTIONS"
+
+
 def requires_scope(
     scope: str,
 ) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]:
     # A coroutine: Litestar runs a plain function guard in a worker thread, on every call.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if is_options(connection):
+            return
         principal: Principal = connection.user
         if scope not in principal.scopes:
             raise Problem(
@@ -78,6 +88,8 @@ async def live_mode_required(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
     """Refuse test keys on what belongs to live sending (provider configs, tenant settings)."""
+    if is_options(connection):
+        return
     principal: Principal = connection.user
     if principal.mode != "live":
         raise Problem(

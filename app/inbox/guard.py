@@ -21,7 +21,13 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.middleware import authenticate_api_key, bearer_secret, requires_scope, unauthorized
+from app.auth.middleware import (
+    authenticate_api_key,
+    bearer_secret,
+    is_options,
+    requires_scope,
+    unauthorized,
+)
 from app.inbox.tokens import PREFIX, RecipientPrincipal, TokenRejected
 from app.problems import Problem
 
@@ -58,7 +64,7 @@ async def inbox_reader(
     connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
     """A recipient's inbox token, or an API key with `read`, may use an inbox."""
-    if isinstance(connection.user, RecipientPrincipal):
+    if is_options(connection) or isinstance(connection.user, RecipientPrincipal):
         return
     await _READ_SCOPE(connection, handler)
 

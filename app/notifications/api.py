@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
+from app.apidoc import problem_responses
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
@@ -79,6 +80,9 @@ class NotificationController(Controller):
         status_code=202,
         guards=[requires_scope("send")],
         summary="Send a notification; 202 once it is durably accepted",
+        responses=problem_responses(
+            {503: "The notification could not be stored; retry with the same Idempotency-Key."}
+        ),
     )
     async def send(
         self,

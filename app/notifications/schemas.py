@@ -4,28 +4,82 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
 from app.channels import Channel
-from app.recipients.schemas import RecipientInput
+from app.recipients.schemas import Locale, RecipientInput
+from app.recipients.validation import EXTERNAL_ID_SCHEMA, MAX_EXTERNAL_ID
+from app.templates.validation import KEY_PATTERN
 
 MAX_RECIPIENTS = 1_000
 MAX_DATA_BYTES = 64 * 1024
 
 Priority = Literal["high", "normal", "low"]
+# Checked by the intake (its errors name `to[3]`), described here.
+RecipientId = Annotated[
+    str,
+    msgspec.Meta(
+        extra_json_schema={**EXTERNAL_ID_SCHEMA, "minLength": 1, "maxLength": MAX_EXTERNAL_ID}
+    ),
+]
 
 
 class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
-    template: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    to: Annotated[list[str | RecipientInput], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)]
+    """What to send to whom. The template, and the category when given, must exist in the
+    key's mode; `channels` must be among the template's; `high` priority is for critical
+    categories only."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"template": "welcome", "to": ["user-1"], "data": {"name": "Ada"}},
+        {
+            "template": "welcome",
+            "to": [{"external_id": "user-2", "email": "grace@example.com", "locale": "en"}],
+            "channels": ["email"],
+            "category": "transactional",
+            "priority": "normal",
+            "locale": "en",
+        },
+        {"template": "welcome", "to": ["user-1"], "send_at": "2026-01-01T09:00:00Z"},
+    ]
+
+    template: Annotated[
+        str,
+        msgspec.Meta(min_length=1, max_length=100, extra_json_schema={"pattern": KEY_PATTERN}),
+    ]
+    to: Annotated[
+        list[RecipientId | RecipientInput],
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_RECIPIENTS,
+            description="Recipients by external id, or inline (created or updated first).",
+        ),
+    ]
     channels: Annotated[list[Channel], msgspec.Meta(min_length=1)] | None = None
-    data: dict[str, Any] = msgspec.field(default_factory=dict)
-    category: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    data: Annotated[
+        dict[str, Any],
+        msgspec.Meta(description=f"At most {MAX_DATA_BYTES // 1024} KiB once serialised."),
+    ] = msgspec.field(default_factory=dict)
+    category: (
+        Annotated[
+            str, msgspec.Meta(min_length=1, max_length=64, extra_json_schema=CATEGORY_KEY_SCHEMA)
+        ]
+        | None
+    ) = None
     priority: Priority = "normal"
-    send_at: datetime | None = None
-    locale: Annotated[str, msgspec.Meta(min_length=2, max_length=35)] | None = None
+    send_at: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                description="With its UTC offset, at most 90 days ahead; a past instant sends now.",
+                extra_json_schema={"format": "date-time"},
+            ),
+        ]
+        | None
+    ) = None
+    locale: Annotated[Locale, msgspec.Meta(min_length=2)] | None = None
 
 
 class NotificationAccepted(msgspec.Struct):

@@ -43,6 +43,7 @@ from app.notifications.schemas import NotificationCreate
 from app.observability.tracing import current_trace_context
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
+from app.recipients.validation import MAX_BATCH as MAX_RECIPIENT_BATCH
 from app.templates.service import latest_summaries
 
 log = structlog.get_logger(__name__)
@@ -329,12 +330,12 @@ async def _upsert_inline(session: AsyncSession, inserted: list[_Request]) -> Non
             by_owner.setdefault(owner, []).extend(request.inline)
     for (tenant_id, mode), items in by_owner.items():
         items.sort(key=lambda item: item.external_id)
-        for start in range(0, len(items), recipients.MAX_BATCH):
+        for start in range(0, len(items), MAX_RECIPIENT_BATCH):
             await recipients.upsert_recipients(
                 session,
                 tenant_id=tenant_id,
                 mode=mode,
-                items=items[start : start + recipients.MAX_BATCH],
+                items=items[start : start + MAX_RECIPIENT_BATCH],
             )
 
 

@@ -23,6 +23,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from redis.exceptions import RedisError
 
 from app import crypto
+from app.apidoc import problem_responses
 from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
 from app.channels import Channel
@@ -210,6 +211,7 @@ class ProviderController(Controller):
         "/{provider_id:uuid}/breaker/reset",
         status_code=200,
         summary="Close the config's circuit breaker by hand; answers the config",
+        responses=problem_responses({503: "Redis did not answer: the breaker was not reset."}),
     )
     async def reset_breaker(
         self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]

@@ -102,11 +102,14 @@ class TwilioOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status_callback: Annotated[str, msgspec.Meta(pattern=r"^https://\S+$")] | None = None
 
 
+PEM_DESCRIPTION = "An unencrypted PEM private key (`-----BEGIN PRIVATE KEY-----` …)."
+
+
 class ServiceAccount(msgspec.Struct, kw_only=True):
     # Unknown fields are allowed (it is Google's JSON file pasted whole) and dropped on store.
     project_id: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
     client_email: Email
-    private_key: Secret
+    private_key: Annotated[Secret, msgspec.Meta(description=PEM_DESCRIPTION + " RSA.")]
     private_key_id: Text | None = None
 
 
@@ -117,7 +120,7 @@ class FcmCredentials(msgspec.Struct, forbid_unknown_fields=True):
 class ApnsCredentials(msgspec.Struct, forbid_unknown_fields=True):
     team_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{10}$")]
     key_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{10}$")]
-    private_key: Secret
+    private_key: Annotated[Secret, msgspec.Meta(description=PEM_DESCRIPTION + " EC P-256 (.p8).")]
 
 
 class ApnsOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -125,8 +128,27 @@ class ApnsOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     environment: Literal["sandbox", "production"] = "production"
 
 
+#: A Standard Webhooks secret as `secret_problem` accepts it: whsec_ and standard base64 of
+#: 24 to 64 bytes (32 to 88 characters, padded).
+_B64 = "[A-Za-z0-9+/]"
+WEBHOOK_SECRET_PATTERN = (
+    rf"^whsec_(?:(?:{_B64}{{4}}){{8,20}}(?:{_B64}{{2}}==|{_B64}{{3}}=)?"
+    rf"|(?:{_B64}{{4}}){{21}}(?:{_B64}{{2}}==)?)$"
+)
+
+
 class WebhookCredentials(msgspec.Struct, forbid_unknown_fields=True):
-    secret: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    secret: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=200,
+                description="Left out, Herald generates one and shows it once.",
+                extra_json_schema={"pattern": WEBHOOK_SECRET_PATTERN},
+            ),
+        ]
+        | None
+    ) = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +159,9 @@ class ProviderSpec:
     rate_per_second: float  # defaults modelled on the providers' published limits
     burst: int
     check: Callable[[Any, Any], None] = lambda credentials, options: None
+    # What `check` asks beyond the Structs, for the OpenAPI document where JSON Schema can
+    # say it (JSON Schema keywords applied to `options`).
+    options_schema: dict[str, Any] | None = None
 
 
 def _check_twilio(credentials: TwilioCredentials, options: TwilioOptions) -> None:
@@ -184,7 +209,20 @@ SPECS: dict[str, ProviderSpec] = {
     "sendgrid": ProviderSpec(("email",), ApiKeyCredentials, SendgridOptions, 100.0, 200),
     "mailgun": ProviderSpec(("email",), ApiKeyCredentials, MailgunOptions, 100.0, 200),
     # Twilio: a US long code sends one segment a second.
-    "twilio": ProviderSpec(("sms",), TwilioCredentials, TwilioOptions, 1.0, 1, _check_twilio),
+    "twilio": ProviderSpec(
+        ("sms",),
+        TwilioCredentials,
+        TwilioOptions,
+        1.0,
+        1,
+        _check_twilio,
+        {
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("from_number", "messaging_service_sid")
+            ]
+        },
+    ),
     # FCM: 600k messages a minute per project.
     "fcm": ProviderSpec(("push",), FcmCredentials, Empty, 10_000.0, 1_000, _check_fcm),
     "apns": ProviderSpec(("push",), ApnsCredentials, ApnsOptions, 1_000.0, 1_000, _check_apns),

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import msgspec
 
 from app.channels import Channel
 from app.providers.breaker import BreakerState
-from app.providers.credentials import Provider
+from app.providers.credentials import PROVIDERS, SPECS, Provider
 from app.providers.models import ProviderConfig
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+# Not only whitespace (the service strips it); \x1c-\x1f and \x85 are whitespace to Python.
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+Name = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=100, extra_json_schema={"pattern": NOT_BLANK})
+]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=1000, description="Lower is tried first.")]
 # At least one send per 100 s: slower rates put the Redis bucket's expiry and waits out of
 # range, and every take for the config would fail.
@@ -27,7 +31,108 @@ Credentials = Annotated[
 Options = Annotated[dict[str, Any], msgspec.Meta(description="Non-secret settings.")]
 
 
+def _pairs_of_the_providers() -> dict[str, Any]:
+    """JSON Schema: `credentials` and `options` of a PUT are both those of one provider (the
+    config's: the service then checks them against it)."""
+    variants: dict[str, dict[str, Any]] = {}
+    for provider in PROVIDERS:
+        spec = SPECS[provider]
+        options: dict[str, Any] = {"$ref": f"#/components/schemas/{spec.options.__name__}"}
+        if spec.options_schema:
+            options = {"allOf": [options, spec.options_schema]}
+        credentials = {"$ref": f"#/components/schemas/{spec.credentials.__name__}"}
+        variant = {
+            "properties": {
+                "credentials": {"anyOf": [credentials, {"type": "null"}]},
+                "options": {"anyOf": [options, {"type": "null"}]},
+            }
+        }
+        variants.setdefault(repr(variant), variant)
+    return {"anyOf": list(variants.values())}
+
+
+def _required(kind: type[msgspec.Struct]) -> bool:
+    return any(field.required for field in msgspec.structs.fields(kind))
+
+
+def _variant(provider: Provider) -> type[msgspec.Struct]:
+    """The body of POST /v1/providers for one provider: its channels, credentials, options."""
+    spec = SPECS[provider]
+    channel: Any = Literal[spec.channels]
+    options_type: Any = spec.options
+    if spec.options_schema:
+        options_type = Annotated[spec.options, msgspec.Meta(extra_json_schema=spec.options_schema)]
+    credentials: tuple[str, Any] | tuple[str, Any, Any] = (
+        ("credentials", spec.credentials)
+        if _required(spec.credentials)
+        else ("credentials", spec.credentials, msgspec.field(default_factory=dict))
+    )
+    options: tuple[str, Any] | tuple[str, Any, Any] = (
+        ("options", options_type)
+        if _required(spec.options) or spec.options_schema
+        else ("options", options_type, msgspec.field(default_factory=dict))
+    )
+    return msgspec.defstruct(
+        f"ProviderCreate{provider.title()}",
+        [
+            ("channel", channel),
+            ("name", Name),
+            credentials,
+            options,
+            ("priority", Priority, 0),
+            ("rate_per_second", Rate | None, None),
+            ("burst", Burst | None, None),
+            ("enabled", bool, True),
+        ],
+        tag_field="provider",
+        tag=provider,
+        forbid_unknown_fields=True,
+        kw_only=True,
+        module=__name__,
+    )
+
+
+#: What POST /v1/providers accepts, told apart by `provider` (the OpenAPI discriminator).
+ProviderCreateVariant = Union[tuple(_variant(provider) for provider in PROVIDERS)]  # type: ignore[valid-type]  # noqa: UP007
+
+
 class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """A provider config: `provider` says which `credentials` and `options` it takes and which
+    channel it may deliver."""
+
+    openapi_type: ClassVar[Any] = ProviderCreateVariant
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {
+            "channel": "email",
+            "provider": "smtp",
+            "name": "Postmark relay",
+            "credentials": {"username": "apikey", "password": "s3cret-relay-password"},
+            "options": {"host": "smtp.example.com", "port": 587, "from_email": "hi@example.com"},
+        },
+        {
+            "channel": "email",
+            "provider": "sendgrid",
+            "name": "SendGrid",
+            "priority": 10,
+            "credentials": {"api_key": "SG.xxxxxxxx"},
+            "options": {"from_email": "hi@example.com", "from_name": "Example"},
+        },
+        {
+            "channel": "sms",
+            "provider": "twilio",
+            "name": "Twilio US",
+            "rate_per_second": 1,
+            "burst": 1,
+            "credentials": {
+                "account_sid": "AC" + "0123456789abcdef" * 2,
+                "auth_token": "twilio-auth-token",
+            },
+            "options": {"from_number": "+14155550123"},
+        },
+        {"channel": "webhook", "provider": "webhook", "name": "Our endpoint signer"},
+        {"channel": "inbox", "provider": "sandbox", "name": "Sandbox inbox", "enabled": False},
+    ]
+
     channel: Channel
     provider: Provider
     name: Name
@@ -42,6 +147,13 @@ class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
 class ProviderUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Absent fields keep their value; `credentials` and `options`, when given, replace the
     stored object whole. Channel and provider cannot change: create another config."""
+
+    openapi_extra: ClassVar[dict[str, Any]] = _pairs_of_the_providers()
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"name": "Primary", "priority": 0},
+        {"enabled": False},
+        {"rate_per_second": 20, "burst": 40},
+    ]
 
     name: Name | None = None
     priority: Priority | None = None

@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from app.channels import Channel
+from app.channels import CHANNELS, Channel
 from app.recipients.models import Recipient, Suppression
+from app.recipients.validation import (
+    DATA_DESCRIPTION,
+    EMAIL_SCHEMA,
+    EXTERNAL_ID_SCHEMA,
+    LOCALE_SCHEMA,
+    MAX_BATCH,
+    MAX_EXTERNAL_ID,
+    MAX_PUSH_TOKENS,
+    PHONE_SCHEMA,
+    PUSH_TOKEN_SCHEMA,
+    TIMEZONE_SCHEMA,
+    URL_SCHEMA,
+)
 
 PushProvider = Literal["fcm", "apns"]
 SuppressionReason = Literal[
@@ -23,31 +36,81 @@ SuppressionReason = Literal[
 ]
 
 
+def _checked(**meta: Any) -> msgspec.Meta:
+    """Limits msgspec checks (`max_length`, …) with the JSON Schema of what the service
+    checks besides (`schema=`, from app/recipients/validation.py)."""
+    schema = meta.pop("schema", {})
+    return msgspec.Meta(**meta, extra_json_schema=schema)
+
+
 class PushToken(msgspec.Struct, forbid_unknown_fields=True):
     provider: PushProvider
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    token: Annotated[str, _checked(min_length=1, max_length=1024, schema=PUSH_TOKEN_SCHEMA)]
+
+
+Email = Annotated[str, _checked(max_length=320, schema=EMAIL_SCHEMA)]
+Phone = Annotated[str, _checked(max_length=64, schema=PHONE_SCHEMA)]
+Url = Annotated[str, _checked(max_length=2048, schema=URL_SCHEMA)]
+Locale = Annotated[str, _checked(max_length=35, schema=LOCALE_SCHEMA)]
+Timezone = Annotated[str, _checked(max_length=64, schema=TIMEZONE_SCHEMA)]
+ExternalId = Annotated[
+    str, _checked(min_length=1, max_length=MAX_EXTERNAL_ID, schema=EXTERNAL_ID_SCHEMA)
+]
+Data = Annotated[dict[str, Any], msgspec.Meta(description=DATA_DESCRIPTION)]
+PushTokens = Annotated[
+    list[PushToken],
+    msgspec.Meta(max_length=MAX_PUSH_TOKENS, description="Repeated tokens are kept once."),
+]
 
 
 class RecipientUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The PUT body: a field left out stays as it is; null clears it."""
 
-    email: Annotated[str, msgspec.Meta(max_length=320)] | UnsetType | None = UNSET
-    phone: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType | None = UNSET
-    push_tokens: Annotated[list[PushToken], msgspec.Meta(max_length=20)] | UnsetType | None = UNSET
-    webhook_url: Annotated[str, msgspec.Meta(max_length=2048)] | UnsetType | None = UNSET
-    locale: Annotated[str, msgspec.Meta(max_length=35)] | UnsetType | None = UNSET
-    timezone: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType | None = UNSET
-    data: dict[str, Any] | UnsetType | None = UNSET
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"email": "ada@example.com", "locale": "en", "timezone": "Europe/London"},
+        {
+            "phone": "+14155550123",
+            "push_tokens": [{"provider": "fcm", "token": "fcm-registration-token"}],
+            "webhook_url": "https://hooks.example.com/herald",
+            "data": {"plan": "pro"},
+        },
+    ]
+
+    email: Email | UnsetType | None = UNSET
+    phone: Phone | UnsetType | None = UNSET
+    push_tokens: PushTokens | UnsetType | None = UNSET
+    webhook_url: Url | UnsetType | None = UNSET
+    locale: Locale | UnsetType | None = UNSET
+    timezone: Timezone | UnsetType | None = UNSET
+    data: Data | UnsetType | None = UNSET
 
 
 class RecipientInput(RecipientUpdate, kw_only=True):
     """A recipient with its id: an item of a batch, or an inline recipient of a notification."""
 
-    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"external_id": "user-1", "email": "ada@example.com", "locale": "en"}
+    ]
+
+    external_id: ExternalId
 
 
 class RecipientBatch(msgspec.Struct, forbid_unknown_fields=True):
-    recipients: list[RecipientInput]
+    """Up to 1,000 recipients; an id given twice is merged, the later item winning per field."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {
+            "recipients": [
+                {"external_id": "user-1", "email": "ada@example.com", "locale": "en"},
+                {"external_id": "user-2", "phone": "+442071838750", "timezone": "Europe/London"},
+            ]
+        }
+    ]
+
+    recipients: Annotated[
+        list[RecipientInput],
+        msgspec.Meta(extra_json_schema={"minItems": 1, "maxItems": MAX_BATCH}),
+    ]
 
 
 class RecipientOut(msgspec.Struct):
@@ -105,7 +168,54 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True):
     categories: dict[str, dict[str, bool]] = msgspec.field(default_factory=dict)
 
 
+_ADDRESS_SCHEMAS: dict[str, dict[str, Any]] = {
+    "email": EMAIL_SCHEMA,
+    "sms": PHONE_SCHEMA,
+    "push": {
+        "pattern": r"^(?:fcm|apns):[^\s\x1c-\x1f\x85]{1,1024}$",
+        "description": "`fcm:<token>` or `apns:<token>`.",
+    },
+    "webhook": URL_SCHEMA,
+    "inbox": {**EXTERNAL_ID_SCHEMA, "description": "The recipient's external id."},
+}
+
+
+def _suppression_variant(channel: Channel) -> type[msgspec.Struct]:
+    """The body of POST /v1/suppressions for one channel: what its address looks like."""
+    address: Any = Annotated[
+        str, _checked(min_length=1, max_length=2048, schema=_ADDRESS_SCHEMAS[channel])
+    ]
+    return msgspec.defstruct(
+        f"SuppressionCreate{channel.title()}",
+        [
+            ("address", address),
+            ("reason", SuppressionReason, "manual"),
+            ("source", Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None, None),
+        ],
+        tag_field="channel",
+        tag=channel,
+        forbid_unknown_fields=True,
+        kw_only=True,
+        module=__name__,
+    )
+
+
 class SuppressionCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """An address to suppress: its form depends on `channel` (the OpenAPI discriminator)."""
+
+    openapi_type: ClassVar[Any] = Union[tuple(_suppression_variant(c) for c in CHANNELS)]  # noqa: UP007
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"channel": "email", "address": "bounced@example.com", "reason": "hard_bounce"},
+        {"channel": "sms", "address": "+14155550123", "source": "support ticket 4411"},
+        {
+            "channel": "push",
+            "address": "fcm:fcm-registration-token",
+            "reason": "unregistered_device",
+        },
+        {"channel": "webhook", "address": "https://hooks.example.com/old"},
+        {"channel": "inbox", "address": "user-1", "reason": "unsubscribed"},
+    ]
+
     channel: Channel
     address: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     reason: SuppressionReason = "manual"

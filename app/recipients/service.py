@@ -36,6 +36,7 @@ from app.recipients.planning import PlannedDelivery, plan_deliveries
 from app.recipients.schemas import RecipientInput
 from app.recipients.suppressions import add_suppressions
 from app.recipients.validation import (
+    MAX_BATCH,
     RecipientInvalid,
     normalise_data,
     normalise_email,
@@ -65,7 +66,6 @@ __all__ = [
     "upsert_with_outcome",
 ]
 
-MAX_BATCH = 1000
 MAX_REPORTED_ERRORS = 100
 
 _NORMALISERS: dict[str, Callable[[Any], Any]] = {

@@ -20,6 +20,7 @@ from app.categories.keys import KEY_RULE as CATEGORY_KEY_RULE
 from app.categories.keys import is_category_key
 
 MAX_EXTERNAL_ID = 200
+MAX_BATCH = 1000  # recipients a batch upserts at once
 MAX_PUSH_TOKENS = 20
 MAX_PUSH_TOKEN_LENGTH = 1024
 MAX_URL_LENGTH = 2048
@@ -31,6 +32,53 @@ RESERVED_ID = "batch"
 _FORBIDDEN_IN_ID = re.compile(r"[/\s\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
 _TOKEN = re.compile(r"^\S+$")
+
+
+# JSON Schema of what the functions below accept, for the OpenAPI document. Each is as strict
+# as its function or stricter, so that a value valid by the document is accepted; what JSON
+# Schema cannot say (a phone number's numbering plan, an existing time zone, a size in
+# bytes) is said in the description. \x1c-\x1f and \x85 are whitespace to Python's \s.
+_NOT_IN_ID = r"/\s\x00-\x1f\x7f-\x9f"
+EXTERNAL_ID_SCHEMA: dict[str, Any] = {
+    "pattern": rf"^(?!erased:)(?!batch$)(?!\.\.?$)[^{_NOT_IN_ID}]{{1,{MAX_EXTERNAL_ID}}}$",
+    "description": "Your id for the recipient: no '/', whitespace or control characters; "
+    "`batch` and the prefix `erased:` are reserved.",
+}
+_SPECIAL_USE = "arpa|invalid|local|localhost|onion|test"  # refused by email_validator
+EMAIL_SCHEMA: dict[str, Any] = {
+    "format": "email",
+    "maxLength": 254,
+    "pattern": (
+        rf"^(?![^@]{{65}})(?!.*\.(?:{_SPECIAL_USE})$)(?!.*\.[0-9]+$)"
+        r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*"
+        r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+    ),
+    "examples": ["ada@example.com"],
+}
+PHONE_SCHEMA: dict[str, Any] = {
+    "pattern": r"^\+[1-9][0-9]{6,14}$",
+    "description": "E.164 with its country code; the number must exist in its country's "
+    "numbering plan.",
+    "examples": ["+14155550123"],
+}
+URL_SCHEMA: dict[str, Any] = {
+    "format": "uri",
+    "maxLength": MAX_URL_LENGTH,
+    "pattern": r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,4})?(?:/[!-~]*)?$",
+    "examples": ["https://hooks.example.com/herald"],
+}
+LOCALE_SCHEMA: dict[str, Any] = {
+    "pattern": _LOCALE.pattern,
+    "description": "A BCP 47 language tag: language, optional script, optional region.",
+    "examples": ["fr-CA"],
+}
+TIMEZONE_SCHEMA: dict[str, Any] = {
+    "pattern": r"^[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9][A-Za-z0-9_+-]*){0,2}$",
+    "description": "A zone name of the IANA tz database, exactly as listed.",
+    "examples": ["Europe/Paris"],
+}
+PUSH_TOKEN_SCHEMA: dict[str, Any] = {"pattern": r"^[^\s\x1c-\x1f\x85]+$"}
+DATA_DESCRIPTION = f"A JSON object of at most {MAX_DATA_BYTES} bytes once serialised."
 
 
 class RecipientInvalid(ValueError):

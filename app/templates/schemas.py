@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -13,17 +13,54 @@ from app.db import MAX_INT4
 from app.templates.content import Content
 from app.templates.models import TemplateVersion
 from app.templates.sms import Encoding
-from app.templates.sources import ChannelSources
+from app.templates.sources import AT_LEAST_ONE_CHANNEL, LOCALE_PATTERN, ChannelSources
+from app.templates.validation import KEY_PATTERN
+
+# Not only whitespace; \x1c-\x1f and \x85 are whitespace to Python's str.strip.
+_NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+_LOCALE = {"pattern": LOCALE_PATTERN}
 
 
 class TemplateWrite(msgspec.Struct, forbid_unknown_fields=True):
-    """The body of `PUT /v1/templates/{key}`: the content of the next version."""
+    """The body of `PUT /v1/templates/{key}`: the content of the next version.
 
-    content: ChannelSources
-    locales: dict[str, ChannelSources] = {}
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    category: str | None = None
-    default_locale: str = "en"
+    Every source must compile as a Jinja template of the sandbox; a locale overrides only
+    channels `content` has; `category` must exist; content and locales total at most
+    64 KiB of JSON (`MAX_SOURCE_BYTES`)."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "Welcome",
+            "content": {
+                "email": {"subject": "Hi {{ name }}", "text": "Welcome, {{ name }}!"},
+                "inbox": {"title": "Welcome", "body": "Hi {{ name }}"},
+            },
+        },
+        {
+            "name": "Order shipped",
+            "default_locale": "en",
+            "content": {
+                "sms": {"text": "Order {{ order_id }} is on its way."},
+                "push": {"title": "Shipped", "body": "Order {{ order_id }}"},
+                "webhook": {"body": {"event": "order.shipped", "order": "{{ order_id }}"}},
+            },
+            "locales": {"fr-CA": {"sms": {"text": "La commande {{ order_id }} est partie."}}},
+        },
+    ]
+
+    content: Annotated[ChannelSources, msgspec.Meta(extra_json_schema=AT_LEAST_ONE_CHANNEL)]
+    locales: Annotated[
+        dict[str, ChannelSources], msgspec.Meta(extra_json_schema={"propertyNames": _LOCALE})
+    ] = {}
+    name: (
+        Annotated[
+            str,
+            msgspec.Meta(min_length=1, max_length=200, extra_json_schema={"pattern": _NOT_BLANK}),
+        ]
+        | None
+    ) = None
+    category: Annotated[str, msgspec.Meta(extra_json_schema={"pattern": KEY_PATTERN})] | None = None
+    default_locale: Annotated[str, msgspec.Meta(extra_json_schema=_LOCALE)] = "en"
 
 
 class TemplateSummary(msgspec.Struct):

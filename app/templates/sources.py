@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -24,7 +24,22 @@ _LOCALE = re.compile(LOCALE_PATTERN)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+def _given(kind: str, *names: str) -> dict[str, Any]:
+    """JSON Schema: at least one of `names` is present and not null (a `kind`)."""
+    return {"anyOf": [{"required": [name], "properties": {name: {"type": kind}}} for name in names]}
+
+
+# What app/templates/validation.py checks beyond these Structs, where JSON Schema can say it:
+# a template's `content` has at least one channel, and e-mail has `html`, `text` or both.
+AT_LEAST_ONE_CHANNEL = _given("object", *CHANNELS)
+_HTML_OR_TEXT = _given("string", "html", "text")
+
+
 class EmailSource(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`html`, `text` or both."""
+
+    openapi_extra: ClassVar[dict[str, Any]] = _HTML_OR_TEXT
+
     subject: Text
     html: str | None = None
     text: str | None = None

@@ -6,11 +6,12 @@ are app/delivery/retry.py's), which Python callers reach without msgspec's decod
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from app.delivery.retry import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
+from app.recipients.schemas import Locale
 
 KillSwitchMode = Literal["pause", "drop_noncritical", "off"]
 
@@ -18,6 +19,12 @@ _DEFAULT = RetryPolicy()
 
 
 class KillSwitchUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"mode": "pause"},
+        {"mode": "drop_noncritical"},
+        {"mode": "off"},
+    ]
+
     mode: KillSwitchMode
 
 
@@ -38,6 +45,12 @@ class KillSwitchChange(msgspec.Struct):
 
 class RetryPolicyUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The PUT body: it replaces the whole policy; a member left out takes its default."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"max_attempts": 5, "window_hours": 12},
+        {"max_attempts": 20},
+        {},
+    ]
 
     max_attempts: Annotated[
         int, msgspec.Meta(ge=MAX_ATTEMPTS_RANGE[0], le=MAX_ATTEMPTS_RANGE[1])
@@ -60,7 +73,12 @@ class RetryPolicyOut(msgspec.Struct):
 class DefaultLocaleUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """The PUT body: a BCP 47 tag such as `fr-CA`, or null for none."""
 
-    default_locale: Annotated[str, msgspec.Meta(max_length=35)] | None
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"default_locale": "fr-CA"},
+        {"default_locale": "en"},
+    ]
+
+    default_locale: Locale | None
 
 
 class DefaultLocaleOut(msgspec.Struct):
