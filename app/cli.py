@@ -360,6 +360,8 @@ def _bench(
     from bench.report import Progress, Report, print_json
 
     settings = _with_services(_settings())
+    # Stopped from outside, the run still drops its database and stops its processes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     progress = Progress(stages + 5)
     report = Report()
     try:
@@ -398,11 +400,20 @@ def _ingest(seconds: int, connections: int, api_processes: int) -> Callable[[Set
     return run
 
 
-def _e2e(recipients: int, workers: int, timeout: float) -> Callable[[Settings, Any], Any]:
+def _e2e(
+    recipients: int, workers: int, timeout: float, profile: Path | None = None
+) -> Callable[[Settings, Any], Any]:
     from bench import e2e
 
     def run(settings: Settings, progress: Any) -> Any:
-        return e2e.run(settings, progress, recipients=recipients, workers=workers, timeout=timeout)
+        return e2e.run(
+            settings,
+            progress,
+            recipients=recipients,
+            workers=workers,
+            timeout=timeout,
+            profile=profile,
+        )
 
     return run
 
@@ -434,13 +445,24 @@ def bench_ingest(seconds: int, connections: int, api_processes: int, as_json: bo
 @click.option("--recipients", default=20_000, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True)
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run the workers under cProfile, writing DIR/worker-N.prof.",
+)
 @API_PROCESSES_OPTION
 @JSON_OPTION
 def bench_e2e(
-    recipients: int, workers: int, timeout: float, api_processes: int, as_json: bool
+    recipients: int,
+    workers: int,
+    timeout: float,
+    profile: Path | None,
+    api_processes: int,
+    as_json: bool,
 ) -> None:
     """N recipients through dispatch and delivery on the sandbox: messages/s, latency."""
-    _bench(3, as_json, api_processes, _e2e(recipients, workers, timeout))
+    _bench(3, as_json, api_processes, _e2e(recipients, workers, timeout, profile))
 
 
 @bench.command("ratelimit")

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 import asyncpg
 import click
 import httpx
+from sqlalchemy import text
 
+from app.db import create_engine
 from app.settings import Settings
 
 
@@ -182,3 +184,28 @@ def prepare_tenant(base_url: str, secret: str, recipients: int) -> None:
                 for n in range(start, min(recipients, start + 1000))
             ]
             client.post("/v1/recipients/batch", json={"recipients": batch}).raise_for_status()
+
+
+async def _retire(database_url: str, tenant_ids: tuple[uuid.UUID, ...]) -> None:
+    engine = create_engine(database_url, pool=False)
+    async with engine.begin() as connection:
+        await connection.execute(_RETIRE, {"tenants": list(tenant_ids)})
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as connection:
+        await connection.execute(text(_VACUUM))
+    await engine.dispose()
+
+
+# A bench tenant leaves nothing behind for the next bench of the same run (`bench all`
+# shares one database): the relay would dispatch the notifications ingest left accepted
+# (its jobs removed, no worker ran) in the middle of e2e, and the sweeper would pick up
+# undelivered messages; the sent rows (dead after each update) would have the next bench
+# measure autovacuum catching up. The tenant's notifications go, and with them (ON DELETE
+# CASCADE) its messages, attempts and renders; the tenant and its recipients stay.
+_RETIRE = text("DELETE FROM notifications WHERE tenant_id = ANY(:tenants)")
+_VACUUM = "VACUUM (ANALYZE) notifications, messages, attempts, renders"
+
+
+def retire_tenants(database_url: str, *tenant_ids: uuid.UUID) -> None:
+    """Delete what the bench tenants sent, delivered or not (see _RETIRE)."""
+    asyncio.run(_retire(database_url, tenant_ids))

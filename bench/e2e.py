@@ -14,17 +14,20 @@ shows there, with the stretch it lasted.
 
 A warm-up tenant's notifications go through first, and the figures count only what is
 sent after it: the workers' start (the interpreter, its render processes, the first
-connections) is not what the bench measures.
+connections) is not what the bench measures. With `--profile DIR` each worker runs under
+cProfile and writes DIR/worker-N.prof when it stops (`python -m pstats` reads them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 from sqlalchemy import and_, func, select
@@ -38,6 +41,7 @@ from bench.common import (
     herald,
     percentile,
     prepare_tenant,
+    retire_tenants,
     running,
     service_env,
     wait_ready,
@@ -201,8 +205,24 @@ def describe(timeline: Timeline, intake: float, recipients: int, section: Sectio
     section.details["idle"] = [list(stretch) for stretch in idle]
 
 
+def worker_command(profile: Path | None, n: int) -> list[str]:
+    """`herald worker` for the normal queue; under cProfile, writing `profile`/worker-n.prof
+    when it stops (SIGTERM lets it finish)."""
+    if profile is None:
+        return herald("worker", "--queues", "normal")
+    output = str(profile / f"worker-{n}.prof")
+    profiler = [sys.executable, "-m", "cProfile", "-o", output]
+    return [*profiler, "-m", "app.cli", "worker", "--queues", "normal"]
+
+
 def run(
-    settings: Settings, progress: Progress, *, recipients: int, workers: int, timeout: float
+    settings: Settings,
+    progress: Progress,
+    *,
+    recipients: int,
+    workers: int,
+    timeout: float,
+    profile: Path | None = None,
 ) -> Section:
     assert settings.database_url is not None
     tenant_id, secret = asyncio.run(
@@ -219,7 +239,9 @@ def run(
         wait_ready(base_url)
         prepare_tenant(base_url, secret, recipients)
         prepare_tenant(base_url, warm_secret, WARM_UP)
-        commands = [herald("worker", "--queues", "normal") for _ in range(workers)]
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+        commands = [worker_command(profile, n) for n in range(workers)]
         with running(commands, env):
             progress.stage(f"e2e: warm-up ({WARM_UP} messages)")
             asyncio.run(_send(base_url, warm_secret, WARM_UP))
@@ -228,6 +250,7 @@ def run(
             intake = asyncio.run(_send(base_url, secret, recipients))
             asyncio.run(_wait_sent(settings.database_url, tenant_id, recipients, timeout, progress))
     timeline = asyncio.run(_timeline(settings.database_url, tenant_id))
+    retire_tenants(settings.database_url, tenant_id, warm_id)
     section = Section("e2e")
     section.notes.append(
         f"{recipients} recipients in notifications of {BATCH}, {workers} worker process(es), "

@@ -25,6 +25,7 @@ from bench.common import (
     free_port,
     herald,
     prepare_tenant,
+    retire_tenants,
     running,
     service_env,
     wait_ready,
@@ -92,6 +93,7 @@ def run(
             script=WRK_SCRIPT % {"secret": secret},
         )
     committed = asyncio.run(_committed(settings.database_url, settings.redis_url, tenant_id))
+    retire_tenants(settings.database_url, tenant_id)
     section = Section("ingest")
     section.add("accepted", committed / seconds, "notifications/s", ceiling="healthz")
     section.add("latency p50", found["p50_ms"], "ms")

@@ -32,7 +32,7 @@ from app.db import create_engine, session_factory
 from app.notifications.models import Attempt, Message
 from app.seed import create_tenant_with_key
 from app.settings import Settings
-from bench.common import free_port, herald, running, service_env, wait_ready
+from bench.common import free_port, herald, retire_tenants, running, service_env, wait_ready
 from bench.report import Progress, Section
 
 BATCH = 1_000
@@ -223,6 +223,7 @@ def run(
             _wait(receiver, total, seconds * 3 + 60, progress)
         times, duplicates = receiver.arrivals()
     attempts = asyncio.run(_attempts(settings.database_url, tenant_id))
+    retire_tenants(settings.database_url, tenant_id)
     return _report(times, total, duplicates, attempts, rate=rate, burst=burst, workers=workers)
 
 
