@@ -32,7 +32,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.ids import uuid7
+from app.ids import uuid7, uuid7s
 from app.notifications.models import Message, Notification, Render
 from app.observability.tracing import parent_context, tracer
 from app.recipients import service as recipients
@@ -230,8 +230,9 @@ class _Work:
         renders: list[dict[str, Any]] = []
         render_ids: dict[int, uuid.UUID] = {}
         messages: list[dict[str, Any]] = []
+        ids, now = iter(uuid7s(len(self.plans))), utcnow()  # for all rows at once
         for plan, use in zip(self.plans, self.uses, strict=True):
-            row = _message_row(notification, plan)
+            row = _message_row(notification, plan, next(ids), now)
             if isinstance(use, uuid.UUID):
                 row["render_id"] = use
             elif isinstance(use, int):
@@ -293,9 +294,14 @@ async def _shared_renders(
     return made
 
 
-def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -> dict[str, Any]:
+def _message_row(
+    notification: Notification,
+    plan: recipients.PlannedDelivery,
+    message_id: uuid.UUID,
+    created_at: datetime,
+) -> dict[str, Any]:
     return {
-        "id": uuid7(),
+        "id": message_id,
         "notification_id": notification.id,
         "tenant_id": notification.tenant_id,
         "mode": notification.mode,
@@ -307,7 +313,7 @@ def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -
         "skip_reason": plan.skip_reason,
         "error_class": None,
         "last_error": None,
-        "created_at": utcnow(),
+        "created_at": created_at,
     }
 
 
