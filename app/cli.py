@@ -385,7 +385,9 @@ def bench_ceilings(api_processes: int, as_json: bool) -> None:
     _bench(0, as_json, api_processes)
 
 
-def _ingest(seconds: int, connections: int, api_processes: int) -> Callable[[Settings, Any], Any]:
+def _ingest(
+    seconds: int, connections: int, api_processes: int, profile: Path | None = None
+) -> Callable[[Settings, Any], Any]:
     from bench import ingest
 
     def run(settings: Settings, progress: Any) -> Any:
@@ -395,6 +397,7 @@ def _ingest(seconds: int, connections: int, api_processes: int) -> Callable[[Set
             seconds=seconds,
             connections=connections,
             api_processes=api_processes,
+            profile=profile,
         )
 
     return run
@@ -434,11 +437,19 @@ def _ratelimit(
 @bench.command("ingest")
 @click.option("--seconds", default=15, show_default=True)
 @click.option("--connections", default=64, show_default=True)
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Serve with one API process under cProfile, writing DIR/api.prof.",
+)
 @API_PROCESSES_OPTION
 @JSON_OPTION
-def bench_ingest(seconds: int, connections: int, api_processes: int, as_json: bool) -> None:
+def bench_ingest(
+    seconds: int, connections: int, profile: Path | None, api_processes: int, as_json: bool
+) -> None:
     """Single POST /v1/notifications: accepted and committed per second (uses wrk)."""
-    _bench(2, as_json, api_processes, _ingest(seconds, connections, api_processes))
+    _bench(2, as_json, api_processes, _ingest(seconds, connections, api_processes, profile))
 
 
 @bench.command("e2e")

@@ -15,7 +15,8 @@ shows there, with the stretch it lasted.
 A warm-up tenant's notifications go through first, and the figures count only what is
 sent after it: the workers' start (the interpreter, its render processes, the first
 connections) is not what the bench measures. With `--profile DIR` each worker runs under
-cProfile and writes DIR/worker-N.prof when it stops (`python -m pstats` reads them).
+cProfile, counting its CPU time (bench/profiled.py), and writes DIR/worker-N.prof when it
+stops (`python -m pstats` reads them).
 """
 
 from __future__ import annotations
@@ -144,10 +145,10 @@ async def _timeline(database_url: str, tenant_id: uuid.UUID) -> Timeline:
 
 def idle_stretches(timeline: Timeline, width: float = 1.0) -> list[tuple[float, float]]:
     """Stretches of whole `width`-second bins, between the first accept and the last send,
-    in which no dispatch finished and no message was claimed."""
+    in which no dispatch finished and no message was claimed or sent."""
     if not timeline.sent:
         return []
-    moving = {int(t // width) for t in timeline.claimed + timeline.dispatched}
+    moving = {int(t // width) for t in timeline.claimed + timeline.dispatched + timeline.sent}
     last = int(max(timeline.sent) // width)
     stretches: list[tuple[float, float]] = []
     begin: int | None = None
@@ -157,6 +158,8 @@ def idle_stretches(timeline: Timeline, width: float = 1.0) -> list[tuple[float, 
         elif n in moving and begin is not None:
             stretches.append((begin * width, n * width))
             begin = None
+    if begin is not None:
+        stretches.append((begin * width, (last + 1) * width))
     return stretches
 
 
@@ -211,8 +214,7 @@ def worker_command(profile: Path | None, n: int) -> list[str]:
     if profile is None:
         return herald("worker", "--queues", "normal")
     output = str(profile / f"worker-{n}.prof")
-    profiler = [sys.executable, "-m", "cProfile", "-o", output]
-    return [*profiler, "-m", "app.cli", "worker", "--queues", "normal"]
+    return [sys.executable, "-m", "bench.profiled", output, "worker", "--queues", "normal"]
 
 
 def run(

@@ -11,7 +11,9 @@ so no worker (nor a later benchmark) inherits the backlog. Its figure is divided
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
@@ -72,7 +74,13 @@ async def _committed(database_url: str, redis_url: str, tenant_id: uuid.UUID) ->
 
 
 def run(
-    settings: Settings, progress: Progress, *, seconds: int, connections: int, api_processes: int
+    settings: Settings,
+    progress: Progress,
+    *,
+    seconds: int,
+    connections: int,
+    api_processes: int,
+    profile: Path | None = None,
 ) -> Section:
     assert settings.database_url is not None and settings.redis_url is not None
     progress.stage("ingest: starting the API")
@@ -82,6 +90,10 @@ def run(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = herald("api", "--port", str(port), "--workers", str(api_processes))
+    if profile is not None:  # one server process, profiled (see bench/profiled.py)
+        profile.mkdir(parents=True, exist_ok=True)
+        output = str(profile / "api.prof")
+        command = [sys.executable, "-m", "bench.profiled", output, "api", "--port", str(port)]
     with running([command], service_env(settings)):
         wait_ready(url)
         prepare_tenant(url, secret, recipients=100)
