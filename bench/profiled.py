@@ -9,6 +9,7 @@ written to OUT when the command returns (a worker does on SIGTERM).
 from __future__ import annotations
 
 import cProfile
+import signal
 import sys
 import time
 
@@ -17,6 +18,9 @@ def main() -> None:
     output, args = sys.argv[1], sys.argv[2:]
     profiler = cProfile.Profile(time.process_time)
     sys.argv = ["herald", *args]
+    # uvicorn raises the SIGTERM it caught again once it has shut down: let that end the
+    # run through the `finally` below rather than kill the process before the dump.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     from app.cli import main as herald
 
     profiler.enable()
