@@ -340,29 +340,143 @@ def openapi(output: Path) -> None:
 
 @main.group()
 def bench() -> None:
-    """Benchmarks that print figures (not tests)."""
+    """Benchmarks that print figures (not tests), each with its ratio to a ceiling.
+
+    Every bench runs in a database of its own (created on the configured server, dropped
+    afterwards) and first measures the machine's ceilings, so that its figures can be
+    compared across machines as ratios.
+    """
+
+
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print JSON, not a table.")
+API_PROCESSES_OPTION = click.option(
+    "--api-processes", default=2, show_default=True, help="API server processes (ingest)."
+)
+
+
+def _bench(
+    stages: int, as_json: bool, api_processes: int, *benches: Callable[[Settings, Any], Any]
+) -> None:
+    """Ceilings, then each bench (a function of settings and progress returning a Section)."""
+    from bench import ceilings
+    from bench.common import dedicated_database
+    from bench.report import Progress, Report, print_json
+
+    settings = _with_services(_settings())
+    # Stopped from outside, the run still drops its database and stops its processes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    progress = Progress(stages + 5)
+    report = Report()
+    try:
+        with dedicated_database(settings) as isolated:
+            report.ceilings = ceilings.measure(isolated, progress, api_processes=api_processes)
+            for run in benches:
+                report.sections.append(run(isolated, progress))
+    finally:
+        progress.close()
+    if as_json:
+        print_json(report)
+    else:
+        report.print_table()
+
+
+@bench.command("ceilings")
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_ceilings(api_processes: int, as_json: bool) -> None:
+    """The machine's ceilings alone: PostgreSQL, Redis, /healthz."""
+    _bench(0, as_json, api_processes)
+
+
+def _ingest(
+    seconds: int, connections: int, api_processes: int, profile: Path | None = None
+) -> Callable[[Settings, Any], Any]:
+    from bench import ingest
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return ingest.run(
+            settings,
+            progress,
+            seconds=seconds,
+            connections=connections,
+            api_processes=api_processes,
+            profile=profile,
+        )
+
+    return run
+
+
+def _e2e(
+    recipients: int, workers: int, timeout: float, profile: Path | None = None
+) -> Callable[[Settings, Any], Any]:
+    from bench import e2e
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return e2e.run(
+            settings,
+            progress,
+            recipients=recipients,
+            workers=workers,
+            timeout=timeout,
+            profile=profile,
+        )
+
+    return run
+
+
+def _ratelimit(
+    rate: float, burst: int, seconds: int, workers: int
+) -> Callable[[Settings, Any], Any]:
+    from bench import ratelimit
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return ratelimit.run(
+            settings, progress, rate=rate, burst=burst, seconds=seconds, workers=workers
+        )
+
+    return run
 
 
 @bench.command("ingest")
 @click.option("--seconds", default=15, show_default=True)
 @click.option("--connections", default=64, show_default=True)
-@click.option("--api-processes", default=2, show_default=True)
-def bench_ingest(seconds: int, connections: int, api_processes: int) -> None:
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Serve with one API process under cProfile, writing DIR/api.prof.",
+)
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_ingest(
+    seconds: int, connections: int, profile: Path | None, api_processes: int, as_json: bool
+) -> None:
     """Single POST /v1/notifications: accepted and committed per second (uses wrk)."""
-    from bench import ingest
-
-    ingest.run(_migrated(), seconds=seconds, connections=connections, api_processes=api_processes)
+    _bench(2, as_json, api_processes, _ingest(seconds, connections, api_processes, profile))
 
 
 @bench.command("e2e")
 @click.option("--recipients", default=20_000, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True)
-def bench_e2e(recipients: int, workers: int, timeout: float) -> None:
+@click.option(
+    "--profile",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run the workers under cProfile, writing DIR/worker-N.prof.",
+)
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_e2e(
+    recipients: int,
+    workers: int,
+    timeout: float,
+    profile: Path | None,
+    api_processes: int,
+    as_json: bool,
+) -> None:
     """N recipients through dispatch and delivery on the sandbox: messages/s, latency."""
-    from bench import e2e
-
-    e2e.run(_migrated(), recipients=recipients, workers=workers, timeout=timeout)
+    _bench(3, as_json, api_processes, _e2e(recipients, workers, timeout, profile))
 
 
 @bench.command("ratelimit")
@@ -370,11 +484,39 @@ def bench_e2e(recipients: int, workers: int, timeout: float) -> None:
 @click.option("--burst", default=20, show_default=True)
 @click.option("--seconds", default=60, show_default=True, help="Backlog, in seconds at rate.")
 @click.option("--workers", default=4, show_default=True)
-def bench_ratelimit(rate: float, burst: int, seconds: int, workers: int) -> None:
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_ratelimit(
+    rate: float, burst: int, seconds: int, workers: int, api_processes: int, as_json: bool
+) -> None:
     """Worker processes sharing one provider's bucket: achieved rate against the contract."""
-    from bench import ratelimit
+    _bench(3, as_json, api_processes, _ratelimit(rate, burst, seconds, workers))
 
-    ratelimit.run(_migrated(), rate=rate, burst=burst, seconds=seconds, workers=workers)
+
+@bench.command("all")
+@click.option("--recipients", default=20_000, show_default=True, help="e2e recipients.")
+@click.option("--workers", default=2, show_default=True, help="e2e worker processes.")
+@click.option("--ingest-seconds", default=15, show_default=True)
+@click.option("--ratelimit-seconds", default=60, show_default=True)
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_all(
+    recipients: int,
+    workers: int,
+    ingest_seconds: int,
+    ratelimit_seconds: int,
+    api_processes: int,
+    as_json: bool,
+) -> None:
+    """Ceilings once, then ingest, e2e and ratelimit (defaults), in one report."""
+    _bench(
+        8,
+        as_json,
+        api_processes,
+        _ingest(ingest_seconds, 64, api_processes),
+        _e2e(recipients, workers, 300.0),
+        _ratelimit(200.0, 20, ratelimit_seconds, 4),
+    )
 
 
 @bench.command("attacks")
@@ -383,8 +525,10 @@ def bench_ratelimit(rate: float, burst: int, seconds: int, workers: int) -> None
 def bench_attacks(only: tuple[str, ...], send_wait: float) -> None:
     """Hostile templates previewed and sent: their time, /healthz latency, memory, outcome."""
     from bench import attacks
+    from bench.common import dedicated_database
 
-    attacks.run(_migrated(), only=only, send_wait=send_wait)
+    with dedicated_database(_with_services(_settings())) as isolated:
+        attacks.run(isolated, only=only, send_wait=send_wait)
 
 
 @main.command()

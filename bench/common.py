@@ -1,18 +1,25 @@
-"""What the benchmarks share: services, a server process, a tenant with a template."""
+"""What the benchmarks share: their own database, a server process, wrk, a tenant."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
+import click
 import httpx
 from sqlalchemy import text
 
@@ -74,6 +81,81 @@ def wait_ready(base_url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{base_url} did not become ready")
 
 
+DATABASE_PREFIX = "herald_bench_"
+
+
+def plain_url(database_url: str) -> str:
+    """asyncpg's own spelling of a PostgreSQL URL."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql://" + database_url[len(prefix) :]
+    return database_url
+
+
+@contextlib.contextmanager
+def dedicated_database(settings: Settings) -> Iterator[Settings]:
+    """A fresh database for one bench run on the configured server, migrated, then dropped.
+
+    A run never writes to the configured database itself (nor to `postgres`): its rows,
+    dead tuples and autovacuum debt would otherwise fall into whatever runs next there.
+    """
+    from app.migrate import upgrade
+
+    assert settings.database_url is not None
+    server = plain_url(settings.database_url)
+    name = f"{DATABASE_PREFIX}{time.strftime('%Y%m%d_%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
+    url = urlsplit(settings.database_url)._replace(path=f"/{name}").geturl()
+    try:
+        upgrade(url)
+        yield dataclasses.replace(settings, database_url=url)
+    finally:
+        asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    connection = await asyncpg.connect(server_url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def wrk(
+    url: str, *, seconds: float, connections: int, script: str | None = None
+) -> dict[str, float]:
+    """Drive `url` with wrk (Debian package `wrk`): requests, non-2xx, requests/s, p50/p99 ms."""
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode:
+        raise click.ClickException("herald bench needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as folder:
+        command = ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--latency"]
+        if script is not None:
+            path = Path(folder) / "script.lua"
+            path.write_text(script)
+            command += ["-s", str(path)]
+        report = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
+    return {
+        "requests": float(_figure(r"(\d+) requests in", report) or 0),
+        "not_2xx": float(_figure(r"Non-2xx or 3xx responses: (\d+)", report) or 0),
+        "requests_per_second": float(_figure(r"Requests/sec:\s+([\d.]+)", report) or "nan"),
+        "p50_ms": _milliseconds(_figure(r"50%\s+(\S+)", report)),
+        "p99_ms": _milliseconds(_figure(r"99%\s+(\S+)", report)),
+    }
+
+
+def _figure(pattern: str, text: str) -> str | None:
+    match = re.search(pattern, text)
+    return match.group(1) if match else None
+
+
+def _milliseconds(value: str | None) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value or "")
+    if not match:
+        return float("nan")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return float("nan")
@@ -104,25 +186,26 @@ def prepare_tenant(base_url: str, secret: str, recipients: int) -> None:
             client.post("/v1/recipients/batch", json={"recipients": batch}).raise_for_status()
 
 
-async def _retire(database_url: str, tenant_id: uuid.UUID) -> None:
+async def _retire(database_url: str, tenant_ids: tuple[uuid.UUID, ...]) -> None:
     engine = create_engine(database_url, pool=False)
     async with engine.begin() as connection:
-        await connection.execute(_RETIRE, {"tenant": tenant_id})
+        await connection.execute(_RETIRE, {"tenants": list(tenant_ids)})
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as connection:
         await connection.execute(text(_VACUUM))
     await engine.dispose()
 
 
-# A bench tenant leaves nothing behind: the relay and the sweeper would pick up its
-# undelivered rows in whatever runs next on the same database, and its sent rows (dead
-# after each update) would have the next run measure autovacuum catching up with this one.
-# Its notifications go, and with them (ON DELETE CASCADE) its messages, attempts and renders;
-# the tenant, its recipients and its audit trail stay.
-_RETIRE = text("DELETE FROM notifications WHERE tenant_id = :tenant")
+# A bench tenant leaves nothing behind for the next bench of the same run (`bench all`
+# shares one database): the relay would dispatch the notifications ingest left accepted
+# (its jobs removed, no worker ran) in the middle of e2e, and the sweeper would pick up
+# undelivered messages; the sent rows (dead after each update) would have the next bench
+# measure autovacuum catching up. The tenant's notifications go, and with them (ON DELETE
+# CASCADE) its messages, attempts and renders; the tenant and its recipients stay.
+_RETIRE = text("DELETE FROM notifications WHERE tenant_id = ANY(:tenants)")
 _VACUUM = "VACUUM (ANALYZE) notifications, messages, attempts, renders"
 
 
-def retire_tenant(database_url: str, tenant_id: uuid.UUID) -> None:
-    """Delete what the bench tenant sent, delivered or not (see _RETIRE)."""
-    asyncio.run(_retire(database_url, tenant_id))
+def retire_tenants(database_url: str, *tenant_ids: uuid.UUID) -> None:
+    """Delete what the bench tenants sent, delivered or not (see _RETIRE)."""
+    asyncio.run(_retire(database_url, tenant_ids))

@@ -14,6 +14,7 @@ from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -66,6 +67,18 @@ class ArqEnqueuer:
         script = self.pool.register_script(ENQUEUE_MANY)  # EVALSHA, falling back to EVAL once
         written = await script(keys=[job_key_prefix, result_key_prefix], args=argv)
         return [bool(flag) for flag in written]
+
+
+async def withdraw(redis: Redis, jobs: Sequence[Job]) -> None:
+    """Take queued jobs off their queues, unstarted, in one round trip (a benchmark leaving
+    no backlog behind it)."""
+    if not jobs:
+        return
+    pipe = redis.pipeline(transaction=False)
+    for job in jobs:
+        pipe.zrem(QUEUE_NAMES[job.priority], job.id)
+    pipe.delete(*(job_key_prefix + job.id for job in jobs))
+    await pipe.execute()
 
 
 def outbox(pool: ArqRedis) -> Outbox:

@@ -31,6 +31,7 @@ from app.templates.content import Content
 # when they do, the outcomes it then writes are refused and the sweeper's choice stands.
 CLAIM_LEASE = timedelta(seconds=30)
 LEASE_RENEW_EVERY = 10.0  # seconds
+_CONTENT = msgspec.json.Decoder(Content)
 
 _CLAIM = text(
     """
@@ -46,8 +47,9 @@ _CLAIM = text(
     RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
               m.attempts, m.rate_limited_attempts,
               coalesce(m.retry_window_from, m.created_at) AS retry_window_from,
-              m.claimed_until, r.content,
-              n.mode, n.priority, n.trace_context, t.plan, t.retry_policy,
+              m.claimed_until, m.render_id, CAST(r.content AS text) AS content,
+              n.mode, n.priority, n.trace_context, t.plan,
+              CAST(t.retry_policy AS text) AS retry_policy,
               ((t.kill_switches ->> m.channel) = 'drop_noncritical' AND n.critical IS NOT TRUE)
                   AS dropped
     """
@@ -146,6 +148,16 @@ async def claim(
         await session.execute(
             _DROP, {"ids": [r.id for r in dropped], "tokens": [r.claimed_until for r in dropped]}
         )
+    # A batch's messages share a few renders and tenants: each content and retry policy is
+    # decoded once (as text, straight into its type), not once per message.
+    contents: dict[uuid.UUID, Content] = {}
+    policies: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.render_id not in contents:
+            contents[row.render_id] = _CONTENT.decode(row.content)
+        if row.retry_policy not in policies:
+            stored = row.retry_policy
+            policies[stored] = {} if stored is None else msgspec.json.decode(stored)
     return [
         Claimed(
             id=row.id,
@@ -158,11 +170,11 @@ async def claim(
             rate_limited_attempts=row.rate_limited_attempts,
             retry_window_from=row.retry_window_from,
             claimed_until=row.claimed_until,
-            content=msgspec.convert(row.content, Content),
+            content=contents[row.render_id],
             mode=row.mode,
             priority=row.priority,
             plan=row.plan,
-            retry_policy=row.retry_policy,
+            retry_policy=policies[row.retry_policy],
             trace_context=row.trace_context,
         )
         for row in rows

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.categories import service as categories
 from app.db import utcnow
 from app.delivery import outbox
-from app.ids import uuid7
+from app.ids import uuid7, uuid7s
 from app.notifications.models import Message, Notification, Render
 from app.observability.tracing import parent_context, tracer
 from app.recipients import service as recipients
@@ -239,8 +239,9 @@ class _Work:
         renders: list[dict[str, Any]] = []
         render_ids: dict[int, uuid.UUID] = {}
         messages: list[dict[str, Any]] = []
+        ids, now = iter(uuid7s(len(self.plans))), utcnow()  # for all rows at once
         for plan, use in zip(self.plans, self.uses, strict=True):
-            row = _message_row(notification, plan)
+            row = _message_row(notification, plan, next(ids), now)
             if isinstance(use, uuid.UUID):
                 row["render_id"] = use
             elif isinstance(use, int):
@@ -302,9 +303,14 @@ async def _shared_renders(
     return made
 
 
-def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -> dict[str, Any]:
+def _message_row(
+    notification: Notification,
+    plan: recipients.PlannedDelivery,
+    message_id: uuid.UUID,
+    created_at: datetime,
+) -> dict[str, Any]:
     return {
-        "id": uuid7(),
+        "id": message_id,
         "notification_id": notification.id,
         "tenant_id": notification.tenant_id,
         "mode": notification.mode,
@@ -316,7 +322,7 @@ def _message_row(notification: Notification, plan: recipients.PlannedDelivery) -
         "skip_reason": plan.skip_reason,
         "error_class": None,
         "last_error": None,
-        "created_at": utcnow(),
+        "created_at": created_at,
     }
 
 

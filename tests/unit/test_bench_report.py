@@ -1,0 +1,84 @@
+"""What `herald bench` reports: ratios to the ceilings measured in the same run, and the
+idle stretches that show a stall in e2e."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+from bench.common import _milliseconds
+from bench.e2e import Timeline, idle_stretches
+from bench.report import Report, Section
+
+
+def _report() -> Report:
+    ceilings = Section("ceilings")
+    ceilings.add("pg_claim", 20_000.0, "rows/s")
+    ceilings.add("healthz", 4_000.0, "requests/s")
+    e2e = Section("e2e")
+    e2e.add("throughput", 3_000.0, "messages/s", ceiling="pg_claim")
+    e2e.add("accept→sent p50", 2.5, "s")
+    e2e.add("unmeasured", 1.0, "x", ceiling="redis_ops")
+    limit = Section("ratelimit")
+    limit.add("overall", 198.0, "messages/s", against=200.0)
+    return Report(ceilings, [e2e, limit])
+
+
+def test_figures_are_divided_by_their_ceiling_or_their_contract() -> None:
+    report = _report()
+    [throughput, latency, unmeasured] = report.sections[0].figures
+    assert report.ratio(throughput) == 0.15
+    assert report.ratio(latency) is None  # no ceiling to compare with
+    assert report.ratio(unmeasured) is None  # a ceiling this run did not measure
+    assert report.ratio(report.sections[1].figures[0]) == 0.99
+
+
+def test_the_json_and_the_table_carry_every_figure_and_ratio() -> None:
+    report = _report()
+    found = report.as_json()
+    assert [f["name"] for f in found["ceilings"]["figures"]] == ["pg_claim", "healthz"]
+    e2e = found["benches"][0]
+    assert e2e["figures"][0] == {
+        "name": "throughput",
+        "value": 3_000.0,
+        "unit": "messages/s",
+        "ceiling": "pg_claim",
+        "against": None,
+        "ratio": 0.15,
+    }
+    json.dumps(found)  # serialisable as it is
+    out = io.StringIO()
+    report.print_table(out)
+    table = out.getvalue()
+    assert "throughput" in table and "15.0%" in table and "99.0%" in table
+    assert "redis_ops (unmeasured)" in table
+
+
+def test_a_value_that_is_not_a_number_is_null_in_json() -> None:
+    section = Section("e2e")
+    section.add("throughput", math.nan, "messages/s", ceiling="pg_claim")
+    found = Report(None, [section]).as_json()
+    assert found["benches"][0]["figures"][0]["value"] is None
+    assert found["benches"][0]["figures"][0]["ratio"] is None
+
+
+def test_idle_stretches_are_whole_seconds_where_nothing_moved() -> None:
+    timeline = Timeline(
+        accepted=[0.0] * 4,
+        written=[0.5] * 4,
+        claimed=[0.6, 0.7, 5.2, 5.4],
+        sent=[0.6, 0.7, 5.2, 8.1],
+        dispatched=[0.4],
+        latency_ms=[1.0] * 4,
+    )
+    # Seconds 1-4 and 6-8 saw no dispatch and no claim; the run ended in second 8.
+    assert idle_stretches(timeline) == [(1.0, 5.0), (6.0, 8.0)]
+    assert idle_stretches(Timeline([], [], [], [], [], [])) == []
+
+
+def test_wrk_latencies_are_read_in_milliseconds() -> None:
+    assert _milliseconds("850.00us") == 0.85
+    assert _milliseconds("12.5ms") == 12.5
+    assert _milliseconds("1.20s") == 1200.0
+    assert math.isnan(_milliseconds(None))
