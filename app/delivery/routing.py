@@ -4,9 +4,10 @@ For one group of messages (same tenant, channel and provider routes) the routes 
 in priority order. A route's circuit breaker admits some calls (all when closed, one probe
 when half-open, none when open); those go to the next route (failover). Admitted calls
 take tokens from the tenant's bucket and the route's bucket in one Redis call; messages
-that get none wait for the exact time the buckets refill, spread at the limiting rate, so
-no worker ever sleeps holding them. With every route's breaker open, messages wait for
-the earliest probe rather than fail, noted beside each
+that get none are given back until their turn in the buckets' line, spread at the
+limiting rate, so no worker sleeps holding them long: they come back just before their
+turn and wait in the worker for their tokens, at most TURN_HOLD. With every route's
+breaker open, messages wait for the earliest probe rather than fail, noted beside each
 breaker that refused them.
 
 The router is the one place that talks to the breakers: it asks them before sends
@@ -44,7 +45,11 @@ log = structlog.get_logger(__name__)
 UNGUARDED = ("sandbox", "inbox")
 UNMETERED = ("inbox",)  # no provider's rate to keep to, nor the tenant's sending rate
 FAILURE_CLASSES = ("transient", "config")  # what a breaker counts against a provider
-JITTER_ALLOWANCE = 0.05  # seconds of a provider's rate kept back from its burst
+JITTER_ALLOWANCE = 0.075  # seconds of a provider's rate kept back from its burst
+# Waiting groups are due this long before their turn (a job starts late by its queue's poll
+# and the machine's load), and wait in the worker up to TURN_HOLD for their tokens.
+TURN_LEAD = 0.25
+TURN_HOLD = 1.0
 
 DEFERRED = Counter(
     "herald_messages_deferred_total", "Messages put back to wait, by reason", ["reason"]
@@ -176,7 +181,10 @@ class Router:
             allocation.sends += [Send(m, route) for m in chosen]
             return
         buckets = _buckets(route, chosen[0])
-        grant = await self.buckets.take(buckets, len(chosen), at_head=returning)
+        if returning:  # came back a little before its turn: waits for it here
+            grant = await self.buckets.take_in_turn(buckets, len(chosen), hold=TURN_HOLD)
+        else:
+            grant = await self.buckets.take(buckets, len(chosen))
         allocation.sends += [Send(m, route, probe) for m in chosen[: grant.granted]]
         rest = chosen[grant.granted :]
         if probe and not grant.granted:  # the probe waits for a token: let another caller probe
@@ -186,13 +194,14 @@ class Router:
             )
         # Each message has its own turn in the bucket's line, so deferred batches of every
         # worker come back as the bucket refills, not all at the next token. They come back
-        # in groups due at their last member's turn: a group no larger than half the burst
-        # finds its tokens still there (a bucket holds no more than its burst).
+        # in groups of no more than half the burst, TURN_LEAD before their last member's
+        # turn, and wait in the worker for their tokens (TokenBuckets.take_in_turn): a group
+        # that came late would find the tokens made meanwhile spilt over the burst.
         size = max(1, grant.limit // 2)
         for start in range(0, len(rest), size):
             group = rest[start : start + size]
             last_turn = grant.turn + (start + len(group) - 1) / grant.rate
-            at = now + timedelta(seconds=last_turn)
+            at = now + timedelta(seconds=max(0.0, last_turn - TURN_LEAD))
             allocation.waiting += [(message, at) for message in group]
         DEFERRED.labels("rate_limit").inc(len(rest))
 

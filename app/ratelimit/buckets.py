@@ -23,6 +23,7 @@ repaid by the refill.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +39,15 @@ KEY_PREFIX = "herald:tb:"
 INBOX_RATE = 10.0
 INBOX_BURST = 50
 
-# KEYS: the buckets. ARGV[1]: n, then rate and burst of each bucket in KEYS' order.
+# KEYS: the buckets. ARGV[1]: n, then rate and burst of each bucket in KEYS' order, then
+# the mode: 0 takes what there is and puts the rest at the end of the line, 1 (at head)
+# puts the rest at its head, 2 (whole) takes all n or nothing and leaves the line alone.
 # Returns {granted, remaining, wait in whole microseconds, 1-based index of the limiting
-# bucket}: Redis truncates Lua numbers to integers on the way out, so no fractions leave.
+# bucket, turn}: Redis truncates Lua numbers to integers on the way out, so no fractions
+# leave. `wait` is until the limiting bucket holds a whole token (mode 2: all n tokens).
 _TAKE = """
 local n = tonumber(ARGV[1])
+local mode = tonumber(ARGV[#KEYS * 2 + 2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local levels = {}
@@ -64,13 +69,16 @@ for i = 1, #KEYS do
   granted = math.min(granted, math.floor(level))
 end
 if granted < 0 then granted = 0 end
+if mode == 2 and granted < n then granted = 0 end
+local needed = 1
+if mode == 2 and granted == 0 then needed = n end
 local limiting, worst_wait, worst_left = 1, -1, nil
 for i = 1, #KEYS do
   local rate = tonumber(ARGV[2 * i])
   local burst = tonumber(ARGV[2 * i + 1])
   local left = levels[i] - granted
   local wait = 0
-  if left < 1 then wait = (1 - left) / rate end
+  if left < needed then wait = (needed - left) / rate end
   if wait > worst_wait or (wait == worst_wait and left < worst_left) then
     limiting, worst_wait, worst_left = i, wait, left
   end
@@ -89,10 +97,10 @@ end
 -- moves back by as many, since the tokens they missed were used by others.
 local rest = n - granted
 local turn = 0
-if rest > 0 then
+if rest > 0 and mode ~= 2 then
   local key = KEYS[limiting]
   local rate = tonumber(ARGV[2 * limiting])
-  local at_head = tonumber(ARGV[#KEYS * 2 + 2]) == 1
+  local at_head = mode == 1
   local line_end = tonumber(redis.call('HGET', key, 'q')) or 0
   local next_token = now + worst_wait * 1000000
   local first = math.max(line_end, next_token)
@@ -260,6 +268,8 @@ class TokenBuckets:
         self._script = redis.register_script(_TAKE)
         self._waiting: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # One waiting room per set of buckets: (its lock, how many callers use it).
+        self._rooms: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
 
     async def take(self, buckets: Sequence[Bucket], n: int, *, at_head: bool = False) -> Grant:
         """Take up to n tokens from every bucket at once; n=0 only reports.
@@ -269,8 +279,62 @@ class TokenBuckets:
         come already, so what it lacks goes to the head of the line, not the end.
         Raises redis.exceptions.RedisError (or OSError) when Redis cannot be reached.
         """
-        keys, args = _call(buckets, n, at_head)
+        keys, args = _call(buckets, n, MODE_AT_HEAD if at_head else MODE_LINE)
         return _grant(buckets, await self._script(keys=keys, args=args))
+
+    async def take_in_turn(self, buckets: Sequence[Bucket], n: int, *, hold: float) -> Grant:
+        """For callers whose turn in the line comes now: wait here for the tokens.
+
+        Such callers were told their turn by `take` and came back a little before it (a job
+        runs late by its queue's poll and the machine's load; one that arrives after its
+        tokens were made would find them spilt over the burst, and the rate lost). The
+        callers of one process wait in line for the same buckets, first come first served;
+        the first asks Redis for its tokens, all at once or none (so tokens are never held
+        unsent while more are awaited), sleeps until they should be there, and asks again.
+        What it did not get within `hold` seconds, or beyond half the smallest burst, goes
+        to the head of the bucket's line as with `take(at_head=True)`, whose turn the
+        returned grant carries.
+        """
+        piece = min(n, max(1, min(bucket.burst for bucket in buckets) // 2))
+        deadline = asyncio.get_running_loop().time() + hold
+        room = tuple(bucket.redis_key for bucket in buckets)
+        lock, users = self._rooms.get(room, (asyncio.Lock(), 0))
+        self._rooms[room] = (lock, users + 1)
+        whole: Grant | None = None
+        try:
+            # Only the wait for the room is cut short: a script call cancelled half-way
+            # could have taken tokens that nobody then uses.
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+            try:
+                whole = await self._whole(buckets, piece, deadline)
+            finally:
+                lock.release()
+        except TimeoutError:
+            pass
+        finally:
+            lock, users = self._rooms[room]
+            if users == 1:
+                del self._rooms[room]
+            else:
+                self._rooms[room] = (lock, users - 1)
+        granted = whole.granted if whole is not None else 0
+        if whole is not None and granted == n:
+            return whole
+        rest = await self.take(buckets, n - granted, at_head=True)
+        return dataclasses.replace(rest, granted=granted + rest.granted)
+
+    async def _whole(self, buckets: Sequence[Bucket], n: int, deadline: float) -> Grant | None:
+        """n tokens at once, asked for again when they should be there; None past deadline."""
+        loop = asyncio.get_running_loop()
+        keys, args = _call(buckets, n, MODE_WHOLE)
+        while True:
+            grant = _grant(buckets, await self._script(keys=keys, args=args))
+            if grant.granted:
+                return grant
+            if loop.time() + grant.wait > deadline:
+                return None
+            await asyncio.sleep(grant.wait)
 
     async def take_together(self, buckets: Sequence[Bucket], n: int) -> Grant:
         """Like take, sharing a round trip with the takes of concurrent callers."""
@@ -316,8 +380,11 @@ class TokenBuckets:
         return results
 
 
+MODE_LINE, MODE_AT_HEAD, MODE_WHOLE = 0, 1, 2  # see _TAKE
+
+
 def _call(
-    buckets: Sequence[Bucket], n: int, at_head: bool = False
+    buckets: Sequence[Bucket], n: int, mode: int = MODE_LINE
 ) -> tuple[list[str], list[float | int]]:
     if not buckets:
         raise ValueError("take needs at least one bucket")
@@ -329,7 +396,7 @@ def _call(
     args: list[float | int] = [n]
     for bucket in buckets:
         args += (bucket.rate, bucket.burst)
-    args.append(1 if at_head else 0)
+    args.append(mode)
     return [bucket.redis_key for bucket in buckets], args
 
 

@@ -233,3 +233,40 @@ async def test_a_caller_whose_turn_came_goes_to_the_head_of_the_line(
     # ...and whoever comes next queues behind all twelve.
     late = await buckets.take([bucket], 1)
     assert late.turn >= queued.turn + 12 / 10.0 - 0.05
+
+
+async def test_callers_whose_turn_comes_wait_for_their_tokens_without_joining_the_line(
+    buckets: TokenBuckets, redis: Redis
+) -> None:
+    bucket = Bucket(f"{scope()}:provider:turns", rate=50.0, burst=4)
+    await buckets.take([bucket], 4)  # empty
+    await buckets.take([bucket], 6)  # a line: what others were told
+    line = await redis.hget(bucket.redis_key, "q")
+    # Five callers of one process come back for 2 tokens each: they wait in turn, each
+    # gets all of its tokens at once, and nobody is sent to the end of the line.
+    grants = await asyncio.gather(*(buckets.take_in_turn([bucket], 2, hold=5.0) for _ in range(5)))
+    assert [grant.granted for grant in grants] == [2] * 5
+    assert all(grant.turn == 0.0 for grant in grants)
+    assert await redis.hget(bucket.redis_key, "q") == line
+    assert buckets._rooms == {}  # the waiting room is gone with its last caller
+
+
+async def test_what_a_caller_cannot_get_in_time_goes_to_the_head_of_the_line(
+    buckets: TokenBuckets,
+) -> None:
+    bucket = Bucket(f"{scope()}:provider:hold", rate=FROZEN, burst=4)
+    await buckets.take([bucket], 4)  # empty, and it will not refill during the test
+    queued = await buckets.take([bucket], 3)
+    grant = await buckets.take_in_turn([bucket], 2, hold=0.05)
+    assert grant.granted == 0 and 0.0 < grant.turn <= queued.turn + 1e-6
+
+
+async def test_a_caller_gets_at_most_half_the_burst_at_once_in_its_turn(
+    buckets: TokenBuckets,
+) -> None:
+    bucket = Bucket(f"{scope()}:provider:half", rate=FROZEN, burst=6)
+    grant = await buckets.take_in_turn([bucket], 5, hold=1.0)
+    # 3 (half the burst) as one piece, then the other 2 at once as at the head of the line,
+    # since the bucket still holds them.
+    assert grant.granted == 5
+    assert (await buckets.take([bucket], 1)).granted == 1  # 6 - 5
