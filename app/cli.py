@@ -535,13 +535,15 @@ def bench_attacks(only: tuple[str, ...], send_wait: float) -> None:
 def dev() -> None:
     """What `make run` runs: migrate, seed a demo tenant, start the API and workers.
 
-    Whatever it starts ends with it, even when it is killed (see app/children.py), and it
-    ends with what started it: a killed `make run` leaves nothing running.
+    Whatever it starts ends with it, even when it is killed (see app/children.py), and
+    under make it ends with make: a killed `make run` leaves nothing running. Started from
+    a shell (`nohup herald dev &`), it outlives that shell.
     """
     from app.children import end_with_parent, ending_with_parent
     from app.seed import seed_demo
 
-    end_with_parent(signal.SIGTERM)
+    if "MAKELEVEL" in os.environ:  # make sets it for the commands it runs
+        end_with_parent(signal.SIGTERM)
     settings = _migrated()
     database_url = _database_url(settings)
     demo = asyncio.run(seed_demo(database_url, settings.data_dir))
