@@ -71,3 +71,15 @@ async def queue_traffic(redis_url: str) -> AsyncIterator[QueueTraffic]:
         await asyncio.wait_for(listener, timeout=30)
         await probe.aclose()
         await client.aclose()
+
+
+async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
+    """The job ids waiting on each priority's queue."""
+    redis = Redis.from_url(redis_url)
+    try:
+        return {
+            priority: [job.decode() for job in await redis.zrange(name, 0, -1)]
+            for priority, name in queues.QUEUE_NAMES.items()
+        }
+    finally:
+        await redis.aclose()

@@ -28,7 +28,7 @@ from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
 from app.channels import Channel
 from app.crypto import Keyring
-from app.dependencies import DbSession
+from app.dependencies import DbSession, OutboxDependency
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
 from app.providers import service
@@ -214,10 +214,14 @@ class ProviderController(Controller):
         responses=problem_responses({503: "Redis did not answer: the breaker was not reset."}),
     )
     async def reset_breaker(
-        self, request: ApiRequest, db_session: DbSession, provider_id: FromPath[uuid.UUID]
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        outbox: OutboxDependency,
+        provider_id: FromPath[uuid.UUID],
     ) -> ProviderOut:
         try:
-            config = await service.reset_breaker(
+            reset = await service.reset_breaker(
                 db_session,
                 tenant_id=request.user.tenant_id,
                 config_id=provider_id,
@@ -230,7 +234,8 @@ class ProviderController(Controller):
                 "service_unavailable",
                 "Redis did not answer: the breaker was not reset. Try again.",
             ) from None
-        if config is None:
+        if reset is None:
             raise _not_found(provider_id)
         await db_session.commit()
-        return (await _with_breakers(request, [config]))[0]
+        await outbox.enqueue_after_commit(reset.jobs)  # what waited for the breaker goes now
+        return (await _with_breakers(request, [reset.config]))[0]

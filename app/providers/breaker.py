@@ -306,11 +306,16 @@ redis.call('PEXPIRE', KEYS[1], math.floor((last - now) / 1000) + 60000)
 return redis.call('ZCARD', KEYS[1])
 """
 
-# KEYS[1]: the breaker. Returns 1 when it was open or half-open.
+# KEYS[1]: the breaker, KEYS[2]: the messages held for it. Returns {1 when it was open or
+# half-open, else 0; the held messages not yet due}, and forgets both, as a closing probe does.
 _RESET = """
 local was_open = redis.call('HEXISTS', KEYS[1], 'retry_at')
 redis.call('DEL', KEYS[1])
-return was_open
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local released = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+redis.call('DEL', KEYS[2])
+return {was_open, released}
 """
 
 
@@ -404,7 +409,13 @@ class CircuitBreakers:
         )
         return {key: _state(flat[5 * i : 5 * i + 5]) for i, key in enumerate(keys)}
 
-    async def reset(self, tenant_id: uuid.UUID, route_key: str) -> None:
-        """Close the breaker by hand and forget its counts."""
-        if int(await self._reset(keys=[breaker_key(tenant_id, route_key)])):
+    async def reset(self, tenant_id: uuid.UUID, route_key: str) -> tuple[Held, ...]:
+        """Close the breaker by hand and forget its counts; the messages that were waiting
+        for it, each with the time it was held until (the caller makes them due now, as
+        after a probe's success)."""
+        was_open, released = await self._reset(
+            keys=[breaker_key(tenant_id, route_key), held_key(tenant_id, route_key)]
+        )
+        if int(was_open):
             TRANSITIONS.labels(to="closed").inc()
+        return tuple(_held(member) for member in released)

@@ -28,6 +28,8 @@ from app import crypto
 from app.audit import service as audit
 from app.crypto import DecryptionError, Keyring
 from app.db import utcnow
+from app.delivery import outbox
+from app.delivery.claims import bring_forward
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
 from app.providers import adapters
@@ -279,6 +281,15 @@ async def delete_config(
     return True
 
 
+@dataclass(frozen=True)
+class BreakerReset:
+    """A breaker closed by hand: its config, and the jobs that deliver the messages that
+    were waiting for it (the caller enqueues them once it has committed)."""
+
+    config: ProviderConfig
+    jobs: list[outbox.Job]
+
+
 async def reset_breaker(
     session: AsyncSession,
     *,
@@ -286,12 +297,14 @@ async def reset_breaker(
     config_id: uuid.UUID,
     actor: str,
     breakers: CircuitBreakers,
-) -> ProviderConfig | None:
+) -> BreakerReset | None:
     """Close a config's circuit breaker by hand; None when the tenant has no such config.
 
     The audit entry is written first, in the caller's transaction, and the caller commits
     after the reset: a reset that Redis refuses (RedisError, or TimeoutError after
-    REDIS_TIMEOUT seconds) leaves no entry, and no reset goes unaudited.
+    REDIS_TIMEOUT seconds) leaves no entry, and no reset goes unaudited. The messages that
+    waited for the breaker are made due now in the same transaction; should it not commit,
+    they go at the time they were given.
     """
     config = await get_config(session, tenant_id=tenant_id, config_id=config_id)
     if config is None:
@@ -308,8 +321,11 @@ async def reset_breaker(
         details={**_summary(config), "breaker": before.state, "failures": before.failures},
     )
     async with asyncio.timeout(REDIS_TIMEOUT):
-        await breakers.reset(tenant_id, route_key)
-    return config
+        released = await breakers.reset(tenant_id, route_key)
+    now = utcnow()
+    due = await bring_forward(session, released)
+    together = outbox.batches((priority, message_id) for message_id, priority in due)
+    return BreakerReset(config, [outbox.waiting(p, ids, now) for p, ids in together])
 
 
 def _summary(config: ProviderConfig) -> dict[str, Any]:

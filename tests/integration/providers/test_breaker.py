@@ -285,6 +285,19 @@ async def test_reset_closes_by_hand(redis: Redis) -> None:
     assert transitions("closed") == closed_before + 1
 
 
+async def test_reset_by_hand_releases_the_messages_held_for_it(redis: Redis) -> None:
+    breakers = CircuitBreakers(redis)
+    tenant = uuid.uuid4()
+    await trip(breakers, tenant)
+    later = utcnow() + timedelta(seconds=30)
+    held = [(uuid.uuid4(), later) for _ in range(3)]
+    await breakers.hold(tenant, ROUTE, held)
+    await breakers.hold(tenant, ROUTE, [(uuid.uuid4(), utcnow() - timedelta(seconds=1))])
+
+    assert sorted(await breakers.reset(tenant, ROUTE)) == sorted(held)  # exact to the µs
+    assert await breakers.reset(tenant, ROUTE) == ()  # released once
+
+
 async def test_state_is_one_hash_tagged_key_that_expires(redis: Redis) -> None:
     breakers = CircuitBreakers(redis)
     tenant = uuid.uuid4()

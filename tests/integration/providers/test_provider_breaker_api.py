@@ -9,20 +9,32 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
+from app.db import utcnow
+from app.notifications.dispatch import dispatch
+from app.notifications.models import Message
 from app.providers.breaker import CircuitBreakers
 from app.runtime import ServiceUrls
 from tests.integration.providers.test_provider_configs import create
-from tests.support import TenantKey, assert_problem, make_tenant, ready_client, settings_for
+from tests.queue_traffic import queued_jobs
+from tests.send_path import notify, put_recipient, put_template
+from tests.support import (
+    TenantKey,
+    assert_problem,
+    make_tenant,
+    ready_client,
+    settings_for,
+    unmetered_renderer,
+)
 
 CLOSED = {"state": "closed", "calls": 0, "failures": 0, "opened_at": None, "retry_at": None}
 
@@ -86,6 +98,46 @@ async def test_reset_closes_the_breaker_and_is_audited(
     assert entry is not None and entry.target == config["id"]
     assert entry.details["breaker"] == "open" and entry.details["failures"] == 20
     assert entry.details["fingerprint"] == config["fingerprint"]
+
+
+async def test_reset_sends_the_messages_held_for_the_breaker_now(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    breakers: CircuitBreakers,
+    service_urls: ServiceUrls,
+) -> None:
+    """A message a worker gave back to wait for the open breaker goes when the breaker is
+    reset by hand, not at the time it was given."""
+    owner = await make_tenant(session, "Held back")
+    config = await create(client, owner)
+    await trip(breakers, owner, config["id"])
+    await put_template(client, owner, "hello", {"email": {"subject": "Hi", "text": "Hi"}})
+    await put_recipient(client, owner, "ada", email="ada@example.com")
+    accepted = await notify(client, owner, template="hello", to=["ada"])
+    notification_id = uuid.UUID(accepted["id"])
+    await dispatch(session, notification_id=notification_id, renderer=unmetered_renderer())
+    await session.commit()
+    # As the router leaves it: waiting until the breaker's retry time, noted beside it.
+    later = utcnow() + timedelta(minutes=5)
+    message_id = await session.scalar(
+        update(Message)
+        .where(Message.notification_id == notification_id)
+        .values(next_attempt_at=later)
+        .returning(Message.id)
+    )
+    await session.commit()
+    assert message_id is not None
+    await breakers.hold(owner.tenant_id, config["id"], [(message_id, later)])
+
+    path = f"/v1/providers/{config['id']}/breaker/reset"
+    response = await client.post(path, headers=owner.headers)
+
+    assert response.status_code == 200, response.text
+    session.expire_all()
+    due = await session.scalar(select(Message.next_attempt_at).where(Message.id == message_id))
+    assert due is not None and due < later - timedelta(minutes=4)
+    waiting = [j for jobs in (await queued_jobs(service_urls.redis_url)).values() for j in jobs]
+    assert [j for j in waiting if j.startswith(f"wait:{message_id}:1:")] != []
 
 
 async def test_another_tenant_cannot_see_or_reset_it(

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,7 +27,7 @@ from app.runtime import ServiceUrls
 from app.tenants import delivery_controls
 from app.tenants.models import Tenant
 from jobs import queues
-from tests.queue_traffic import queue_traffic
+from tests.queue_traffic import queue_traffic, queued_jobs
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import (
     TenantKey,
@@ -423,17 +422,6 @@ async def test_a_message_given_back_after_the_switch_is_skipped_at_its_claim(
         ids["marketing"]: ("skipped", "kill_switch", 0),
         ids["security"]: ("sent", None, 1),
     }
-
-
-async def queued_jobs(redis_url: str) -> dict[str, list[str]]:
-    redis = Redis.from_url(redis_url)
-    try:
-        return {
-            priority: [job.decode() for job in await redis.zrange(name, 0, -1)]
-            for priority, name in queues.QUEUE_NAMES.items()
-        }
-    finally:
-        await redis.aclose()
 
 
 async def test_lifting_a_pause_releases_held_messages(
