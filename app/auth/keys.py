@@ -20,7 +20,7 @@ import secrets
 import string
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -352,8 +352,13 @@ def _remember(
     entries[key_hash] = (time.monotonic() + ttl, value)
 
 
-async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> Principal:
-    """Resolve a bearer secret to its principal; refuse it before anything is written."""
+async def authenticate(
+    sessions: Callable[[], AsyncSession], secret: str, cache: KeyCache
+) -> Principal:
+    """Resolve a bearer secret to its principal; refuse it before anything is written.
+
+    A key in memory costs no session: one is opened from `sessions` only to look a key up.
+    """
     if not KEY_PATTERN.match(secret):
         raise KeyRejected("The API key is malformed: expected hk_live_… or hk_test_… .")
     key_hash = hash_key(secret)
@@ -371,7 +376,8 @@ async def authenticate(session: AsyncSession, secret: str, cache: KeyCache) -> P
         refused = cache.refusal(key_hash)
         if refused is not None:
             raise KeyRejected(refused)
-        return await _look_up(session, key_hash, cache)
+        async with sessions() as session:
+            return await _look_up(session, key_hash, cache)
 
 
 async def _look_up(session: AsyncSession, key_hash: bytes, cache: KeyCache) -> Principal:

@@ -42,11 +42,10 @@ async def authenticate_api_key(
 ) -> Principal:
     """The principal of an API key; a 401 naming why when it is refused."""
     state = connection.app.state
-    async with state.sessions() as session:
-        try:
-            return await authenticate(session, secret, state.key_cache)
-        except KeyRejected as rejected:
-            raise unauthorized(str(rejected)) from None
+    try:
+        return await authenticate(state.sessions, secret, state.key_cache)
+    except KeyRejected as rejected:
+        raise unauthorized(str(rejected)) from None
 
 
 class ApiKeyAuthenticationMiddleware(AbstractAuthenticationMiddleware):
