@@ -47,6 +47,7 @@ from app.problems import EXCEPTION_HANDLERS
 from app.providers.api import ProviderController
 from app.providers.breaker import CircuitBreakers
 from app.ratelimit.buckets import CostBuckets, TokenBuckets
+from app.ratelimit.middleware import REDIS_TIMEOUT as RATE_LIMIT_TIMEOUT
 from app.ratelimit.middleware import rate_limit_middleware
 from app.recipients.api import RecipientController, SuppressionController
 from app.runtime import EmbeddedServices
@@ -113,7 +114,7 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
             breakers=CircuitBreakers(redis),
             outbox=outbox,
             key_cache=KeyCache(settings.api_key_cache_seconds),
-            token_buckets=TokenBuckets(redis),
+            token_buckets=TokenBuckets(redis, batch_timeout=RATE_LIMIT_TIMEOUT),
             account_guards=account_guards(settings, redis),
             mailer=SystemMailer(settings.smtp_url, settings.mail_from),
         )

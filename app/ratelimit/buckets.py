@@ -260,13 +260,14 @@ class TokenBuckets:
 
     `take` asks Redis at once. `take_together` is for many small callers (one token per
     API request): the takes of callers that arrive while one round trip is in flight go
-    out together in the next, as one pipeline of script calls.
+    out together in the next, as one script call per set of buckets in one pipeline.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, batch_timeout: float | None = None) -> None:
         self._redis = redis
         self._script = redis.register_script(_TAKE)
-        self._waiting: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]] = []
+        self._batch_timeout = batch_timeout
+        self._waiting: list[tuple[tuple[Bucket, ...], int, asyncio.Future[Grant]]] = []
         self._flusher: asyncio.Task[None] | None = None
         # One waiting room per set of buckets: (its lock, how many callers use it).
         self._rooms: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}
@@ -337,10 +338,17 @@ class TokenBuckets:
             await asyncio.sleep(grant.wait)
 
     async def take_together(self, buckets: Sequence[Bucket], n: int) -> Grant:
-        """Like take, sharing a round trip with the takes of concurrent callers."""
+        """Like take, sharing a round trip with the takes of concurrent callers.
+
+        The takes of one set of buckets waiting for the same round trip are summed into
+        one script call, and what it granted is handed out in the order they came: each
+        gets what it would have got alone, one after the other. `batch_timeout` bounds each
+        round trip (TimeoutError for all its callers), so a caller waits at most the rest
+        of the round trip in flight and then its own.
+        """
         _call(buckets, n)  # refuse bad arguments in the caller, not in the batch
         future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-        self._waiting.append((buckets, n, future))
+        self._waiting.append((tuple(buckets), n, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -348,26 +356,35 @@ class TokenBuckets:
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
+            takes: dict[tuple[Bucket, ...], list[tuple[int, asyncio.Future[Grant]]]] = {}
+            for buckets, n, future in batch:
+                takes.setdefault(buckets, []).append((n, future))
             try:
-                results = await self._pipelined(batch)
+                async with asyncio.timeout(self._batch_timeout):
+                    results = await self._pipelined(
+                        [(buckets, sum(n for n, _ in calls)) for buckets, calls in takes.items()]
+                    )
             except Exception as error:  # every caller of the batch hears of it
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for (buckets, _, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(_grant(buckets, result))
+            for (buckets, callers), result in zip(takes.items(), results, strict=True):
+                for future, grant in zip(
+                    (future for _, future in callers),
+                    _shares(_grant(buckets, result), [n for n, _ in callers]),
+                    strict=True,
+                ):
+                    if not future.done():
+                        future.set_result(grant)
 
-    async def _pipelined(
-        self, batch: list[tuple[Sequence[Bucket], int, asyncio.Future[Grant]]]
-    ) -> list[Any]:
+    async def _pipelined(self, takes: list[tuple[tuple[Bucket, ...], int]]) -> list[Any]:
         # EVALSHA in a plain pipeline: redis-py's script objects would add a SCRIPT EXISTS
         # round trip to every pipeline. A NOSCRIPT answer (a Redis restart, SCRIPT FLUSH)
         # loads the script and asks again.
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
-            for buckets, n, _ in batch:
+            for buckets, n in takes:
                 keys, args = _call(buckets, n)
                 pipe.evalsha(self._script.sha, len(keys), *keys, *(str(a) for a in args))
             results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -378,6 +395,35 @@ class TokenBuckets:
             if isinstance(result, Exception):
                 raise result
         return results
+
+
+def _shares(total: Grant, wants: list[int]) -> list[Grant]:
+    """What each of several callers would have been granted, had they taken one after the
+    other what `total` granted them together (their wants, summed, in this order)."""
+    shares = []
+    handed = 0  # tokens granted to the callers before this one
+    asked = 0  # tokens asked by the callers before this one
+    for want in wants:
+        granted = min(want, total.granted - handed)
+        handed += granted
+        asked += want
+        # Left in the limiting bucket after this caller: what the last one left, plus
+        # what the callers after this one took.
+        remaining = total.remaining + total.granted - handed
+        short = granted < want
+        shares.append(
+            dataclasses.replace(
+                total,
+                granted=granted,
+                remaining=remaining,
+                wait=total.wait if short or remaining < 1 else 0.0,
+                # The k-th token not granted has its turn k / rate after the first.
+                turn=total.turn + (asked - want + granted - total.granted) / total.rate
+                if short
+                else 0.0,
+            )
+        )
+    return shares
 
 
 MODE_LINE, MODE_AT_HEAD, MODE_WHOLE = 0, 1, 2  # see _TAKE

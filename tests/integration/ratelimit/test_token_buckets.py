@@ -203,16 +203,41 @@ async def test_takes_made_together_share_round_trips_and_the_limit(
         *(buckets.take_together([bucket], 1) for _ in range(50)),
         *(buckets.take_together([other], 1) for _ in range(10)),
     )
-    assert sum(g.granted for g in grants[:50]) == 30  # each bucket keeps its own limit
-    assert sum(g.granted for g in grants[50:]) == 5
-    assert all(g.wait > 0 for g in grants[:50] if not g.granted)
-    # Sixty takes, one script call each, but sent in few pipelines: the coalescing worked
-    # if the script was not reloaded and every call was answered.
-    assert await _evalsha_calls(redis) - calls_before == 60
+    # Each bucket keeps its own limit, and the callers that came first were served first,
+    # each told what it left behind, as if they had taken one after the other.
+    assert [g.granted for g in grants[:50]] == [1] * 30 + [0] * 20
+    assert [g.granted for g in grants[50:]] == [1] * 5 + [0] * 5
+    assert [g.remaining for g in grants[:30]] == list(range(29, -1, -1))
+    assert all(g.remaining == 0 and g.wait > 0 for g in grants[30:50])
+    assert all(g.wait == 0 for g in grants[:29])
+    # The callers refused wait in line one token interval after another, in their order.
+    turns = [g.turn for g in grants[30:50]]
+    assert turns == sorted(turns) and turns[0] > 0
+    assert turns[1] - turns[0] == pytest.approx(1 / FROZEN)
+    # Sixty takes were sent as one script call per bucket, not one per take.
+    assert await _evalsha_calls(redis) - calls_before == 2
     # After a SCRIPT FLUSH the batch loads the script again and still answers everyone.
     await redis.script_flush()
     again = await asyncio.gather(*(buckets.take_together([other], 0) for _ in range(3)))
     assert [g.granted for g in again] == [0, 0, 0]
+
+
+async def test_a_round_trip_that_hangs_fails_its_takes_after_the_batch_timeout() -> None:
+    # A server that accepts connections and never answers: a Redis that hangs.
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}")
+    hanging = TokenBuckets(client, batch_timeout=0.2)
+    try:
+        async with asyncio.timeout(10):  # the test's own bound, far above the batch's
+            takes = await asyncio.gather(
+                *(hanging.take_together([Bucket(f"{scope()}:tenant", 1, 1)], 1) for _ in range(3)),
+                return_exceptions=True,
+            )
+        assert all(isinstance(take, TimeoutError) for take in takes), takes
+    finally:
+        await client.aclose()
+        server.close()
 
 
 async def _evalsha_calls(redis: Redis) -> int:
