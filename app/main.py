@@ -31,7 +31,7 @@ from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
 from app.categories.api import CategoryController
 from app.db import create_engine, session_factory
-from app.dependencies import DEPENDENCIES
+from app.dependencies import Services
 from app.dlq.api import DlqController
 from app.health import healthz, metrics, readyz
 from app.inbox.api import InboxController, InboxTokenController
@@ -93,7 +93,9 @@ def account_guards(settings: Settings, redis: Redis) -> Guards:
     )
 
 
-def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: ignore[no-untyped-def]
+def _lifespan(  # type: ignore[no-untyped-def]
+    settings: Settings, tracing: TracerProvider | None, services: Services
+):
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if settings.env == "production" and settings.smtp_url is None:
@@ -112,7 +114,6 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
             sessions=session_factory(engine),
             redis=redis,
             breakers=CircuitBreakers(redis),
-            outbox=outbox,
             key_cache=KeyCache(settings.api_key_cache_seconds),
             token_buckets=TokenBuckets(redis, batch_timeout=RATE_LIMIT_TIMEOUT),
             account_guards=account_guards(settings, redis),
@@ -123,7 +124,7 @@ def _lifespan(settings: Settings, tracing: TracerProvider | None):  # type: igno
         intake_engine = create_engine(urls.database_url, pool_size=2, pre_ping=False)
         intake_writer = IntakeWriter(intake_engine, outbox)
         intake_writer.start()
-        app.state.intake_writer = intake_writer
+        services.outbox, services.intake_writer = outbox, intake_writer
         # Template previews render in processes of their own, killed at their deadline.
         render_pool = RenderPool(
             processes=settings.render_processes, memory_mb=settings.render_memory_mb
@@ -213,6 +214,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     configure_logging(settings.log_level, settings.log_format)
     dashboard = admin_ui.Dashboard(settings, secret_key(settings))
     tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-api")
+    services = Services()
     plugins = [MsgspecSchemaPlugin(), *dashboard.plugins()]
     if tracing is not None:
         traced = OpenTelemetryConfig(tracer_provider=tracing, exclude=UNTRACED_PATHS)
@@ -226,13 +228,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             inbox_router(),
             *dashboard.routers(),
         ],
-        dependencies=DEPENDENCIES,
+        dependencies=services.dependencies(),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Input limits of every route: JSON nesting depth, no NUL in any string (app/inputs.py).
         request_class=CheckedRequest,
         before_request=refuse_nul_parameters,
         middleware=[request_context_middleware],
-        lifespan=[_lifespan(settings, tracing)],
+        lifespan=[_lifespan(settings, tracing, services)],
         openapi_config=openapi_config(),
         template_config=dashboard.template_config(),
         plugins=plugins,

@@ -73,18 +73,25 @@ def refuse_inbox_tokens(app: ASGIApp) -> ASGIApp:
     """Refuse an inbox token on the routes of API keys (in front of their authentication)."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == ScopeType.HTTP:
-            connection: Request[Any, Any, Any] = Request(scope)
-            header = connection.headers.get("authorization", "")
-            scheme, _, secret = header.partition(" ")
-            if scheme.lower() == "bearer" and is_inbox_token(secret.strip()):
-                verify_token(connection, secret.strip())
-                raise Problem(
-                    403,
-                    "forbidden",
-                    "An inbox token may only read and mark its own recipient's inbox; "
-                    "this endpoint needs an API key.",
-                )
+        # The raw header, not a Request's parsed ones: this runs on every API request.
+        header = _authorization(scope) if scope["type"] == ScopeType.HTTP else ""
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() == "bearer" and is_inbox_token(secret.strip()):
+            verify_token(Request(scope), secret.strip())
+            raise Problem(
+                403,
+                "forbidden",
+                "An inbox token may only read and mark its own recipient's inbox; "
+                "this endpoint needs an API key.",
+            )
         await app(scope, receive, send)
 
     return middleware
+
+
+def _authorization(scope: Scope) -> str:
+    """The first Authorization header, as a Request would read it (latin-1)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return ""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
+from functools import lru_cache
 
 import structlog
 from litestar.enums import ScopeType
@@ -22,6 +23,19 @@ HTTP_LATENCY = Histogram(
 )
 
 
+# The series of a method, route template and status, looked up once: `labels()` costs a
+# lock and a dict lookup of the joined labels on every call. Routes are templates (or
+# "unmatched"), so the combinations are few; the cache bounds them anyway.
+@lru_cache(maxsize=1024)
+def _requests_series(method: str, route: str, status: int) -> Counter:
+    return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@lru_cache(maxsize=1024)
+def _latency_series(method: str, route: str) -> Histogram:
+    return HTTP_LATENCY.labels(method, route)
+
+
 def request_context_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -30,7 +44,7 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
         method = scope["method"]
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
         request_id = (
-            incoming.decode() if _VALID_ID.match(incoming) else f"req_{uuid.uuid4().hex[:20]}"
+            incoming.decode() if _VALID_ID.match(incoming) else f"req_{secrets.token_hex(10)}"
         )
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -50,8 +64,8 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_with_id)
         finally:
             route = scope.get("path_template") or "unmatched"
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+            _requests_series(method, route, status).inc()
+            _latency_series(method, route).observe(time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
 
     return middleware
