@@ -40,7 +40,7 @@ from app.templates.schemas import (
 )
 from app.templates.sms import count_segments
 from app.templates.sources import is_locale
-from app.templates.validation import KEY_PATTERN, InvalidTemplate, is_key
+from app.templates.validation import KEY_PATTERN, FieldError, InvalidTemplate, is_key
 from app.tenants.delivery_controls import get_delivery_settings
 
 ApiRequest = Request[Principal, None, Any]
@@ -95,6 +95,16 @@ class TemplateController(Controller):
         data: JSONBody[TemplateWrite],
     ) -> TemplateOut:
         principal = request.user
+        renderer: Renderer = request.app.state.renderer
+
+        async def compiles(sources: dict[str, dict[str, Any]]) -> list[FieldError]:
+            return await renderer.check(
+                tenant_id=principal.tenant_id,
+                mode=principal.mode,
+                plan=principal.plan,
+                sources=sources,
+            )
+
         try:
             saved = await service.save_template(
                 db_session,
@@ -107,9 +117,12 @@ class TemplateController(Controller):
                 category=data.category,
                 default_locale=data.default_locale,
                 actor=principal.actor,
+                compiles=compiles,
             )
         except InvalidTemplate as error:
             raise _invalid(error) from None
+        except OverBudget as over:
+            raise _over_budget(over) from None
         await db_session.commit()
         return TemplateOut.of(saved)
 

@@ -10,7 +10,7 @@ process that runs threads or an event loop). It limits itself before it takes an
   kernel does, within seconds;
 - no core files.
 
-Then it answers batches (app/templates/isolation.py) read from stdin, on the real stdout;
+Then it answers batches and checks (app/templates/isolation.py) read from stdin, on the real stdout;
 anything else that prints goes to stderr. It exits at the end of its stdin: its parent
 closed the pipe, or died.
 """
@@ -28,6 +28,8 @@ from typing import BinaryIO
 from app.templates.isolation import (
     HEADER,
     MAX_FRAME,
+    Checked,
+    CheckSources,
     Compiled,
     OutOfBudget,
     Ready,
@@ -35,11 +37,17 @@ from app.templates.isolation import (
     RenderBatch,
     Rendered,
     Reply,
-    decode_batch,
+    decode_request,
     encode,
     frame,
 )
-from app.templates.rendering import RenderFailed, clean_message, prepare, render
+from app.templates.rendering import (
+    RenderFailed,
+    clean_message,
+    prepare,
+    render,
+    source_errors,
+)
 
 
 def _limit_memory(megabytes: int) -> None:
@@ -114,6 +122,19 @@ def serve(batch: RenderBatch, out: BinaryIO, slack: float) -> None:
         _send(out, reply)
 
 
+def check(request: CheckSources, out: BinaryIO, slack: float) -> None:
+    """Compile every source of a template about to be saved; answer what failed."""
+    began = time.perf_counter()
+    _limit_cpu(slack)
+    errors = [
+        (f"{where}.{channel}.{field}", message)
+        for where, content in request.sources.items()
+        for channel, fields in content.items()
+        for field, message in source_errors(channel, fields)
+    ]
+    _send(out, Checked(errors=errors, ms=_ms(began)))
+
+
 def main() -> None:
     memory_mb, slack = int(sys.argv[1]), float(sys.argv[2])
     # Ctrl+C reaches the whole process group: the parent stops its children itself.
@@ -126,7 +147,11 @@ def main() -> None:
     try:
         _send(out, Ready(pid=os.getpid()))
         while (body := _read(stream)) is not None:
-            serve(decode_batch(body), out, slack)
+            request = decode_request(body)
+            if isinstance(request, CheckSources):
+                check(request, out, slack)
+            else:
+                serve(request, out, slack)
     except BrokenPipeError:
         pass  # the parent closed the pool (or died) while this one was busy
 

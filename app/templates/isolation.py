@@ -11,6 +11,11 @@ the child compiles what the batch needs (`Compiled`), then answers each job in o
 finishes (`Rendered` or `Refused`), so the parent knows which job a stall belongs to. A batch
 may carry a budget of render milliseconds; once its jobs have cost that much the child stops
 and answers `OutOfBudget` instead of the rest.
+
+A `CheckSources` asks whether a template about to be saved compiles: the child compiles
+every source and answers `Checked` with what failed, field by field. A tenant's 64 KiB can
+take a second of compiling; that second is spent here, under the same limits, not on the
+event loop of the API that saves it.
 """
 
 from __future__ import annotations
@@ -36,12 +41,22 @@ class RenderJob(msgspec.Struct, array_like=True, frozen=True):
     recipient: dict[str, Any] | None = None
 
 
-class RenderBatch(msgspec.Struct, frozen=True):
+class RenderBatch(msgspec.Struct, frozen=True, tag="render"):
     template: TemplateVersion
     data: dict[str, Any]
     jobs: list[RenderJob]
     # Milliseconds of render time the jobs may cost in all; None: no limit but the deadline.
     budget_ms: float | None = None
+
+
+class CheckSources(msgspec.Struct, frozen=True, tag="check"):
+    """The sources of a template about to be saved, by where they are: `content`, or
+    `locales.<tag>`; each maps channels to their fields (app/templates/sources.py)."""
+
+    sources: dict[str, dict[str, Any]]
+
+
+Request = RenderBatch | CheckSources
 
 
 class Ready(msgspec.Struct, tag="ready"):
@@ -69,10 +84,18 @@ class OutOfBudget(msgspec.Struct, tag="out_of_budget"):
     """The batch's budget is spent: the jobs not answered yet were not rendered."""
 
 
-Reply = Ready | Compiled | Rendered | Refused | OutOfBudget
+class Checked(msgspec.Struct, tag="checked"):
+    """The answer to CheckSources: (field, message) of each source that does not compile,
+    the field named from the template's top (`content.email.subject`)."""
+
+    errors: list[tuple[str, str]]
+    ms: float
+
+
+Reply = Ready | Compiled | Rendered | Refused | OutOfBudget | Checked
 
 encode = msgspec.json.Encoder().encode
-decode_batch = msgspec.json.Decoder(RenderBatch).decode
+decode_request = msgspec.json.Decoder(Request).decode
 decode_reply = msgspec.json.Decoder(Reply).decode
 
 

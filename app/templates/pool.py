@@ -42,6 +42,8 @@ from app.templates.content import Content
 from app.templates.isolation import (
     HEADER,
     MAX_FRAME,
+    Checked,
+    CheckSources,
     Compiled,
     OutOfBudget,
     Ready,
@@ -67,6 +69,12 @@ CPU_SLACK_SECONDS = 2.0  # the kernel's backstop per job (RLIMIT_CPU), past the 
 MAX_BATCHES_PER_CHILD = 10_000  # then it is replaced, so that no cache or leak grows for ever
 
 Outcome = Content | RenderFailed | None  # None: not rendered, the batch's budget ran out
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    errors: list[tuple[str, str]]  # (field, message) of each source that does not compile
+    cost_ms: float
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,17 @@ class RenderPool:
             raise RuntimeError("the render pool is closed")
         return await asyncio.wrap_future(self._executor.submit(self._run, batch))
 
+    async def check(self, request: CheckSources) -> CheckResult:
+        """Compile a template's sources in one child; what does not compile, by field.
+
+        The child has `compile_timeout` per set of sources (the content, each locale): what
+        a render batch, which compiles one of them, is given. Past it the child is killed
+        and the whole template refused, as it would fail at every send.
+        """
+        if self._closed:
+            raise RuntimeError("the render pool is closed")
+        return await asyncio.wrap_future(self._executor.submit(self._check, request))
+
     def close(self) -> None:
         """Stop every child (a batch under way ends with its jobs failed) and the threads."""
         self._closed = True
@@ -318,6 +337,42 @@ class RenderPool:
                     start = culprits[-1] + 1
             child = self._retire_if_old(child)
             return BatchResult(outcomes, cost)
+        finally:
+            self._idle.put(child)
+
+    def _check(self, request: CheckSources) -> CheckResult:
+        child = self._idle.get()  # one per executor thread: never waits
+        limit = self.compile_timeout * max(1, len(request.sources))
+        try:
+            for attempt in range(2):
+                phase = "send"
+                try:
+                    child.wait_ready()
+                    child.send(encode(request), time.monotonic() + limit)
+                    phase = "check"
+                    reply = child.receive(time.monotonic() + limit)
+                    if not isinstance(reply, Checked):
+                        raise _Died(f"a render process answered {type(reply).__name__}")
+                    child = self._retire_if_old(child)
+                    return CheckResult(reply.errors, reply.ms)
+                except (_Stalled, _Died) as stopped:
+                    stalled = isinstance(stopped, _Stalled)
+                    log.warning(
+                        "render process stopped",
+                        pid=child.pid,
+                        reason="deadline" if stalled else "exited",
+                        phase=phase,
+                    )
+                    child = self._replace(child)
+                    if phase == "send" and not attempt:
+                        continue  # it died idle, or never started: once more
+                    why = (
+                        f"compiling took longer than the {limit * 1000:.0f} ms limit"
+                        if stalled
+                        else self._why(stalled, phase)
+                    )
+                    return CheckResult([("content", why)], limit * 1000 if stalled else 0.0)
+            raise AssertionError("unreachable: the second attempt returns")
         finally:
             self._idle.put(child)
 

@@ -24,10 +24,11 @@ from redis.exceptions import RedisError
 
 from app.ratelimit.buckets import Bucket, CostBuckets, Reservation, render_bucket
 from app.templates.content import Content
-from app.templates.isolation import RenderBatch, RenderJob
+from app.templates.isolation import CheckSources, RenderBatch, RenderJob
 from app.templates.models import TemplateVersion
 from app.templates.pool import Outcome, RenderPool
 from app.templates.rendering import RenderFailed
+from app.templates.validation import FieldError
 from app.tenants.plans import limits_for
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,22 @@ class Renderer:
         result = await self.pool.render(RenderBatch(template, data, list(jobs)))
         await self._settle(bucket, reservation, result.cost_ms)
         return [_required(outcome) for outcome in result.outcomes]
+
+    async def check(
+        self, *, tenant_id: uuid.UUID, mode: str, plan: str, sources: dict[str, dict[str, Any]]
+    ) -> list[FieldError]:
+        """The fields of a template about to be saved that do not compile, compiled in the
+        pool and charged to the render budget what it took. Raises OverBudget when the budget
+        is spent: unlike a preview's renders, a compile sets nothing aside (an ordinary one
+        takes milliseconds, its worst case a second per set of sources), so concurrent saves
+        are not refused for the worst case of the others; the pool's deadline bounds each."""
+        bucket = render_bucket(tenant_id, mode, limits_for(plan))
+        reservation = await self._reserve(bucket, 1, least=1)
+        if reservation is not None and not reservation.granted:
+            raise OverBudget(reservation.wait, bucket)
+        result = await self.pool.check(CheckSources(sources))
+        await self._settle(bucket, reservation, result.cost_ms)
+        return [{"field": field, "message": message} for field, message in result.errors]
 
     async def render(
         self,

@@ -24,7 +24,15 @@ from app.categories.service import get_category
 from app.channels import CHANNELS
 from app.pagination import Page, keyset_page
 from app.templates.models import Template, TemplateVersion
-from app.templates.validation import FieldError, InvalidTemplate, check_template, is_key
+from app.templates.validation import (
+    CheckedTemplate,
+    FieldError,
+    InvalidTemplate,
+    SourceCheck,
+    check_template,
+    is_key,
+    sources_of,
+)
 
 
 async def _lock(session: AsyncSession, tenant_id: uuid.UUID, mode: str, key: str) -> None:
@@ -48,9 +56,14 @@ async def save_template(
     category: str | None = None,
     default_locale: str = "en",
     actor: str,
+    compiles: SourceCheck,
 ) -> TemplateVersion:
-    """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields."""
-    unknown = await _unknown_category(session, tenant_id, mode, category)
+    """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields.
+
+    `compiles` compiles the sources (the render pool: app/templates/renderer.py); it runs
+    before the session's first query, so no connection is held while it does.
+    """
+    checked: CheckedTemplate | None = None
     try:
         checked = check_template(
             key=key,
@@ -61,9 +74,12 @@ async def save_template(
             locales=locales or {},
         )
     except InvalidTemplate as invalid:
-        raise InvalidTemplate(invalid.errors + unknown) from None
-    if unknown:
-        raise InvalidTemplate(unknown)
+        errors = invalid.errors
+    else:
+        errors = await compiles(sources_of(checked))
+    unknown = await _unknown_category(session, tenant_id, mode, category)
+    if checked is None or errors or unknown:
+        raise InvalidTemplate(errors + unknown)
     await _lock(session, tenant_id, mode, key)
     latest = await session.scalar(
         select(func.max(Template.version)).where(

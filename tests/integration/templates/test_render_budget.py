@@ -160,3 +160,25 @@ async def _state(session: AsyncSession, key: uuid.UUID) -> dict[str, Any]:
         "after": notification.dispatch_after,
         "messages": messages,
     }
+
+
+async def test_a_save_is_compiled_on_the_render_budget_and_refused_when_it_is_spent(
+    client: httpx.AsyncClient, tenant: TenantKey, redis: Redis
+) -> None:
+    bucket = tenant_budget(tenant)
+    body = {"content": {"sms": {"text": "Hi"}}, "locales": {"fr": {"sms": {"text": "Salut"}}}}
+    await set_level(redis, bucket, -300)  # in debt: renders and compiles took it all
+    refused = await client.put("/v1/templates/saved", headers=tenant.headers, json=body)
+    assert_problem(refused, 429, "rate_limited")
+    assert int(refused.headers["retry-after"]) == 2  # (1 + 300) / 200 per second, up
+    missing = await client.get("/v1/templates/saved", headers=tenant.headers)
+    assert missing.status_code == 404  # nothing was saved
+    await set_level(redis, bucket, 2000)
+    began = time.monotonic()
+    saved = await client.put("/v1/templates/saved", headers=tenant.headers, json=body)
+    took = time.monotonic() - began
+    assert saved.status_code == 201, saved.text
+    # Charged what compiling took in the render processes (milliseconds), not the second
+    # per set of sources a compile may take at worst.
+    level = float((await redis.hget(bucket.redis_key, "t")) or 0)
+    assert 1900 < level < 2000 + 200 * took

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from app.templates.content import SmsContent
-from app.templates.isolation import RenderBatch, RenderJob
+from app.templates.isolation import CheckSources, RenderBatch, RenderJob
 from app.templates.models import TemplateVersion
 from app.templates.pool import RenderPool
 from app.templates.rendering import RenderFailed
@@ -190,3 +190,36 @@ def _alive(pid: int) -> bool:
     # A zombie has exited; only its parent has not collected it yet.
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+# Compiles for about a second in this process (a literal of 30,000 items): within 64 KiB.
+SLOW_TO_COMPILE = "{{ [" + ",".join(["1"] * 30_000) + "] }}"
+
+
+async def test_a_check_compiles_every_source_in_a_child_and_names_what_fails(
+    pool: RenderPool,
+) -> None:
+    result = await pool.check(
+        CheckSources(
+            {
+                "content": {"sms": {"text": "Hi {{ name }}"}, "email": {"subject": "{{ }"}},
+                "locales.fr": {"sms": {"text": "{% if x %}oui"}},
+            }
+        )
+    )
+    fields = [field for field, _ in result.errors]
+    assert fields == ["content.email.subject", "locales.fr.sms.text"]
+    assert result.errors[0][1].startswith("line 1: ")
+    assert result.cost_ms >= 0
+    assert (await pool.check(CheckSources({"content": {"sms": {"text": "ok"}}}))).errors == []
+
+
+async def test_a_check_past_the_compile_limit_kills_its_child_and_refuses_the_template() -> None:
+    for quick in _pool(compile_timeout=0.05):
+        before = quick.pids
+        result = await quick.check(CheckSources({"content": {"sms": {"text": SLOW_TO_COMPILE}}}))
+        assert result.errors == [("content", "compiling took longer than the 50 ms limit")]
+        assert result.cost_ms == 50  # charged the limit, as a render killed at its deadline
+        assert quick.pids != before  # the child that overran is gone, another took its place
+        after = await quick.check(CheckSources({"content": {"sms": {"text": "{{ x"}}}))
+        assert [field for field, _ in after.errors] == ["content.sms.text"]
