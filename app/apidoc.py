@@ -141,7 +141,8 @@ class MsgspecSchemaPlugin(OpenAPISchemaPlugin):
         by_name |= {t.__name__: t for t in _struct_types(described)}
         schema = schema_creator.schema_registry.get_schema_for_field_definition(field_definition)
         own = _REF.match(root.get("$ref", ""))
-        body = definitions[own["name"]] if own and described is struct else root
+        # A Struct (itself or the one describing it) is its definition; a union is the root.
+        body = definitions[own["name"]] if own else root
         body = {**body, **getattr(struct, OPENAPI_EXTRA, {})}
         converted = _convert(body, by_name, schema_creator)
         assert isinstance(converted, Schema)

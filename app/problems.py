@@ -124,6 +124,20 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response[dict[str, Any]]:
+    body = problem_body(request, status_code, slug, detail, errors=errors, extra=extra)
+    return Response(body, status_code=status_code, media_type=MEDIA_TYPE, headers=headers)
+
+
+def problem_body(
+    request: Request[Any, Any, Any],
+    status_code: int,
+    slug: str,
+    detail: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A problem's members (RFC 9457), as a response or a batch item's `error` carries it."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + slug,
         "title": TITLES.get(slug, slug.replace("_", " ").capitalize()),
@@ -138,11 +152,31 @@ def problem_response(
         body["errors"] = errors
     if extra:
         body.update(extra)
-    return Response(body, status_code=status_code, media_type=MEDIA_TYPE, headers=headers)
+    return body
 
 
 _MSGSPEC_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`")
 _NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]+)`")
+
+
+def conversion_error(error: msgspec.ValidationError, at: str) -> dict[str, str]:
+    """What msgspec refused in a value found at `at` (`notifications[3]`), as errors[] names
+    it: `notifications[3].to[0]`, `notifications[3].template` (missing or unknown)."""
+    message, field = str(error), at
+    match = _MSGSPEC_PATH.search(message)
+    if match:
+        message = message[: match.start()]
+        field = _joined(field, match.group("path"))
+    named = _NAMED_FIELD.search(message)
+    if named:
+        field = _joined(field, named.group("name"))
+    return {"field": field, "message": message}
+
+
+def _joined(field: str, path: str) -> str:
+    if not path:
+        return field
+    return f"{field}{path}" if path.startswith("[") else f"{field}.{path}"
 
 
 def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
@@ -162,6 +196,8 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
             inner = named.group("name")
             # Litestar names the whole body "data"; below it, keys are paths into the body.
             field = inner if field in ("", "data") else f"{field}.{inner}"
+        if field == "data" and not match and not named:
+            field = "body"  # Litestar's name for the whole body, which is not a member
         errors.append({"field": field or "body", "message": message})
     return errors
 

@@ -17,21 +17,25 @@ from app.channels import Channel
 from app.dependencies import DbSession, IntakeDependency
 from app.notifications import intake, queries
 from app.notifications.schemas import (
+    MAX_IDEMPOTENCY_KEY,
     AttemptOut,
     CancelResult,
     MessageDetail,
     MessageList,
     MessageOut,
     NotificationAccepted,
+    NotificationBatch,
+    NotificationBatchItem,
+    NotificationBatchItemResult,
+    NotificationBatchResult,
     NotificationCreate,
     NotificationOut,
 )
 from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
-from app.problems import Problem, field_error
+from app.problems import Problem, ProblemDetails, conversion_error, field_error, problem_body
 
 ApiRequest = Request[Principal, None, Any]
-MAX_IDEMPOTENCY_KEY = 255
 MessageStatus = Literal["queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
 
 
@@ -43,6 +47,53 @@ def _accepted(notification: intake.AcceptedNotification) -> NotificationAccepted
         created_at=notification.created_at,
         send_at=notification.send_at,
     )
+
+
+def _batch_result(
+    request: ApiRequest,
+    index: int,
+    item: NotificationBatchItem,
+    answer: intake.Accepted | BaseException,
+) -> NotificationBatchItemResult:
+    """An item's result: what a single POST of it would have answered."""
+    at = f"notifications[{index}]"
+    if isinstance(answer, intake.Accepted):
+        return NotificationBatchItemResult(
+            index, 202, _accepted(answer.notification), answer.replayed, None
+        )
+    if isinstance(answer, intake.InvalidNotification):
+        refusal = {"field": f"{at}.{answer.field}", "message": str(answer)}
+        return _refused(request, index, 422, "validation_error", [refusal])
+    if isinstance(answer, intake.IdempotencyConflict):
+        refusal = {"field": f"{at}.idempotency_key", "message": "reused with a different body"}
+        detail = (
+            f"Idempotency-Key {item.idempotency_key!r} was used for notification "
+            f"{answer.original_id} with a different body; use a new key."
+        )
+        return _refused(request, index, 422, "idempotency_key_reused", [refusal], detail)
+    if isinstance(answer, IntakeUnavailable):
+        detail = (
+            "The notification could not be stored; it was not accepted. Send it again with "
+            "the same idempotency_key."
+        )
+        return _refused(request, index, 503, "unavailable", None, detail)
+    raise answer  # not an answer a single POST would give: the handler's own failure
+
+
+def _refused(
+    request: ApiRequest,
+    index: int,
+    status: int,
+    slug: str,
+    errors: list[dict[str, str]] | None,
+    detail: str | None = None,
+) -> NotificationBatchItemResult:
+    if detail is None:
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors or [])
+    problem = msgspec.convert(
+        problem_body(request, status, slug, detail, errors=errors), ProblemDetails
+    )
+    return NotificationBatchItemResult(index, status, None, False, problem)
 
 
 def message_out(view: queries.MessageView) -> MessageOut:
@@ -121,6 +172,43 @@ class NotificationController(Controller):
             ) from None
         headers = {"Idempotent-Replayed": "true"} if accepted.replayed else {}
         return Response(_accepted(accepted.notification), status_code=202, headers=headers)
+
+    @post(
+        "/batch",
+        status_code=200,
+        guards=[requires_scope("send")],
+        summary="Send up to 1,000 notifications at once; each is accepted or refused on its own",
+    )
+    async def send_batch(
+        self,
+        request: ApiRequest,
+        intake_writer: IntakeDependency,
+        data: JSONBody[NotificationBatch],
+    ) -> NotificationBatchResult:
+        results: list[NotificationBatchItemResult | None] = [None] * len(data.notifications)
+        checked: list[tuple[int, NotificationBatchItem]] = []
+        for index, raw in enumerate(data.notifications):
+            try:
+                # As Litestar converts a single POST's body, so each item reads the same.
+                item = msgspec.convert(raw, NotificationBatchItem, strict=False, str_keys=True)
+            except msgspec.ValidationError as error:
+                refusal = conversion_error(error, f"notifications[{index}]")
+                results[index] = _refused(request, index, 422, "validation_error", [refusal])
+            else:
+                checked.append((index, item))
+        answers = await intake_writer.accept_many(
+            request.user, [(item.notification(), item.idempotency_key) for _, item in checked]
+        )
+        for (index, item), answer in zip(checked, answers, strict=True):
+            results[index] = _batch_result(request, index, item, answer)
+        done = [result for result in results if result is not None]
+        accepted = sum(1 for result in done if result.status == 202)
+        return NotificationBatchResult(
+            object="notification_batch",
+            accepted=accepted,
+            refused=len(done) - accepted,
+            data=done,
+        )
 
     @get(
         "/{notification_id:uuid}",

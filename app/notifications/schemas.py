@@ -10,12 +10,15 @@ import msgspec
 
 from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
 from app.channels import Channel
+from app.problems import ProblemDetails
 from app.recipients.schemas import Locale, RecipientInput
 from app.recipients.validation import EXTERNAL_ID_SCHEMA, MAX_EXTERNAL_ID
 from app.templates.validation import KEY_PATTERN
 
 MAX_RECIPIENTS = 1_000
 MAX_DATA_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 255
+MAX_BATCH_NOTIFICATIONS = 1_000
 
 Priority = Literal["high", "normal", "low"]
 # Checked by the intake (its errors name `to[3]`), described here.
@@ -82,12 +85,85 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
     locale: Annotated[Locale, msgspec.Meta(min_length=2)] | None = None
 
 
+class NotificationBatchItem(NotificationCreate, forbid_unknown_fields=True):
+    """One notification of a batch: what POST /v1/notifications takes, with the
+    Idempotency-Key that request would carry as a header."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"template": "receipt", "to": ["user-1"], "idempotency_key": "receipt-A-1001"}
+    ]
+
+    idempotency_key: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY)] | None
+    ) = None
+
+    def notification(self) -> NotificationCreate:
+        """The notification alone: its request hash is the one a single POST would have."""
+        fields = NotificationCreate.__struct_fields__
+        return NotificationCreate(**{name: getattr(self, name) for name in fields})
+
+
+class NotificationBatchShape(msgspec.Struct, forbid_unknown_fields=True):
+    notifications: Annotated[
+        list[NotificationBatchItem],
+        msgspec.Meta(min_length=1, max_length=MAX_BATCH_NOTIFICATIONS),
+    ]
+
+
+class NotificationBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Up to 1,000 notifications, each checked and accepted on its own: one that is refused
+    does not keep the others from being accepted. The whole body is at most the API's body
+    limit (1 MiB unless HERALD_MAX_BODY_BYTES says otherwise)."""
+
+    # Decoded item by item (app/notifications/api.py), so that one item's wrong type is
+    # that item's error; described as the items are checked.
+    openapi_type: ClassVar[Any] = NotificationBatchShape
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {
+            "notifications": [
+                {"template": "receipt", "to": ["user-1"], "idempotency_key": "receipt-A-1001"},
+                {
+                    "template": "receipt",
+                    "to": [{"external_id": "user-2", "email": "grace@example.com"}],
+                    "data": {"order": "A-1002"},
+                    "idempotency_key": "receipt-A-1002",
+                },
+            ]
+        }
+    ]
+
+    notifications: Annotated[
+        list[Any], msgspec.Meta(min_length=1, max_length=MAX_BATCH_NOTIFICATIONS)
+    ]
+
+
 class NotificationAccepted(msgspec.Struct):
     id: uuid.UUID
     object: Literal["notification"]
     status: str
     created_at: datetime
     send_at: datetime | None
+
+
+class NotificationBatchItemResult(msgspec.Struct):
+    """What became of one item, at its index: accepted (202, `notification`, `replayed` when
+    its Idempotency-Key had been accepted before), or not (`error`, a problem as a single
+    POST would have answered: 422 with `errors` naming `notifications[i].…`, or 503)."""
+
+    index: int
+    status: Annotated[int, msgspec.Meta(extra_json_schema={"enum": [202, 422, 503]})]
+    notification: NotificationAccepted | None
+    replayed: bool
+    error: ProblemDetails | None
+
+
+class NotificationBatchResult(msgspec.Struct):
+    object: Literal["notification_batch"]
+    accepted: Annotated[int, msgspec.Meta(description="Items accepted (replays included).")]
+    refused: Annotated[int, msgspec.Meta(description="Items not accepted: see their `error`.")]
+    data: Annotated[
+        list[NotificationBatchItemResult], msgspec.Meta(description="One per item, in order.")
+    ]
 
 
 class MessageOut(msgspec.Struct):

@@ -151,6 +151,20 @@ class IntakeWriter:
         self._wakeup.set()
         return await future
 
+    async def accept_many(
+        self, principal: Principal, items: Sequence[tuple[NotificationCreate, str | None]]
+    ) -> list[Accepted | BaseException]:
+        """Each (body, Idempotency-Key) accepted as `accept` would, in the same group
+        commits: its Accepted, or the error `accept` would have raised for it alone."""
+        loop = asyncio.get_running_loop()
+        context = current_trace_context()
+        requests = [
+            _Request(principal, body, key, loop.create_future(), context) for body, key in items
+        ]
+        self._waiting.extend(requests)
+        self._wakeup.set()
+        return await asyncio.gather(*(r.future for r in requests), return_exceptions=True)
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
