@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 import admin_ui
 from app.apidoc import MsgspecSchemaPlugin, complete_document
+from app.audiences.api import AudienceController
 from app.auth.accounts import Guards
 from app.auth.api import ApiKeyController
 from app.auth.devices import DeviceTokens
@@ -169,6 +170,7 @@ def api_router() -> Router:
             SuppressionController,
             ProviderController,
             TemplateController,
+            AudienceController,
         ],
         # API keys only: an inbox token is refused (403) before their authentication. Then
         # authentication: the rate limit takes from the authenticated key's bucket.
