@@ -6,7 +6,9 @@ when half-open, none when open); those go to the next route (failover). Admitted
 take tokens from the tenant's bucket and the route's bucket in one Redis call; messages
 that get none are given back until their turn in the buckets' line, spread at the
 limiting rate, so no worker sleeps holding them long: they come back just before their
-turn and wait in the worker for their tokens, at most TURN_HOLD. With every route's
+turn and wait in the worker for their tokens, at most TURN_HOLD. High-priority messages
+take their tokens first and join the line at its head, so a tenant's own backlog never
+holds its codes and resets behind it. With every route's
 breaker open, messages wait for the earliest probe rather than fail, noted beside each
 breaker that refused them.
 
@@ -180,11 +182,31 @@ class Router:
         if route.provider in UNMETERED:
             allocation.sends += [Send(m, route) for m in chosen]
             return
+        # High priority first, and at the head of the buckets' line: a tenant's own backlog
+        # (a campaign draining at its rate) must not hold its codes and resets behind it.
+        # The tokens they take move the line's end back by as many.
+        urgent = [m for m in chosen if m.priority == "high"]
+        rest = [m for m in chosen if m.priority != "high"]
+        for part, first in ((urgent, True), (rest, False)):
+            if part:
+                await self._take_for(route, part, probe, now, allocation, returning, first)
+                probe = False  # one probe per allocation: it went with the first part
+
+    async def _take_for(
+        self,
+        route: ProviderRoute,
+        chosen: list[Claimed],
+        probe: bool,
+        now: datetime,
+        allocation: Allocation,
+        returning: bool,
+        at_head: bool,
+    ) -> None:
         buckets = _buckets(route, chosen[0])
         if returning:  # came back a little before its turn: waits for it here
             grant = await self.buckets.take_in_turn(buckets, len(chosen), hold=TURN_HOLD)
         else:
-            grant = await self.buckets.take(buckets, len(chosen))
+            grant = await self.buckets.take(buckets, len(chosen), at_head=at_head)
         allocation.sends += [Send(m, route, probe) for m in chosen[: grant.granted]]
         rest = chosen[grant.granted :]
         if probe and not grant.granted:  # the probe waits for a token: let another caller probe

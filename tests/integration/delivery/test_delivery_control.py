@@ -183,6 +183,56 @@ async def test_messages_without_tokens_wait_their_turn_without_an_attempt(
     assert len(provider.requests) == 3
 
 
+async def test_high_priority_takes_its_tokens_before_the_tenants_own_backlog(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    session: AsyncSession,
+    provider: FakeProvider,
+    deliverer: Deliverer,
+) -> None:
+    # A backlog of 40 at 4/s: a line about ten seconds long.
+    backlog = await webhook_messages(
+        client, session, tenant, provider, 40, rate_per_second=4, burst=4
+    )
+    waiting = await deliverer.deliver(backlog)
+    assert len(waiting) == 37
+    # Then one more normal message and one high-priority one (a critical category).
+    await put_recipient(client, tenant, "late", webhook_url=f"{provider.url}/hook")
+    normal = await queued_to(client, session, tenant, "late")
+    urgent = await queued_to(client, session, tenant, "late", category="security", priority="high")
+    due = {d.message_id: d for d in await deliverer.deliver([normal, urgent])}
+    assert set(due) == {normal, urgent}  # no token left now: both wait, neither is sent
+    assert all(d.attempt == 0 for d in due.values())
+    # The normal one waits at the end of the line, behind the backlog; the high one at its
+    # head, for the next tokens.
+    assert due[normal].at >= max(d.at for d in waiting)
+    ahead = (due[normal].at - due[urgent].at).total_seconds()
+    assert ahead > 37 / 4 - 3, ahead
+    # The high one goes at its turn, before the backlog it passed.
+    assert due[urgent].at < sorted(d.at for d in waiting)[8]
+
+
+async def queued_to(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    tenant: TenantKey,
+    external_id: str,
+    **options: Any,
+) -> uuid.UUID:
+    """One notification of the `hook` template to one recipient, dispatched here; its message."""
+    accepted = await notify(
+        client, tenant, template="hook", to=[external_id], data={"n": 1}, **options
+    )
+    notification_id = uuid.UUID(accepted["id"])
+    await dispatch(session, notification_id=notification_id, renderer=unmetered_renderer())
+    await session.commit()
+    found = await session.scalar(
+        select(Message.id).where(Message.notification_id == notification_id)
+    )
+    assert found is not None
+    return found
+
+
 async def test_rate_limited_answers_do_not_spend_the_attempt_budget(
     client: httpx.AsyncClient,
     tenant: TenantKey,
