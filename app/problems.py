@@ -196,8 +196,6 @@ def _validation_errors(exc: ValidationException) -> list[dict[str, str]]:
             inner = named.group("name")
             # Litestar names the whole body "data"; below it, keys are paths into the body.
             field = inner if field in ("", "data") else f"{field}.{inner}"
-        if field == "data" and not match and not named:
-            field = "body"  # Litestar's name for the whole body, which is not a member
         errors.append({"field": field or "body", "message": message})
     return errors
 
