@@ -288,7 +288,12 @@ def _path_parameters() -> dict[tuple[str, str], dict[str, Any]]:
     constants its validators use (the controllers take these parameters as plain strings)."""
     from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
     from app.channels import CHANNELS
-    from app.recipients.validation import EXTERNAL_ID_SCHEMA, MAX_EXTERNAL_ID
+    from app.recipients.validation import (
+        EXTERNAL_ID_SCHEMA,
+        MAX_EXTERNAL_ID,
+        MAX_TOPIC_KEY,
+        TOPIC_KEY_SCHEMA,
+    )
     from app.templates.validation import KEY_PATTERN
 
     external_id = {**EXTERNAL_ID_SCHEMA, "minLength": 1, "maxLength": MAX_EXTERNAL_ID}
@@ -296,6 +301,7 @@ def _path_parameters() -> dict[tuple[str, str], dict[str, Any]]:
         ("/v1/templates/", "key"): {"pattern": KEY_PATTERN},
         ("/v1/categories/", "key"): CATEGORY_KEY_SCHEMA,
         ("/v1/recipients/", "external_id"): external_id,
+        ("/v1/topics/", "key"): {**TOPIC_KEY_SCHEMA, "minLength": 1, "maxLength": MAX_TOPIC_KEY},
         ("/v1/tenant/kill-switches/", "channel"): {"enum": list(CHANNELS)},
     }
 

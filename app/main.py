@@ -51,6 +51,7 @@ from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import REDIS_TIMEOUT as RATE_LIMIT_TIMEOUT
 from app.ratelimit.middleware import rate_limit_middleware
 from app.recipients.api import RecipientController, SuppressionController
+from app.recipients.topics_api import TopicController
 from app.runtime import EmbeddedServices
 from app.settings import Settings, load_settings
 from app.templates.api import TemplateController
@@ -166,6 +167,7 @@ def api_router() -> Router:
             DlqController,
             InboxTokenController,
             RecipientController,
+            TopicController,
             CategoryController,
             SuppressionController,
             ProviderController,

@@ -15,7 +15,9 @@ One transaction, and the same few bulk statements however long the recipient's h
 - renders that only their messages use (per-recipient content, or a notification to them
   alone) are emptied, and so is the data of a notification addressed to them alone;
 - suppressions of their addresses become keyed digests that still match (suppressions.py);
-- their preferences are deleted, and the audit log records the erasure (ids and counts).
+- their preferences are deleted;
+- they leave every topic, each topic's member_count going down by one (topics.py);
+- the audit log records the erasure (ids and counts).
 
 A message a worker is sending cannot be recalled: the provider may still deliver it. Taking
 its claim back (cancelled) means the worker's outcome, give-back or retry and the sweeper no
@@ -37,6 +39,7 @@ from app.crypto import Keyring
 from app.recipients.models import Preference, Recipient
 from app.recipients.planning import addresses
 from app.recipients.suppressions import hide_addresses
+from app.recipients.topics import leave_topics
 from app.recipients.validation import ERASED_PREFIX
 
 ERASED = "erased"  # the skip_reason of the messages erasure cancels
@@ -183,6 +186,8 @@ async def erase_recipient(
             Preference.tenant_id == tenant_id, Preference.recipient_id == erased.id
         )
     )
+    # Memberships name the person to the tenant's audiences; a count stays with each topic.
+    topics = await leave_topics(session, tenant_id=tenant_id, mode=mode, recipient_id=erased.id)
     await audit.append(
         session,
         tenant_id=tenant_id,
@@ -192,6 +197,7 @@ async def erase_recipient(
         details={
             "messages": len(messages),
             "cancelled": sum(m.cancelled for m in messages),
+            "topics": topics,
             "mode": mode,
         },
     )

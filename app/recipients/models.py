@@ -1,10 +1,10 @@
-"""recipients, preferences and suppressions: who may be reached, where and how.
+"""recipients, preferences, suppressions and topics: who may be reached, where and how.
 
 Categories, which preferences name by key, are a domain of their own (app/categories/).
 
-Every row carries tenant_id and its mode (app/modes.py). Preferences reference their
-recipient through (tenant_id, recipient_id), so a preference can never point at another
-tenant's recipient; they belong to their recipient's mode.
+Every row carries tenant_id and its mode (app/modes.py). Preferences and topic members
+reference their recipient through (tenant_id, recipient_id), so neither can ever point at
+another tenant's recipient; preferences belong to their recipient's mode.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Index,
+    Integer,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -108,3 +110,51 @@ class Suppression(UuidPrimaryKey, CreatedAt, Base):
     address: Mapped[str] = mapped_column(String(2048))
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(200))
+
+
+class Topic(CreatedAt, UpdatedAt, Base):
+    """A named group of recipients of one mode, which a tenant will notify at once.
+
+    `member_count` is kept by the statements that add and remove members, in their own
+    transaction, as a relative update: concurrent changes add up without a recount.
+    """
+
+    __tablename__ = "topics"
+    __table_args__ = (mode_check(),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    mode: Mapped[str] = mapped_column(String(8), primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    member_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+
+class TopicMember(CreatedAt, Base):
+    """A recipient's membership of a topic; it goes with the topic and with the recipient."""
+
+    __tablename__ = "topic_members"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "mode", "topic_key"],
+            ["topics.tenant_id", "topics.mode", "topics.key"],
+            ondelete="CASCADE",
+            name="fk_topic_members_topic",
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "recipient_id"],
+            ["recipients.tenant_id", "recipients.id"],
+            ondelete="CASCADE",
+            name="fk_topic_members_recipient",
+        ),
+        mode_check(),
+        # Erasure finds a recipient's memberships here (and so does the cascade above).
+        Index("ix_topic_members_tenant_id_recipient_id", "tenant_id", "recipient_id"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    mode: Mapped[str] = mapped_column(String(8), primary_key=True)
+    topic_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    recipient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -28,10 +28,16 @@ MAX_DATA_BYTES = 16 * 1024
 PUSH_PROVIDERS = ("fcm", "apns")
 ERASED_PREFIX = "erased:"
 RESERVED_ID = "batch"
+MAX_TOPIC_KEY = 100
+# External ids one call adds to or removes from a topic: resolved in one query, written in
+# one statement (app/recipients/topics.py).
+MAX_TOPIC_CHANGE = 10_000
 
 _FORBIDDEN_IN_ID = re.compile(r"[/\s\x00-\x1f\x7f]")
 _LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
 _TOKEN = re.compile(r"^\S+$")
+_TOPIC_KEY = re.compile(rf"^[a-z0-9][a-z0-9_.-]{{0,{MAX_TOPIC_KEY - 1}}}$")
+TOPIC_KEY_RULE = f"1 to {MAX_TOPIC_KEY} of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
 
 
 # JSON Schema of what the functions below accept, for the OpenAPI document. Each is as strict
@@ -78,6 +84,7 @@ TIMEZONE_SCHEMA: dict[str, Any] = {
     "examples": ["Europe/Paris"],
 }
 PUSH_TOKEN_SCHEMA: dict[str, Any] = {"pattern": r"^[^\s\x1c-\x1f\x85]+$"}
+TOPIC_KEY_SCHEMA: dict[str, Any] = {"pattern": _TOPIC_KEY.pattern, "examples": ["weekly-digest"]}
 DATA_DESCRIPTION = f"A JSON object of at most {MAX_DATA_BYTES} bytes once serialised."
 
 
@@ -214,6 +221,13 @@ def normalise_data(value: Any) -> dict[str, Any]:
             "data", f"at most {MAX_DATA_BYTES} bytes once serialised as JSON (got {size})"
         )
     return value
+
+
+def check_topic_key(key: str) -> str:
+    """A topic's key, as the path names it: `weekly-digest`, `team.eng`."""
+    if _TOPIC_KEY.fullmatch(key) is None:  # `$` alone would let a final newline by
+        raise RecipientInvalid("key", TOPIC_KEY_RULE)
+    return key
 
 
 def check_category_key(key: str, field: str = "key") -> str:

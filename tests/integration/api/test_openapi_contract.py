@@ -39,6 +39,7 @@ ROUTES = [
     ("put", "/v1/templates/{key}"),
     ("put", "/v1/recipients/{external_id}"),
     ("post", "/v1/recipients/batch"),
+    ("put", "/v1/topics/{key}"),
     ("post", "/v1/notifications"),
     ("post", "/v1/providers"),
     ("put", "/v1/providers/{provider_id}"),
@@ -127,6 +128,7 @@ def test_path_parameters_say_what_the_service_accepts(document: dict[str, Any]) 
     ]
     assert "pattern" in schema("/v1/templates/{key}", "put")
     assert "pattern" in schema("/v1/recipients/{external_id}", "put")
+    assert schema("/v1/topics/{key}", "put")["maxLength"] == 100
 
 
 async def _send(
