@@ -1,5 +1,8 @@
 """Counting an audience: the recipients of a tenant's mode it reaches, under a time limit.
 
+A topic's count is the one it keeps (app/recipients/topics.py); `all` and filters count
+recipients.
+
 A filter on recipients' data is a scan of the tenant's recipients (their `data` has no
 index): cheap for thousands, a second or so for a million. `COUNT_TIMEOUT_MS` bounds it
 with PostgreSQL's own statement timeout, which cancels the scan itself, so a tenant's
@@ -16,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audiences import filters
 from app.audiences.schemas import Audience
-from app.recipients.models import Recipient
+from app.recipients.models import Recipient, TopicMember
+from app.recipients.topics import get_topic
 
 COUNT_TIMEOUT_MS = 10_000
 
@@ -32,11 +36,23 @@ class CountTimedOut(Exception):
     """Counting took longer than COUNT_TIMEOUT_MS and was cancelled."""
 
 
-def condition(audience: Audience) -> ColumnElement[bool]:
-    """The audience as a condition on `recipients` (tenant and mode are the caller's)."""
-    chosen = [name for name in ("all", "filter") if getattr(audience, name) is not None]
+def condition(audience: Audience, *, tenant_id: uuid.UUID, mode: str) -> ColumnElement[bool]:
+    """The audience as a condition on `recipients` of the tenant and mode (which the caller
+    selects as well: a topic's members are those of its tenant and mode only)."""
+    chosen = [name for name in ("all", "topic", "filter") if getattr(audience, name) is not None]
     if len(chosen) != 1:
-        raise AudienceInvalid("audience", "give exactly one of `all` and `filter`")
+        raise AudienceInvalid("audience", "give exactly one of `all`, `topic` and `filter`")
+    if audience.topic is not None:
+        return (
+            select(TopicMember.recipient_id)
+            .where(
+                TopicMember.tenant_id == tenant_id,
+                TopicMember.mode == mode,
+                TopicMember.topic_key == audience.topic,
+                TopicMember.recipient_id == Recipient.id,
+            )
+            .exists()
+        )
     if audience.filter is None:
         return true()
     try:
@@ -56,7 +72,15 @@ async def count(
     timeout_ms: int = COUNT_TIMEOUT_MS,
 ) -> int:
     """How many recipients the audience reaches now; raises AudienceInvalid, CountTimedOut."""
-    matched = condition(audience)
+    matched = condition(audience, tenant_id=tenant_id, mode=mode)
+    if audience.topic is not None:
+        # A topic keeps its count of members as they change (erasure included): no scan.
+        topic = await get_topic(session, tenant_id=tenant_id, mode=mode, key=audience.topic)
+        members = None if topic is None else topic.member_count
+        await session.rollback()
+        if members is None:
+            raise AudienceInvalid("audience.topic", f"no topic {audience.topic!r} in {mode} mode")
+        return members
     query = select(func.count()).where(
         Recipient.tenant_id == tenant_id,
         Recipient.mode == mode,

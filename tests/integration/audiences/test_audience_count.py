@@ -8,12 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audiences import service
 from app.audiences.filters import MAX_DEPTH, MAX_NODES, MAX_VALUES, Equals
 from app.audiences.schemas import Audience
+from app.recipients.models import Recipient
 from tests.support import TenantKey, assert_problem, key_of
 
 PATH = "/v1/audiences/count"
@@ -102,6 +103,34 @@ async def test_filters_match_what_they_say(client: httpx.AsyncClient, tenant: Te
     assert erased.status_code == 200
     assert await count(client, tenant, {"all": True}) == 5
     assert await count(client, tenant, where(eq("data.plan", "pro"))) == 1
+
+
+@pytest.mark.usefixtures("people")
+async def test_a_topic_counts_its_members(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
+) -> None:
+    made = await client.put("/v1/topics/news", headers=tenant.headers, json={"name": "News"})
+    assert made.status_code == 201, made.text
+    assert await count(client, tenant, {"topic": "news"}) == 0
+    added = await client.post(
+        "/v1/topics/news/members", headers=tenant.headers, json={"recipients": ["u1", "u2", "u3"]}
+    )
+    assert added.status_code == 200, added.text
+    assert await count(client, tenant, {"topic": "news"}) == 3
+    # The members as a condition on recipients (what a send will select) are those three.
+    matched = service.condition(Audience(topic="news"), tenant_id=tenant.tenant_id, mode="live")
+    members = await session.scalars(
+        select(Recipient.external_id).where(
+            Recipient.tenant_id == tenant.tenant_id, Recipient.mode == "live", matched
+        )
+    )
+    assert sorted(members) == ["u1", "u2", "u3"]
+    erased = await client.delete("/v1/recipients/u2", headers=tenant.headers)
+    assert erased.status_code == 200
+    assert await count(client, tenant, {"topic": "news"}) == 2
+    missing = await client.post(PATH, headers=tenant.headers, json={"audience": {"topic": "nope"}})
+    assert_problem(missing, 422, "validation_error")
+    assert [e["field"] for e in missing.json()["errors"]] == ["audience.topic"]
 
 
 @pytest.mark.usefixtures("people")
