@@ -10,7 +10,7 @@ KEY_RULE = "1 to 64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
 
 
 def is_category_key(key: str) -> bool:
-    return KEY_PATTERN.match(key) is not None
+    return KEY_PATTERN.fullmatch(key) is not None  # `$` alone would let a final newline by
 
 
 # The same form in the OpenAPI document (bodies and path parameters naming a category).

@@ -48,7 +48,7 @@ class CheckedTemplate:
 
 
 def is_key(key: str) -> bool:
-    return bool(_KEY.match(key))
+    return bool(_KEY.fullmatch(key))  # `$` alone would let a final newline by
 
 
 def check_template(
