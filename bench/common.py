@@ -134,12 +134,18 @@ def wrk(
             path.write_text(script)
             command += ["-s", str(path)]
         report = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
+    return read_report(report)
+
+
+def read_report(report: str) -> dict[str, float]:
+    """wrk's report (`--latency`) as figures: requests, non-2xx, requests/s, p50/p99 ms."""
     return {
         "requests": float(_figure(r"(\d+) requests in", report) or 0),
         "not_2xx": float(_figure(r"Non-2xx or 3xx responses: (\d+)", report) or 0),
         "requests_per_second": float(_figure(r"Requests/sec:\s+([\d.]+)", report) or "nan"),
-        "p50_ms": _milliseconds(_figure(r"50%\s+(\S+)", report)),
-        "p99_ms": _milliseconds(_figure(r"99%\s+(\S+)", report)),
+        # The latency distribution's own lines: "Req/Sec … 68.50%" ends in 50% as well.
+        "p50_ms": _milliseconds(_figure(r"(?m)^\s*50%\s+(\S+)", report)),
+        "p99_ms": _milliseconds(_figure(r"(?m)^\s*99%\s+(\S+)", report)),
     }
 
 

@@ -7,7 +7,7 @@ import io
 import json
 import math
 
-from bench.common import _milliseconds
+from bench.common import _milliseconds, read_report
 from bench.e2e import Timeline, idle_stretches
 from bench.report import Report, Section
 
@@ -82,3 +82,30 @@ def test_wrk_latencies_are_read_in_milliseconds() -> None:
     assert _milliseconds("12.5ms") == 12.5
     assert _milliseconds("1.20s") == 1200.0
     assert math.isnan(_milliseconds(None))
+
+
+WRK_REPORT = """Running 8s test @ http://127.0.0.1:8000/healthz
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.10ms    3.02ms  43.40ms   68.50%
+    Req/Sec     7.69k   699.33     9.02k    68.50%
+  Latency Distribution
+     50%    4.80ms
+     75%    6.10ms
+     90%    8.20ms
+     99%   43.40ms
+  122345 requests in 8.00s, 17.39MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:  15293.12
+"""
+
+
+def test_a_wrk_report_is_read_from_its_own_lines() -> None:
+    # "68.50%" in the thread stats ends in 50%: the median is read from its own line.
+    assert read_report(WRK_REPORT) == {
+        "requests": 122345.0,
+        "not_2xx": 3.0,
+        "requests_per_second": 15293.12,
+        "p50_ms": 4.8,
+        "p99_ms": 43.4,
+    }
