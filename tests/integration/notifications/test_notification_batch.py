@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.notifications.models import Notification
@@ -203,3 +203,48 @@ async def test_a_batch_needs_the_send_scope_and_stays_in_its_mode(
     assert hidden.status_code == 404
     live = await send_batch(client, tenant, [{"template": "hello", "to": ["ann"]}])
     assert live["data"][0]["error"]["errors"][0]["field"] == "notifications[0].template"
+
+
+async def test_items_the_database_refused_are_503_and_safe_to_send_again(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
+) -> None:
+    await put_template(client, tenant, "hello", CONTENT)
+    await put_recipient(client, tenant, "ann", email="ann@example.com")
+    items = [
+        {"template": "hello", "to": ["ann"], "data": {"n": n}, "idempotency_key": f"r-{n}"}
+        for n in range(3)
+    ]
+    # PostgreSQL refusing this tenant's notifications, as a failing write would.
+    name = f"refuse_{uuid.uuid4().hex[:8]}"
+    await session.execute(
+        text(
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'writes refused'; END $$"
+        )
+    )
+    await session.execute(
+        text(
+            f"CREATE TRIGGER {name} BEFORE INSERT ON notifications FOR EACH ROW "
+            f"WHEN (NEW.tenant_id = '{tenant.tenant_id}') EXECUTE FUNCTION {name}()"
+        )
+    )
+    await session.commit()
+    try:
+        refused = await send_batch(client, tenant, items)
+    finally:
+        await session.execute(text(f"DROP TRIGGER {name} ON notifications"))
+        await session.execute(text(f"DROP FUNCTION {name}()"))
+        await session.commit()
+    assert [item["status"] for item in refused["data"]] == [503, 503, 503]
+    assert (refused["accepted"], refused["refused"]) == (0, 3)
+    assert all(item["error"]["type"].endswith("/unavailable") for item in refused["data"])
+    # Nothing was stored; sent again with the same keys, each is accepted once.
+    again = await send_batch(client, tenant, items)
+    assert [item["status"] for item in again["data"]] == [202, 202, 202]
+    assert not any(item["replayed"] for item in again["data"])
+    stored = list(
+        await session.scalars(
+            select(Notification.id).where(Notification.tenant_id == tenant.tenant_id)
+        )
+    )
+    assert sorted(stored) == sorted(uuid.UUID(i["notification"]["id"]) for i in again["data"])
