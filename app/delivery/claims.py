@@ -2,9 +2,10 @@
 
 The claim is one UPDATE that moves messages from queued/retrying to sending with a lease
 and counts the attempt; a message another worker holds, one cancelled meanwhile, one not
-yet due, or one whose tenant paused its channel is not claimed, and a non-critical one of a
-channel switched to drop_noncritical is skipped instead. A message released
-without a provider call gets its attempt back and waits until the time it is given.
+yet due, one whose tenant paused its channel or one of a paused notification is not
+claimed, and a non-critical one of a channel switched to drop_noncritical is skipped
+instead. A message released without a provider call gets its attempt back and waits until
+the time it is given.
 
 The lease is short and its holder renews it while the batch runs (`renew`): a batch may
 legitimately take minutes (a provider slow to time out, 100 messages at 32 at a time), but a
@@ -44,6 +45,7 @@ _CLAIM = text(
        AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
        AND r.id = m.render_id AND n.id = m.notification_id AND t.id = m.tenant_id
        AND (t.kill_switches ->> m.channel) IS DISTINCT FROM 'pause'
+       AND n.status <> 'paused'
     RETURNING m.id, m.tenant_id, m.notification_id, m.recipient_id, m.channel, m.address,
               m.attempts, m.rate_limited_attempts,
               coalesce(m.retry_window_from, m.created_at) AS retry_window_from,

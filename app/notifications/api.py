@@ -14,7 +14,7 @@ from app.apidoc import problem_responses
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
-from app.dependencies import DbSession, IntakeDependency
+from app.dependencies import DbSession, IntakeDependency, OutboxDependency
 from app.notifications import intake, queries
 from app.notifications.schemas import (
     MAX_IDEMPOTENCY_KEY,
@@ -30,6 +30,8 @@ from app.notifications.schemas import (
     NotificationBatchResult,
     NotificationCreate,
     NotificationOut,
+    PauseResult,
+    ResumeResult,
 )
 from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
@@ -115,6 +117,15 @@ def message_out(view: queries.MessageView) -> MessageOut:
         next_attempt_at=m.next_attempt_at,
         created_at=m.created_at,
         sent_at=m.sent_at,
+    )
+
+
+def _not_pausable(notification_id: uuid.UUID, status: str, verb: str) -> Problem:
+    return Problem(
+        409,
+        "conflict",
+        f"Notification {notification_id} is {status}: it cannot be {verb}.",
+        notification_status=status,
     )
 
 
@@ -266,6 +277,60 @@ class NotificationController(Controller):
         await db_session.commit()
         notification, cancelled = outcome
         return CancelResult(notification.id, "notification", notification.status, cancelled)
+
+    @post(
+        "/{notification_id:uuid}/pause",
+        status_code=200,
+        guards=[requires_scope("send")],
+        summary="Pause: nothing more is sent (nor dispatched) until it is resumed",
+        responses=problem_responses({409: "Only an accepted or dispatched one can be paused."}),
+    )
+    async def pause(
+        self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
+    ) -> PauseResult:
+        try:
+            control = await queries.pause(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
+                notification_id=notification_id,
+            )
+        except queries.NotPausable as refused:
+            raise _not_pausable(notification_id, refused.status, "paused") from None
+        if control is None:
+            raise _not_found(notification_id)
+        await db_session.commit()
+        return PauseResult(control.notification.id, "notification", "paused", control.messages)
+
+    @post(
+        "/{notification_id:uuid}/resume",
+        status_code=200,
+        guards=[requires_scope("send")],
+        summary="Resume a paused notification: what it held is sent (or dispatched) now",
+        responses=problem_responses({409: "Only a paused one can be resumed."}),
+    )
+    async def resume(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        outbox: OutboxDependency,
+        notification_id: FromPath[uuid.UUID],
+    ) -> ResumeResult:
+        try:
+            control = await queries.resume(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                mode=request.user.mode,
+                notification_id=notification_id,
+            )
+        except queries.NotPausable as refused:
+            raise _not_pausable(notification_id, refused.status, "resumed") from None
+        if control is None:
+            raise _not_found(notification_id)
+        await db_session.commit()
+        await outbox.enqueue_after_commit(control.jobs)
+        notification = control.notification
+        return ResumeResult(notification.id, "notification", notification.status, control.messages)
 
 
 @get(

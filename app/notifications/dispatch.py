@@ -82,7 +82,8 @@ async def dispatch(
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
     )
-    if notification is None or notification.status in ("cancelled", "failed"):
+    # Paused: resuming it enqueues its dispatch again (queries.resume).
+    if notification is None or notification.status in ("cancelled", "failed", "paused"):
         return Dispatched([])
     with tracer().start_as_current_span(
         "herald.dispatch",

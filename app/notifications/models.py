@@ -30,7 +30,7 @@ from app.db import Base, CreatedAt, UuidPrimaryKey
 from app.modes import mode_check, mode_column
 
 PRIORITIES = ("high", "normal", "low")
-NOTIFICATION_STATUSES = ("accepted", "dispatched", "cancelled", "failed")
+NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "failed")
 MESSAGE_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
 
 

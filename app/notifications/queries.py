@@ -1,6 +1,12 @@
-"""Reading notifications and messages, and cancelling what has not been sent yet.
+"""Reading notifications and messages; cancelling, pausing and resuming what is not sent yet.
 
 Every function takes the tenant and the mode: a test key sees test notifications only.
+
+A paused notification is not dispatched, and its messages waiting to be sent (`queued`,
+`retrying`) are due at 'infinity': no claim takes them (the claim also skips a paused
+notification's messages outright, for one that comes back from a send under way), and the
+sweeper, which looks for messages overdue, never finds them. Resuming makes them due now
+and hands back their deliver jobs, in pages, or the dispatch job of one not dispatched yet.
 """
 
 from __future__ import annotations
@@ -9,14 +15,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import utcnow
+from app.delivery import outbox
 from app.notifications.models import Attempt, Message, Notification
 from app.pagination import Page
 from app.recipients.models import Recipient
 
 MESSAGES_SHOWN = 100
+RESUME_PAGE = 1_000  # messages made due again per statement when a notification resumes
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ async def cancel(
     )
     if notification is None:
         return None
-    if notification.status in ("accepted", "dispatched"):
+    if notification.status in ("accepted", "dispatched", "paused"):
         notification.status = "cancelled"
     result = await session.execute(
         update(Message)
@@ -199,3 +208,119 @@ async def cancel(
         .values(status="cancelled", next_attempt_at=None, updated_at=func.now())
     )
     return notification, result.rowcount  # type: ignore[attr-defined]
+
+
+class NotPausable(Exception):
+    """The notification's status does not allow it (pausing a cancelled one, say)."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Control:
+    notification: Notification
+    messages: int  # the messages it held (pause) or made due again (resume)
+    jobs: list[outbox.Job]  # to enqueue once committed (resume)
+
+
+async def pause(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+) -> Control | None:
+    """Hold the notification's messages not sent yet, and its dispatch if it has not run."""
+    notification = await _locked(session, tenant_id, mode, notification_id)
+    if notification is None:
+        return None
+    if notification.status not in ("accepted", "dispatched"):
+        raise NotPausable(notification.status)
+    notification.status = "paused"
+    held = await session.execute(
+        update(Message)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.notification_id == notification_id,
+            Message.status.in_(("queued", "retrying")),
+        )
+        .values(next_attempt_at=text("'infinity'"), updated_at=func.now())
+    )
+    return Control(notification, held.rowcount, [])  # type: ignore[attr-defined]
+
+
+async def resume(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    page: int = RESUME_PAGE,
+) -> Control | None:
+    """Let a paused notification go on: its held messages are due now (their deliver jobs
+    returned, a job per batch), or its dispatch runs (now, or at its send_at)."""
+    notification = await _locked(session, tenant_id, mode, notification_id)
+    if notification is None:
+        return None
+    if notification.status != "paused":
+        raise NotPausable(notification.status)
+    now = utcnow()
+    if notification.dispatched_at is None:
+        notification.status = "accepted"
+        at = max(now, notification.send_at or now)
+        job = outbox.later_dispatch(notification.id, notification.priority, at)
+        return Control(notification, 0, [job])
+    notification.status = "dispatched"
+    jobs: list[outbox.Job] = []
+    released = 0
+    after: uuid.UUID | None = None
+    while True:  # keyset pages: however many it held, no page is larger than `page`
+        query = (
+            update(Message)
+            .where(
+                Message.tenant_id == tenant_id,
+                Message.notification_id == notification_id,
+                Message.status.in_(("queued", "retrying")),
+                Message.next_attempt_at == text("'infinity'"),
+                Message.id.in_(
+                    select(Message.id)
+                    .where(
+                        Message.tenant_id == tenant_id,
+                        Message.notification_id == notification_id,
+                        Message.status.in_(("queued", "retrying")),
+                        Message.next_attempt_at == text("'infinity'"),
+                        *([Message.id > after] if after is not None else []),
+                    )
+                    .order_by(Message.id)
+                    .limit(page)
+                    .scalar_subquery()
+                ),
+            )
+            .values(next_attempt_at=now, updated_at=func.now())
+            .returning(Message.id)
+        )
+        ids = sorted((await session.scalars(query)).all())
+        released += len(ids)
+        # Tagged with the time: a deliver job of an earlier resume may still hold its id.
+        tag = str(int(now.timestamp() * 1000))
+        jobs += [
+            outbox.redeliver("resume", priority, batch, tag=tag)
+            for priority, batch in outbox.batches((notification.priority, i) for i in ids)
+        ]
+        if len(ids) < page:
+            return Control(notification, released, jobs)
+        after = ids[-1]
+
+
+async def _locked(
+    session: AsyncSession, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+) -> Notification | None:
+    # The row lock waits for a dispatch in progress, so none of its messages escape.
+    found: Notification | None = await session.scalar(
+        select(Notification)
+        .where(
+            Notification.tenant_id == tenant_id,
+            Notification.mode == mode,
+            Notification.id == notification_id,
+        )
+        .with_for_update()
+    )
+    return found

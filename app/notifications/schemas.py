@@ -232,3 +232,23 @@ class CancelResult(msgspec.Struct):
     object: Literal["notification"]
     status: str
     cancelled_messages: int
+
+
+class PauseResult(msgspec.Struct):
+    id: uuid.UUID
+    object: Literal["notification"]
+    status: Literal["paused"]
+    held_messages: Annotated[
+        int, msgspec.Meta(description="Messages not sent yet that now wait for the resume.")
+    ]
+
+
+class ResumeResult(msgspec.Struct):
+    id: uuid.UUID
+    object: Literal["notification"]
+    status: Annotated[
+        str, msgspec.Meta(description="`dispatched`, or `accepted` when it was paused before.")
+    ]
+    released_messages: Annotated[
+        int, msgspec.Meta(description="Messages held by the pause, due again now.")
+    ]
