@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 import admin_ui
 from app.apidoc import MsgspecSchemaPlugin, complete_document
 from app.audiences.api import AudienceController
+from app.audiences.service import CountSlots
 from app.auth.accounts import Guards
 from app.auth.api import ApiKeyController
 from app.auth.devices import DeviceTokens
@@ -120,6 +121,7 @@ def _lifespan(  # type: ignore[no-untyped-def]
             token_buckets=TokenBuckets(redis, batch_timeout=RATE_LIMIT_TIMEOUT),
             account_guards=account_guards(settings, redis),
             mailer=SystemMailer(settings.smtp_url, settings.mail_from),
+            count_slots=CountSlots(),
         )
         # Its own small pool: the writer runs one batch at a time and checks connections
         # itself, so it skips the per-checkout ping of the request pool.

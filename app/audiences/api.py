@@ -33,7 +33,8 @@ class AudienceController(Controller):
         responses=problem_responses(
             {
                 503: f"Counting took longer than {service.COUNT_TIMEOUT_MS // 1000} s and was "
-                "stopped; narrow the filter or try again."
+                "stopped (narrow the filter), or this server runs as many counts as it allows "
+                "(`Retry-After`)."
             }
         ),
     )
@@ -46,7 +47,10 @@ class AudienceController(Controller):
                 tenant_id=request.user.tenant_id,
                 mode=request.user.mode,
                 audience=data.audience,
+                slots=request.app.state.count_slots,
             )
+        except service.CountsBusy as busy:
+            raise _busy(busy.whose) from None
         except service.AudienceInvalid as invalid:
             raise field_error(invalid.field, invalid.message) from None
         except service.CountTimedOut:
@@ -57,3 +61,21 @@ class AudienceController(Controller):
                 "stopped; narrow the filter or try again.",
             ) from None
         return AudienceCount(object="audience_count", recipients=found)
+
+
+def _busy(whose: str) -> Problem:
+    if whose == "tenant":
+        return Problem(
+            429,
+            "rate_limited",
+            "A count of this tenant's audiences is running: one runs at a time; retry in 1 s.",
+            headers={"Retry-After": "1"},
+            retry_after=1,
+        )
+    return Problem(
+        503,
+        "busy",
+        "This server runs as many audience counts as it allows; retry in 1 s.",
+        headers={"Retry-After": "1"},
+        retry_after=1,
+    )

@@ -3,11 +3,13 @@ of tenants and modes, and the statement timeout that cancels a count."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -218,14 +220,46 @@ async def test_a_count_past_its_time_limit_is_cancelled(session: AsyncSession) -
         audience = Audience(filter=Equals(field="data.n", value=-1))
         with pytest.raises(service.CountTimedOut):
             await service.count(
-                session, tenant_id=tenant_id, mode="live", audience=audience, timeout_ms=1
+                session,
+                tenant_id=tenant_id,
+                mode="live",
+                audience=audience,
+                slots=service.CountSlots(),
+                timeout_ms=1,
             )
         # The limit was the count's own: the session goes on without it.
-        assert (
-            await service.count(session, tenant_id=tenant_id, mode="live", audience=audience) == 0
+        again = await service.count(
+            session,
+            tenant_id=tenant_id,
+            mode="live",
+            audience=audience,
+            slots=service.CountSlots(),
         )
+        assert again == 0
         assert (await session.execute(text("SHOW statement_timeout"))).scalar_one() == "0"
     finally:
         await session.rollback()
         await session.execute(text("DELETE FROM tenants WHERE id = :id"), {"id": tenant_id})
         await session.commit()
+
+
+async def test_counts_run_one_per_tenant_and_a_few_per_process(
+    app: Litestar, client: httpx.AsyncClient, tenant: TenantKey, other_tenant: TenantKey
+) -> None:
+    slots: service.CountSlots = app.state.count_slots
+    body = {"audience": {"all": True}}
+    with slots.slot(tenant.tenant_id):  # a count of this tenant under way
+        busy = await client.post(PATH, headers=tenant.headers, json=body)
+        assert_problem(busy, 429, "rate_limited")
+        assert busy.headers["retry-after"] == "1"
+        # Another tenant is not held up by it.
+        assert (await client.post(PATH, headers=other_tenant.headers, json=body)).status_code == 200
+    assert (await client.post(PATH, headers=tenant.headers, json=body)).status_code == 200
+    # With every slot of the process taken, counts wait for one: 503 with Retry-After.
+    others = [uuid.uuid4() for _ in range(slots.total)]
+    with contextlib.ExitStack() as held:
+        for other in others:
+            held.enter_context(slots.slot(other))
+        full = await client.post(PATH, headers=tenant.headers, json=body)
+        assert_problem(full, 503, "busy")
+    assert (await client.post(PATH, headers=tenant.headers, json=body)).status_code == 200
