@@ -6,7 +6,8 @@ A paused notification is not dispatched, and its messages waiting to be sent (`q
 `retrying`) are due at 'infinity': no claim takes them (the claim also skips a paused
 notification's messages outright, for one that comes back from a send under way), and the
 sweeper, which looks for messages overdue, never finds them. Resuming makes them due now
-and hands back their deliver jobs, in pages, or the dispatch job of one not dispatched yet.
+(and a retry that fell due meanwhile) and hands back their deliver jobs, in pages, or the
+dispatch job of one not dispatched yet.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, select, text, update
+from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
@@ -269,6 +270,14 @@ async def resume(
         job = outbox.later_dispatch(notification.id, notification.priority, at)
         return Control(notification, 0, [job])
     notification.status = "dispatched"
+    # What the pause held, and what came back meanwhile from a send under way and found the
+    # notification paused (its retry is due, its job spent): all due now, with new jobs.
+    # Retries due later keep the jobs that will deliver them.
+    due = or_(
+        Message.next_attempt_at == text("'infinity'"),
+        Message.next_attempt_at.is_(None),
+        Message.next_attempt_at <= now,
+    )
     jobs: list[outbox.Job] = []
     released = 0
     after: uuid.UUID | None = None
@@ -279,14 +288,14 @@ async def resume(
                 Message.tenant_id == tenant_id,
                 Message.notification_id == notification_id,
                 Message.status.in_(("queued", "retrying")),
-                Message.next_attempt_at == text("'infinity'"),
+                due,
                 Message.id.in_(
                     select(Message.id)
                     .where(
                         Message.tenant_id == tenant_id,
                         Message.notification_id == notification_id,
                         Message.status.in_(("queued", "retrying")),
-                        Message.next_attempt_at == text("'infinity'"),
+                        due,
                         *([Message.id > after] if after is not None else []),
                     )
                     .order_by(Message.id)
