@@ -118,10 +118,11 @@ def later_dispatch(notification_id: uuid.UUID, priority: str, at: datetime) -> J
     return Job(priority, "dispatch", (str(notification_id),), job_id, at)
 
 
-def deliver(priority: str, message_ids: Sequence[uuid.UUID]) -> Job:
-    """A batch's first delivery (dispatch): made twice, it is refused the second time."""
+def deliver(priority: str, message_ids: Sequence[uuid.UUID], at: datetime | None = None) -> Job:
+    """A batch's first delivery (dispatch): made twice, it is refused the second time. `at`:
+    not before then (dispatch paces a large notification's batches at its tenant's rate)."""
     ids = [str(message_id) for message_id in message_ids]
-    return Job(priority, "deliver", (ids, priority), f"deliver:{ids[0]}:{len(ids)}")
+    return Job(priority, "deliver", (ids, priority), f"deliver:{ids[0]}:{len(ids)}", at)
 
 
 def redeliver(reason: Redelivery, priority: str, message_ids: Sequence[uuid.UUID], tag: str) -> Job:

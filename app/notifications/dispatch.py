@@ -46,8 +46,10 @@ from app.templates.renderer import Renderer
 from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import get_delivery_settings
+from app.tenants.plans import limits_for
 
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
+UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
 
 
@@ -59,16 +61,42 @@ class DeliveryBatch:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """The tenant's send rate (messages/s) and burst: no batch can go faster than these."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
 class Dispatched:
     batches: list[DeliveryBatch]  # the notification's queued messages, to enqueue
     priority: str = "normal"
     # Set when the render budget ran out part-way: dispatch the notification again then.
     later: datetime | None = None
+    pace: Pace | None = None
 
-    def jobs(self, notification_id: uuid.UUID) -> list[outbox.Job]:
+    def jobs(self, notification_id: uuid.UUID, now: datetime | None = None) -> list[outbox.Job]:
         """What to enqueue once committed: the batches' deliveries, and the rest of the
-        dispatch when the render budget ran out."""
-        jobs = [outbox.deliver(b.priority, b.message_ids) for b in self.batches]
+        dispatch when the render budget ran out.
+
+        The batches are due as the tenant's send bucket will have tokens for them: what the
+        burst covers at once, each later batch when the rate has made tokens for the ones
+        before it. Queued all at once, a tenant's thousands of batches would be ahead of
+        every other tenant's work in the queue although the bucket lets them go only at its
+        rate; due at their time, another tenant's batch queued meanwhile goes first. The
+        inbox takes no tokens and is not paced.
+        """
+        now = now or utcnow()
+        jobs = []
+        ahead = 0  # metered messages of the batches before this one
+        for batch in self.batches:
+            at = None
+            if self.pace is not None and batch.channel not in UNPACED_CHANNELS:
+                wait = (ahead - self.pace.burst) / self.pace.rate
+                at = now + timedelta(seconds=wait) if wait > 0 else None
+                ahead += len(batch.message_ids)
+            jobs.append(outbox.deliver(batch.priority, batch.message_ids, at))
         if self.later is not None:
             jobs.append(outbox.later_dispatch(notification_id, self.priority, self.later))
         return jobs
@@ -100,7 +128,11 @@ async def dispatch(
             later = await _fan_out(session, notification, renderer)
         batches = await queued_batches(session, notification)
         span.set_attribute("herald.messages", sum(len(b.message_ids) for b in batches))
-        return Dispatched(batches, notification.priority, later)
+        tenant = await get_delivery_settings(session, tenant_id=notification.tenant_id)
+        limits = limits_for(tenant.plan)
+        return Dispatched(
+            batches, notification.priority, later, Pace(limits.send_rate, limits.send_burst)
+        )
 
 
 async def _fan_out(
