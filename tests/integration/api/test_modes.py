@@ -2,9 +2,9 @@
 
 One tenant holds the same ids in both modes (recipient `alice`, template `welcome`, category
 `otp`, a suppression, a notification sent with Idempotency-Key `order-1`, a failed message
-in the DLQ, a key). Every route is called with the key of one mode on the other mode's
-objects: it answers 404 (or 403 where the route is live-only) and nothing of the other mode
-changes, in either direction.
+in the DLQ, a key, a topic with a member). Every route is called with the key of one mode on
+the other mode's objects: it answers 404 (or 403 where the route is live-only) and nothing
+of the other mode changes, in either direction.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import keys
 from app.categories.models import Category
 from app.notifications.models import Message, Notification
-from app.recipients.models import Recipient, Suppression
+from app.recipients.models import Recipient, Suppression, Topic, TopicMember
 from app.runtime import ServiceUrls
 from app.templates.models import Template
 from tests.send_path import drain, notification, put_recipient, put_template, workers
@@ -63,6 +63,14 @@ async def _world(client: httpx.AsyncClient, session: AsyncSession, key: TenantKe
     await put_recipient(client, key, "alice", email="fail@sandbox.herald")
     await put_template(client, key, f"only-{key.mode}", WELCOME)
     await put_recipient(client, key, f"only-{key.mode}", email="x@example.com")
+    topic = await client.put(f"/v1/topics/only-{key.mode}", headers=key.headers, json={})
+    assert topic.status_code == 201, topic.text
+    joined = await client.post(
+        f"/v1/topics/only-{key.mode}/members",
+        headers=key.headers,
+        json={"recipients": [f"only-{key.mode}"]},
+    )
+    assert joined.status_code == 200 and joined.json()["added"] == 1, joined.text
     category = await client.put(
         "/v1/categories/otp", headers=key.headers, json={"name": "OTP", "critical": True}
     )
@@ -139,6 +147,8 @@ async def _snapshot(session: AsyncSession, tenant_id: uuid.UUID, mode: str) -> d
         "suppressions": await rows(Suppression, Suppression.id, Suppression.address),
         "notifications": await rows(Notification, Notification.id, Notification.status),
         "messages": await rows(Message, Message.id, Message.status),
+        "topics": await rows(Topic, Topic.key, Topic.name, Topic.member_count),
+        "topic_members": await rows(TopicMember, TopicMember.topic_key, TopicMember.recipient_id),
     }
 
 
@@ -159,6 +169,13 @@ ROUTES_ON_OTHER_OBJECTS = [
     ("DELETE", "/v1/suppressions/{suppression_id}", None),
     ("GET", "/v1/notifications/{notification_id}", None),
     ("POST", "/v1/notifications/{notification_id}/cancel", None),
+    ("POST", "/v1/notifications/{notification_id}/pause", None),
+    ("POST", "/v1/notifications/{notification_id}/resume", None),
+    ("GET", "/v1/topics/{only}", None),
+    ("DELETE", "/v1/topics/{only}", None),
+    ("GET", "/v1/topics/{only}/members", None),
+    ("POST", "/v1/topics/{only}/members", {"recipients": ["alice"]}),
+    ("POST", "/v1/topics/{only}/members/remove", {"recipients": ["alice"]}),
     ("GET", "/v1/messages/{failed_message_id}", None),
 ]
 
