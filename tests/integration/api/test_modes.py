@@ -244,6 +244,15 @@ async def test_lists_show_only_their_own_mode(
     assert theirs.only not in templates and mine.only in templates
     categories = {c["key"]: c["critical"] for c in await listed("/v1/categories")}
     assert categories["otp"] is True  # the caller's own otp, not the other's
+    topics = {t["key"] for t in await listed("/v1/topics")}
+    assert theirs.only not in topics and mine.only in topics
+    members = {m["recipient"] for m in await listed(f"/v1/topics/{mine.only}/members")}
+    assert members == {mine.only}
+    # An audience counts the caller's mode only: the other mode's topic is none of its.
+    counted = await client.post(
+        "/v1/audiences/count", headers=mine.key.headers, json={"audience": {"topic": theirs.only}}
+    )
+    assert_problem(counted, 422, "validation_error")
 
 
 async def test_writes_create_objects_of_the_callers_mode(
