@@ -8,6 +8,7 @@ calling key's mode (app/modes.py); another tenant's or mode's topic is not found
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -55,6 +56,32 @@ async def _topic(db_session: DbSession, caller: Principal, key: str) -> Topic:
     if topic is None:
         raise _no_topic(key, caller.mode)
     return topic
+
+
+async def _changed(
+    change: Callable[..., Awaitable[topics.MembersChange | None]],
+    request: ApiRequest,
+    db_session: DbSession,
+    key: str,
+    data: TopicMembersChange,
+) -> topics.MembersChange:
+    """Members added or removed (`change`), committed; 422 naming a bad id, 404 without
+    the topic."""
+    try:
+        done = await change(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            key=key,
+            external_ids=data.recipients,
+            actor=request.user.actor,
+        )
+    except RecipientInvalid as error:
+        raise invalid(error) from None
+    if done is None:
+        raise _no_topic(key, request.user.mode)
+    await db_session.commit()
+    return done
 
 
 class TopicController(Controller):
@@ -152,20 +179,7 @@ class TopicController(Controller):
         key: FromPath[str],
         data: JSONBody[TopicMembersChange],
     ) -> TopicMembersAdded:
-        try:
-            change = await topics.add_members(
-                db_session,
-                tenant_id=request.user.tenant_id,
-                mode=request.user.mode,
-                key=key,
-                external_ids=data.recipients,
-                actor=request.user.actor,
-            )
-        except RecipientInvalid as error:
-            raise invalid(error) from None
-        if change is None:
-            raise _no_topic(key, request.user.mode)
-        await db_session.commit()
+        change = await _changed(topics.add_members, request, db_session, key, data)
         return TopicMembersAdded(
             object="topic_members_change",
             topic=key,
@@ -188,20 +202,7 @@ class TopicController(Controller):
         key: FromPath[str],
         data: JSONBody[TopicMembersChange],
     ) -> TopicMembersRemoved:
-        try:
-            change = await topics.remove_members(
-                db_session,
-                tenant_id=request.user.tenant_id,
-                mode=request.user.mode,
-                key=key,
-                external_ids=data.recipients,
-                actor=request.user.actor,
-            )
-        except RecipientInvalid as error:
-            raise invalid(error) from None
-        if change is None:
-            raise _no_topic(key, request.user.mode)
-        await db_session.commit()
+        change = await _changed(topics.remove_members, request, db_session, key, data)
         return TopicMembersRemoved(
             object="topic_members_change",
             topic=key,
