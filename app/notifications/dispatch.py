@@ -45,7 +45,7 @@ from app.templates.pool import Outcome
 from app.templates.renderer import Renderer
 from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
-from app.tenants.delivery_controls import get_delivery_settings
+from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
 
 INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
@@ -124,11 +124,11 @@ async def dispatch(
         },
     ) as span:
         later = None
+        tenant = await get_delivery_settings(session, tenant_id=notification.tenant_id)
         if notification.status == "accepted":
-            later = await _fan_out(session, notification, renderer)
+            later = await _fan_out(session, notification, renderer, tenant)
         batches = await queued_batches(session, notification)
         span.set_attribute("herald.messages", sum(len(b.message_ids) for b in batches))
-        tenant = await get_delivery_settings(session, tenant_id=notification.tenant_id)
         limits = limits_for(tenant.plan)
         return Dispatched(
             batches, notification.priority, later, Pace(limits.send_rate, limits.send_burst)
@@ -136,7 +136,10 @@ async def dispatch(
 
 
 async def _fan_out(
-    session: AsyncSession, notification: Notification, renderer: Renderer
+    session: AsyncSession,
+    notification: Notification,
+    renderer: Renderer,
+    tenant: DeliverySettings,
 ) -> datetime | None:
     """Write what can be rendered now; the time to carry on when the budget ran out."""
     tenant_id, mode = notification.tenant_id, notification.mode
@@ -160,7 +163,6 @@ async def _fan_out(
     people = await recipients.get_by_external_ids(
         session, tenant_id=tenant_id, mode=mode, external_ids=wanted, for_delivery=True
     )
-    tenant = await get_delivery_settings(session, tenant_id=tenant_id)
     plans = await recipients.plan_deliveries(
         session,
         tenant_id=tenant_id,

@@ -64,11 +64,17 @@ async def add_provider(client: httpx.AsyncClient, tenant: TenantKey, **config: A
 
 
 async def queued(
-    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, template: str, n: int
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    tenant: TenantKey,
+    template: str,
+    n: int,
+    **options: Any,
 ) -> list[uuid.UUID]:
-    """Send one notification to n recipients and dispatch it here; its message ids."""
+    """Send one notification to n recipients (`options` added to its body) and dispatch it
+    here; its message ids."""
     to = [f"r{i}" for i in range(n)]
-    accepted = await notify(client, tenant, template=template, to=to, data={"n": 1})
+    accepted = await notify(client, tenant, template=template, to=to, data={"n": 1}, **options)
     await dispatch(
         session, notification_id=uuid.UUID(accepted["id"]), renderer=unmetered_renderer()
     )
@@ -197,9 +203,10 @@ async def test_high_priority_takes_its_tokens_before_the_tenants_own_backlog(
     waiting = await deliverer.deliver(backlog)
     assert len(waiting) == 37
     # Then one more normal message and one high-priority one (a critical category).
-    await put_recipient(client, tenant, "late", webhook_url=f"{provider.url}/hook")
-    normal = await queued_to(client, session, tenant, "late")
-    urgent = await queued_to(client, session, tenant, "late", category="security", priority="high")
+    [normal] = await queued(client, session, tenant, "hook", 1)
+    [urgent] = await queued(
+        client, session, tenant, "hook", 1, category="security", priority="high"
+    )
     due = {d.message_id: d for d in await deliverer.deliver([normal, urgent])}
     assert set(due) == {normal, urgent}  # no token left now: both wait, neither is sent
     assert all(d.attempt == 0 for d in due.values())
@@ -210,27 +217,6 @@ async def test_high_priority_takes_its_tokens_before_the_tenants_own_backlog(
     assert ahead > 37 / 4 - 3, ahead
     # The high one goes at its turn, before the backlog it passed.
     assert due[urgent].at < sorted(d.at for d in waiting)[8]
-
-
-async def queued_to(
-    client: httpx.AsyncClient,
-    session: AsyncSession,
-    tenant: TenantKey,
-    external_id: str,
-    **options: Any,
-) -> uuid.UUID:
-    """One notification of the `hook` template to one recipient, dispatched here; its message."""
-    accepted = await notify(
-        client, tenant, template="hook", to=[external_id], data={"n": 1}, **options
-    )
-    notification_id = uuid.UUID(accepted["id"])
-    await dispatch(session, notification_id=notification_id, renderer=unmetered_renderer())
-    await session.commit()
-    found = await session.scalar(
-        select(Message.id).where(Message.notification_id == notification_id)
-    )
-    assert found is not None
-    return found
 
 
 async def test_rate_limited_answers_do_not_spend_the_attempt_budget(
