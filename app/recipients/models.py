@@ -2,9 +2,10 @@
 
 Categories, which preferences name by key, are a domain of their own (app/categories/).
 
-Every row carries tenant_id and its mode (app/modes.py). Preferences and topic members
-reference their recipient through (tenant_id, recipient_id), so neither can ever point at
-another tenant's recipient; preferences belong to their recipient's mode.
+Every row carries tenant_id and its mode (app/modes.py). Preferences, topic preferences and
+topic members reference their recipient through (tenant_id, recipient_id), so none can ever
+point at another tenant's recipient; preferences of both kinds belong to their recipient's
+mode.
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ class Preference(UpdatedAt, Base):
     tenant_id: Mapped[uuid.UUID]
     recipient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    enabled: Mapped[bool]
+
+
+class TopicPreference(UpdatedAt, Base):
+    """One switch: recipient x topic x channel, for notifications sent to that topic.
+
+    There is no foreign key to topics: a recipient may turn a topic off before joining it,
+    or before the tenant creates it (a sign-up form's unticked box), so the switch goes
+    with the recipient alone. The primary key serves every lookup: a recipient's switches
+    (GET, erasure, the cascade) and the switches of a page of recipients for one topic.
+    """
+
+    __tablename__ = "topic_preferences"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "recipient_id"],
+            ["recipients.tenant_id", "recipients.id"],
+            ondelete="CASCADE",
+            name="fk_topic_preferences_recipient",
+        ),
+        CheckConstraint(f"channel IN {CHANNELS!r}", name="channel"),
+    )
+
+    tenant_id: Mapped[uuid.UUID]
+    recipient_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    topic_key: Mapped[str] = mapped_column(String(100), primary_key=True)
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     enabled: Mapped[bool]
 
