@@ -72,12 +72,24 @@ class CountSlots:
             self._tenants.discard(tenant_id)
 
 
-def condition(audience: Audience, *, tenant_id: uuid.UUID, mode: str) -> ColumnElement[bool]:
-    """The audience as a condition on `recipients` of the tenant and mode (which the caller
-    selects as well: a topic's members are those of its tenant and mode only)."""
+def check(audience: Audience) -> None:
+    """Raise AudienceInvalid unless the audience names exactly one kind and its filter is
+    within bounds; `field` starts with `audience`."""
     chosen = [name for name in ("all", "topic", "filter") if getattr(audience, name) is not None]
     if len(chosen) != 1:
         raise AudienceInvalid("audience", "give exactly one of `all`, `topic` and `filter`")
+    if audience.filter is not None:
+        try:
+            filters.check(audience.filter)
+        except filters.FilterInvalid as invalid:
+            where = f"audience.filter.{invalid.field}" if invalid.field else "audience.filter"
+            raise AudienceInvalid(where, invalid.message) from None
+
+
+def condition(audience: Audience, *, tenant_id: uuid.UUID, mode: str) -> ColumnElement[bool]:
+    """The audience as a condition on `recipients` of the tenant and mode (which the caller
+    selects as well: a topic's members are those of its tenant and mode only)."""
+    check(audience)
     if audience.topic is not None:
         return (
             select(TopicMember.recipient_id)
@@ -91,11 +103,6 @@ def condition(audience: Audience, *, tenant_id: uuid.UUID, mode: str) -> ColumnE
         )
     if audience.filter is None:
         return true()
-    try:
-        filters.check(audience.filter)
-    except filters.FilterInvalid as invalid:
-        where = f"audience.filter.{invalid.field}" if invalid.field else "audience.filter"
-        raise AudienceInvalid(where, invalid.message) from None
     return filters.compile_filter(audience.filter)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from app.audiences import service as audiences
+from app.audiences.schemas import Audience
 from app.auth.keys import Principal
 from app.categories.rules import high_priority_refusal, rules_for
 from app.db import utcnow
@@ -104,7 +106,6 @@ def notification_row(
         raise InvalidNotification("priority", high_priority_refusal(category_key))
     if len(msgspec.json.encode(body.data)) > MAX_DATA_BYTES:
         raise InvalidNotification("data", f"data is larger than {MAX_DATA_BYTES // 1024} KiB")
-    ids = _audience_ids(body.to)
     return {
         "id": uuid7(),
         "tenant_id": principal.tenant_id,
@@ -114,7 +115,7 @@ def notification_row(
         "template_version": template.version,
         "category": category_key,
         "channels": channels,
-        "audience": {"recipients": list(dict.fromkeys(ids))},
+        "audience": _audience(body.to),
         "data": body.data,
         "locale": _locale(body.locale),
         "priority": body.priority,
@@ -122,6 +123,29 @@ def notification_row(
         "status": "accepted",
         "created_at": utcnow(),
     }
+
+
+def _audience(to: list[str | RecipientInput] | Audience) -> dict[str, Any]:
+    """What the notifications row keeps of `to`: `{"recipients": [ids…]}` for a list, else
+    the audience as given (`{"topic": key}`, `{"all": true}`, `{"filter": …}`)."""
+    if not isinstance(to, Audience):
+        return {"recipients": list(dict.fromkeys(_audience_ids(to)))}
+    try:
+        audiences.check(to)
+    except audiences.AudienceInvalid as invalid:
+        raise InvalidNotification(
+            "to" + invalid.field.removeprefix("audience"), invalid.message
+        ) from None
+    if to.topic is not None:
+        return {"topic": to.topic}
+    if to.filter is not None:
+        return {"filter": msgspec.to_builtins(to.filter)}
+    return {"all": True}
+
+
+def topic_of(body: NotificationCreate) -> str | None:
+    """The topic a notification is sent to, if it is sent to one."""
+    return body.to.topic if isinstance(body.to, Audience) else None
 
 
 def _audience_ids(to: list[str | RecipientInput]) -> list[str]:
@@ -167,7 +191,9 @@ def _channels(body: NotificationCreate, available: list[str]) -> list[str]:
 def inline_recipients(body: NotificationCreate) -> list[RecipientInput]:
     """The recipients given inline, checked as an upsert checks them (`to[2].email` names
     a refused field); the writer upserts them in the notification's transaction."""
-    inline = []
+    inline: list[RecipientInput] = []
+    if isinstance(body.to, Audience):
+        return inline
     for index, item in enumerate(body.to):
         if not isinstance(item, RecipientInput):
             continue

@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+from app.audiences.schemas import Audience
 from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
 from app.channels import Channel
 from app.problems import ProblemDetails
@@ -33,7 +34,11 @@ RecipientId = Annotated[
 class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
     """What to send to whom. The template, and the category when given, must exist in the
     key's mode; `channels` must be among the template's; `high` priority is for critical
-    categories only."""
+    categories only.
+
+    `to` is a list of recipients, or an audience: `{"topic": key}` (its members when the
+    notification is dispatched), `{"all": true}` or `{"filter": …}` (docs/api/audiences.md).
+    An audience is expanded inside the database in pages, whatever its size."""
 
     openapi_examples: ClassVar[list[dict[str, Any]]] = [
         {"template": "welcome", "to": ["user-1"], "data": {"name": "Ada"}},
@@ -46,20 +51,25 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
             "locale": "en",
         },
         {"template": "welcome", "to": ["user-1"], "send_at": "2026-01-01T09:00:00Z"},
+        {"template": "weekly-digest", "to": {"topic": "weekly-digest"}, "category": "digest"},
+        {"template": "outage", "to": {"all": True}, "channels": ["email"]},
     ]
 
     template: Annotated[
         str,
         msgspec.Meta(min_length=1, max_length=100, extra_json_schema={"pattern": KEY_PATTERN}),
     ]
-    to: Annotated[
-        list[RecipientId | RecipientInput],
-        msgspec.Meta(
-            min_length=1,
-            max_length=MAX_RECIPIENTS,
-            description="Recipients by external id, or inline (created or updated first).",
-        ),
-    ]
+    to: (
+        Annotated[
+            list[RecipientId | RecipientInput],
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_RECIPIENTS,
+                description="Recipients by external id, or inline (created or updated first).",
+            ),
+        ]
+        | Audience
+    )
     channels: Annotated[list[Channel], msgspec.Meta(min_length=1)] | None = None
     data: Annotated[
         dict[str, Any],

@@ -38,11 +38,13 @@ from app.notifications.intake import (
     inline_recipients,
     notification_row,
     request_hash,
+    topic_of,
 )
 from app.notifications.schemas import NotificationCreate
 from app.observability.tracing import current_trace_context
 from app.recipients import service as recipients
 from app.recipients.schemas import RecipientInput
+from app.recipients.topics import existing_topics
 from app.recipients.validation import MAX_BATCH as MAX_RECIPIENT_BATCH
 from app.templates.service import latest_summaries
 
@@ -191,7 +193,10 @@ class IntakeWriter:
     async def _write(self, batch: list[_Request]) -> None:
         # Without recipients given inline the INSERT is the batch's only write: no
         # transaction around it, two round trips (BEGIN, COMMIT) fewer per batch.
-        inline = any(isinstance(item, RecipientInput) for r in batch for item in r.body.to)
+        inline = any(
+            isinstance(r.body.to, list) and any(isinstance(i, RecipientInput) for i in r.body.to)
+            for r in batch
+        )
         autocommit = {} if inline else {"isolation_level": "AUTOCOMMIT"}
         async with self._sessions() as session:
             connection = await session.connection(execution_options=autocommit)
@@ -250,6 +255,14 @@ class IntakeWriter:
                 for r in fresh
             },
         )
+        topics = await existing_topics(
+            session,
+            {
+                (r.principal.tenant_id, r.principal.mode, topic)
+                for r in fresh
+                if (topic := topic_of(r.body)) is not None
+            },
+        )
         for request in fresh:
             principal, template = request.principal, template_of[id(request)]
             category = (principal.tenant_id, principal.mode, category_of(request.body, template))
@@ -257,6 +270,11 @@ class IntakeWriter:
                 request.row = notification_row(
                     principal, request.body, template, category_critical=critical.get(category)
                 )
+                topic = topic_of(request.body)
+                if topic is not None and (principal.tenant_id, principal.mode, topic) not in topics:
+                    raise InvalidNotification(
+                        "to.topic", f"no topic {topic!r} in {principal.mode} mode"
+                    )
                 request.inline = inline_recipients(request.body)
             except InvalidNotification as invalid:
                 request.row = None

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import TextClause, delete, func, select, text
+from sqlalchemy import TextClause, delete, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -141,6 +141,20 @@ async def get_topic(
         .execution_options(populate_existing=True)
     )
     return topic
+
+
+async def existing_topics(
+    session: AsyncSession, wanted: set[tuple[uuid.UUID, str, str]]
+) -> set[tuple[uuid.UUID, str, str]]:
+    """Which of the (tenant, mode, key) exist, in one query (the intake asks for a batch)."""
+    if not wanted:
+        return set()
+    rows = await session.execute(
+        select(Topic.tenant_id, Topic.mode, Topic.key).where(
+            tuple_(Topic.tenant_id, Topic.mode, Topic.key).in_(sorted(wanted))
+        )
+    )
+    return {(tenant_id, mode, key) for tenant_id, mode, key in rows.all()}
 
 
 async def list_topics(
