@@ -36,7 +36,10 @@ async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
     try:
         async with ctx["sessions"]() as session:
             done = await dispatch_notification(
-                session, notification_id=key, renderer=ctx["renderer"]
+                session,
+                notification_id=key,
+                renderer=ctx["renderer"],
+                enqueuer=queues.outbox(ctx["redis"]),
             )
             await session.commit()
     except Exception as error:

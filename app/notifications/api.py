@@ -264,7 +264,11 @@ class NotificationController(Controller):
         summary="Cancel: messages not yet sent are skipped",
     )
     async def cancel(
-        self, request: ApiRequest, db_session: DbSession, notification_id: FromPath[uuid.UUID]
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        outbox: OutboxDependency,
+        notification_id: FromPath[uuid.UUID],
     ) -> CancelResult:
         outcome = await queries.cancel(
             db_session,
@@ -275,8 +279,9 @@ class NotificationController(Controller):
         if outcome is None:
             raise _not_found(notification_id)
         await db_session.commit()
-        notification, cancelled = outcome
-        return CancelResult(notification.id, "notification", notification.status, cancelled)
+        await outbox.enqueue_after_commit(outcome.jobs)
+        notification = outcome.notification
+        return CancelResult(notification.id, "notification", notification.status, outcome.messages)
 
     @post(
         "/{notification_id:uuid}/pause",

@@ -19,22 +19,25 @@ shared renders already made, so a large personalised send proceeds at the tenant
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 from opentelemetry.trace import SpanKind
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories import service as categories
+from app.categories.service import CategoryView
 from app.db import utcnow
 from app.delivery import outbox
 from app.ids import uuid7, uuid7s
+from app.notifications import bulk, expansion
 from app.notifications.models import Message, Notification, Render
 from app.observability.tracing import parent_context, tracer
 from app.recipients import service as recipients
@@ -48,7 +51,6 @@ from app.templates.service import get_template
 from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
 
-INSERT_CHUNK = 5_000  # rows per INSERT: each column is one array parameter
 UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
 
@@ -103,13 +105,25 @@ class Dispatched:
 
 
 async def dispatch(
-    session: AsyncSession, *, notification_id: uuid.UUID, renderer: Renderer
+    session: AsyncSession,
+    *,
+    notification_id: uuid.UUID,
+    renderer: Renderer,
+    enqueuer: outbox.Outbox | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    run_seconds: float = expansion.RUN_SECONDS,
 ) -> Dispatched:
-    """Write the notification's messages (once) and return its queued messages in batches."""
+    """Write the notification's messages (once) and return its queued messages in batches.
+
+    An audience's dispatch (expansion.py) commits and enqueues as it goes, through
+    `enqueuer`, and hands back only the job that goes on with it, if one must."""
     # The row lock serialises dispatch with cancellation of the same notification.
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
     )
+    if notification is not None and notification.status == "cancelled" and notification.releasing:
+        await _cancel_held(session, notification)
+        return Dispatched([])
     # Paused: resuming it enqueues its dispatch again (queries.resume).
     if notification is None or notification.status in ("cancelled", "failed", "paused"):
         return Dispatched([])
@@ -123,8 +137,15 @@ async def dispatch(
             "herald.template": notification.template_key,
         },
     ) as span:
-        later = None
         tenant = await get_delivery_settings(session, tenant_id=notification.tenant_id)
+        if expansion.is_audience(notification):
+            if enqueuer is None:
+                raise ValueError("an audience's dispatch needs an enqueuer: it enqueues as it goes")
+            later = await _expand(
+                session, notification, renderer, tenant, enqueuer, clock, run_seconds
+            )
+            return Dispatched([], notification.priority, later)
+        later = None
         if notification.status == "accepted":
             later = await _fan_out(session, notification, renderer, tenant)
         batches = await queued_batches(session, notification)
@@ -135,13 +156,11 @@ async def dispatch(
         )
 
 
-async def _fan_out(
-    session: AsyncSession,
-    notification: Notification,
-    renderer: Renderer,
-    tenant: DeliverySettings,
-) -> datetime | None:
-    """Write what can be rendered now; the time to carry on when the budget ran out."""
+async def _sources(
+    session: AsyncSession, notification: Notification
+) -> tuple[TemplateVersion, CategoryView] | None:
+    """The notification's template version and category; None (and the notification
+    failed) when either was deleted after it was accepted."""
     tenant_id, mode = notification.tenant_id, notification.mode
     template = await get_template(
         session,
@@ -159,21 +178,72 @@ async def _fan_out(
         notification.problems = {missing: "deleted after the notification was accepted"}
         return None
     notification.critical = category.critical
+    return template, category
+
+
+async def _fan_out(
+    session: AsyncSession,
+    notification: Notification,
+    renderer: Renderer,
+    tenant: DeliverySettings,
+) -> datetime | None:
+    """Write what can be rendered now; the time to carry on when the budget ran out."""
+    found = await _sources(session, notification)
+    if found is None:
+        return None
+    template, category = found
     wanted = notification.audience["recipients"]
     people = await recipients.get_by_external_ids(
-        session, tenant_id=tenant_id, mode=mode, external_ids=wanted, for_delivery=True
+        session,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
+        external_ids=wanted,
+        for_delivery=True,
     )
+    wait = await _write(session, notification, renderer, tenant, template, category, people)
+    # This run finished its work: a later failure starts counting afresh (failures.py).
+    notification.dispatch_attempts = 0
+    notification.dispatch_error = None
+    if wait is not None:
+        notification.dispatch_after = utcnow() + max(MIN_DEFER, timedelta(seconds=wait))
+        return notification.dispatch_after
+    found_ids = {p.external_id for p in people}
+    unknown = [external_id for external_id in wanted if external_id not in found_ids]
+    notification.status = "dispatched"
+    notification.dispatched_at = utcnow()
+    notification.dispatch_after = None
+    if unknown:
+        notification.problems = {"unknown_recipients": unknown[:100]}
+    return None
+
+
+async def _write(
+    session: AsyncSession,
+    notification: Notification,
+    renderer: Renderer,
+    tenant: DeliverySettings,
+    template: TemplateVersion,
+    category: CategoryView,
+    people: Sequence[Recipient],
+    *,
+    topic: str | None = None,
+    held: bool = False,
+) -> float | None:
+    """Plan, render and write the messages of `people` that an earlier run did not write;
+    the seconds to wait when the render budget ran out part-way. `held`: written to be
+    released a window at a time (expansion.py)."""
     plans = await recipients.plan_deliveries(
         session,
-        tenant_id=tenant_id,
-        mode=mode,
-        recipients=people,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
+        recipients=list(people),
         channels=notification.channels,
         category=category,
         # drop_noncritical skips channels here; pause is applied at the delivery claim.
         kill_switches=tenant.kill_switches,
+        topic=topic,
     )
-    written = await _written(session, notification.id)
+    written = await _written(session, notification.id, [p.id for p in people])
     to_write = [p for p in plans if (p.recipient_id, p.channel, p.address) not in written]
     # Reading the template's sources (is it personalised?) is CPU work: off the event loop.
     work = await asyncio.to_thread(
@@ -186,29 +256,175 @@ async def _fan_out(
         await _shared_renders(session, notification.id),
     )
     rendering = await renderer.render(
-        tenant_id=tenant_id,
-        mode=mode,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
         plan=tenant.plan,
         template=template,
         data=notification.data,
         jobs=work.jobs,
     )
     renders, messages = work.rows(notification, rendering.outcomes)
-    await _insert_renders(session, renders)
-    await _insert(session, _INSERT_MESSAGES, _MESSAGE_COLUMNS, messages)
-    # This run finished its work: a later failure starts counting afresh (failures.py).
+    if held:
+        for message in messages:
+            if message["status"] == "queued":
+                message["next_attempt_at"] = "infinity"
+    await bulk.insert_renders(session, renders)
+    await bulk.insert(session, bulk.INSERT_MESSAGES, bulk.MESSAGE_COLUMNS, messages)
+    return rendering.wait
+
+
+async def _expand(
+    session: AsyncSession,
+    notification: Notification,
+    renderer: Renderer,
+    tenant: DeliverySettings,
+    enqueuer: outbox.Outbox,
+    clock: Callable[[], float],
+    run_seconds: float,
+) -> datetime | None:
+    """Expand an audience page by page and release its held messages at the tenant's pace,
+    committing each step, for up to `run_seconds`; when the next run is due (None: nothing
+    left for one: done, paused, cancelled, or another run holds it)."""
+    if notification.releasing and (notification.dispatch_after or utcnow()) > utcnow():
+        return None  # a run holds it: its lease (dispatch_after) has not run out
+    topic = expansion.audience_of(notification).topic
+    choices: list[expansion.ContentChoice] | None = None
+    sources: tuple[TemplateVersion, CategoryView] | None = None
+    if notification.status == "accepted":
+        sources = await _sources(session, notification)
+        if sources is None:
+            return None
+        template = sources[0]
+        if not expansion.personalised(
+            template, notification.channels, notification.locale, tenant.default_locale
+        ):
+            shared = await expansion.shared_content(
+                session,
+                notification,
+                template,
+                renderer,
+                tenant,
+                await _shared_renders(session, notification.id),
+            )
+            if shared.wait is not None:
+                return _defer(notification, shared.wait)
+            choices = shared.choices
+    window, every = expansion.tick(limits_for(tenant.plan).send_rate)
+    deadline = clock() + run_seconds
+    released: list[uuid.UUID] = []
+    next_release = clock()
+    while True:
+        jobs: list[outbox.Job] = []
+        if notification.status == "accepted" and sources is not None:
+            wait = await _expand_page(
+                session, notification, renderer, tenant, sources, choices, topic
+            )
+            if wait is not None:
+                await session.commit()
+                return _defer(notification, wait)
+        if notification.releasing and clock() >= next_release:
+            if await expansion.still_queued(session, released) <= BACKLOG_SHARE * len(released):
+                window_out = await expansion.release(session, notification, window)
+                released, jobs = window_out.ids, window_out.jobs
+                if not released and notification.status == "dispatched":
+                    notification.releasing = False  # the last is out
+            next_release = clock() + every
+        done = not notification.releasing and notification.status != "accepted"
+        over = clock() >= deadline
+        # The lease: the relay leaves the notification to this run until then.
+        lease = timedelta(seconds=run_seconds + LEASE_SLACK)
+        # Handing over, due now: the relay enqueues the next run if its job is lost.
+        notification.dispatch_after = None if done else utcnow() if over else utcnow() + lease
+        await session.commit()
+        await enqueuer.enqueue_after_commit(jobs)
+        if done:
+            return None
+        if over:
+            return utcnow()  # the rest in a new job, behind what was queued meanwhile
+        if notification.status != "accepted":
+            await asyncio.sleep(max(0.0, next_release - clock()))
+        relocked = await session.scalar(
+            select(Notification)
+            .where(Notification.id == notification.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if relocked is None or relocked.status not in ("accepted", "dispatched"):
+            if relocked is not None:
+                relocked.dispatch_after = None
+                if relocked.status != "paused":
+                    relocked.releasing = False
+            await session.commit()
+            return None
+        notification = relocked
+
+
+CANCEL_PAGE = 10_000  # held messages of a cancelled audience cancelled per transaction
+
+
+async def _cancel_held(session: AsyncSession, notification: Notification) -> None:
+    """Cancel a cancelled audience's held messages, a page per transaction."""
+    notification_id = notification.id
+    while await expansion.cancel_held(session, notification_id, CANCEL_PAGE):
+        await session.commit()
+    relocked = await session.get(
+        Notification, notification_id, with_for_update=True, populate_existing=True
+    )
+    if relocked is not None:
+        relocked.releasing = False
+        relocked.dispatch_after = None
+
+
+LEASE_SLACK = 30.0  # seconds a run's lease outlasts its time slice
+BACKLOG_SHARE = expansion.BACKLOG_SHARE
+PERSONAL_PAGE = 500  # recipients per page when each is rendered for
+
+
+def _defer(notification: Notification, wait: float) -> datetime:
+    notification.dispatch_after = utcnow() + max(MIN_DEFER, timedelta(seconds=wait))
+    return notification.dispatch_after
+
+
+async def _expand_page(
+    session: AsyncSession,
+    notification: Notification,
+    renderer: Renderer,
+    tenant: DeliverySettings,
+    sources: tuple[TemplateVersion, CategoryView],
+    choices: list[expansion.ContentChoice] | None,
+    topic: str | None,
+) -> float | None:
+    """Write the next page (in SQL, or per recipient when the content is personalised);
+    the render budget's wait when it ran out part-way (the cursor stays)."""
+    notification.releasing = True
     notification.dispatch_attempts = 0
     notification.dispatch_error = None
-    if rendering.wait is not None:
-        notification.dispatch_after = utcnow() + max(MIN_DEFER, timedelta(seconds=rendering.wait))
-        return notification.dispatch_after
-    found = {p.external_id for p in people}
-    unknown = [external_id for external_id in wanted if external_id not in found]
-    notification.status = "dispatched"
-    notification.dispatched_at = utcnow()
-    notification.dispatch_after = None
-    if unknown:
-        notification.problems = {"unknown_recipients": unknown[:100]}
+    if choices is not None:
+        last = (await expansion.write_page(session, notification, choices, tenant)).last
+    else:
+        people = await expansion.next_people(session, notification, PERSONAL_PAGE)
+        wait = None
+        if people:
+            template, category = sources
+            wait = await _write(
+                session,
+                notification,
+                renderer,
+                tenant,
+                template,
+                category,
+                people,
+                topic=topic,
+                held=True,
+            )
+        if wait is not None:
+            return wait
+        last = people[-1].id if people else None
+        if last is not None:
+            notification.expansion_cursor = last
+    if last is None:
+        notification.status = "dispatched"
+        notification.dispatched_at = utcnow()
     return None
 
 
@@ -307,12 +523,15 @@ class _Work:
         return renders, messages
 
 
-async def _written(session: AsyncSession, notification_id: uuid.UUID) -> set[tuple[Any, ...]]:
-    """(recipient, channel, address) of the messages an earlier run wrote (the unique key's
-    index serves it)."""
+async def _written(
+    session: AsyncSession, notification_id: uuid.UUID, recipient_ids: list[uuid.UUID]
+) -> set[tuple[Any, ...]]:
+    """(recipient, channel, address) of the messages an earlier run wrote for these
+    recipients (the unique key's index serves it)."""
     rows = await session.execute(
         select(Message.recipient_id, Message.channel, Message.address).where(
-            Message.notification_id == notification_id
+            Message.notification_id == notification_id,
+            Message.recipient_id.in_(bindparam("ids", recipient_ids, expanding=True)),
         )
     )
     return {tuple(row) for row in rows.all()}
@@ -358,63 +577,8 @@ def _message_row(
         "error_class": None,
         "last_error": None,
         "created_at": created_at,
+        "next_attempt_at": None,
     }
-
-
-# Arrays bound once per statement: a multi-row VALUES would be compiled anew for every
-# batch size, which costs more than the insert itself.
-_INSERT_RENDERS = text(
-    """
-    INSERT INTO renders (id, notification_id, tenant_id, channel, locale, content)
-    SELECT id, notification_id, tenant_id, channel, locale, CAST(content AS jsonb)
-      FROM unnest(CAST(:id AS uuid[]), CAST(:notification_id AS uuid[]),
-                  CAST(:tenant_id AS uuid[]), CAST(:channel AS text[]), CAST(:locale AS text[]),
-                  CAST(:content AS text[]))
-           AS r(id, notification_id, tenant_id, channel, locale, content)
-    """
-)
-_INSERT_MESSAGES = text(
-    """
-    INSERT INTO messages (id, notification_id, tenant_id, mode, recipient_id, channel, address,
-                          render_id, status, skip_reason, error_class, last_error, created_at)
-    SELECT * FROM unnest(CAST(:id AS uuid[]), CAST(:notification_id AS uuid[]),
-                         CAST(:tenant_id AS uuid[]), CAST(:mode AS text[]),
-                         CAST(:recipient_id AS uuid[]),
-                         CAST(:channel AS text[]), CAST(:address AS text[]),
-                         CAST(:render_id AS uuid[]), CAST(:status AS text[]),
-                         CAST(:skip_reason AS text[]), CAST(:error_class AS text[]),
-                         CAST(:last_error AS text[]), CAST(:created_at AS timestamptz[]))
-    ON CONFLICT DO NOTHING
-    """
-)
-_RENDER_COLUMNS = ("id", "notification_id", "tenant_id", "channel", "locale", "content")
-_MESSAGE_COLUMNS = (
-    "id",
-    "notification_id",
-    "tenant_id",
-    "mode",
-    "recipient_id",
-    "channel",
-    "address",
-    "render_id",
-    "status",
-    "skip_reason",
-    "error_class",
-    "last_error",
-    "created_at",
-)
-
-
-async def _insert_renders(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    rows = [{**row, "content": msgspec.json.encode(row["content"]).decode()} for row in rows]
-    await _insert(session, _INSERT_RENDERS, _RENDER_COLUMNS, rows)
-
-
-async def _insert(
-    session: AsyncSession, statement: Any, columns: Sequence[str], rows: list[dict[str, Any]]
-) -> None:
-    for chunk in _chunks(rows, INSERT_CHUNK):
-        await session.execute(statement, {name: [row[name] for row in chunk] for name in columns})
 
 
 async def queued_batches(session: AsyncSession, notification: Notification) -> list[DeliveryBatch]:
@@ -429,10 +593,5 @@ async def queued_batches(session: AsyncSession, notification: Notification) -> l
     return [
         DeliveryBatch(channel, notification.priority, chunk)
         for channel, ids in by_channel.items()
-        for chunk in _chunks(ids, outbox.BATCH_SIZE)
+        for chunk in bulk.chunks(ids, outbox.BATCH_SIZE)
     ]
-
-
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -48,6 +48,12 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
             "created_at",
             postgresql_where=text("status = 'accepted'"),
         ),
+        # The relay: notifications whose held messages wait for a release run.
+        Index(
+            "ix_notifications_releasing",
+            "dispatch_after",
+            postgresql_where=text("releasing"),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -78,6 +84,12 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     dispatch_error: Mapped[str | None] = mapped_column(Text)
     # A dispatch deferred for the tenant's render budget runs again at this time.
     dispatch_after: Mapped[datetime | None]
+    # An audience's expansion: the last recipient id whose messages are written (the next
+    # page starts after it), so a run that stopped part-way resumes where it did.
+    expansion_cursor: Mapped[uuid.UUID | None]
+    # Its messages are written held and released a window at a time (app/notifications/
+    # expansion.py); true until the last is released. dispatch_after is the next release.
+    releasing: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
 
 
 class Render(UuidPrimaryKey, Base):
@@ -118,6 +130,13 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "ix_messages_claims",
             "claimed_until",
             postgresql_where=text("status = 'sending'"),
+        ),
+        # An audience's messages held for release, in id order (app/notifications/expansion.py).
+        Index(
+            "ix_messages_held",
+            "notification_id",
+            "id",
+            postgresql_where=text("next_attempt_at = 'infinity'"),
         ),
         # The dead-letter queue of a tenant, newest first.
         Index(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.delivery import outbox
+from app.notifications import expansion
 from app.notifications.models import Attempt, Message, Notification
 from app.pagination import Page
 from app.recipients.models import Recipient
@@ -182,10 +183,21 @@ async def get_message(
     return MessageView(row[0], row[1]), list(attempts)
 
 
+@dataclass(frozen=True)
+class Cancelled:
+    notification: Notification
+    messages: int  # cancelled now, and an audience's held ones its dispatch cancels next
+    jobs: list[outbox.Job]  # to enqueue once committed
+
+
 async def cancel(
     session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
-) -> tuple[Notification, int] | None:
-    """Cancel the notification and every message not yet handed to a provider."""
+) -> Cancelled | None:
+    """Cancel the notification and every message not yet handed to a provider.
+
+    An audience's messages still held for release cannot be sent once it is cancelled;
+    its dispatch job cancels them in pages (a million in one statement would hold the
+    request for as long), and is enqueued for that."""
     notification = await session.scalar(
         select(Notification)
         .where(
@@ -199,16 +211,25 @@ async def cancel(
         return None
     if notification.status in ("accepted", "dispatched", "paused"):
         notification.status = "cancelled"
+    audience = expansion.is_audience(notification)
     result = await session.execute(
         update(Message)
         .where(
             Message.tenant_id == tenant_id,
             Message.notification_id == notification_id,
             Message.status.in_(("queued", "retrying")),
+            *([Message.next_attempt_at.is_distinct_from(expansion.HELD)] if audience else []),
         )
         .values(status="cancelled", next_attempt_at=None, updated_at=func.now())
     )
-    return notification, result.rowcount  # type: ignore[attr-defined]
+    cancelled: int = result.rowcount  # type: ignore[attr-defined]
+    jobs = []
+    if audience and notification.releasing:
+        cancelled += await expansion.held_count(session, notification.id)
+        # Due now: the relay enqueues the job again if this one is lost.
+        notification.dispatch_after = utcnow()
+        jobs.append(outbox.later_dispatch(notification.id, notification.priority, utcnow()))
+    return Cancelled(notification, cancelled, jobs)
 
 
 class NotPausable(Exception):
@@ -236,16 +257,22 @@ async def pause(
     if notification.status not in ("accepted", "dispatched"):
         raise NotPausable(notification.status)
     notification.status = "paused"
+    audience = expansion.is_audience(notification)
     held = await session.execute(
         update(Message)
         .where(
             Message.tenant_id == tenant_id,
             Message.notification_id == notification_id,
             Message.status.in_(("queued", "retrying")),
+            # An audience's messages not released yet are held already.
+            *([Message.next_attempt_at.is_distinct_from(expansion.HELD)] if audience else []),
         )
         .values(next_attempt_at=text("'infinity'"), updated_at=func.now())
     )
-    return Control(notification, held.rowcount, [])  # type: ignore[attr-defined]
+    holding: int = held.rowcount  # type: ignore[attr-defined]
+    if audience and notification.releasing:
+        holding = await expansion.held_count(session, notification.id)
+    return Control(notification, holding, [])
 
 
 async def resume(
@@ -264,6 +291,17 @@ async def resume(
     if notification.status != "paused":
         raise NotPausable(notification.status)
     now = utcnow()
+    if expansion.is_audience(notification):
+        # Its held messages (those the pause held among them) are released at the tenant's
+        # pace again by its dispatch, which also writes the rest of the audience if the
+        # pause came before the end.
+        notification.status = "accepted" if notification.dispatched_at is None else "dispatched"
+        notification.dispatch_after = now  # the relay enqueues the job again if it is lost
+        held = await expansion.held_count(session, notification.id)
+        at = max(now, notification.send_at or now)
+        return Control(
+            notification, held, [outbox.later_dispatch(notification.id, notification.priority, at)]
+        )
     if notification.dispatched_at is None:
         notification.status = "accepted"
         at = max(now, notification.send_at or now)

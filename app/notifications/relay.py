@@ -35,16 +35,28 @@ class PendingDispatch:
 # order, oldest first, stopping at the limit; coalesce(send_at, created_at) < … would be a
 # filter over every accepted row plus a sort. The status is a literal, not a parameter, so
 # that PostgreSQL can match the partial index's predicate in a generic (cached) plan too.
+# The second branch: an audience's notification dispatched with held messages left to
+# release, or cancelled with held messages left to cancel (app/notifications/expansion.py),
+# whose run has not been seen for a while (each run keeps dispatch_after ahead of the time
+# while it runs).
 _STALE = text(
     """
-    SELECT id, priority, send_at
-      FROM notifications
-     WHERE status = 'accepted'
-       AND created_at < now() - CAST(:older_than AS interval)
-       AND (send_at IS NULL OR send_at < now() - CAST(:older_than AS interval))
-       AND (dispatch_after IS NULL OR dispatch_after < now() - CAST(:older_than AS interval))
-     ORDER BY created_at
-     LIMIT :limit
+    (SELECT id, priority, send_at
+       FROM notifications
+      WHERE status = 'accepted'
+        AND created_at < now() - CAST(:older_than AS interval)
+        AND (send_at IS NULL OR send_at < now() - CAST(:older_than AS interval))
+        AND (dispatch_after IS NULL OR dispatch_after < now() - CAST(:older_than AS interval))
+      ORDER BY created_at
+      LIMIT :limit)
+    UNION ALL
+    (SELECT id, priority, NULL
+       FROM notifications
+      WHERE releasing
+        AND dispatch_after < now() - CAST(:older_than AS interval)
+        AND status IN ('dispatched', 'cancelled')
+      ORDER BY dispatch_after
+      LIMIT :limit)
     """
 )
 
@@ -52,6 +64,7 @@ _STALE = text(
 async def stale_accepted(
     session: AsyncSession, *, older_than: timedelta, limit: int
 ) -> list[PendingDispatch]:
-    """Accepted notifications of any tenant due more than `older_than` ago, oldest first."""
+    """Accepted notifications of any tenant due more than `older_than` ago, oldest first,
+    and audiences' whose release stopped as long ago."""
     rows = await session.execute(_STALE, {"older_than": older_than, "limit": limit})
     return [PendingDispatch(row.id, row.priority, row.send_at) for row in rows]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sqlalchemy import ARRAY, Uuid, any_, bindparam, select
+from sqlalchemy import ARRAY, Boolean, String, Uuid, any_, bindparam, column, select, table, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories.rules import rules_for
@@ -32,6 +32,15 @@ SUPPRESSED = "suppressed"
 KILL_SWITCH = "kill_switch"
 DROP_NONCRITICAL = "drop_noncritical"  # the kill-switch mode that acts at dispatch
 NO_SWITCHES: Mapping[str, str] = MappingProxyType({})
+
+# A recipient's switch per (topic, channel), for what is sent to the topic.
+TOPIC_PREFERENCES = table(
+    "topic_preferences",
+    column("recipient_id", Uuid),
+    column("topic_key", String),
+    column("channel", String),
+    column("enabled", Boolean),
+)
 
 
 @dataclass(frozen=True)
@@ -64,17 +73,27 @@ async def _opted_out(
     recipient_ids: list[uuid.UUID],
     channels: list[str],
     category: str,
+    topic: str | None,
 ) -> set[tuple[uuid.UUID, str]]:
-    """(recipient, channel) switched off for every category or for this one."""
-    rows = await session.execute(
-        select(Preference.recipient_id, Preference.channel).where(
-            Preference.tenant_id == tenant_id,
-            Preference.recipient_id == any_(bindparam("ids", recipient_ids, type_=ARRAY(Uuid))),
-            Preference.category.in_([ALL_CATEGORIES, category]),
-            Preference.channel.in_(channels),
-            Preference.enabled.is_(False),
-        )
+    """(recipient, channel) switched off for every category or for this one, or for the
+    topic the notification is sent to."""
+    ids = bindparam("ids", recipient_ids, type_=ARRAY(Uuid))
+    query = select(Preference.recipient_id, Preference.channel).where(
+        Preference.tenant_id == tenant_id,
+        Preference.recipient_id == any_(ids),
+        Preference.category.in_([ALL_CATEGORIES, category]),
+        Preference.channel.in_(channels),
+        Preference.enabled.is_(False),
     )
+    if topic is not None:
+        by_topic = select(TOPIC_PREFERENCES.c.recipient_id, TOPIC_PREFERENCES.c.channel).where(
+            TOPIC_PREFERENCES.c.recipient_id == any_(ids),
+            TOPIC_PREFERENCES.c.topic_key == topic,
+            TOPIC_PREFERENCES.c.channel.in_(channels),
+            TOPIC_PREFERENCES.c.enabled.is_(False),
+        )
+        query = union(query, by_topic)  # type: ignore[assignment]
+    rows = await session.execute(query)
     return {(recipient_id, channel) for recipient_id, channel in rows}
 
 
@@ -87,11 +106,13 @@ async def plan_deliveries(
     channels: list[str],
     category: CategoryView,
     kill_switches: Mapping[str, str] = NO_SWITCHES,
+    topic: str | None = None,
 ) -> list[PlannedDelivery]:
     """One PlannedDelivery per recipient x channel x address, in that order.
 
     `recipients` are of `mode`, whose suppressions apply. `kill_switches` is the tenant's
-    {channel: switch}; critical categories ignore them.
+    {channel: switch}; critical categories ignore them. `topic`: the notification is sent to
+    that topic, whose preferences apply as the category's do.
     """
     unknown = [channel for channel in channels if channel not in CHANNELS]
     if unknown:
@@ -112,7 +133,7 @@ async def plan_deliveries(
     opted_out: set[tuple[uuid.UUID, str]] = set()
     if not rules.ignores_opt_outs and flowing:
         ids = list({recipient.id for recipient in recipients})
-        opted_out = await _opted_out(session, tenant_id, ids, flowing, category.key)
+        opted_out = await _opted_out(session, tenant_id, ids, flowing, category.key, topic)
     wanted = {
         (c, suppression_key(c, address)) for _, c, address in candidates if address and c in flowing
     }
