@@ -1,5 +1,5 @@
 """Preferences per topic: set through /v1/recipients/{id}/preferences beside the category
-ones, checked and named like them, kept per tenant, audited."""
+ones, checked and named like them, kept per tenant, audited, and gone with an erasure."""
 
 from __future__ import annotations
 
@@ -172,3 +172,40 @@ async def test_tenants_keep_their_own_topic_switches(
             json=mine if method == "PUT" else None,
         )
         assert_problem(answer, 404, "not_found")
+
+
+async def test_erasure_removes_topic_switches(
+    client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
+) -> None:
+    await _pat(client, tenant, email="pat@example.com")
+    await client.put("/v1/recipients/stays", headers=tenant.headers, json={})
+    body = {"topics": {"weekly-digest": {"email": False}, "offers": {"sms": False}}}
+    for external_id in ("pat", "stays"):
+        response = await client.put(
+            f"/v1/recipients/{external_id}/preferences", headers=tenant.headers, json=body
+        )
+        assert response.status_code == 200, response.text
+    pat = await session.scalar(
+        select(Recipient.id).where(
+            Recipient.tenant_id == tenant.tenant_id, Recipient.external_id == "pat"
+        )
+    )
+
+    assert (await client.delete("/v1/recipients/pat", headers=tenant.headers)).status_code == 200
+
+    def switches(recipient_id: Any) -> Any:
+        return (
+            select(func.count())
+            .select_from(TopicPreference)
+            .where(TopicPreference.recipient_id == recipient_id)
+        )
+
+    assert await session.scalar(switches(pat)) == 0
+    # The recipient row stays (messages refer to it); only the erased one's switches go.
+    assert await session.scalar(select(Recipient.erased_at).where(Recipient.id == pat))
+    stays = (await client.get("/v1/recipients/stays/preferences", headers=tenant.headers)).json()
+    assert stays["topics"] == {"offers": {"sms": False}, "weekly-digest": {"email": False}}
+    # Registered again under the same id, they start with no switches at all.
+    await _pat(client, tenant)
+    fresh = (await client.get(PATH, headers=tenant.headers)).json()
+    assert fresh == {"channels": ALL_ON, "categories": {}, "topics": {}}
