@@ -14,9 +14,14 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
 from app.channels import CHANNELS, Channel
 from app.recipients.models import Recipient, Suppression
-from app.recipients.preferences import MAX_TOPICS_PER_UPDATE, PreferenceMap
+from app.recipients.preferences import (
+    MAX_CATEGORIES_PER_UPDATE,
+    MAX_TOPICS_PER_UPDATE,
+    PreferenceMap,
+)
 from app.recipients.validation import (
     DATA_DESCRIPTION,
     EMAIL_SCHEMA,
@@ -170,6 +175,10 @@ class RecipientBatchResult(msgspec.Struct):
 ChannelSwitches = Annotated[
     dict[str, bool], msgspec.Meta(extra_json_schema={"propertyNames": {"enum": list(CHANNELS)}})
 ]
+_CATEGORY_SWITCHES = (
+    "Per category key, channel switches for the notifications of that category. The "
+    "category need not exist yet."
+)
 _TOPIC_SWITCHES = (
     "Per topic key, channel switches for the notifications sent to that topic "
     '(`to: {"topic": key}`); category switches apply as well. The topic need not exist, nor '
@@ -187,8 +196,20 @@ class Preferences(msgspec.Struct, forbid_unknown_fields=True):
         {"topics": {"weekly-digest": {"email": False, "inbox": True}}},
     ]
 
-    channels: ChannelSwitches = msgspec.field(default_factory=dict)
-    categories: dict[str, ChannelSwitches] = msgspec.field(default_factory=dict)
+    channels: Annotated[
+        ChannelSwitches, msgspec.Meta(description="Switches for every category at once.")
+    ] = msgspec.field(default_factory=dict)
+    categories: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(
+            description=f"{_CATEGORY_SWITCHES} At most {MAX_CATEGORIES_PER_UPDATE} categories "
+            "per update.",
+            extra_json_schema={
+                "maxProperties": MAX_CATEGORIES_PER_UPDATE,
+                "propertyNames": CATEGORY_KEY_SCHEMA,
+            },
+        ),
+    ] = msgspec.field(default_factory=dict)
     topics: Annotated[
         dict[str, ChannelSwitches],
         msgspec.Meta(
@@ -206,7 +227,13 @@ class PreferencesOut(msgspec.Struct):
     stored per category and per topic (a channel absent there is enabled)."""
 
     channels: ChannelSwitches
-    categories: dict[str, ChannelSwitches]
+    categories: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(
+            description=_CATEGORY_SWITCHES,
+            extra_json_schema={"propertyNames": CATEGORY_KEY_SCHEMA},
+        ),
+    ]
     topics: Annotated[
         dict[str, ChannelSwitches],
         msgspec.Meta(description=_TOPIC_SWITCHES, extra_json_schema={"propertyNames": _TOPIC_KEYS}),
