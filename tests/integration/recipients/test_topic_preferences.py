@@ -97,12 +97,13 @@ async def test_invalid_topic_switches_are_named_and_store_nothing(
         problem = assert_problem(response, 422, "validation_error")
         assert fields_of(problem) == [field], body
         assert field in str(problem["detail"])
+    # Refused as the body is decoded, before the service sees it, and named all the same.
     typed = await client.put(
         PATH, headers=tenant.headers, json={"topics": {"weekly-digest": {"email": "no"}}}
     )
-    assert_problem(typed, 422, "validation_error")
+    assert fields_of(assert_problem(typed, 422, "validation_error")) == ["topics[...][...]"]
     shape = await client.put(PATH, headers=tenant.headers, json={"topics": ["weekly-digest"]})
-    assert_problem(shape, 422, "validation_error")
+    assert fields_of(assert_problem(shape, 422, "validation_error")) == ["topics"]
 
     stored = await session.scalar(
         select(func.count())
