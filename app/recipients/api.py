@@ -26,6 +26,7 @@ from app.recipients import service, suppressions
 from app.recipients.models import Recipient
 from app.recipients.schemas import (
     Preferences,
+    PreferencesOut,
     RecipientBatch,
     RecipientBatchResult,
     RecipientInput,
@@ -193,12 +194,12 @@ class RecipientController(Controller):
     @get("/{external_id:str}/preferences", guards=READ, summary="A recipient's preferences")
     async def get_preferences(
         self, request: ApiRequest, db_session: DbSession, external_id: FromPath[str]
-    ) -> Preferences:
+    ) -> PreferencesOut:
         recipient = await _recipient(db_session, request.user, external_id)
         found = await prefs.get_preferences(
             db_session, tenant_id=recipient.tenant_id, recipient_id=recipient.id
         )
-        return Preferences(channels=found.channels, categories=found.categories)
+        return PreferencesOut.of(found)
 
     @put(
         "/{external_id:str}/preferences",
@@ -211,7 +212,7 @@ class RecipientController(Controller):
         db_session: DbSession,
         external_id: FromPath[str],
         data: JSONBody[Preferences],
-    ) -> Preferences:
+    ) -> PreferencesOut:
         recipient = await _recipient(db_session, request.user, external_id)
         try:
             stored = await prefs.set_preferences(
@@ -220,12 +221,13 @@ class RecipientController(Controller):
                 recipient_id=recipient.id,
                 channels=data.channels,
                 categories=data.categories,
+                topics=data.topics,
                 actor=request.user.actor,
             )
         except RecipientInvalid as error:
             raise invalid(error) from None
         await db_session.commit()
-        return Preferences(channels=stored.channels, categories=stored.categories)
+        return PreferencesOut.of(stored)
 
 
 class SuppressionController(Controller):

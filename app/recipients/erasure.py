@@ -15,7 +15,7 @@ One transaction, and the same few bulk statements however long the recipient's h
 - renders that only their messages use (per-recipient content, or a notification to them
   alone) are emptied, and so is the data of a notification addressed to them alone;
 - suppressions of their addresses become keyed digests that still match (suppressions.py);
-- their preferences are deleted;
+- their preferences are deleted, per category and per topic;
 - they leave every topic, each topic's member_count going down by one (topics.py);
 - the audit log records the erasure (ids and counts).
 
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.crypto import Keyring
-from app.recipients.models import Preference, Recipient
+from app.recipients.models import Preference, Recipient, TopicPreference
 from app.recipients.planning import addresses
 from app.recipients.suppressions import hide_addresses
 from app.recipients.topics import leave_topics
@@ -180,12 +180,12 @@ async def erase_recipient(
         addresses=known + [(m.channel, m.address) for m in messages],
         keyring=keyring,
     )
-    # Opt-outs are about the person too; the suppressions above keep protecting them.
-    await session.execute(
-        delete(Preference).where(
-            Preference.tenant_id == tenant_id, Preference.recipient_id == erased.id
+    # Opt-outs are about the person too; the suppressions above keep protecting them. The
+    # recipient row stays, so its foreign keys' cascades do not act: each table is emptied.
+    for table in (Preference, TopicPreference):
+        await session.execute(
+            delete(table).where(table.tenant_id == tenant_id, table.recipient_id == erased.id)
         )
-    )
     # Memberships name the person to the tenant's audiences; a count stays with each topic.
     topics = await leave_topics(session, tenant_id=tenant_id, mode=mode, recipient_id=erased.id)
     await audit.append(

@@ -14,8 +14,14 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
 from app.channels import CHANNELS, Channel
 from app.recipients.models import Recipient, Suppression
+from app.recipients.preferences import (
+    MAX_CATEGORIES_PER_UPDATE,
+    MAX_TOPICS_PER_UPDATE,
+    PreferenceMap,
+)
 from app.recipients.validation import (
     DATA_DESCRIPTION,
     EMAIL_SCHEMA,
@@ -24,9 +30,11 @@ from app.recipients.validation import (
     MAX_BATCH,
     MAX_EXTERNAL_ID,
     MAX_PUSH_TOKENS,
+    MAX_TOPIC_KEY,
     PHONE_SCHEMA,
     PUSH_TOKEN_SCHEMA,
     TIMEZONE_SCHEMA,
+    TOPIC_KEY_SCHEMA,
     URL_SCHEMA,
 )
 
@@ -161,11 +169,79 @@ class RecipientBatchResult(msgspec.Struct):
     data: list[RecipientOut]
 
 
-class Preferences(msgspec.Struct, forbid_unknown_fields=True):
-    """Channel switches for every category, and per category; absent means enabled."""
+# Channel → enabled. Channels and keys are checked by the service (app/recipients/
+# preferences.py), which names the refused one (`topics.weekly-digest.fax`); the document
+# states the same rules.
+ChannelSwitches = Annotated[
+    dict[str, bool], msgspec.Meta(extra_json_schema={"propertyNames": {"enum": list(CHANNELS)}})
+]
+_CATEGORY_SWITCHES = (
+    "Per category key, channel switches for the notifications of that category. The "
+    "category need not exist yet."
+)
+_TOPIC_SWITCHES = (
+    "Per topic key, channel switches for the notifications sent to that topic "
+    '(`to: {"topic": key}`); category switches apply as well. The topic need not exist, nor '
+    "the recipient be a member of it."
+)
+_TOPIC_KEYS: dict[str, Any] = {"pattern": TOPIC_KEY_SCHEMA["pattern"], "maxLength": MAX_TOPIC_KEY}
 
-    channels: dict[str, bool] = msgspec.field(default_factory=dict)
-    categories: dict[str, dict[str, bool]] = msgspec.field(default_factory=dict)
+
+class Preferences(msgspec.Struct, forbid_unknown_fields=True):
+    """The PUT body: switches to set, each channel → true or false; the others stay.
+    A notification of a critical category ignores every switch."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"channels": {"sms": False}, "categories": {"marketing": {"email": False}}},
+        {"topics": {"weekly-digest": {"email": False, "inbox": True}}},
+    ]
+
+    channels: Annotated[
+        ChannelSwitches, msgspec.Meta(description="Switches for every category at once.")
+    ] = msgspec.field(default_factory=dict)
+    categories: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(
+            description=f"{_CATEGORY_SWITCHES} At most {MAX_CATEGORIES_PER_UPDATE} categories "
+            "per update.",
+            extra_json_schema={
+                "maxProperties": MAX_CATEGORIES_PER_UPDATE,
+                "propertyNames": CATEGORY_KEY_SCHEMA,
+            },
+        ),
+    ] = msgspec.field(default_factory=dict)
+    topics: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(
+            description=f"{_TOPIC_SWITCHES} At most {MAX_TOPICS_PER_UPDATE} topics per update.",
+            extra_json_schema={
+                "maxProperties": MAX_TOPICS_PER_UPDATE,
+                "propertyNames": _TOPIC_KEYS,
+            },
+        ),
+    ] = msgspec.field(default_factory=dict)
+
+
+class PreferencesOut(msgspec.Struct):
+    """A recipient's whole map: every channel's switch for every category, and the switches
+    stored per category and per topic (a channel absent there is enabled)."""
+
+    channels: ChannelSwitches
+    categories: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(
+            description=_CATEGORY_SWITCHES,
+            extra_json_schema={"propertyNames": CATEGORY_KEY_SCHEMA},
+        ),
+    ]
+    topics: Annotated[
+        dict[str, ChannelSwitches],
+        msgspec.Meta(description=_TOPIC_SWITCHES, extra_json_schema={"propertyNames": _TOPIC_KEYS}),
+    ]
+
+    @classmethod
+    def of(cls, found: PreferenceMap) -> PreferencesOut:
+        return cls(channels=found.channels, categories=found.categories, topics=found.topics)
 
 
 _ADDRESS_SCHEMAS: dict[str, dict[str, Any]] = {

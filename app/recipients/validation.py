@@ -223,10 +223,10 @@ def normalise_data(value: Any) -> dict[str, Any]:
     return value
 
 
-def check_topic_key(key: str) -> str:
-    """A topic's key, as the path names it: `weekly-digest`, `team.eng`."""
+def check_topic_key(key: str, field: str = "key") -> str:
+    """A topic's key, as the path or a preference names it: `weekly-digest`, `team.eng`."""
     if _TOPIC_KEY.fullmatch(key) is None:  # `$` alone would let a final newline by
-        raise RecipientInvalid("key", TOPIC_KEY_RULE)
+        raise RecipientInvalid(field, TOPIC_KEY_RULE)
     return key
 
 

@@ -18,9 +18,11 @@ from app.recipients.validation import (
     EMAIL_SCHEMA,
     EXTERNAL_ID_SCHEMA,
     LOCALE_SCHEMA,
+    TOPIC_KEY_SCHEMA,
     URL_SCHEMA,
     RecipientInvalid,
     check_category_key,
+    check_topic_key,
     normalise_email,
     normalise_external_id,
     normalise_locale,
@@ -39,6 +41,7 @@ CASES: list[tuple[str, dict[str, Any], Callable[[str], object]]] = [
     ("webhook_url", URL_SCHEMA, normalise_url),
     ("locale", LOCALE_SCHEMA, normalise_locale),
     ("category", CATEGORY_KEY_SCHEMA, check_category_key),
+    ("topic", TOPIC_KEY_SCHEMA, check_topic_key),
     ("webhook secret", {"pattern": WEBHOOK_SECRET_PATTERN}, _webhook_secret),
 ]
 

@@ -2,9 +2,10 @@
 
 One tenant holds the same ids in both modes (recipient `alice`, template `welcome`, category
 `otp`, a suppression, a notification sent with Idempotency-Key `order-1`, a failed message
-in the DLQ, a key, a topic with a member). Every route is called with the key of one mode on
-the other mode's objects: it answers 404 (or 403 where the route is live-only) and nothing
-of the other mode changes, in either direction.
+in the DLQ, a key, a topic with a member, preferences per category and per topic). Every
+route is called with the key of one mode on the other mode's objects: it answers 404 (or
+403 where the route is live-only) and nothing of the other mode changes, in either
+direction.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import keys
 from app.categories.models import Category
 from app.notifications.models import Message, Notification
-from app.recipients.models import Recipient, Suppression, Topic, TopicMember
+from app.recipients.models import (
+    Preference,
+    Recipient,
+    Suppression,
+    Topic,
+    TopicMember,
+    TopicPreference,
+)
 from app.runtime import ServiceUrls
 from app.templates.models import Template
 from tests.send_path import drain, notification, put_recipient, put_template, workers
@@ -71,6 +79,17 @@ async def _world(client: httpx.AsyncClient, session: AsyncSession, key: TenantKe
         json={"recipients": [f"only-{key.mode}"]},
     )
     assert joined.status_code == 200 and joined.json()["added"] == 1, joined.text
+    # Switches that the notification below does not read (its category is transactional,
+    # its audience a list), on a recipient of both modes and on this mode's own.
+    switches = {
+        "categories": {"otp": {"sms": False}},
+        "topics": {f"only-{key.mode}": {"email": False}},
+    }
+    for external_id in ("alice", f"only-{key.mode}"):
+        stored = await client.put(
+            f"/v1/recipients/{external_id}/preferences", headers=key.headers, json=switches
+        )
+        assert stored.status_code == 200, stored.text
     category = await client.put(
         "/v1/categories/otp", headers=key.headers, json={"name": "OTP", "critical": True}
     )
@@ -138,6 +157,18 @@ async def _snapshot(session: AsyncSession, tenant_id: uuid.UUID, mode: str) -> d
         query = select(*columns).where(model.tenant_id == tenant_id, model.mode == mode)
         return sorted(map(tuple, (await session.execute(query)).all()), key=repr)
 
+    async def switches(model: Any, key: Any) -> list[tuple[Any, ...]]:
+        """Preferences have their recipient's mode, not a column of their own."""
+        query = (
+            select(Recipient.external_id, key, model.channel, model.enabled)
+            .join(
+                Recipient,
+                (Recipient.tenant_id == model.tenant_id) & (Recipient.id == model.recipient_id),
+            )
+            .where(Recipient.tenant_id == tenant_id, Recipient.mode == mode)
+        )
+        return sorted(map(tuple, (await session.execute(query)).all()), key=repr)
+
     return {
         "recipients": await rows(
             Recipient, Recipient.external_id, Recipient.email, Recipient.erased_at
@@ -149,6 +180,8 @@ async def _snapshot(session: AsyncSession, tenant_id: uuid.UUID, mode: str) -> d
         "messages": await rows(Message, Message.id, Message.status),
         "topics": await rows(Topic, Topic.key, Topic.name, Topic.member_count),
         "topic_members": await rows(TopicMember, TopicMember.topic_key, TopicMember.recipient_id),
+        "preferences": await switches(Preference, Preference.category),
+        "topic_preferences": await switches(TopicPreference, TopicPreference.topic_key),
     }
 
 
@@ -158,6 +191,7 @@ ROUTES_ON_OTHER_OBJECTS = [
     ("DELETE", "/v1/recipients/{only}", None),
     ("GET", "/v1/recipients/{only}/preferences", None),
     ("PUT", "/v1/recipients/{only}/preferences", {"channels": {"email": False}}),
+    ("PUT", "/v1/recipients/{only}/preferences", {"topics": {"weekly-digest": {"email": False}}}),
     ("GET", "/v1/recipients/{only}/inbox", None),
     ("POST", "/v1/recipients/{only}/inbox-token", None),
     ("POST", "/v1/recipients/{only}/inbox-tokens/revoke", None),
@@ -264,6 +298,11 @@ async def test_writes_create_objects_of_the_callers_mode(
     headers = mine.key.headers
     writes = [
         ("PUT", "/v1/recipients/alice", {"email": "attacker@example.org"}),
+        (
+            "PUT",
+            "/v1/recipients/alice/preferences",
+            {"categories": {"otp": {"sms": True}}, "topics": {"only-live": {"email": True}}},
+        ),
         ("POST", "/v1/recipients/batch", {"recipients": [{"external_id": "alice"}]}),
         ("PUT", "/v1/templates/welcome", {"name": "x", "content": {"sms": {"text": "pwned"}}}),
         ("PUT", "/v1/categories/otp", {"name": "OTP", "critical": False}),
@@ -285,7 +324,14 @@ async def test_writes_create_objects_of_the_callers_mode(
     assert inline.status_code == 202, inline.text
     after = await _snapshot(session, theirs.key.tenant_id, theirs.key.mode)
     # Only the other side's own dispatch may have moved meanwhile; its objects are untouched.
-    for table in ("recipients", "templates", "categories", "suppressions"):
+    for table in (
+        "recipients",
+        "templates",
+        "categories",
+        "suppressions",
+        "preferences",
+        "topic_preferences",
+    ):
         assert after[table] == before[table], table
 
 

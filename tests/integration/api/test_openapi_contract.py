@@ -39,6 +39,7 @@ ROUTES = [
     ("put", "/v1/templates/{key}"),
     ("put", "/v1/recipients/{external_id}"),
     ("post", "/v1/recipients/batch"),
+    ("put", "/v1/recipients/{external_id}/preferences"),
     ("put", "/v1/topics/{key}"),
     ("post", "/v1/notifications"),
     ("post", "/v1/providers"),
@@ -424,6 +425,10 @@ async def test_generated_bodies_are_not_refused(
             provider = _provider_for_update(body)
             assert provider is not None, f"no provider takes {body}"
             concrete = concrete.replace("{provider_id}", configs[provider])
+        if path.endswith("/preferences"):  # a recipient's, who must exist
+            assert (
+                await _send(client, tenant, "put", concrete[: -len("/preferences")], {})
+            ).is_success
         response = await _send(client, tenant, method, concrete, body)
         if not response.is_success:
             refused.append(f"{method.upper()} {concrete} {json.dumps(body)[:600]}: {response.text}")

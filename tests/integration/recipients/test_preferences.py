@@ -32,7 +32,7 @@ async def test_preferences_default_to_enabled_and_merge(
     path = "/v1/recipients/pat/preferences"
     initial = await client.get(path, headers=tenant.headers)
     assert initial.status_code == 200
-    assert initial.json() == {"channels": ALL_ON, "categories": {}}
+    assert initial.json() == {"channels": ALL_ON, "categories": {}, "topics": {}}
 
     first = {
         "channels": {"sms": False},
@@ -43,6 +43,7 @@ async def test_preferences_default_to_enabled_and_merge(
     assert response.json() == {
         "channels": {**ALL_ON, "sms": False},
         "categories": {"marketing": {"email": False, "push": True}},
+        "topics": {},
     }
 
     # Only what is given changes.
@@ -54,6 +55,7 @@ async def test_preferences_default_to_enabled_and_merge(
             "digest": {"inbox": False},
             "marketing": {"email": True, "push": True},
         },
+        "topics": {},
     }
 
 
