@@ -69,14 +69,19 @@ from app.delivery import outbox
 from app.ids import uuid7
 from app.notifications import bulk
 from app.notifications.models import Message, Notification
-from app.recipients.models import Preference, Recipient, Suppression, TopicMember
+from app.recipients.models import (
+    Preference,
+    Recipient,
+    Suppression,
+    TopicMember,
+    TopicPreference,
+)
 from app.recipients.planning import (
     DROP_NONCRITICAL,
     KILL_SWITCH,
     NO_ADDRESS,
     OPTED_OUT,
     SUPPRESSED,
-    TOPIC_PREFERENCES,
 )
 from app.recipients.preferences import ALL_CATEGORIES
 from app.templates.isolation import RenderJob
@@ -314,10 +319,10 @@ def _skip_reason(
             opted_out = or_(
                 opted_out,
                 exists().where(
-                    TOPIC_PREFERENCES.c.recipient_id == targets.c.recipient_id,
-                    TOPIC_PREFERENCES.c.topic_key == topic,
-                    TOPIC_PREFERENCES.c.channel == targets.c.channel,
-                    TOPIC_PREFERENCES.c.enabled.is_(False),
+                    TopicPreference.recipient_id == targets.c.recipient_id,
+                    TopicPreference.topic_key == topic,
+                    TopicPreference.channel == targets.c.channel,
+                    TopicPreference.enabled.is_(False),
                 ),
             )
         whens.append((opted_out, OPTED_OUT))

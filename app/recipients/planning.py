@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from sqlalchemy import ARRAY, Boolean, String, Uuid, any_, bindparam, column, select, table, union
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories.rules import rules_for
 from app.categories.service import CategoryView
 from app.channels import CHANNELS
-from app.recipients.models import Preference, Recipient
+from app.recipients.models import Preference, Recipient, TopicPreference
 from app.recipients.preferences import ALL_CATEGORIES
 from app.recipients.suppressions import suppressed
 from app.recipients.validation import suppression_key
@@ -32,15 +32,6 @@ SUPPRESSED = "suppressed"
 KILL_SWITCH = "kill_switch"
 DROP_NONCRITICAL = "drop_noncritical"  # the kill-switch mode that acts at dispatch
 NO_SWITCHES: Mapping[str, str] = MappingProxyType({})
-
-# A recipient's switch per (topic, channel), for what is sent to the topic.
-TOPIC_PREFERENCES = table(
-    "topic_preferences",
-    column("recipient_id", Uuid),
-    column("topic_key", String),
-    column("channel", String),
-    column("enabled", Boolean),
-)
 
 
 @dataclass(frozen=True)
@@ -86,11 +77,11 @@ async def _opted_out(
         Preference.enabled.is_(False),
     )
     if topic is not None:
-        by_topic = select(TOPIC_PREFERENCES.c.recipient_id, TOPIC_PREFERENCES.c.channel).where(
-            TOPIC_PREFERENCES.c.recipient_id == any_(ids),
-            TOPIC_PREFERENCES.c.topic_key == topic,
-            TOPIC_PREFERENCES.c.channel.in_(channels),
-            TOPIC_PREFERENCES.c.enabled.is_(False),
+        by_topic = select(TopicPreference.recipient_id, TopicPreference.channel).where(
+            TopicPreference.recipient_id == any_(ids),
+            TopicPreference.topic_key == topic,
+            TopicPreference.channel.in_(channels),
+            TopicPreference.enabled.is_(False),
         )
         query = union(query, by_topic)  # type: ignore[assignment]
     rows = await session.execute(query)

@@ -546,3 +546,57 @@ async def test_topic_members_are_read_page_by_page(
     assert joining_ahead in got
     assert joining_behind not in got
     assert leaving not in got
+
+
+async def test_personalised_content_is_rendered_per_recipient_a_page_at_a_time(
+    client: httpx.AsyncClient, audience: TenantKey, session: AsyncSession, redis: Redis
+) -> None:
+    await put_template(
+        client,
+        audience,
+        "hello",
+        {"email": {"subject": "Hi {{ recipient.id }}", "text": "x"}},
+    )
+    chosen = [p for p in PEOPLE[:80] if not p["erased"] and p["email"]]
+    ids = [p["external_id"] for p in chosen]
+    assert (await client.put("/v1/topics/vip", headers=audience.headers, json={})).status_code in (
+        200,
+        201,
+    )
+    added = await client.post(
+        "/v1/topics/vip/members", headers=audience.headers, json={"recipients": ids}
+    )
+    assert added.status_code == 200, added.text
+    off = ids[:3]
+    for external_id in off:
+        switched = await client.put(
+            f"/v1/recipients/{external_id}/preferences",
+            headers=audience.headers,
+            json={"topics": {"vip": {"email": False}}},
+        )
+        assert switched.status_code == 200, switched.text
+    accepted = await notify(client, audience, template="hello", to={"topic": "vip"})
+    await expand(session, redis, accepted["id"])
+    rows = (
+        await session.execute(
+            text(
+                """
+                SELECT r.external_id, m.skip_reason, d.content ->> 'subject', m.status, m.last_error
+                  FROM messages AS m JOIN recipients AS r ON r.id = m.recipient_id
+                  LEFT JOIN renders AS d ON d.id = m.render_id
+                 WHERE m.notification_id = :id
+                """
+            ),
+            {"id": uuid.UUID(accepted["id"])},
+        )
+    ).all()
+    by_id = {external_id: (reason, subject) for external_id, reason, subject, *_ in rows}
+    assert set(by_id) == set(ids)
+    for p in chosen:
+        reason, subject = by_id[p["external_id"]]
+        if p["external_id"] in off or p["email_off"]:
+            assert reason == "opted_out"
+        elif p["suppressed"]:
+            assert reason == "suppressed"
+        else:
+            assert (reason, subject) == (None, f"Hi {p['external_id']}"), rows[:3]
