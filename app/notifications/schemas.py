@@ -51,8 +51,11 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
             "locale": "en",
         },
         {"template": "welcome", "to": ["user-1"], "send_at": "2026-01-01T09:00:00Z"},
-        {"template": "weekly-digest", "to": {"topic": "weekly-digest"}, "category": "digest"},
-        {"template": "outage", "to": {"all": True}, "channels": ["email"]},
+        {"template": "welcome", "to": {"all": True}},
+        {
+            "template": "welcome",
+            "to": {"filter": {"op": "equals", "field": "data.plan", "value": "pro"}},
+        },
     ]
 
     template: Annotated[

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -181,19 +181,31 @@ async def seed(session: AsyncSession, key: TenantKey) -> None:
 @pytest.fixture
 async def audience(
     client: httpx.AsyncClient, tenant: TenantKey, session: AsyncSession
-) -> TenantKey:
+) -> AsyncIterator[TenantKey]:
     key = await key_of(session, tenant, "test")
     await put_template(client, key, "news", TEMPLATE, locales=LOCALES)
     topic = await client.put("/v1/topics/news", headers=key.headers, json={"name": "News"})
     assert topic.status_code in (200, 201), topic.text
     await seed(session, key)
-    return key
+    yield key
+    # Broadcasts left releasing would be taken up by the relay of the next tests' workers.
+    await session.rollback()
+    await session.execute(
+        text(
+            "UPDATE notifications SET status = 'cancelled', releasing = false"
+            " WHERE tenant_id = :tenant"
+        ),
+        {"tenant": key.tenant_id},
+    )
+    await session.commit()
 
 
 @pytest.fixture
 async def redis(service_urls: ServiceUrls) -> Iterator[Redis]:  # type: ignore[misc]
     pool = await queues.connect(service_urls.redis_url)
     yield pool
+    # The deliveries and hand-overs these tests enqueued are not for the next tests' workers.
+    await pool.flushdb()
     await pool.aclose()
 
 
