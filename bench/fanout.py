@@ -819,8 +819,12 @@ def _notes(
     )
     span = drain_to - drain_from
     share = broadcast.sent_in_drain / span / limits.send_rate if span > 0 else float("nan")
-    limit = "A's send bucket" if share >= 0.9 else "the workers (not A's send bucket)"
-    notes.append(f"drain at {share:.0%} of A's send rate: the limit was {limit}")
+    limit = (
+        "A's send bucket was the limit"
+        if share >= 0.9
+        else "not A's send bucket: something else held it back (the workers, the pacing)"
+    )
+    notes.append(f"drain at {share:.0%} of A's send rate: {limit}")
     last = max(broadcast.sent_per_second, default=-1)
     notes.append(sent_line(broadcast.sent_per_second))
     if end is not None:

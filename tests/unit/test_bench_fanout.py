@@ -141,7 +141,7 @@ def test_a_run_is_described_beside_its_targets() -> None:
     assert found["peak RSS, workers"] == (320.0, False)
     assert found["peak RSS, render processes"] == (52.0, True)
     assert found["peak RSS, any process"] == (320.0, False)
-    assert any("the limit was the workers" in note for note in section.notes)
+    assert any("25% of A's send rate: not A's send bucket" in note for note in section.notes)
     assert any("2 not dispatched" in note and "2 not sent" in note for note in section.notes)
 
 
@@ -168,7 +168,7 @@ def test_a_broadcast_delivered_early_ends_the_window_and_the_streams_counted() -
     found = _figures(section, Report(None, [section]))
     assert found["delivered"][0] == 600_000 / 30.0
     assert found["B high accept→sent p99"] == (0.1, True)
-    assert any("the limit was A's send bucket" in note for note in section.notes)
+    assert any("A's send bucket was the limit" in note for note in section.notes)
 
 
 def test_stages_are_two_and_four_per_plan() -> None:
