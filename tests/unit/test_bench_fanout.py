@@ -84,7 +84,7 @@ def _run(plan: str, memory: dict[int, ProcessMemory]) -> Run:
     origin = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     # Materialised at 40 s; the drain window ran from 40 s to 100 s.
     window = (origin + 40.0, origin + 100.0)
-    return Run(plan, [uuid.uuid4()], True, *window, streams, watch, (1.5, 2.5))
+    return Run(plan, [uuid.uuid4()], *window, streams, watch, (1.5, 2.5))
 
 
 def _broadcast(**changes: object) -> Broadcast:
