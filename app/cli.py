@@ -20,6 +20,7 @@ import click
 import httpx
 
 from app.settings import QUEUES, Settings, SettingsError, load_settings
+from app.tenants.plans import PLAN_LIMITS
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -357,7 +358,8 @@ API_PROCESSES_OPTION = click.option(
 def _bench(
     stages: int, as_json: bool, api_processes: int, *benches: Callable[[Settings, Any], Any]
 ) -> None:
-    """Ceilings, then each bench (a function of settings and progress returning a Section)."""
+    """Ceilings, then each bench (a function of settings and progress returning a Section,
+    or a list of them; a section named `ceilings` adds to the ceilings)."""
     from bench import ceilings
     from bench.common import dedicated_database
     from bench.report import Progress, Report, print_json
@@ -371,7 +373,9 @@ def _bench(
         with dedicated_database(settings) as isolated:
             report.ceilings = ceilings.measure(isolated, progress, api_processes=api_processes)
             for run in benches:
-                report.sections.append(run(isolated, progress))
+                found = run(isolated, progress)
+                for part in found if isinstance(found, list) else [found]:
+                    report.add(part)
     finally:
         progress.close()
     if as_json:
@@ -491,6 +495,78 @@ def bench_ratelimit(
 ) -> None:
     """Worker processes sharing one provider's bucket: achieved rate against the contract."""
     _bench(3, as_json, api_processes, _ratelimit(rate, burst, seconds, workers))
+
+
+def _fanout(options: Any) -> Callable[[Settings, Any], Any]:
+    from bench import fanout
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return fanout.run(settings, progress, options)
+
+    return run
+
+
+@bench.command("fanout")
+@click.option("--recipients", default=1_000_000, show_default=True, help="Tenant A's recipients.")
+@click.option(
+    "--a-plan",
+    "a_plans",
+    multiple=True,
+    type=click.Choice(list(PLAN_LIMITS)),
+    default=("enterprise", "growth"),
+    show_default=True,
+    help="A's plan, which sets its send rate; one run per plan (repeatable). enterprise "
+    "(20,000/s): the workers are the limit; growth (1,000/s): A's send bucket is.",
+)
+@click.option(
+    "--workers", default=2, show_default=True, help="Worker processes of all three queues."
+)
+@click.option("--high-workers", default=0, show_default=True, help="More, of the high queue alone.")
+@click.option(
+    "--drain-seconds", default=60.0, show_default=True, help="Drain watched once materialised."
+)
+@click.option(
+    "--stream-rate", default=5.0, show_default=True, help="Notifications/s of each stream."
+)
+@click.option(
+    "--audience",
+    type=click.Choice(["all", "list"]),
+    default="all",
+    show_default=True,
+    help='The broadcast as {"all": true}, or as notifications of 1,000 recipients by id.',
+)
+@click.option(
+    "--timeout", default=600.0, show_default=True, help="Seconds to wait for materialisation."
+)
+@API_PROCESSES_OPTION
+@JSON_OPTION
+def bench_fanout(
+    recipients: int,
+    a_plans: tuple[str, ...],
+    workers: int,
+    high_workers: int,
+    drain_seconds: float,
+    stream_rate: float,
+    audience: str,
+    timeout: float,
+    api_processes: int,
+    as_json: bool,
+) -> None:
+    """A broadcast to A's N recipients while A, B and C send single notifications:
+    materialise time, delivered/s, peak RSS, the streams' accept→sent, against targets."""
+    from bench import fanout
+
+    options = fanout.Options(
+        recipients=recipients,
+        plans=tuple(dict.fromkeys(a_plans)),
+        workers=workers,
+        high_workers=high_workers,
+        drain_seconds=drain_seconds,
+        stream_rate=stream_rate,
+        audience="all" if audience == "all" else "list",
+        timeout=timeout,
+    )
+    _bench(fanout.stages(options), as_json, api_processes, _fanout(options))
 
 
 @bench.command("all")

@@ -21,10 +21,13 @@ from urllib.parse import urlsplit
 import asyncpg
 import click
 import httpx
+import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from app.db import create_engine
+from app.delivery.outbox import Job
 from app.settings import Settings
+from jobs.queues import QUEUE_NAMES, withdraw
 
 
 @dataclass(frozen=True)
@@ -215,3 +218,56 @@ _VACUUM = "VACUUM (ANALYZE) notifications, messages, attempts, renders"
 def retire_tenants(database_url: str, *tenant_ids: uuid.UUID) -> None:
     """Delete what the bench tenants sent, delivered or not (see _RETIRE)."""
     asyncio.run(_retire(database_url, tenant_ids))
+
+
+# Every job id names the message or notification it works on second: deliver:<message>:n,
+# wait:/retry:/sweep:…:<message>:…, dispatch:<notification>[:ms] (app/delivery/outbox.py).
+_NAMED = """
+SELECT id FROM messages WHERE id = ANY($1::uuid[])
+UNION ALL
+SELECT id FROM notifications WHERE id = ANY($1::uuid[])
+"""
+
+
+def named_row(job_id: str) -> uuid.UUID | None:
+    """The message or notification a job id names, if it names one."""
+    parts = job_id.split(":")
+    if len(parts) < 2:
+        return None
+    try:
+        return uuid.UUID(parts[1])
+    except ValueError:
+        return None
+
+
+async def withdraw_jobs_of(database_url: str, redis_url: str) -> int:
+    """Withdraw the queued jobs naming this database's rows (see withdraw_leftovers)."""
+    client = aioredis.Redis.from_url(redis_url)
+    connection = await asyncpg.connect(plain_url(database_url))
+    try:
+        queued: list[tuple[str, str, uuid.UUID]] = []
+        for priority, queue in QUEUE_NAMES.items():
+            for member in await client.zrange(queue, 0, -1):
+                job_id = member.decode()
+                row = named_row(job_id)
+                if row is not None:
+                    queued.append((priority, job_id, row))
+        ours = {
+            record["id"]
+            for record in await connection.fetch(_NAMED, list({row for _, _, row in queued}))
+        }
+        jobs = [Job(p, "deliver", (), job_id) for p, job_id, row in queued if row in ours]
+        for start in range(0, len(jobs), 1_000):
+            await withdraw(client, jobs[start : start + 1_000])
+        return len(jobs)
+    finally:
+        await connection.close()
+        await client.aclose()
+
+
+def withdraw_leftovers(database_url: str, redis_url: str) -> int:
+    """Take off the queues the jobs, left by a bench that stopped its workers before they
+    ran, that name this database's messages or notifications (a broadcast's batches not yet
+    delivered): the next bench's workers, or anyone's on the same Redis, would otherwise
+    inherit them. The number withdrawn."""
+    return asyncio.run(withdraw_jobs_of(database_url, redis_url))

@@ -1,5 +1,5 @@
-"""What `herald bench` reports: ratios to the ceilings measured in the same run, and the
-idle stretches that show a stall in e2e."""
+"""What `herald bench` reports: ratios to the ceilings measured in the same run, targets
+marked PASS or FAIL, and the idle stretches that show a stall in e2e."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 
 from bench.common import _milliseconds, read_report
 from bench.e2e import Timeline, idle_stretches
-from bench.report import Report, Section
+from bench.report import Report, Section, Target
 
 
 def _report() -> Report:
@@ -109,3 +109,62 @@ def test_a_wrk_report_is_read_from_its_own_lines() -> None:
         "p50_ms": 4.8,
         "p99_ms": 43.4,
     }
+
+
+def _targeted() -> Report:
+    ceilings = Section("ceilings")
+    ceilings.add("pg_copy", 100_000.0, "rows/s")
+    fanout = Section("fanout")
+    fanout.add("materialise time", 48.0, "s", target=Target(60.0))
+    fanout.add("materialise rate", 12_000.0, "rows/s", "pg_copy", target=Target(0.15, False, True))
+    fanout.add("p99", math.inf, "s", target=Target(0.25))
+    fanout.add("not measured", math.nan, "s", target=Target(2.0))
+    fanout.add("of an unmeasured ceiling", 1.0, "rows/s", "copy", target=Target(0.1, False, True))
+    fanout.add("untargeted", 3.0, "s")
+    return Report(ceilings, [fanout])
+
+
+def test_a_target_is_met_by_the_value_or_by_the_ratio_to_its_ceiling() -> None:
+    report = _targeted()
+    verdicts = [report.verdict(f) for f in report.sections[0].figures]
+    # 48 s ≤ 60 s; 12 % < 15 % of the ceiling; an infinite or unmeasured value fails; a
+    # ratio to a ceiling this run did not measure cannot be judged; no target, no verdict.
+    assert verdicts == [True, False, False, False, None, None]
+
+
+def test_targets_are_a_column_of_the_table_and_members_of_the_json() -> None:
+    report = _targeted()
+    out = io.StringIO()
+    report.print_table(out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].split() == ["figure", "value", "ratio", "of", "target"]
+    assert any("materialise time" in line and line.endswith("≤ 60.00 s  PASS") for line in lines)
+    assert any("materialise rate" in line and line.endswith("≥ 15%  FAIL") for line in lines)
+    assert any("of an unmeasured ceiling" in line and line.endswith("?") for line in lines)
+    figures = report.as_json()["benches"][0]["figures"]
+    assert figures[0]["target"] == {"max": 60.0, "of_ratio": False}
+    assert figures[0]["met"] is True
+    assert figures[1]["target"] == {"min": 0.15, "of_ratio": True}
+    assert "target" not in figures[5]
+    json.dumps(report.as_json())
+
+
+def test_a_table_without_targets_has_no_target_column() -> None:
+    out = io.StringIO()
+    _report().print_table(out)
+    assert out.getvalue().splitlines()[0].split() == ["figure", "value", "ratio", "of"]
+
+
+def test_a_ceilings_section_of_a_bench_joins_the_ceilings() -> None:
+    report = _report()
+    own = Section("ceilings")
+    own.add("copy_recipients", 50_000.0, "rows/s")
+    own.notes.append("COPY into recipients")
+    fanout = Section("fanout")
+    fanout.add("materialise rate", 10_000.0, "rows/s", "copy_recipients")
+    report.add(own)
+    report.add(fanout)
+    assert report.ceiling("copy_recipients") == 50_000.0
+    assert report.ratio(fanout.figures[0]) == 0.2
+    assert [part.bench for part in report.sections] == ["e2e", "ratelimit", "fanout"]
+    assert report.ceilings is not None and "COPY into recipients" in report.ceilings.notes
