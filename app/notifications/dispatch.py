@@ -328,7 +328,10 @@ async def _expand(
                 released, jobs = window_out.ids, window_out.jobs
                 if not released and notification.status == "dispatched":
                     notification.releasing = False  # the last is out
-            next_release = clock() + every
+            # On a fixed cadence: the time a release takes is not added to every period,
+            # which would hold the tenant below its rate; a run that fell behind (a slow
+            # page) does not make up for it in a burst.
+            next_release = max(next_release + every, clock())
         done = not notification.releasing and notification.status != "accepted"
         over = clock() >= deadline
         # The lease: the relay leaves the notification to this run until then.
