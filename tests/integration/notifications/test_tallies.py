@@ -1,9 +1,12 @@
 """Message tallies: a notification's counts by status, kept by triggers on messages, equal a
 real count of its messages after every kind of write (dispatch, deliveries, cancel, pause,
-DLQ replay, erasure, deletions), and writing them waits for no lock of the notification."""
+DLQ replay, erasure, deletions), under writers racing each other, and through compaction
+racing them too."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,6 +22,7 @@ from app.notifications import tallies
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message, MessageTally
 from app.runtime import ServiceUrls
+from jobs.cron import compact_tallies
 from tests.send_path import notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, key_of, settings_for, unmetered_renderer
 
@@ -158,7 +162,85 @@ async def test_deleted_messages_are_counted_and_a_deleted_notification_leaves_no
         await put_recipient(client, sender, "bad", email=ADDRESSES["bad"])
 
 
-async def test_a_held_notification_row_holds_no_writer(
+async def test_writers_racing_each_other_and_compaction_keep_exact_counts(
+    client: httpx.AsyncClient, sender: TenantKey, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    people = [{"external_id": f"crowd-{n}", "email": f"crowd-{n}@example.com"} for n in range(300)]
+    added = await client.post(
+        "/v1/recipients/batch", headers=sender.headers, json={"recipients": people}
+    )
+    assert added.status_code == 200, added.text
+    notification_id, ids = await dispatched(
+        client, session, sender, [p["external_id"] for p in people]
+    )
+    assert len(ids) == 300
+    sessions = session_factory(engine)
+    await compact_tallies({"sessions": sessions})  # earlier tests' deltas: out of the way
+
+    # Six workers claim the same messages at once: each is claimed by one of them.
+    async def claim_all(seed: int) -> int:
+        order = random.Random(seed).sample(ids, len(ids))
+        async with sessions() as mine:
+            taken = 0
+            for start in range(0, len(order), 50):
+                taken += len(await claim(mine, order[start : start + 50]))
+                await mine.commit()
+            return taken
+
+    assert sum(await asyncio.gather(*(claim_all(seed) for seed in range(6)))) == 300
+    assert await counted(session, notification_id) == {"sending": 300}
+
+    # Then they move overlapping sets of them between statuses while compaction folds.
+    racing = True
+
+    async def flip(seed: int) -> None:
+        chance = random.Random(seed)
+        async with sessions() as mine:
+            for _ in range(40):
+                await mine.execute(
+                    _MOVE,
+                    {
+                        "ids": chance.sample(ids, 25),
+                        "status": chance.choice(["sent", "failed", "retrying", "queued"]),
+                    },
+                )
+                await mine.commit()
+
+    async def fold() -> int:
+        folded, after = 0, 0
+        async with sessions() as mine:
+            while racing:
+                done = await tallies.compact(mine, after=after, limit=7)
+                await mine.commit()
+                folded += done.notifications
+                after = done.last_id if done.last_id is not None and done.seen == 7 else 0
+                await asyncio.sleep(0)
+        return folded
+
+    folding = [asyncio.create_task(fold()) for _ in range(2)]  # two folds race each other too
+    await asyncio.gather(*(flip(seed) for seed in range(6)))
+    racing = False
+    assert sum(await asyncio.gather(*folding)) > 0
+    before = await counted(session, notification_id)
+    assert sum(before.values()) == 300
+
+    await compact_tallies({"sessions": sessions})
+    assert await counted(session, notification_id) == before
+    assert await tally_rows(session, notification_id) == len(before)  # one row per status
+
+
+# A worker's write of many messages at once, locking them in id order as the erasure does,
+# so that racing writers wait for each other instead of deadlocking.
+_MOVE = text(
+    """
+    UPDATE messages AS m SET status = :status, updated_at = now()
+      FROM (SELECT id FROM messages WHERE id = ANY(:ids) ORDER BY id FOR UPDATE) AS locked
+     WHERE m.id = locked.id
+    """
+)
+
+
+async def test_a_held_notification_row_holds_compaction_back_and_no_writer(
     client: httpx.AsyncClient, sender: TenantKey, session: AsyncSession, engine: AsyncEngine
 ) -> None:
     notification_id, ids = await dispatched(client, session, sender, ["ok", "flaky"])
@@ -171,5 +253,35 @@ async def test_a_held_notification_row_holds_no_writer(
         await writer.execute(text("SET LOCAL lock_timeout = '2s'"))
         assert len(await claim(writer, ids)) == 2  # its tallies take no lock of the notification
         await writer.commit()
+        await compact_tallies({"sessions": sessions})
+        assert await tally_rows(session, notification_id) > 2  # skipped, not folded
         await holder.rollback()
+    await compact_tallies({"sessions": sessions})
     assert await counted(session, notification_id) == {"sending": 2}
+    assert await tally_rows(session, notification_id) == 1
+
+
+async def test_compaction_goes_past_what_it_cannot_fold_in_bounded_rounds(
+    client: httpx.AsyncClient, sender: TenantKey, session: AsyncSession, engine: AsyncEngine
+) -> None:
+    sessions = session_factory(engine)
+    await compact_tallies({"sessions": sessions})  # earlier tests' deltas: out of the way
+    held_id, held = await dispatched(client, session, sender, ["ok"])
+    free_id, free = await dispatched(client, session, sender, ["bad"])
+    for ids in (held, free, held, free):
+        async with sessions() as mine:
+            await mine.execute(_MOVE, {"ids": ids, "status": "retrying"})
+            await mine.execute(_MOVE, {"ids": ids, "status": "queued"})
+            await mine.commit()
+    async with sessions() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM notifications WHERE id = :n FOR UPDATE"), {"n": held_id}
+        )
+        # Rounds of two deltas: the held notification's oldest ones come first, are skipped,
+        # and the rounds after them reach the free one's.
+        await compact_tallies({"sessions": sessions}, limit=2, rounds=1_000)
+        assert await tally_rows(session, free_id) == 1
+        assert await tally_rows(session, held_id) > 1
+        await holder.rollback()
+    assert await counted(session, free_id) == {"queued": 1}
+    assert await counted(session, held_id) == {"queued": 1}
