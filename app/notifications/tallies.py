@@ -63,7 +63,9 @@ async def counts(session: AsyncSession, *, notification_id: uuid.UUID) -> dict[s
 
 # The notifications of the `limit` oldest deltas after `after` (ix_message_tallies_deltas),
 # those whose row is free, and all their rows, each notification's folded into one per
-# status. A status that nets to zero (queued, once all are sent) keeps no row.
+# status. A status that nets to zero (queued, once all are sent) keeps no row. Their rows
+# are found through an array of their ids: joined with `held`, whose size the planner
+# cannot know and takes for `limit`, they were read by a hash join over the whole table.
 _COMPACT = text(
     """
     WITH oldest AS (
@@ -79,8 +81,7 @@ _COMPACT = text(
            FOR NO KEY UPDATE SKIP LOCKED
     ), gone AS (
         DELETE FROM message_tallies AS t
-         USING held
-         WHERE t.notification_id = held.id
+         WHERE t.notification_id = ANY(ARRAY(SELECT id FROM held))
         RETURNING t.notification_id, t.status, t.n
     ), written AS (
         INSERT INTO message_tallies (notification_id, status, n, folded)

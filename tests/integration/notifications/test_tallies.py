@@ -285,3 +285,21 @@ async def test_compaction_goes_past_what_it_cannot_fold_in_bounded_rounds(
         await holder.rollback()
     assert await counted(session, free_id) == {"queued": 1}
     assert await counted(session, held_id) == {"queued": 1}
+
+
+async def test_compaction_reads_through_its_indexes(session: AsyncSession) -> None:
+    # The table here is tiny: forbid the whole-table scans the planner would rather do, and
+    # see that the oldest deltas are a range of the partial index and the rows of their
+    # notifications are looked up by id, not found by reading every row.
+    await session.execute(text("SET LOCAL enable_seqscan = off"))
+    await session.execute(text("SET LOCAL enable_bitmapscan = off"))
+    plan = "\n".join(
+        row[0]
+        for row in await session.execute(
+            text(f"EXPLAIN {tallies._COMPACT.text}"), {"after": 0, "limit": 5_000}
+        )
+    )
+    await session.rollback()
+    assert "Index Scan using ix_message_tallies_deltas" in plan, plan
+    assert "Index Scan using ix_message_tallies_notification_id" in plan, plan
+    assert "Index Cond: (notification_id = ANY (" in plan, plan
