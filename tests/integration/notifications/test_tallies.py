@@ -9,6 +9,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.db import session_factory
 from app.delivery.claims import claim
 from app.delivery.service import Deliverer
+from app.delivery.sweeper import expired_claims
 from app.notifications import tallies
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message, MessageTally
@@ -104,6 +106,18 @@ async def test_counts_follow_dispatch_deliveries_and_a_replay(
     replayed = await client.post("/v1/dlq/replay", headers=sender.headers, json={"ids": [failed]})
     assert replayed.json() == {"replayed": 1, "not_replayable": 0}, replayed.text
     assert await counted(session, notification_id) == {"sent": 1, "queued": 1, "retrying": 1}
+
+
+async def test_claims_the_sweeper_takes_back_are_counted(
+    client: httpx.AsyncClient, sender: TenantKey, session: AsyncSession
+) -> None:
+    notification_id, ids = await dispatched(client, session, sender, ["ok", "flaky"])
+    assert len(await claim(session, ids, lease=timedelta(seconds=-1))) == 2  # a dead worker's
+    await session.commit()
+    assert await counted(session, notification_id) == {"sending": 2}
+    await expired_claims(session, limit=1_000)
+    await session.commit()
+    assert await counted(session, notification_id) == {"retrying": 2}
 
 
 async def test_cancel_and_erasure_are_counted_and_a_pause_writes_nothing(
