@@ -210,9 +210,10 @@ async def _retire(database_url: str, tenant_ids: tuple[uuid.UUID, ...]) -> None:
 # (its jobs removed, no worker ran) in the middle of e2e, and the sweeper would pick up
 # undelivered messages; the sent rows (dead after each update) would have the next bench
 # measure autovacuum catching up. The tenant's notifications go, and with them (ON DELETE
-# CASCADE) its messages, attempts and renders; the tenant and its recipients stay.
+# CASCADE) its messages, attempts and renders, and (by trigger) its message tallies; the
+# tenant and its recipients stay.
 _RETIRE = text("DELETE FROM notifications WHERE tenant_id = ANY(:tenants)")
-_VACUUM = "VACUUM (ANALYZE) notifications, messages, attempts, renders"
+_VACUUM = "VACUUM (ANALYZE) notifications, messages, attempts, renders, message_tallies"
 
 
 def retire_tenants(database_url: str, *tenant_ids: uuid.UUID) -> None:

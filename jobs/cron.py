@@ -1,4 +1,5 @@
-"""Periodic jobs that rebuild the queue from PostgreSQL: the outbox relay and the sweeper.
+"""Periodic jobs: the outbox relay and the sweeper rebuild the queue from PostgreSQL; the
+tally compaction keeps notifications' counts cheap to read.
 
 - `relay` (every RELAY_EVERY s): accepted notifications due more than RELAY_AFTER ago get
   their dispatch job again (job id `dispatch:<id>`: refused while the first one is queued or
@@ -6,11 +7,15 @@
   ran and raised blocks its re-enqueue for that long, which is acceptable.
 - `sweep` (every SWEEP_EVERY s): messages whose claim expired are released and enqueued;
   queued or retrying messages due more than SWEEP_OVERDUE_AFTER ago are enqueued again.
+- `compact_tallies` (every TALLY_EVERY s): the message tallies' deltas are folded into one
+  row per (notification, status), oldest first, in rounds of TALLY_LIMIT deltas, each its
+  own short transaction, at most TALLY_ROUNDS a tick (app/notifications/tallies.py).
 
-Each tick hands all it found to Redis in one call (the outbox's batched enqueue), whatever
-the number of jobs: a backlog after a lost Redis costs a round trip per tick, not per job.
+Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
+enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
+tick, not per job.
 
-Every queue's worker registers both (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all three (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -31,6 +36,7 @@ from prometheus_client import Counter
 
 from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
+from app.notifications import tallies
 from app.notifications.relay import stale_accepted
 from jobs import queues
 
@@ -42,6 +48,11 @@ RELAY_LIMIT = 1_000
 SWEEP_EVERY = 10  # seconds
 SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
 SWEEP_LIMIT = 1_000  # per reason and tick
+TALLY_EVERY = 10  # seconds
+# A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
+# two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
+TALLY_LIMIT = tallies.COMPACT_LIMIT
+TALLY_ROUNDS = 20
 CRON_TIMEOUT = 60  # seconds; below the workers' job_timeout, so arq's in-progress TTL holds
 CRON_KEEP_RESULT = 300  # seconds a tick's id stays taken after its run
 
@@ -52,6 +63,9 @@ SWEEPER_REQUEUED = Counter(
     "herald_sweeper_requeued_total",
     "Messages the sweeper enqueued again",
     ["reason"],  # expired_claim | overdue
+)
+TALLIES_FOLDED = Counter(
+    "herald_tallies_folded_total", "Message tally rows compaction folded into sums"
 )
 
 
@@ -87,6 +101,29 @@ async def sweep(
         SWEEPER_REQUEUED.labels(reason).inc(count)
     _log("sweep", **counts)
     return counts
+
+
+async def compact_tallies(
+    ctx: dict[str, Any], *, limit: int = TALLY_LIMIT, rounds: int = TALLY_ROUNDS
+) -> dict[str, int]:
+    """Fold the tallies' deltas, oldest first, until none are left or `rounds` ran; counts."""
+    totals = {"deltas": 0, "notifications": 0, "removed": 0, "written": 0}
+    after = 0
+    async with ctx["sessions"]() as session:
+        for _ in range(rounds):
+            # One transaction a round: its notifications' rows are held only that long.
+            done = await tallies.compact(session, after=after, limit=limit)
+            await session.commit()
+            totals["deltas"] += done.seen
+            totals["notifications"] += done.notifications
+            totals["removed"] += done.removed
+            totals["written"] += done.written
+            if done.last_id is None or done.seen < limit:
+                break
+            after = done.last_id  # past what this round skipped (rows held by others)
+    TALLIES_FOLDED.inc(totals["removed"])
+    _log("compact_tallies", **totals)
+    return totals
 
 
 async def _enqueue(ctx: dict[str, Any], found: dict[str, Sequence[DueMessage]]) -> dict[str, int]:
@@ -126,6 +163,14 @@ def cron_jobs() -> list[CronJob]:
             sweep,
             name="cron:sweep",
             second=set(range(0, 60, SWEEP_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            compact_tallies,
+            name="cron:compact_tallies",
+            # Not on the relay's and the sweep's seconds (multiples of 5): ticks spread out.
+            second=set(range(3, 60, TALLY_EVERY)),
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

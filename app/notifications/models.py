@@ -2,7 +2,8 @@
 
 A notification is one accepted request. Dispatch turns it into messages, one per
 (recipient, channel, address), each pointing at the rendered content it delivers.
-Every provider call is an attempt.
+Every provider call is an attempt. Triggers on messages keep their tallies by status
+(app/notifications/tallies.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Identity,
@@ -193,3 +195,24 @@ class Attempt(Base):
     error_class: Mapped[str | None] = mapped_column(String(16))
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageTally(Base):
+    """A change in the number of a notification's messages of one status, written by the
+    triggers on messages; a notification's counts are the sums of its rows
+    (app/notifications/tallies.py)."""
+
+    __tablename__ = "message_tallies"
+    __table_args__ = (
+        # The rows compaction has not folded yet, oldest first.
+        Index("ix_message_tallies_deltas", "id", postgresql_where=text("NOT folded")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # No foreign key (its check would lock the notification's row on every claim and outcome):
+    # a trigger on notifications deletes a deleted one's tallies.
+    notification_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    n: Mapped[int] = mapped_column(BigInteger)
+    # A sum written by compaction (or the migration's backfill), not a statement's change.
+    folded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.delivery import outbox
-from app.notifications import expansion
+from app.notifications import expansion, tallies
 from app.notifications.models import Attempt, Message, Notification
 from app.pagination import Page
 from app.recipients.models import Recipient
@@ -108,15 +108,8 @@ async def get_notification(
     )
     if notification is None:
         return None
-    counts = dict(
-        (
-            await session.execute(
-                select(Message.status, func.count())
-                .where(Message.tenant_id == tenant_id, Message.notification_id == notification_id)
-                .group_by(Message.status)
-            )
-        ).all()
-    )
+    # Kept by triggers on messages: summing them does not read the messages (tallies.py).
+    counts = await tallies.counts(session, notification_id=notification.id)
     page = await list_messages(
         session,
         tenant_id=tenant_id,

@@ -1,7 +1,7 @@
 """audiences expanded in pages: a cursor per notification, held messages released at pace
 
 Revision ID: 0016_audience_expansion
-Revises: 0014_topic_preferences
+Revises: 0015_message_tallies
 Create Date: 2026-12-04 22:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016_audience_expansion"
-down_revision = "0014_topic_preferences"
+down_revision = "0015_message_tallies"
 branch_labels = None
 depends_on = None
 
