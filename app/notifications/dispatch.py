@@ -353,7 +353,11 @@ async def _expand(
             .execution_options(populate_existing=True)
         )
         if relocked is None or relocked.status not in ("accepted", "dispatched"):
-            if relocked is not None:
+            # Cancelled: the job the cancel enqueued cancels the held messages, and does so
+            # only while the notification is `releasing` (the relay enqueues that job again
+            # if it is lost, by `releasing` and the cancel's `dispatch_after`): both stay as
+            # the cancel left them.
+            if relocked is not None and relocked.status != "cancelled":
                 relocked.dispatch_after = None
                 if relocked.status != "paused":
                     relocked.releasing = False

@@ -612,3 +612,52 @@ async def test_personalised_content_is_rendered_per_recipient_a_page_at_a_time(
             assert reason == "suppressed"
         else:
             assert (reason, subject) == (None, f"Hi {p['external_id']}"), rows[:3]
+
+
+async def test_a_broadcast_cancelled_while_its_run_goes_on_cancels_every_held_message(
+    client: httpx.AsyncClient,
+    audience: TenantKey,
+    session: AsyncSession,
+    redis: Redis,
+    engine: Any,
+) -> None:
+    """The run sees the cancel at its next step and stops; the job the cancel enqueued
+    then cancels what is still held, as it does when no run was under way."""
+    accepted = await notify(client, audience, template="news", to={"all": True}, channels=["email"])
+    notification_id = uuid.UUID(accepted["id"])
+    from app.db import session_factory
+
+    sessions = session_factory(engine)
+
+    async def run() -> None:
+        async with sessions() as own:
+            await dispatch(
+                own,
+                notification_id=notification_id,
+                renderer=unmetered_renderer(),
+                enqueuer=queues.outbox(redis),
+            )
+            await own.commit()
+
+    task = asyncio.create_task(run())
+    for _ in range(1000):
+        await asyncio.sleep(0.01)
+        found = await session.get(Notification, notification_id, populate_existing=True)
+        await session.commit()
+        assert found is not None
+        if found.expansion_cursor is not None:
+            break
+    assert not task.done() and found.expansion_cursor is not None, "no page written"
+    cancelled = await client.post(
+        f"/v1/notifications/{accepted['id']}/cancel", headers=audience.headers
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    await task
+    session.expire_all()  # the test's session read the notification while the run went on
+    await one_run(session, redis, accepted["id"])
+    after = await statuses(session, accepted["id"])
+    assert after["queued"] == 0, after
+    assert after["cancelled"] == cancelled.json()["cancelled_messages"]
+    assert await expansion.held_count(session, notification_id) == 0
+    found = await session.get(Notification, notification_id, populate_existing=True)
+    assert found is not None and not found.releasing and found.status == "cancelled"
