@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories import service as categories
@@ -77,6 +77,8 @@ class Dispatched:
     # Set when the render budget ran out part-way: dispatch the notification again then.
     later: datetime | None = None
     pace: Pace | None = None
+    # When the batches were paced from (their messages' next_attempt_at was set from it).
+    paced_from: datetime | None = None
 
     def jobs(self, notification_id: uuid.UUID, now: datetime | None = None) -> list[outbox.Job]:
         """What to enqueue once committed: the batches' deliveries, and the rest of the
@@ -89,7 +91,7 @@ class Dispatched:
         rate; due at their time, another tenant's batch queued meanwhile goes first. The
         inbox takes no tokens and is not paced.
         """
-        now = now or utcnow()
+        now = now or self.paced_from or utcnow()
         jobs = []
         ahead = 0  # metered messages of the batches before this one
         for batch in self.batches:
@@ -151,9 +153,39 @@ async def dispatch(
         batches = await queued_batches(session, notification)
         span.set_attribute("herald.messages", sum(len(b.message_ids) for b in batches))
         limits = limits_for(tenant.plan)
-        return Dispatched(
-            batches, notification.priority, later, Pace(limits.send_rate, limits.send_burst)
+        done = Dispatched(
+            batches,
+            notification.priority,
+            later,
+            Pace(limits.send_rate, limits.send_burst),
+            paced_from=utcnow(),
         )
+        await _stamp_deferred(session, done.jobs(notification.id))
+        return done
+
+
+# A deferred batch's messages are due when its job is: without it the sweeper, finding them
+# queued with no due time a minute after they were written, would take their deliveries
+# for lost and enqueue them at once, ahead of the pace.
+_STAMP = text(
+    """
+    UPDATE messages AS m SET next_attempt_at = d.at
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS d(id, at)
+     WHERE m.id = d.id AND m.status = 'queued'
+    """
+)
+
+
+async def _stamp_deferred(session: AsyncSession, jobs: list[outbox.Job]) -> None:
+    ids: list[uuid.UUID] = []
+    ats: list[datetime] = []
+    for job in jobs:
+        if job.function == "deliver" and job.defer_until is not None:
+            for message_id in job.args[0]:
+                ids.append(uuid.UUID(message_id))
+                ats.append(job.defer_until)
+    if ids:
+        await session.execute(_STAMP, {"ids": ids, "ats": ats})
 
 
 async def _sources(

@@ -4,8 +4,15 @@ them; a small one is due at once."""
 
 from __future__ import annotations
 
-import httpx
+import uuid
+from datetime import timedelta
 
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.delivery.sweeper import overdue
+from app.notifications.models import Message
 from app.runtime import ServiceUrls
 from jobs import functions, queues
 from tests.send_path import notify, put_template, workers
@@ -15,7 +22,11 @@ MAIL = {"email": {"subject": "Hi", "text": "Hello"}}
 
 
 async def test_batches_past_the_burst_are_queued_due_at_the_tenants_rate(
-    client: httpx.AsyncClient, tenant: TenantKey, other_tenant: TenantKey, service_urls: ServiceUrls
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    other_tenant: TenantKey,
+    service_urls: ServiceUrls,
+    session: AsyncSession,
 ) -> None:
     # Both on the free plan: 50 messages/s, bursts of 500.
     people = [{"external_id": f"p{n}", "email": f"p{n}@example.com"} for n in range(1_000)]
@@ -50,3 +61,21 @@ async def test_batches_past_the_burst_are_queued_due_at_the_tenants_rate(
     gaps = [round(s - spaced[0], 2) for s in spaced]
     assert gaps == [0, 2, 4, 6], deliveries
     assert 0.5 < spaced[0] - max(at_once) <= 2.01, deliveries
+    # The deferred batches' messages are due when their jobs are: the sweeper, looking for
+    # deliveries lost a minute ago, does not take them for lost and send them ahead.
+    due = dict(
+        (
+            await session.execute(
+                select(Message.id, Message.next_attempt_at)
+                .where(Message.notification_id == uuid.UUID(big["id"]))
+                .where(Message.next_attempt_at.is_not(None))
+            )
+        ).all()
+    )
+    assert len(due) == 400
+    times = sorted({at.timestamp() for at in due.values()})
+    # The queue keeps whole milliseconds.
+    assert [abs(at - score) < 0.002 for at, score in zip(times, spaced, strict=True)] == [True] * 4
+    swept = await overdue(session, older_than=timedelta(seconds=1), limit=10_000)
+    await session.rollback()
+    assert not {m.id for m in swept} & set(due)
