@@ -123,7 +123,12 @@ async def dispatch(
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
     )
-    if notification is not None and notification.status == "cancelled" and notification.releasing:
+    # Cancelled, or failed part-way: what it still holds is never sent.
+    if (
+        notification is not None
+        and notification.status in ("cancelled", "failed")
+        and notification.releasing
+    ):
         await _cancel_held(session, notification)
         return Dispatched([])
     # Paused: resuming it enqueues its dispatch again (queries.resume).
@@ -402,7 +407,7 @@ CANCEL_PAGE = 10_000  # held messages of a cancelled audience cancelled per tran
 
 
 async def _cancel_held(session: AsyncSession, notification: Notification) -> None:
-    """Cancel a cancelled audience's held messages, a page per transaction."""
+    """Cancel the held messages of a cancelled (or failed) broadcast, a page per transaction."""
     notification_id = notification.id
     while await expansion.cancel_held(session, notification_id, CANCEL_PAGE):
         await session.commit()

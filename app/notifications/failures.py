@@ -27,11 +27,14 @@ _BEGIN = text(
     RETURNING dispatch_attempts, dispatch_error
     """
 )
+# A broadcast failed part-way has messages held for release: due now (dispatch_after), so
+# that the relay has its dispatch cancel them (app/notifications/dispatch.py).
 _GIVE_UP = text(
     """
     UPDATE notifications
        SET status = 'failed',
-           problems = problems || jsonb_build_object('dispatch', CAST(:reason AS text))
+           problems = problems || jsonb_build_object('dispatch', CAST(:reason AS text)),
+           dispatch_after = CASE WHEN releasing THEN now() END
      WHERE id = :id AND status = 'accepted'
     """
 )

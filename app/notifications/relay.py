@@ -36,7 +36,7 @@ class PendingDispatch:
 # filter over every accepted row plus a sort. The status is a literal, not a parameter, so
 # that PostgreSQL can match the partial index's predicate in a generic (cached) plan too.
 # The second branch: an audience's notification dispatched with held messages left to
-# release, or cancelled with held messages left to cancel (app/notifications/expansion.py),
+# release, or cancelled (or failed) with held messages left to cancel (expansion.py),
 # whose run has not been seen for a while (each run keeps dispatch_after ahead of the time
 # while it runs).
 _STALE = text(
@@ -54,7 +54,7 @@ _STALE = text(
        FROM notifications
       WHERE releasing
         AND dispatch_after < now() - CAST(:older_than AS interval)
-        AND status IN ('dispatched', 'cancelled')
+        AND status IN ('dispatched', 'cancelled', 'failed')
       ORDER BY dispatch_after
       LIMIT :limit)
     """

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -18,9 +19,10 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.notifications import expansion
+from app.notifications import expansion, failures
 from app.notifications.dispatch import dispatch
 from app.notifications.models import Message, Notification, Render
+from app.notifications.relay import stale_accepted
 from app.runtime import ServiceUrls
 from jobs import queues
 from tests.send_path import notify, put_template
@@ -661,3 +663,29 @@ async def test_a_broadcast_cancelled_while_its_run_goes_on_cancels_every_held_me
     assert await expansion.held_count(session, notification_id) == 0
     found = await session.get(Notification, notification_id, populate_existing=True)
     assert found is not None and not found.releasing and found.status == "cancelled"
+
+
+async def test_a_broadcast_failed_part_way_cancels_what_it_held(
+    client: httpx.AsyncClient, audience: TenantKey, session: AsyncSession, redis: Redis
+) -> None:
+    accepted = await notify(client, audience, template="news", to={"all": True}, channels=["email"])
+    notification_id = uuid.UUID(accepted["id"])
+    await one_run(session, redis, accepted["id"])
+    assert await expansion.held_count(session, notification_id) > 0
+    # Its runs die, one after the other, until one too many fails it.
+    await session.execute(
+        text("UPDATE notifications SET dispatch_attempts = :n WHERE id = :id"),
+        {"n": failures.MAX_DISPATCH_ATTEMPTS, "id": notification_id},
+    )
+    await session.commit()
+    assert not await failures.begin_attempt(session, notification_id=notification_id)
+    stale = await stale_accepted(session, older_than=timedelta(0), limit=100)
+    await session.commit()
+    assert notification_id in {n.id for n in stale}  # the relay enqueues its dispatch
+    await one_run(session, redis, accepted["id"])
+    assert await expansion.held_count(session, notification_id) == 0
+    found = await session.get(Notification, notification_id, populate_existing=True)
+    assert found is not None and found.status == "failed" and not found.releasing
+    left = await statuses(session, accepted["id"])
+    assert left["queued"] <= expansion.MAX_WINDOW  # what was released before it failed
+    assert left["cancelled"] > 0
