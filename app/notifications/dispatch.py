@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.categories import service as categories
@@ -575,7 +575,8 @@ async def _written(
     rows = await session.execute(
         select(Message.recipient_id, Message.channel, Message.address).where(
             Message.notification_id == notification_id,
-            Message.recipient_id.in_(bindparam("ids", recipient_ids, expanding=True)),
+            # One array parameter: the statement is the same whatever the number of ids.
+            Message.recipient_id == any_(bindparam("ids", recipient_ids, type_=ARRAY(Uuid))),
         )
     )
     return {tuple(row) for row in rows.all()}
