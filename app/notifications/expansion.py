@@ -454,30 +454,12 @@ def page_statement(
         decided.c.skip_reason,
         case((failed, "render"), else_=None),
         case((failed, content.c.failure), else_=None),
-        case((skipped, None), (failed, None), else_=HELD),
         func.now(),
+        case((skipped, None), (failed, None), else_=HELD),
     ).select_from(decided.outerjoin(content, true()))
     written = (
         insert(Message)
-        .from_select(
-            [
-                "id",
-                "notification_id",
-                "tenant_id",
-                "mode",
-                "recipient_id",
-                "channel",
-                "address",
-                "render_id",
-                "status",
-                "skip_reason",
-                "error_class",
-                "last_error",
-                "next_attempt_at",
-                "created_at",
-            ],
-            rows,
-        )
+        .from_select(list(bulk.MESSAGE_COLUMNS), rows)  # the columns dispatch's rows fill
         .on_conflict_do_nothing()
         .returning(Message.status)
         .cte("written")
