@@ -349,6 +349,7 @@ async def _expand(
     window, every = expansion.tick(limits_for(tenant.plan).send_rate)
     deadline = clock() + run_seconds
     released: list[uuid.UUID] = []
+    released_through: uuid.UUID | None = None  # the run's last release ended here
     next_release = clock()
     while True:
         jobs: list[outbox.Job] = []
@@ -361,9 +362,17 @@ async def _expand(
                 return _defer(notification, wait)
         if notification.releasing and clock() >= next_release:
             if await expansion.still_queued(session, released) <= BACKLOG_SHARE * len(released):
-                window_out = await expansion.release(session, notification, window)
+                window_out = await expansion.release(
+                    session, notification, window, after=released_through
+                )
                 released, jobs = window_out.ids, window_out.jobs
-                if not released and notification.status == "dispatched":
+                if released:
+                    released_through = max(released)
+                elif released_through is not None:
+                    # Pages are written in id order, after every release, so nothing held
+                    # is left behind; one look from the start before calling it done.
+                    released_through = None
+                elif notification.status == "dispatched":
                     notification.releasing = False  # the last is out
             # On a fixed cadence: the time a release takes is not added to every period,
             # which would hold the tenant below its rate; a run that fell behind (a slow
@@ -626,12 +635,16 @@ def _message_row(
     }
 
 
-async def queued_batches(session: AsyncSession, notification: Notification) -> list[DeliveryBatch]:
-    rows = await session.execute(
+def queued_statement(notification_id: uuid.UUID) -> Any:
+    return (
         select(Message.id, Message.channel)
-        .where(Message.notification_id == notification.id, Message.status == "queued")
+        .where(Message.notification_id == notification_id, Message.status == "queued")
         .order_by(Message.channel, Message.id)
     )
+
+
+async def queued_batches(session: AsyncSession, notification: Notification) -> list[DeliveryBatch]:
+    rows = await session.execute(queued_statement(notification.id))
     by_channel: dict[str, list[uuid.UUID]] = defaultdict(list)
     for message_id, channel in rows.all():
         by_channel[channel].append(message_id)

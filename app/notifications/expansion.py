@@ -528,27 +528,49 @@ class Release:
     ids: list[uuid.UUID]
 
 
-async def release(session: AsyncSession, notification: Notification, size: int) -> Release:
-    """Make up to `size` held messages of the notification due now, the oldest first, and
-    return their deliver jobs (the caller commits, then enqueues them)."""
+async def walk_held_in_order(session: AsyncSession) -> None:
+    """Read ix_messages_held as an ordered index scan that stops at the limit.
+
+    A broadcast's notification is newer than the table's statistics (which may be far
+    behind a table that grew by a million rows a minute ago), so the planner takes its held
+    messages for a handful and prefers a bitmap scan, which reads every held entry of the
+    notification before the limit applies: a million at the start of a release."""
+    await session.execute(text("SET LOCAL enable_bitmapscan = off"))
+
+
+def release_statement(notification_id: uuid.UUID, size: int, after: uuid.UUID | None) -> Any:
     held = (
         select(Message.id)
         .where(
-            Message.notification_id == notification.id,
+            Message.notification_id == notification_id,
             Message.next_attempt_at == HELD,
             Message.status == "queued",
+            *([Message.id > after] if after is not None else []),
         )
         .order_by(Message.id)
         .limit(size)
         .with_for_update(skip_locked=True)
         .cte("held")
     )
-    query = (
+    return (
         update(Message)
         .where(Message.id.in_(select(held.c.id)))
         .values(next_attempt_at=func.now(), updated_at=func.now())
         .returning(Message.id, Message.channel)
     )
+
+
+async def release(
+    session: AsyncSession,
+    notification: Notification,
+    size: int,
+    after: uuid.UUID | None = None,
+) -> Release:
+    """Make up to `size` held messages of the notification due now, the oldest first (past
+    `after`: the last one an earlier release of the same run made due), and return their
+    deliver jobs (the caller commits, then enqueues them)."""
+    await walk_held_in_order(session)
+    query = release_statement(notification.id, size, after)
     rows = sorted((await session.execute(query)).all(), key=lambda row: (row.channel, row.id))
     jobs = [
         outbox.deliver(notification.priority, ids)
@@ -557,11 +579,8 @@ async def release(session: AsyncSession, notification: Notification, size: int) 
     return Release(jobs, [row.id for row in rows])
 
 
-async def still_queued(session: AsyncSession, ids: Sequence[uuid.UUID]) -> int:
-    """How many of a released window wait in the queue still (by primary key)."""
-    if not ids:
-        return 0
-    found = await session.scalar(
+def still_queued_statement(ids: Sequence[uuid.UUID]) -> Any:
+    return (
         select(func.count())
         .select_from(Message)
         .where(
@@ -569,6 +588,13 @@ async def still_queued(session: AsyncSession, ids: Sequence[uuid.UUID]) -> int:
             Message.status == "queued",
         )
     )
+
+
+async def still_queued(session: AsyncSession, ids: Sequence[uuid.UUID]) -> int:
+    """How many of a released window wait in the queue still (by primary key)."""
+    if not ids:
+        return 0
+    found = await session.scalar(still_queued_statement(ids))
     return int(found or 0)
 
 
@@ -584,6 +610,7 @@ async def held_count(session: AsyncSession, notification_id: uuid.UUID) -> int:
 
 async def cancel_held(session: AsyncSession, notification_id: uuid.UUID, size: int) -> int:
     """Cancel up to `size` of a cancelled notification's held messages; how many."""
+    await walk_held_in_order(session)
     held = (
         select(Message.id)
         .where(Message.notification_id == notification_id, Message.next_attempt_at == HELD)

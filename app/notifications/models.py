@@ -122,10 +122,16 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("channel = 'inbox' AND status = 'sent'"),
         ),
+        # The sweeper: messages due whose job may be lost. Held messages ('infinity') and
+        # claimed ones are not in it, and no statement but the sweeper's implies its
+        # predicate, so a claim or a release never reads it (migration 0017).
         Index(
             "ix_messages_due",
             "next_attempt_at",
-            postgresql_where=text("status IN ('queued', 'retrying', 'sending')"),
+            postgresql_where=text(
+                "status IN ('queued', 'retrying')"
+                " AND (next_attempt_at IS NULL OR next_attempt_at < 'infinity')"
+            ),
         ),
         # The sweeper: claims whose lease ran out.
         Index(

@@ -426,7 +426,7 @@ async def test_sweep_holds_a_paused_channel_and_requeues_it_once_lifted(
             sweeper._OVERDUE,
             {"older_than": timedelta(seconds=60), "limit": 1000},
             "ix_messages_due",
-            ["(next_attempt_at < ", "(next_attempt_at IS NULL)"],
+            ["((next_attempt_at < ", "(next_attempt_at IS NULL)"],
         ),
     ],
 )
