@@ -519,9 +519,17 @@ def _fanout(options: Any) -> Callable[[Settings, Any], Any]:
     "(20,000/s): the workers are the limit; growth (1,000/s): A's send bucket is.",
 )
 @click.option(
-    "--workers", default=2, show_default=True, help="Worker processes of all three queues."
+    "--workers",
+    default=2,
+    show_default=True,
+    help="Worker processes of the normal and low queues (of all three with --high-workers 0).",
 )
-@click.option("--high-workers", default=0, show_default=True, help="More, of the high queue alone.")
+@click.option(
+    "--high-workers",
+    default=1,
+    show_default=True,
+    help="Worker processes of the high queue alone (fly.toml's priority lane).",
+)
 @click.option(
     "--drain-seconds", default=60.0, show_default=True, help="Drain watched once materialised."
 )

@@ -305,6 +305,13 @@ VARIABLES: tuple[Var, ...] = (
         "share of API requests traced (with their dispatch and deliveries) when tracing is on",
     ),
     Var(
+        "HERALD_BULK_WORKER_NICENESS",
+        "10",
+        _int_in(0, 19),
+        "niceness a `herald worker` of no high queue runs at (0: as any process): on a machine "
+        "it shares with the API and the high lane, campaigns get the CPU those leave",
+    ),
+    Var(
         "HERALD_WORKER_METRICS_PORT",
         None,
         _int_in(1, 65535),
@@ -356,6 +363,7 @@ class Settings:
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
     worker_metrics_port: int | None = None
+    bulk_worker_niceness: int = 10
     audit_keys: tuple[tuple[str, bytes], ...] | None = None
     audit_anchor_file: Path | None = None
     render_processes: int = 2
@@ -416,6 +424,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         otlp_endpoint=values["HERALD_OTLP_ENDPOINT"],
         trace_sample_ratio=values["HERALD_TRACE_SAMPLE_RATIO"],
         worker_metrics_port=values["HERALD_WORKER_METRICS_PORT"],
+        bulk_worker_niceness=values["HERALD_BULK_WORKER_NICENESS"],
         audit_keys=values["HERALD_AUDIT_KEYS"],
         audit_anchor_file=(
             Path(values["HERALD_AUDIT_ANCHOR_FILE"]) if values["HERALD_AUDIT_ANCHOR_FILE"] else None

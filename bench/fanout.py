@@ -434,6 +434,12 @@ class Run:
     withdrawn: int = 0
 
 
+def shared_queues(options: Options) -> str:
+    """The queues of `--workers`: the bulk ones alone when a high lane of its own runs beside
+    them (fly.toml's `worker` and `priority` groups), else all three."""
+    return "normal,low" if options.high_workers else "high,normal,low"
+
+
 def _run_plan(
     settings: Settings,
     progress: Progress,
@@ -450,7 +456,7 @@ def _run_plan(
     env = service_env(settings)
     streams = _streams(tenants)
     progress.stage(f"{label}: starting the API and {options.workers} worker(s), warm-up")
-    workers = [herald("worker", "--queues", "high,normal,low") for _ in range(options.workers)]
+    workers = [herald("worker", "--queues", shared_queues(options)) for _ in range(options.workers)]
     workers += [herald("worker", "--queues", "high") for _ in range(options.high_workers)]
     withdrawn = 0
     try:
@@ -782,7 +788,8 @@ def _notes(
     notes.append(
         f"A on plan {run.plan!r}: send rate {limits.send_rate:,.0f}/s, burst "
         f"{limits.send_burst:,}; B and C on 'enterprise'. {options.workers} worker process(es) "
-        f"of the queues high, normal, low{high}; 1 API process; sandbox e-mail provider"
+        f"of the queues {shared_queues(options).replace(',', ', ')}{high}; 1 API process; "
+        "sandbox e-mail provider"
     )
     notes.append(
         f"machine: {os.cpu_count()} CPUs, 1-minute load average {run.loads[0]:.1f} at the "

@@ -1,6 +1,9 @@
 """Worker processes: one arq Worker per priority queue, sharing a process's connections.
 
 `herald worker --queues high,normal,low` runs one Worker per named queue in one event loop.
+A process that serves no high queue (the bulk lane) lowers its CPU priority
+(HERALD_BULK_WORKER_NICENESS): where it shares a machine with the API and the high lane, a
+campaign's batches take only the CPU those leave.
 On SIGTERM or SIGINT every worker stops taking jobs, lets running ones finish (up to
 SHUTDOWN_GRACE seconds), then exits.
 """
@@ -8,6 +11,7 @@ SHUTDOWN_GRACE seconds), then exits.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,6 +110,10 @@ async def worker_context(
 async def run_workers(
     settings: Settings, database_url: str, redis_url: str, queues: tuple[str, ...]
 ) -> None:
+    if "high" not in queues and settings.bulk_worker_niceness:
+        # Before the render processes start, which inherit it. The high lane's processes,
+        # the API and PostgreSQL keep theirs, so the kernel gives them the CPU first.
+        os.nice(settings.bulk_worker_niceness)
     if settings.worker_metrics_port is not None:
         # Delivery counters, provider latency and breaker changes live in this process.
         start_http_server(settings.worker_metrics_port, addr=settings.host)

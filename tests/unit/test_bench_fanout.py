@@ -18,6 +18,7 @@ from bench.fanout import (
     describe,
     recipient_rows,
     sent_line,
+    shared_queues,
     stages,
 )
 from bench.memory import MemoryWatch, ProcessMemory
@@ -67,6 +68,11 @@ def test_stream_times_count_what_was_accepted_while_the_broadcast_was_delivered(
     assert times.during(None) is times
     before, after = during.split(10.0)
     assert before.latency == [0.1] and after.latency == [0.2, INF]
+
+
+def test_the_workers_leave_the_high_queue_to_a_lane_of_its_own_when_one_runs() -> None:
+    assert shared_queues(_options(high_workers=1)) == "normal,low"  # fly.toml's two lanes
+    assert shared_queues(_options(high_workers=0)) == "high,normal,low"
 
 
 def test_the_sent_line_has_a_figure_per_second_or_per_stretch() -> None:

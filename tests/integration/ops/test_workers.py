@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -101,6 +103,61 @@ async def test_worker_process_serves_and_stops_on_sigterm(service_urls: ServiceU
     finally:
         if process.poll() is None:
             process.kill()
+        await pool.aclose()
+
+
+def _stat(pid: int) -> list[str]:
+    # /proc/<pid>/stat, the fields after the command's closing parenthesis (state first).
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # gone meanwhile
+    return found
+
+
+@pytest.mark.parametrize(("served", "niceness"), [("normal,low", 10), ("high,normal", 0)])
+async def test_a_worker_of_the_bulk_queues_alone_yields_the_cpu(
+    service_urls: ServiceUrls, served: str, niceness: int
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": service_urls.database_url,
+        "REDIS_URL": service_urls.redis_url,
+        "HERALD_ENV": "test",
+    }
+    env.pop("HERALD_BULK_WORKER_NICENESS", None)  # the default
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--queues", served],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pool = await queues.connect(service_urls.redis_url)
+    try:
+        job_id = f"ping-nice-{uuid.uuid4()}"
+        await ping(pool, "normal", "nice", job_id)
+        job = Job(job_id, pool, _queue_name=queues.QUEUE_NAMES["normal"])
+        assert await job.result(timeout=20) == "pong:nice"  # serving, its render pool started
+        renders = _children(process.pid)
+        assert renders  # the render processes inherit the worker's niceness
+        # Field 19 of stat (the 17th after the command): the niceness.
+        expected = min(19, os.nice(0) + niceness)  # added to the niceness it was started with
+        assert {int(_stat(pid)[16]) for pid in [process.pid, *renders]} == {expected}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        finally:
+            if process.poll() is None:
+                process.kill()
         await pool.aclose()
 
 
