@@ -94,8 +94,10 @@ log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 5_000  # recipients per page: one INSERT … SELECT, one transaction
 RUN_SECONDS = 20.0  # a dispatch run's share of a worker before it hands over
-MAX_WINDOW = 1_000  # messages one release puts in the queue at most
-MIN_TICK = 0.25  # seconds between releases at least
+# Messages one release puts in the queue at most: another tenant's job waits behind up to
+# one and a half windows (see BACKLOG_SHARE), about a quarter of a second of two workers.
+MAX_WINDOW = 500
+MIN_TICK = 0.1  # seconds between releases at least
 # A release waits while more than this share of the last window is still queued: the
 # workers, not the tenant's rate, are the limit then, and more would only lengthen the line.
 BACKLOG_SHARE = 0.5
