@@ -80,10 +80,10 @@ _EXPIRED = text(
 # Due at next_attempt_at, or at created_at where it is NULL (rows written before dispatch
 # set it). One branch each, so that each is an index scan on ix_messages_due with an Index
 # Cond (`next_attempt_at < …`, in due order; `next_attempt_at IS NULL`) that stops at the
-# limit, rather than one OR that reads every overdue row and sorts them. The first branch
-# says `< 'infinity'` as well, which the index's predicate needs to be proved (the planner
-# cannot compare `now() - …` with it); held messages are not due either way. After a lost Redis
-# that may be the whole backlog, every tick. What is returned is stamped due now: the next
+# limit, rather than one OR that reads every overdue row and sorts them: after a lost Redis
+# that may be the whole backlog, every tick. The first branch also says `< 'infinity'`
+# (held messages, never due), which proves the index's predicate: the planner cannot
+# compare `now() - …` with it. What is returned is stamped due now: the next
 # sweep does not enqueue it again before `older_than` has passed once more, and moves on to
 # the rest of a backlog instead of the same oldest rows. The UPDATE re-checks the status,
 # so a message claimed meanwhile is left alone.

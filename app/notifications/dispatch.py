@@ -346,7 +346,9 @@ async def _expand(
             if shared.wait is not None:
                 return _defer(notification, shared.wait)
             choices = shared.choices
-    window, every = expansion.tick(limits_for(tenant.plan).send_rate)
+    rate = limits_for(tenant.plan).send_rate
+    window, every = expansion.tick(rate)
+    last_release: float | None = None
     deadline = clock() + run_seconds
     released: list[uuid.UUID] = []
     released_through: uuid.UUID | None = None  # the run's last release ended here
@@ -362,21 +364,30 @@ async def _expand(
                 return _defer(notification, wait)
         if notification.releasing and clock() >= next_release:
             if await expansion.still_queued(session, released) <= BACKLOG_SHARE * len(released):
+                now = clock()
+                size = (
+                    window
+                    if last_release is None
+                    else expansion.window_after(rate, now - last_release)
+                )
+                last_release = now
                 window_out = await expansion.release(
-                    session, notification, window, after=released_through
+                    session, notification, size, after=released_through
                 )
                 released, jobs = window_out.ids, window_out.jobs
                 if released:
                     released_through = max(released)
                 elif released_through is not None:
-                    # Pages are written in id order, after every release, so nothing held
-                    # is left behind; one look from the start before calling it done.
+                    # A later page's ids are above any earlier release's (ids follow the
+                    # clock); one look from the start before calling it done, for a message
+                    # a release passed by while another transaction held it.
                     released_through = None
                 elif notification.status == "dispatched":
                     notification.releasing = False  # the last is out
             # On a fixed cadence: the time a release takes is not added to every period,
-            # which would hold the tenant below its rate; a run that fell behind (a slow
-            # page) does not make up for it in a burst.
+            # which would hold the tenant below its rate. A release held up (by a page being
+            # written) makes up for it with a larger window (window_after), up to
+            # MAX_WINDOW, not with releases in a row.
             next_release = max(next_release + every, clock())
         done = not notification.releasing and notification.status != "accepted"
         over = clock() >= deadline

@@ -95,7 +95,7 @@ log = structlog.get_logger(__name__)
 PAGE_SIZE = 5_000  # recipients per page: one INSERT … SELECT, one transaction
 RUN_SECONDS = 20.0  # a dispatch run's share of a worker before it hands over
 # Messages one release puts in the queue at most: another tenant's job waits behind up to
-# one and a half windows (see BACKLOG_SHARE), about a quarter of a second of two workers.
+# one and a half windows (see BACKLOG_SHARE), a third of a second of two workers on two cores.
 MAX_WINDOW = 500
 MIN_TICK = 0.1  # seconds between releases at least
 # A release waits while more than this share of the last window is still queued: the
@@ -633,3 +633,11 @@ def tick(rate: float) -> tuple[int, float]:
     window of at least one batch, at most MAX_WINDOW."""
     seconds = max(MIN_TICK, outbox.BATCH_SIZE / max(rate, 1e-9))
     return max(1, min(MAX_WINDOW, int(rate * seconds))), seconds
+
+
+def window_after(rate: float, elapsed: float) -> int:
+    """Messages a release makes due `elapsed` seconds after the last one: what the rate
+    allows in that time, so that a release held up (by a page being written, a slow commit)
+    keeps the tenant's pace, but never less than a tick's window nor more than MAX_WINDOW."""
+    window, _ = tick(rate)
+    return max(window, min(MAX_WINDOW, int(rate * elapsed)))
