@@ -145,11 +145,13 @@ async def test_deleted_messages_are_counted_and_a_deleted_notification_leaves_no
     client: httpx.AsyncClient, sender: TenantKey, session: AsyncSession
 ) -> None:
     notification_id, _ = await dispatched(client, session, sender, list(ADDRESSES))
-    # A recipient's row deleted (as its tenant's deletion does) takes their messages along.
-    await session.execute(
-        text("DELETE FROM recipients WHERE tenant_id = :t AND external_id = 'ok'"),
-        {"t": sender.tenant_id},
+    # One recipient's messages deleted (messages name their recipient without a foreign key,
+    # so they go by themselves or with their notification).
+    one_recipients = text(
+        "DELETE FROM messages WHERE notification_id = :n AND recipient_id ="
+        " (SELECT id FROM recipients WHERE tenant_id = :t AND external_id = :e)"
     )
+    await session.execute(one_recipients, {"n": notification_id, "t": sender.tenant_id, "e": "ok"})
     await session.commit()
     assert await counted(session, notification_id) == {"queued": 2}
 
@@ -159,21 +161,18 @@ async def test_deleted_messages_are_counted_and_a_deleted_notification_leaves_no
     await session.commit()
     assert await tally_rows(session, notification_id) == 0
 
-    # Both cascades in one transaction, in either order.
-    for first, then in (("recipients", "notifications"), ("notifications", "recipients")):
+    # Both deletions in one transaction, in either order.
+    for first, then in (("messages", "notifications"), ("notifications", "messages")):
         notification_id, _ = await dispatched(client, session, sender, ["bad", "flaky"])
         statements = {
-            "recipients": text(
-                "DELETE FROM recipients WHERE tenant_id = :t AND external_id = 'bad'"
-            ),
+            "messages": one_recipients,
             "notifications": text("DELETE FROM notifications WHERE id = :n"),
         }
-        params = {"t": sender.tenant_id, "n": notification_id}
+        params = {"t": sender.tenant_id, "n": notification_id, "e": "bad"}
         await session.execute(statements[first], params)
         await session.execute(statements[then], params)
         await session.commit()
         assert await tally_rows(session, notification_id) == 0
-        await put_recipient(client, sender, "bad", email=ADDRESSES["bad"])
 
 
 async def test_writers_racing_each_other_and_compaction_keep_exact_counts(
