@@ -17,6 +17,7 @@ from arq.jobs import Job, JobStatus
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.runtime import ServiceUrls
+from bench.memory import descendants, parents
 from jobs import queues
 from jobs.worker import build_worker
 from tests.send_path import notification, notify, put_recipient, put_template
@@ -111,18 +112,6 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    found.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # gone meanwhile
-    return found
-
-
 @pytest.mark.parametrize(("served", "niceness"), [("normal,low", 10), ("high,normal", 0)])
 async def test_a_worker_of_the_bulk_queues_alone_yields_the_cpu(
     service_urls: ServiceUrls, served: str, niceness: int
@@ -146,7 +135,7 @@ async def test_a_worker_of_the_bulk_queues_alone_yields_the_cpu(
         await ping(pool, "normal", "nice", job_id)
         job = Job(job_id, pool, _queue_name=queues.QUEUE_NAMES["normal"])
         assert await job.result(timeout=20) == "pong:nice"  # serving, its render pool started
-        renders = _children(process.pid)
+        renders = descendants(process.pid, parents())
         assert renders  # the render processes inherit the worker's niceness
         # Field 19 of stat (the 17th after the command): the niceness.
         expected = min(19, os.nice(0) + niceness)  # added to the niceness it was started with
