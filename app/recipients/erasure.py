@@ -30,12 +30,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Text, cast, delete, func, select, text, update
+from sqlalchemy import Text, cast, delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.channels import CHANNELS
 from app.crypto import Keyring
+from app.recipients import lookups
 from app.recipients.models import Preference, Recipient, TopicPreference
 from app.recipients.planning import addresses
 from app.recipients.suppressions import hide_addresses
@@ -129,15 +130,14 @@ async def erase_recipient(
     keyring: Keyring | None = None,
 ) -> Recipient | None:
     """Erase the recipient of that mode everywhere, in the caller's transaction."""
-    live = (
-        Recipient.tenant_id == tenant_id,
-        Recipient.mode == mode,
-        Recipient.external_id == external_id,
-        Recipient.erased_at.is_(None),
-    )
-    recipient_id = await session.scalar(select(Recipient.id).where(*live))
-    if recipient_id is None:
+    # Through the unique key alone (lookups.py): erasure is checked on the row found.
+    named = lookups.one(tenant_id=tenant_id, mode=mode, external_id=external_id)
+    found = (
+        await session.execute(named.with_only_columns(Recipient.id, Recipient.erased_at))
+    ).first()
+    if found is None or found.erased_at is not None:
         return None
+    recipient_id = found.id
     scope = {
         "tenant_id": tenant_id,
         "mode": mode,
@@ -146,8 +146,10 @@ async def erase_recipient(
     }
     # Before any lock of the recipient (see the module's docstring).
     await session.execute(_NOTIFICATIONS, {**scope, "ids": [], "pending": True})
-    recipient = await session.scalar(select(Recipient).where(*live).with_for_update())
-    if recipient is None:  # erased meanwhile by a concurrent call
+    recipient = await session.scalar(named.with_for_update())
+    if (
+        recipient is None or recipient.erased_at is not None
+    ):  # erased meanwhile by a concurrent call
         return None
     known = [(channel, a) for channel in CHANNELS for a in addresses(recipient, channel)]
     erased = await _empty_recipient(session, tenant_id, recipient.id)

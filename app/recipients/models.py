@@ -48,10 +48,30 @@ class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
         UniqueConstraint("tenant_id", "mode", "external_id"),
         # The target of preferences' tenant-safe FK.
         UniqueConstraint("tenant_id", "id"),
-        # Keyset pagination within a tenant's mode.
-        Index("ix_recipients_tenant_id_mode_id", "tenant_id", "mode", "id"),
-        Index("ix_recipients_tenant_id_mode_email", "tenant_id", "mode", text("lower(email)")),
-        Index("ix_recipients_tenant_id_mode_phone", "tenant_id", "mode", "phone"),
+        # Keyset pagination within a tenant's mode. Each index but the unique key leaves out
+        # rows a lookup by external id does not exclude, so that such a lookup has only the
+        # unique key to take, whatever the statistics say (migration 0019, lookups.py).
+        Index(
+            "ix_recipients_tenant_id_mode_id",
+            "tenant_id",
+            "mode",
+            "id",
+            postgresql_where=text("erased_at IS NULL"),
+        ),
+        Index(
+            "ix_recipients_tenant_id_mode_email",
+            "tenant_id",
+            "mode",
+            text("lower(email)"),
+            postgresql_where=text("email IS NOT NULL"),
+        ),
+        Index(
+            "ix_recipients_tenant_id_mode_phone",
+            "tenant_id",
+            "mode",
+            "phone",
+            postgresql_where=text("phone IS NOT NULL"),
+        ),
         mode_check(),
     )
 

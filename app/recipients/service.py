@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from app.db import WAS_INSERTED
 from app.ids import uuid7
 from app.pagination import Page, keyset_page
+from app.recipients import lookups
 from app.recipients.erasure import ERASED_TEXT, erase_recipient, erased_messages
 from app.recipients.models import Recipient
 from app.recipients.planning import PlannedDelivery, plan_deliveries
@@ -206,14 +207,9 @@ async def get_recipient(
     session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, external_id: str
 ) -> Recipient | None:
     recipient: Recipient | None = await session.scalar(
-        select(Recipient).where(
-            Recipient.tenant_id == tenant_id,
-            Recipient.mode == mode,
-            Recipient.external_id == external_id,
-            Recipient.erased_at.is_(None),
-        )
+        lookups.one(tenant_id=tenant_id, mode=mode, external_id=external_id)
     )
-    return recipient
+    return None if recipient is None or recipient.erased_at is not None else recipient
 
 
 async def get_by_external_ids(
@@ -226,19 +222,16 @@ async def get_by_external_ids(
 ) -> list[Recipient]:
     """The tenant's live recipients with those ids, in the order asked; unknown ids skipped.
 
-    `for_delivery` (dispatch): key-share locks, the ones the messages' foreign keys take
-    anyway, taken at the read: an erasure under way is waited for, and its outcome seen."""
+    `for_delivery` (dispatch): the rows are locked at the read, so that an erasure under way
+    is waited for and its outcome seen. Found through the unique key alone (lookups.py)."""
     if not external_ids:
         return []
-    ids = bindparam("external_ids", list(dict.fromkeys(external_ids)), type_=ARRAY(String))
-    query = select(Recipient).where(
-        Recipient.tenant_id == tenant_id,
-        Recipient.mode == mode,
-        Recipient.external_id.in_(select(func.unnest(ids))),
-        Recipient.erased_at.is_(None),
+    query = lookups.many(
+        tenant_id=tenant_id,
+        mode=mode,
+        external_ids=list(dict.fromkeys(external_ids)),
+        lock=for_delivery,
     )
-    if for_delivery:
-        query = query.with_for_update(key_share=True)
     found = await session.scalars(query)
     by_id = {r.external_id: r for r in found}
     return [by_id[e] for e in dict.fromkeys(external_ids) if e in by_id]

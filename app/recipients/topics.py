@@ -4,7 +4,7 @@ What this module guarantees:
 - every function takes the tenant and the mode and filters on both;
 - members are existing recipients that are not erased; a change never creates one;
 - a change of members costs the same few statements for one id or 10,000: the external ids
-  are resolved in one query (`unnest` of the array joined to recipients, through their
+  are resolved in one query (`unnest` of the array, each id a probe of the recipients'
   unique (tenant_id, mode, external_id) index), written in one INSERT … ON CONFLICT DO
   NOTHING or one DELETE, and `member_count` moves by the rows those statements returned,
   as a relative update in the same statement, so concurrent changes add up;
@@ -12,8 +12,9 @@ What this module guarantees:
   addition are key-share locked, as dispatch reads them (the erasure takes them FOR
   UPDATE), so an erased recipient never becomes a member.
 
-Locks are taken in one order (topic, then recipients and memberships by id, then the topic's
-count), so concurrent changes of overlapping sets wait for each other but never deadlock.
+Locks are taken in one order (topic, then recipients by external id, then memberships by
+recipient id, then the topic's count), so concurrent changes of overlapping sets wait for
+each other but never deadlock.
 Creating, replacing and deleting a topic is audited; a change of members is audited with its
 counts only, never the ids.
 """
@@ -202,21 +203,29 @@ _TOPIC_KEY_SHARE = text(
     """
 )
 # Both statements below resolve the ids the same way: `wanted` holds the ids asked for, once
-# each; `found` the recipients of this tenant and mode they name (through the unique index
-# on (tenant_id, mode, external_id)). Each answers one row: rows written, recipients found,
-# the topic's count after the change, and the ids found nowhere.
+# each; `found` the recipients of this tenant and mode they name, each id a probe of the
+# unique index on (tenant_id, mode, external_id), the only plan open whatever the statistics
+# (app/recipients/lookups.py). Each answers one row: rows written, recipients found, the
+# topic's count after the change, and the ids found nowhere.
 #
-# Inserted in recipient id order, so that two additions of overlapping sets wait for each
-# other's rows in the same order. A recipient erased meanwhile fails the re-check its lock
-# makes (erased_at, external_id) and is not found.
+# An addition locks the recipients in external id order and inserts its memberships in
+# recipient id order, so that two additions of overlapping sets wait for each other's rows
+# in the same order. A recipient erased meanwhile fails the re-check its lock makes (its
+# external id is replaced) and is not found.
 _ADD = text(
     """
-    WITH wanted AS (SELECT DISTINCT unnest(CAST(:external_ids AS text[])) AS external_id),
+    WITH wanted AS (
+        SELECT DISTINCT unnest(CAST(:external_ids AS text[])) AS external_id ORDER BY 1
+    ),
     found AS (
-        SELECT r.id, r.external_id FROM recipients AS r
-          JOIN wanted AS w ON r.external_id = w.external_id
-         WHERE r.tenant_id = :tenant_id AND r.mode = :mode AND r.erased_at IS NULL
-         ORDER BY r.id FOR KEY SHARE OF r
+        SELECT r.id, r.external_id FROM wanted AS w
+         CROSS JOIN LATERAL (
+               SELECT x.id, x.external_id, x.erased_at FROM recipients AS x
+                WHERE x.tenant_id = :tenant_id AND x.mode = :mode
+                  AND x.external_id = w.external_id
+               OFFSET 0 FOR KEY SHARE
+               ) AS r
+         WHERE r.erased_at IS NULL
     ),
     changed AS (
         INSERT INTO topic_members (tenant_id, mode, topic_key, recipient_id)
@@ -242,9 +251,14 @@ _REMOVE = text(
     """
     WITH wanted AS (SELECT DISTINCT unnest(CAST(:external_ids AS text[])) AS external_id),
     found AS (
-        SELECT r.id, r.external_id FROM recipients AS r
-          JOIN wanted AS w ON r.external_id = w.external_id
-         WHERE r.tenant_id = :tenant_id AND r.mode = :mode AND r.erased_at IS NULL
+        SELECT r.id, r.external_id FROM wanted AS w
+         CROSS JOIN LATERAL (
+               SELECT x.id, x.external_id, x.erased_at FROM recipients AS x
+                WHERE x.tenant_id = :tenant_id AND x.mode = :mode
+                  AND x.external_id = w.external_id
+               OFFSET 0
+               ) AS r
+         WHERE r.erased_at IS NULL
     ),
     doomed AS (
         SELECT m.recipient_id FROM topic_members AS m JOIN found AS f ON m.recipient_id = f.id
