@@ -161,7 +161,12 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     # and a folder where their metrics add up, so /metrics counts every process.
     os.environ.update(DATABASE_URL=_database_url(settings), REDIS_URL=settings.redis_url or "")
     _share_metrics(settings)
-    uvicorn.run("app.main:create_app", factory=True, workers=workers, **options)
+    # Each process listens on a socket of its own (app/api_processes.py), not uvicorn's
+    # shared one: the kernel spreads connections evenly among them.
+    from app.api_processes import serve
+
+    host, port = options.pop("host"), options.pop("port")
+    sys.exit(serve(host, port, workers, options))
 
 
 @main.command()
