@@ -147,9 +147,8 @@ async def erase_recipient(
     # Before any lock of the recipient (see the module's docstring).
     await session.execute(_NOTIFICATIONS, {**scope, "ids": [], "pending": True})
     recipient = await session.scalar(named.with_for_update())
-    if (
-        recipient is None or recipient.erased_at is not None
-    ):  # erased meanwhile by a concurrent call
+    # Erased meanwhile by a concurrent call: its external id was replaced, or it is marked.
+    if recipient is None or recipient.erased_at is not None:
         return None
     known = [(channel, a) for channel in CHANNELS for a in addresses(recipient, channel)]
     erased = await _empty_recipient(session, tenant_id, recipient.id)

@@ -9,8 +9,8 @@ What this module guarantees:
   NOTHING or one DELETE, and `member_count` moves by the rows those statements returned,
   as a relative update in the same statement, so concurrent changes add up;
 - an erasure under way is waited for, and its outcome seen: the recipients read for an
-  addition are key-share locked, as dispatch reads them (the erasure takes them FOR
-  UPDATE), so an erased recipient never becomes a member.
+  addition are key-share locked (the erasure takes them FOR UPDATE), so an erased
+  recipient never becomes a member.
 
 Locks are taken in one order (topic, then recipients by external id, then memberships by
 recipient id, then the topic's count), so concurrent changes of overlapping sets wait for
