@@ -59,6 +59,7 @@ from app.templates.api import TemplateController
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
 from app.tenants.api import TenantSettingsController, who_am_i
+from app.webhooks.api import WebhookEndpointController
 
 # The composition root may plug the queues' implementation into the domain; nothing else
 # under app/ imports jobs/ (the import-linter contract in pyproject.toml).
@@ -175,6 +176,7 @@ def api_router() -> Router:
             ProviderController,
             TemplateController,
             AudienceController,
+            WebhookEndpointController,
         ],
         # API keys only: an inbox token is refused (403) before their authentication. Then
         # authentication: the rate limit takes from the authenticated key's bucket.

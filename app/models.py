@@ -11,4 +11,5 @@ def load_all() -> None:
     import app.providers.models
     import app.recipients.models
     import app.templates.models
-    import app.tenants.models  # noqa: F401
+    import app.tenants.models
+    import app.webhooks.models  # noqa: F401
