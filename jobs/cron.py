@@ -38,6 +38,7 @@ from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
 from app.notifications import tallies
 from app.notifications.relay import stale_accepted
+from app.webhooks import delivery as webhook_delivery
 from jobs import queues
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ SWEEP_EVERY = 10  # seconds
 SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
 SWEEP_LIMIT = 1_000  # per reason and tick
 TALLY_EVERY = 10  # seconds
+WEBHOOKS_EVERY = 1  # seconds: a test event, or the first attempt of one, goes at once
 # A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
@@ -149,6 +151,15 @@ def _log(event: str, **counts: int) -> None:
     (log.info if any(counts.values()) else log.debug)(event, **counts)
 
 
+async def send_webhooks(ctx: dict[str, Any]) -> int:
+    """Attempt the tenants' webhook deliveries that are due (app/webhooks/delivery.py)."""
+    sender: webhook_delivery.Sender = ctx["webhooks"]
+    tried = await sender.send_due()
+    if tried:
+        _log("send_webhooks", tried=tried)
+    return tried
+
+
 def cron_jobs() -> list[CronJob]:
     """Fresh CronJob objects: arq keeps each one's next run on it, so workers must not share."""
     return [
@@ -171,6 +182,13 @@ def cron_jobs() -> list[CronJob]:
             name="cron:compact_tallies",
             # Not on the relay's and the sweep's seconds (multiples of 5): ticks spread out.
             second=set(range(3, 60, TALLY_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            send_webhooks,
+            name="cron:send_webhooks",
+            second=set(range(0, 60, WEBHOOKS_EVERY)),
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

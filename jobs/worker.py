@@ -22,6 +22,7 @@ from arq.worker import Worker
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
+from app import crypto
 from app.db import create_engine, session_factory
 from app.delivery.routing import Router
 from app.delivery.service import Deliverer
@@ -33,6 +34,7 @@ from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.settings import Settings
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
+from app.webhooks import delivery as webhook_delivery
 from jobs.cron import cron_jobs
 from jobs.functions import FUNCTIONS
 from jobs.queues import POLL_DELAYS, QUEUE_NAMES, redis_settings
@@ -99,6 +101,12 @@ async def worker_context(
                     sessions=sessions, http=http, settings=settings, router=router
                 ),
                 "renderer": Renderer(render_pool, CostBuckets(redis)),
+                "webhooks": webhook_delivery.Sender(
+                    sessions=sessions,
+                    client=http,
+                    keyring=crypto.keyring_for(settings),
+                    allow_private=settings.allow_private_urls,
+                ),
             }
     finally:
         await asyncio.to_thread(render_pool.close)

@@ -8,11 +8,11 @@ A secret is in the answer of the call that made it (creation, rotation) and nowh
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app import crypto
 from app.apidoc import problem_responses
@@ -20,10 +20,13 @@ from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.db import utcnow
 from app.dependencies import DbSession
+from app.pagination import MAX_LIMIT
 from app.problems import Problem, field_error
-from app.webhooks import service
+from app.webhooks import delivery, service
 from app.webhooks.models import WebhookEndpoint
 from app.webhooks.schemas import (
+    DeliveryList,
+    DeliveryOut,
     EndpointBody,
     EndpointDeleted,
     EndpointList,
@@ -182,3 +185,53 @@ class WebhookEndpointController(Controller):
             raise _not_found(endpoint_id)
         await db_session.commit()
         return _with_secret(*rotated)
+
+    @post(
+        "/{endpoint_id:uuid}/test",
+        guards=MANAGE,
+        status_code=202,
+        summary="Send the endpoint a signed `webhook.test` event; its delivery is in the log",
+    )
+    async def send_test(
+        self, request: ApiRequest, db_session: DbSession, endpoint_id: FromPath[uuid.UUID]
+    ) -> DeliveryOut:
+        endpoint = await service.get_endpoint(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            endpoint_id=endpoint_id,
+        )
+        if endpoint is None:
+            raise _not_found(endpoint_id)
+        sent = await delivery.send_test(db_session, endpoint, utcnow())
+        await db_session.commit()
+        return DeliveryOut.of(sent)
+
+    @get(
+        "/{endpoint_id:uuid}/deliveries",
+        guards=READ,
+        summary="The endpoint's delivery log, newest first",
+    )
+    async def list_deliveries(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        endpoint_id: FromPath[uuid.UUID],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 50,
+    ) -> DeliveryList:
+        endpoint = await service.get_endpoint(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            endpoint_id=endpoint_id,
+        )
+        if endpoint is None:
+            raise _not_found(endpoint_id)
+        found = await delivery.deliveries_of(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            endpoint_id=endpoint_id,
+            limit=limit,
+        )
+        return DeliveryList(object="list", data=[DeliveryOut.of(d) for d in found])

@@ -1,4 +1,5 @@
 """webhook_endpoints: where a tenant receives Herald's events, per mode; secrets sealed.
+webhook_deliveries: each event for each endpoint, with its attempts (the delivery log).
 
 An endpoint's signing secret is sealed with AES-GCM (app/crypto.py) and shown once, when it
 is made. After a rotation the previous secret signs too, until `previous_expires_at`.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ARRAY, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy import ARRAY, CheckConstraint, ForeignKey, Index, LargeBinary, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, CreatedAt, UpdatedAt, UuidPrimaryKey
@@ -35,3 +38,37 @@ class WebhookEndpoint(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
     previous_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     previous_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     previous_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WebhookDelivery(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
+    """One event for one endpoint, and its attempts so far: the endpoint's delivery log.
+
+    `event_id` is the `webhook-id` header, the same on every attempt; `attempts` counts the
+    requests made; a pending delivery is due at `next_attempt_at`."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        mode_check(),
+        CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+        Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mode_column()
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(nullable=True)
+    last_latency_ms: Mapped[int | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -14,7 +14,7 @@ import msgspec
 
 from app.recipients.validation import MAX_URL_LENGTH
 from app.webhooks.events import EVENT_TYPES
-from app.webhooks.models import WebhookEndpoint
+from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks.service import MAX_DESCRIPTION
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -85,3 +85,44 @@ class EndpointDeleted(msgspec.Struct):
     id: uuid.UUID
     object: Literal["webhook_endpoint"]
     deleted: bool
+
+
+class DeliveryOut(msgspec.Struct):
+    """One event for one endpoint: its attempts so far and the last one's answer."""
+
+    id: uuid.UUID
+    object: Literal["webhook_delivery"]
+    endpoint_id: uuid.UUID
+    event_id: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery) -> DeliveryOut:
+        return cls(
+            id=delivery.id,
+            object="webhook_delivery",
+            endpoint_id=delivery.endpoint_id,
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            status=delivery.status,  # type: ignore[arg-type]
+            attempts=delivery.attempts,
+            next_attempt_at=delivery.next_attempt_at,
+            last_status_code=delivery.last_status_code,
+            last_latency_ms=delivery.last_latency_ms,
+            last_error=delivery.last_error,
+            created_at=delivery.created_at,
+            updated_at=delivery.updated_at,
+        )
+
+
+class DeliveryList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[DeliveryOut]

@@ -132,7 +132,9 @@ def test_keyed_digests_are_stable_keyed_and_survive_rotation() -> None:
     ring = Keyring([("k1", OLD)])
     digest = ring.digest(b"ada@example.com")
     assert digest == Keyring([("k1", OLD)]).digest(b"ada@example.com")
-    assert len(digest) == 64 and "ada" not in digest
+    # Hex of a keyed hash, not the address: the keys are random, so "ada" itself may occur
+    # in the hex (about one run in 70), which is why no substring is asserted absent.
+    assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
     assert digest != Keyring([("k1", NEW)]).digest(b"ada@example.com")
     assert digest != ring.digest(b"bob@example.com")
     # After a rotation new digests use the new key; the old one still matches.
