@@ -1,5 +1,6 @@
 """Periodic jobs: the outbox relay and the sweeper rebuild the queue from PostgreSQL; the
-tally compaction keeps notifications' counts cheap to read.
+tally compaction keeps notifications' counts cheap to read; the webhook sender attempts
+tenants' event deliveries when due.
 
 - `relay` (every RELAY_EVERY s): accepted notifications due more than RELAY_AFTER ago get
   their dispatch job again (job id `dispatch:<id>`: refused while the first one is queued or
@@ -10,12 +11,14 @@ tally compaction keeps notifications' counts cheap to read.
 - `compact_tallies` (every TALLY_EVERY s): the message tallies' deltas are folded into one
   row per (notification, status), oldest first, in rounds of TALLY_LIMIT deltas, each its
   own short transaction, at most TALLY_ROUNDS a tick (app/notifications/tallies.py).
+- `send_webhooks` (every WEBHOOKS_EVERY s): deliveries to tenants' webhook endpoints that are
+  due, a few rounds of up to 50 each, each taken by one sender (app/webhooks/delivery.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all three (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all four (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -155,8 +158,7 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     """Attempt the tenants' webhook deliveries that are due (app/webhooks/delivery.py)."""
     sender: webhook_delivery.Sender = ctx["webhooks"]
     tried = await sender.send_due()
-    if tried:
-        _log("send_webhooks", tried=tried)
+    _log("send_webhooks", tried=tried)
     return tried
 
 

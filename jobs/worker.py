@@ -80,7 +80,8 @@ async def worker_context(
     settings: Settings, database_url: str, redis_url: str | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """What every job of a process shares: database sessions, one HTTP client, the deliverer
-    with its token buckets and circuit breakers, and the render processes of dispatch."""
+    with its token buckets and circuit breakers, the render processes of dispatch, and the
+    sender of tenants' webhook events."""
     load_all()  # foreign keys resolve against every table, not only the ones jobs import
     tracing = start_tracing(settings.otlp_endpoint, settings.trace_sample_ratio, "herald-worker")
     engine = create_engine(database_url)
