@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import crypto
 from app.apidoc import problem_responses
@@ -41,6 +42,21 @@ MANAGE = [requires_scope("manage")]
 
 def _not_found(endpoint_id: uuid.UUID) -> Problem:
     return Problem(404, "not_found", f"No webhook endpoint {endpoint_id} in this tenant and mode.")
+
+
+async def _endpoint(
+    request: ApiRequest, db_session: AsyncSession, endpoint_id: uuid.UUID
+) -> WebhookEndpoint:
+    """The key's tenant's endpoint of the key's mode, or 404."""
+    endpoint = await service.get_endpoint(
+        db_session,
+        tenant_id=request.user.tenant_id,
+        mode=request.user.mode,
+        endpoint_id=endpoint_id,
+    )
+    if endpoint is None:
+        raise _not_found(endpoint_id)
+    return endpoint
 
 
 def _input(data: EndpointBody) -> service.EndpointInput:
@@ -109,14 +125,7 @@ class WebhookEndpointController(Controller):
     async def get_endpoint(
         self, request: ApiRequest, db_session: DbSession, endpoint_id: FromPath[uuid.UUID]
     ) -> EndpointOut:
-        endpoint = await service.get_endpoint(
-            db_session,
-            tenant_id=request.user.tenant_id,
-            mode=request.user.mode,
-            endpoint_id=endpoint_id,
-        )
-        if endpoint is None:
-            raise _not_found(endpoint_id)
+        endpoint = await _endpoint(request, db_session, endpoint_id)
         return EndpointOut.of(endpoint, utcnow())
 
     @put(
@@ -195,14 +204,7 @@ class WebhookEndpointController(Controller):
     async def send_test(
         self, request: ApiRequest, db_session: DbSession, endpoint_id: FromPath[uuid.UUID]
     ) -> DeliveryOut:
-        endpoint = await service.get_endpoint(
-            db_session,
-            tenant_id=request.user.tenant_id,
-            mode=request.user.mode,
-            endpoint_id=endpoint_id,
-        )
-        if endpoint is None:
-            raise _not_found(endpoint_id)
+        endpoint = await _endpoint(request, db_session, endpoint_id)
         sent = await delivery.send_test(db_session, endpoint, utcnow())
         await db_session.commit()
         return DeliveryOut.of(sent)
@@ -219,14 +221,7 @@ class WebhookEndpointController(Controller):
         endpoint_id: FromPath[uuid.UUID],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 50,
     ) -> DeliveryList:
-        endpoint = await service.get_endpoint(
-            db_session,
-            tenant_id=request.user.tenant_id,
-            mode=request.user.mode,
-            endpoint_id=endpoint_id,
-        )
-        if endpoint is None:
-            raise _not_found(endpoint_id)
+        await _endpoint(request, db_session, endpoint_id)  # 404 unless it is the key's
         found = await delivery.deliveries_of(
             db_session,
             tenant_id=request.user.tenant_id,

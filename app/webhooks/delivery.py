@@ -206,12 +206,11 @@ async def send_due(
                 .with_for_update(of=WebhookDelivery, skip_locked=True)
             )
         ).all()
-        due = [(delivery, endpoint) for delivery, endpoint in rows]
         outcomes = await asyncio.gather(
-            *(post(client, e, d, keyring, allow_private=allow_private) for d, e in due)
+            *(post(client, e, d, keyring, allow_private=allow_private) for d, e in rows)
         )
         finished = clock()
-        for (delivery, endpoint), outcome in zip(due, outcomes, strict=True):
+        for (delivery, endpoint), outcome in zip(rows, outcomes, strict=True):
             record(delivery, endpoint, outcome, finished)
             log.info(
                 "webhook attempt",
@@ -223,7 +222,7 @@ async def send_due(
                 outcome=delivery.status,
             )
         await session.commit()
-        return len(due)
+        return len(rows)
 
 
 async def send_test(

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import service as audit
 from app.crypto import Keyring
 from app.db import utcnow
+from app.ids import uuid7
 from app.providers import ssrf
 from app.providers.standard_webhooks import generate_secret, signature_headers
 from app.recipients.validation import RecipientInvalid, normalise_url
@@ -162,7 +163,8 @@ async def create_endpoint(
         raise TooManyEndpoints
     now = utcnow()
     endpoint = WebhookEndpoint(
-        id=uuid.uuid4(),
+        # Its id is set here: the sealed secret is bound to it before the row is written.
+        id=uuid7(),
         tenant_id=tenant_id,
         mode=mode,
         url=checked.url,
