@@ -9,6 +9,7 @@ def load_all() -> None:
     import app.categories.models
     import app.notifications.models
     import app.providers.models
+    import app.receipts.models
     import app.recipients.models
     import app.templates.models
     import app.tenants.models

@@ -11,8 +11,10 @@ tenants' event deliveries when due.
 - `compact_tallies` (every TALLY_EVERY s): the message tallies' deltas are folded into one
   row per (notification, status), oldest first, in rounds of TALLY_LIMIT deltas, each its
   own short transaction, at most TALLY_ROUNDS a tick (app/notifications/tallies.py).
-- `send_webhooks` (every WEBHOOKS_EVERY s): deliveries to tenants' webhook endpoints that are
-  due, a few rounds of up to 50 each, each taken by one sender (app/webhooks/delivery.py).
+- `send_webhooks` (every WEBHOOKS_EVERY s): notifications found complete get their event
+  (app/notifications/completion.py); the events outbox becomes deliveries
+  (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
+  attempted, rounds of up to 100 each, each taken by one sender (app/webhooks/delivery.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
@@ -155,11 +157,12 @@ def _log(event: str, **counts: int) -> None:
 
 
 async def send_webhooks(ctx: dict[str, Any]) -> int:
-    """Attempt the tenants' webhook deliveries that are due (app/webhooks/delivery.py)."""
+    """Find completed notifications, turn the events outbox into deliveries, and attempt
+    the tenants' webhook deliveries that are due (app/webhooks/delivery.py)."""
     sender: webhook_delivery.Sender = ctx["webhooks"]
-    tried = await sender.send_due()
-    _log("send_webhooks", tried=tried)
-    return tried
+    tick = await sender.run()
+    _log("send_webhooks", completed=tick.completed, fanned_out=tick.fanned_out, tried=tick.tried)
+    return tick.tried
 
 
 def cron_jobs() -> list[CronJob]:

@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from app import crypto
+from app.auth.mailer import SystemMailer
 from app.db import create_engine, session_factory
 from app.delivery.routing import Router
 from app.delivery.service import Deliverer
@@ -107,6 +108,7 @@ async def worker_context(
                     client=http,
                     keyring=crypto.keyring_for(settings),
                     allow_private=settings.allow_private_urls,
+                    mailer=SystemMailer(settings.smtp_url, settings.mail_from),
                 ),
             }
     finally:

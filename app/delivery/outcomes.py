@@ -35,6 +35,9 @@ from app.delivery.routing import Router, Send
 from app.notifications.models import Attempt
 from app.providers.base import SendResult
 from app.recipients.service import ERASED_TEXT, add_suppressions, erased_messages
+from app.recipients.validation import suppression_key
+from app.webhooks import events
+from app.webhooks.events import MESSAGE_EVENT_OF_STATUS
 
 log = structlog.get_logger(__name__)
 
@@ -227,23 +230,57 @@ async def record(session: AsyncSession, started: Sequence[Sent], now: datetime) 
             if attempt["message_id"] in erased and attempt["error"] is not None:
                 attempt["error"] = ERASED_TEXT
         await session.execute(insert(Attempt), attempts)
-    await _suppress(session, bounced, erased)
+        # Their events, in the same transaction: a written outcome always has its event.
+        await events.record_messages(
+            session,
+            [
+                events.MessageEvent(row["id"], MESSAGE_EVENT_OF_STATUS[row["status"]])
+                for row in updates
+                if row["id"] in held and row["status"] in ("sent", "failed")
+            ],
+            now,
+        )
+    await _suppress(session, bounced, erased, now)
     return retries
 
 
 async def _suppress(
-    session: AsyncSession, bounced: list[tuple[Claimed, str, str]], erased: set[uuid.UUID]
+    session: AsyncSession,
+    bounced: list[tuple[Claimed, str, str]],
+    erased: set[uuid.UUID],
+    now: datetime,
 ) -> None:
-    """Suppress the addresses providers called dead; an erased recipient's, as digests."""
+    """Suppress the addresses providers called dead (an erased recipient's, as digests),
+    with a recipient.suppressed event for each address newly suppressed."""
     entries: dict[tuple[uuid.UUID, str, bool], list[tuple[str, str, str, str]]] = defaultdict(list)
     for message, reason, provider in bounced:
         entries[(message.tenant_id, message.mode, message.id in erased)].append(
             (message.channel, message.address, reason, provider)
         )
+    announced: list[events.RecipientEvent] = []
     for (tenant_id, mode, was_erased), batch in entries.items():
-        await add_suppressions(
+        added = await add_suppressions(
             session, tenant_id=tenant_id, mode=mode, entries=batch, erased=was_erased
         )
+        if was_erased:
+            continue  # nothing left to name the recipient by
+        for message, reason, _ in bounced:
+            key = (message.channel, suppression_key(message.channel, message.address))
+            if message.tenant_id == tenant_id and message.mode == mode and key in added:
+                added.discard(key)
+                announced.append(
+                    events.RecipientEvent(
+                        message.recipient_id,
+                        "recipient.suppressed",
+                        {
+                            "channel": message.channel,
+                            "address": key[1],
+                            "reason": reason,
+                            "message_id": str(message.id),
+                        },
+                    )
+                )
+    await events.record_recipients(session, announced, now)
 
 
 # One statement for a batch's outcomes, each applied only while its claim still holds

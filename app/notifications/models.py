@@ -33,7 +33,11 @@ from app.modes import mode_check, mode_column
 
 PRIORITIES = ("high", "normal", "low")
 NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "failed")
-MESSAGE_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
+# The send path's statuses, then those only providers' receipts set (app/receipts/progress.py):
+# they move a sent message forward only, and bounced, complained and undelivered are final.
+SEND_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
+RECEIPT_STATUSES = ("delivered", "opened", "clicked", "bounced", "complained", "undelivered")
+MESSAGE_STATUSES = SEND_STATUSES + RECEIPT_STATUSES
 
 
 class Notification(UuidPrimaryKey, CreatedAt, Base):
@@ -49,6 +53,12 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
             "ix_notifications_pending",
             "created_at",
             postgresql_where=text("status = 'accepted'"),
+        ),
+        # notification.completed: dispatched notifications not yet seen with nothing pending.
+        Index(
+            "ix_notifications_completing",
+            "id",
+            postgresql_where=text("status = 'dispatched' AND completed_at IS NULL"),
         ),
         # The relay: notifications whose held messages wait for a release run.
         Index(
@@ -92,6 +102,9 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     # Its messages are written held and released a window at a time (app/notifications/
     # expansion.py); true until the last is released. dispatch_after is the next release.
     releasing: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    # When it was first seen dispatched with no message queued, sending or retrying (and its
+    # notification.completed event written); app/webhooks/completion.py.
+    completed_at: Mapped[datetime | None]
 
 
 class Render(UuidPrimaryKey, Base):

@@ -12,6 +12,7 @@ One transaction, and the same few bulk statements however long the recipient's h
   dead-letter queue (failed) become `cancelled` with skip_reason `erased`; status, channel,
   provider and timestamps stay, so counts and analytics still add up;
 - their attempts keep provider, outcome, status code and timings, not error texts;
+- their receipt events keep kind and time, not what the provider said (message_events);
 - renders that only their messages use (per-recipient content, or a notification to them
   alone) are emptied, and so is the data of a notification addressed to them alone;
 - suppressions of their addresses become keyed digests that still match (suppressions.py);
@@ -75,6 +76,15 @@ _ATTEMPTS = text(
     UPDATE attempts SET error = :erased_text
      WHERE tenant_id = :tenant_id AND message_id = ANY(CAST(:ids AS uuid[]))
        AND error IS NOT NULL
+    """
+)
+# What providers reported about their messages may quote the address (a bounce's SMTP reply):
+# the timeline keeps each event's kind and time, not its detail. The receipts' raw bodies
+# go with their retention.
+_RECEIPT_EVENTS = text(
+    """
+    UPDATE message_events SET detail = jsonb_build_object('erased', true)
+     WHERE message_id = ANY(CAST(:ids AS uuid[])) AND tenant_id = :tenant_id
     """
 )
 # Emptied, not deleted: a deleted render would make PostgreSQL look for the messages that
@@ -168,6 +178,7 @@ async def erase_recipient(
     await session.execute(
         _ATTEMPTS, {"tenant_id": tenant_id, "ids": message_ids, "erased_text": ERASED_TEXT}
     )
+    await session.execute(_RECEIPT_EVENTS, {"tenant_id": tenant_id, "ids": message_ids})
     notification_ids = sorted({m.notification_id for m in messages})
     await session.execute(_NOTIFICATIONS, {**scope, "ids": notification_ids, "pending": False})
     render_ids = sorted({m.render_id for m in messages if m.render_id is not None})

@@ -65,8 +65,9 @@ async def add_suppressions(
     entries: list[tuple[str, str, str, str]],
     erased: bool = False,
     keyring: Keyring | None = None,
-) -> None:
+) -> set[tuple[str, str]]:
     """Suppress (channel, address, reason, source) entries in one statement; known ones stay.
+    Which (channel, suppression key) were not suppressed before.
 
     `erased`: the addresses belong to an erased recipient and are stored as digests.
     """
@@ -87,10 +88,16 @@ async def add_suppressions(
             }
         )
     if not rows:
-        return
+        return set()
     # One order for every writer, so that concurrent reports cannot deadlock on each other.
     rows.sort(key=lambda row: (str(row["channel"]), str(row["address"])))
-    await session.execute(pg_insert(Suppression).values(rows).on_conflict_do_nothing())
+    inserted = await session.execute(
+        pg_insert(Suppression)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(Suppression.channel, Suppression.address)
+    )
+    return {(channel, address) for channel, address in inserted}
 
 
 async def add_suppression(

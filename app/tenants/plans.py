@@ -20,6 +20,7 @@ class PlanLimits:
     send_burst: int
     render_ms_rate: float  # render milliseconds per second, per tenant and mode (all renders)
     render_ms_burst: int
+    log_retention_days: int  # how long providers' receipts (and their events) are kept
 
 
 PLAN_LIMITS: dict[str, PlanLimits] = {
@@ -30,6 +31,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
         send_burst=500,
         render_ms_rate=200,
         render_ms_burst=5_000,
+        log_retention_days=7,
     ),
     "starter": PlanLimits(
         api_rate=100,
@@ -38,6 +40,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
         send_burst=1000,
         render_ms_rate=500,
         render_ms_burst=10_000,
+        log_retention_days=30,
     ),
     "growth": PlanLimits(
         api_rate=500,
@@ -46,6 +49,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
         send_burst=2000,
         render_ms_rate=1_000,
         render_ms_burst=20_000,
+        log_retention_days=30,
     ),
     "enterprise": PlanLimits(
         api_rate=5000,
@@ -54,6 +58,7 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
         send_burst=20000,
         render_ms_rate=4_000,
         render_ms_burst=60_000,
+        log_retention_days=90,
     ),
 }
 

@@ -209,6 +209,33 @@ class WebhookEndpointController(Controller):
         await db_session.commit()
         return DeliveryOut.of(sent)
 
+    @post(
+        "/{endpoint_id:uuid}/deliveries/{delivery_id:uuid}/resend",
+        guards=MANAGE,
+        status_code=202,
+        summary="Send a delivery's event again now, with the same `webhook-id`",
+    )
+    async def resend(
+        self,
+        request: ApiRequest,
+        db_session: DbSession,
+        endpoint_id: FromPath[uuid.UUID],
+        delivery_id: FromPath[uuid.UUID],
+    ) -> DeliveryOut:
+        await _endpoint(request, db_session, endpoint_id)  # 404 unless it is the key's
+        again = await delivery.resend(
+            db_session,
+            tenant_id=request.user.tenant_id,
+            mode=request.user.mode,
+            endpoint_id=endpoint_id,
+            delivery_id=delivery_id,
+            now=utcnow(),
+        )
+        if again is None:
+            raise Problem(404, "not_found", f"No delivery {delivery_id} of this endpoint.")
+        await db_session.commit()
+        return DeliveryOut.of(again)
+
     @get(
         "/{endpoint_id:uuid}/deliveries",
         guards=READ,

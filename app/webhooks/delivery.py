@@ -10,6 +10,11 @@ What this module guarantees:
   connection is a failure, retried after SCHEDULE's next wait, or after Retry-After when
   that is longer (up to MAX_RETRY_AFTER); after the last attempt the delivery has failed;
 - 410 Gone disables the endpoint: nothing more is sent to it until it is enabled again;
+  so does failing for FAILING_LIMIT (every attempt since the first failure failed), and
+  then the tenant's owners are told;
+- a message's events reach an endpoint in the order they were written: a delivery waits
+  while an earlier event of the same ordering key is pending for the same endpoint (an
+  event that finally failed no longer holds the later ones back);
 - a due delivery is taken by one sender only (FOR UPDATE SKIP LOCKED) and its outcome is
   written in the same transaction: a sender that dies leaves it due for the next.
 """
@@ -20,7 +25,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -30,11 +35,17 @@ import msgspec
 import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
+from app.audit import service as audit
+from app.auth.mailer import SystemMailer
+from app.auth.models import Membership, User
 from app.crypto import Keyring
 from app.db import utcnow
 from app.ids import uuid7
+from app.notifications import completion
 from app.providers import ssrf
+from app.webhooks import fanout
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks.service import signed_headers
 
@@ -45,7 +56,8 @@ log = structlog.get_logger(__name__)
 SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 REQUEST_TIMEOUT = 15.0  # seconds
 MAX_RETRY_AFTER = timedelta(hours=10)
-BATCH = 50  # due deliveries taken per round
+BATCH = 100  # due deliveries taken per round
+FAILING_LIMIT = timedelta(days=5)
 TEST_EVENT = "webhook.test"
 
 
@@ -153,10 +165,15 @@ def _since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
+GONE = "the endpoint answered 410 Gone"
+FAILING = "every attempt failed for 5 days"
+
+
 def record(
     delivery: WebhookDelivery, endpoint: WebhookEndpoint, outcome: Outcome, now: datetime
-) -> None:
-    """The attempt's outcome on the delivery (and a 410's on the endpoint)."""
+) -> str | None:
+    """The attempt's outcome on the delivery and its endpoint; why this attempt disabled
+    the endpoint, if it did."""
     delivery.attempts += 1
     delivery.last_status_code = outcome.status_code
     delivery.last_latency_ms = outcome.latency_ms
@@ -164,19 +181,42 @@ def record(
     delivery.updated_at = now
     if outcome.succeeded:
         delivery.status, delivery.next_attempt_at = "succeeded", None
-        return
+        endpoint.failing_since = None
+        return None
+    if endpoint.failing_since is None:
+        endpoint.failing_since = now
+    disabled = None
     if outcome.status_code == 410:
+        disabled = GONE
+    elif now - endpoint.failing_since >= FAILING_LIMIT and endpoint.enabled:
+        disabled = FAILING
+    if disabled is not None and endpoint.enabled:
         endpoint.enabled = False
+        endpoint.disabled_reason = disabled
         endpoint.updated_at = now
+    if outcome.status_code == 410 or delivery.attempts >= len(SCHEDULE):
         delivery.status, delivery.next_attempt_at = "failed", None
-        return
-    if delivery.attempts >= len(SCHEDULE):
-        delivery.status, delivery.next_attempt_at = "failed", None
-        return
+        return disabled
     wait = timedelta(seconds=SCHEDULE[delivery.attempts])
     if outcome.retry_after is not None:
         wait = max(wait, outcome.retry_after)
     delivery.next_attempt_at = now + wait
+    return disabled
+
+
+Earlier = aliased(WebhookDelivery)
+
+# A pending delivery of an earlier event of the same ordering key to the same endpoint.
+_EARLIER = (
+    select(Earlier.id)
+    .where(
+        Earlier.endpoint_id == WebhookDelivery.endpoint_id,
+        Earlier.ordering_key == WebhookDelivery.ordering_key,
+        Earlier.event_seq < WebhookDelivery.event_seq,
+        Earlier.status == "pending",
+    )
+    .exists()
+)
 
 
 async def send_due(
@@ -187,8 +227,8 @@ async def send_due(
     allow_private: bool,
     clock: Callable[[], datetime] = utcnow,
     limit: int = BATCH,
-) -> int:
-    """Attempt the deliveries due now (up to `limit`), concurrently; how many were tried."""
+) -> Sent:
+    """Attempt the deliveries due now (up to `limit`), concurrently."""
     async with sessions() as session:
         now = clock()
         rows = (
@@ -200,6 +240,7 @@ async def send_due(
                     WebhookDelivery.next_attempt_at <= now,
                     # A disabled endpoint's deliveries wait for it to be enabled again.
                     WebhookEndpoint.enabled,
+                    ~_EARLIER,
                 )
                 .order_by(WebhookDelivery.next_attempt_at)
                 .limit(limit)
@@ -210,8 +251,19 @@ async def send_due(
             *(post(client, e, d, keyring, allow_private=allow_private) for d, e in rows)
         )
         finished = clock()
+        disabled: list[tuple[WebhookEndpoint, str]] = []
         for (delivery, endpoint), outcome in zip(rows, outcomes, strict=True):
-            record(delivery, endpoint, outcome, finished)
+            reason = record(delivery, endpoint, outcome, finished)
+            if reason is not None:
+                disabled.append((endpoint, reason))
+                await audit.append(
+                    session,
+                    tenant_id=endpoint.tenant_id,
+                    actor="herald",
+                    action="webhook_endpoint.disabled",
+                    target=str(endpoint.id),
+                    details={"reason": reason, "mode": endpoint.mode},
+                )
             log.info(
                 "webhook attempt",
                 delivery_id=str(delivery.id),
@@ -222,7 +274,21 @@ async def send_due(
                 outcome=delivery.status,
             )
         await session.commit()
-        return len(rows)
+        return Sent(len(rows), [(e.tenant_id, e.id, e.url, r) for e, r in disabled])
+
+
+@dataclass(frozen=True)
+class Tick:
+    completed: int  # notifications found complete
+    fanned_out: int  # events turned into deliveries
+    tried: int  # delivery attempts
+
+
+@dataclass(frozen=True)
+class Sent:
+    tried: int
+    # Endpoints this round disabled: (tenant, endpoint, url, reason), for their owners.
+    disabled: list[tuple[uuid.UUID, uuid.UUID, str, str]]
 
 
 async def send_test(
@@ -233,6 +299,42 @@ async def send_test(
         endpoint, TEST_EVENT, {"endpoint_id": str(endpoint.id), "test": True}, now
     )
     session.add(delivery)
+    await session.flush()
+    return delivery
+
+
+async def resend(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    endpoint_id: uuid.UUID,
+    delivery_id: uuid.UUID,
+    now: datetime,
+) -> WebhookDelivery | None:
+    """Make a delivery due again at once, with the same event id; None if not found.
+
+    A delivery that had finished (succeeded or failed) gets one more attempt; a pending one
+    is brought forward. Its later events to the endpoint wait for it again while it is
+    pending, as they did the first time."""
+    delivery = await session.scalar(
+        select(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.tenant_id == tenant_id,
+            WebhookDelivery.mode == mode,
+        )
+        .with_for_update()
+    )
+    if delivery is None:
+        return None
+    if delivery.status != "pending":
+        # One more attempt: record() ends it after this one, whatever its count was.
+        delivery.attempts = max(delivery.attempts, len(SCHEDULE) - 1)
+    delivery.status = "pending"
+    delivery.next_attempt_at = now
+    delivery.updated_at = now
     await session.flush()
     return delivery
 
@@ -259,7 +361,7 @@ async def deliveries_of(
     return list(found)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sender:
     """What a worker process sends tenants' events with."""
 
@@ -267,15 +369,65 @@ class Sender:
     client: httpx.AsyncClient
     keyring: Keyring
     allow_private: bool
+    mailer: SystemMailer | None = None  # tells owners of an endpoint disabled for failing
+    fanout_rounds: int = 10
+    # Where the next round of notification.completed checks starts.
+    _completion_after: uuid.UUID | None = field(default=None, init=False)
 
-    async def send_due(self, *, rounds: int = 3) -> int:
+    async def run(self) -> Tick:
+        """A tick: complete what finished, fan the outbox out, attempt what is due."""
+        async with self.sessions() as session:
+            done = await completion.complete(session, utcnow(), after=self._completion_after)
+            await session.commit()
+        self._completion_after = done.last_id
+        fanned = 0
+        for _ in range(self.fanout_rounds):
+            async with self.sessions() as session:
+                taken = await fanout.fan_out(session, utcnow())
+            if not taken:  # none left, or another worker's round holds the lock
+                break
+            fanned += taken
+        return Tick(done.completed, fanned, await self.send_due())
+
+    async def send_due(self, *, rounds: int = 10) -> int:
         """Rounds of send_due until fewer than a batch were due; how many were tried."""
         tried = 0
         for _ in range(rounds):
-            count = await send_due(
+            sent = await send_due(
                 self.sessions, self.client, self.keyring, allow_private=self.allow_private
             )
-            tried += count
-            if count < BATCH:
+            tried += sent.tried
+            for tenant_id, endpoint_id, url, reason in sent.disabled:
+                await self.tell_owners(tenant_id, endpoint_id, url, reason)
+            if sent.tried < BATCH:
                 break
         return tried
+
+    async def tell_owners(
+        self, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, url: str, reason: str
+    ) -> None:
+        """Mail the tenant's owners that Herald disabled one of their endpoints."""
+        log.warning(
+            "webhook endpoint disabled", endpoint_id=str(endpoint_id), url=url, reason=reason
+        )
+        if self.mailer is None:
+            return
+        async with self.sessions() as session:
+            owners = list(
+                await session.scalars(
+                    select(User.email)
+                    .join(Membership, Membership.user_id == User.id)
+                    .where(Membership.tenant_id == tenant_id, Membership.role == "owner")
+                )
+            )
+        for owner in owners:
+            await self.mailer.send(
+                to=owner,
+                subject="Herald disabled one of your webhook endpoints",
+                text=(
+                    f"Herald stopped sending events to {url} (endpoint {endpoint_id}): "
+                    f"{reason}.\n\nEvents for it are kept. Enable the endpoint again "
+                    f"(PUT /v1/webhook-endpoints/{endpoint_id} with enabled: true) once it "
+                    "answers, and Herald sends what waited."
+                ),
+            )

@@ -1,6 +1,27 @@
-"""The events Herald sends to tenants' webhook endpoints, by type."""
+"""The events Herald sends to tenants' webhook endpoints: their types, and writing them.
+
+Events are written to the `webhook_events` outbox by the transaction that makes the change
+they describe (a message's outcome or receipt, a suppression, a completed notification), so
+that no committed change goes without its event and no rolled-back one has one. Each write
+is one statement for a whole batch, and keeps only the events that some endpoint of the
+tenant's mode wants (enabled, and subscribed to the type or to every type): a tenant without
+endpoints pays one index probe per event, and stores nothing. app/webhooks/fanout.py turns
+the outbox into deliveries.
+"""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.ids import uuid7s
 
 EVENT_TYPES = (
     "message.sent",
@@ -14,3 +35,165 @@ EVENT_TYPES = (
     "recipient.unsubscribed",
     "recipient.suppressed",
 )
+
+# A message status → the event announcing it. `undelivered` (an SMS the carrier gave up on)
+# is a failure to the tenant; its event says which status it was.
+MESSAGE_EVENT_OF_STATUS = {
+    "sent": "message.sent",
+    "delivered": "message.delivered",
+    "bounced": "message.bounced",
+    "complained": "message.complained",
+    "failed": "message.failed",
+    "undelivered": "message.failed",
+    "opened": "message.opened",
+    "clicked": "message.clicked",
+}
+
+
+def event_id(value: uuid.UUID) -> str:
+    return f"evt_{value.hex}"
+
+
+@dataclass(frozen=True)
+class Event:
+    tenant_id: uuid.UUID
+    mode: str
+    type: str
+    ordering_key: str  # events of one key reach an endpoint in the order written
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    """An event about a message, whose data is read from the message as it is now."""
+
+    message_id: uuid.UUID
+    type: str
+    extra: dict[str, Any] = field(default_factory=dict)  # added to the data (reason, url…)
+
+
+@dataclass(frozen=True)
+class RecipientEvent:
+    """An event about a recipient; its data gains the recipient's own id (external_id)."""
+
+    recipient_id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+
+
+# Only the events an endpoint wants: of the tenant and mode, enabled, subscribed to the type
+# or to every type.
+_RECORD = text(
+    """
+    INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
+    SELECT e.event_id, e.tenant_id, e.mode, e.type, e.ordering_key, e.data, :now
+      FROM unnest(CAST(:event_id AS text[]), CAST(:tenant_id AS uuid[]), CAST(:mode AS text[]),
+                  CAST(:type AS text[]), CAST(:ordering_key AS text[]), CAST(:data AS jsonb[]))
+           WITH ORDINALITY AS e(event_id, tenant_id, mode, type, ordering_key, data, ord)
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
+                    WHERE w.tenant_id = e.tenant_id AND w.mode = e.mode AND w.enabled
+                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
+     ORDER BY e.ord
+    """
+)
+
+# A message's data is read in the statement, after the change it announces (same
+# transaction): status, provider and error as they now are, and the recipient's own id.
+_RECORD_MESSAGES = text(
+    """
+    INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
+    SELECT e.event_id, m.tenant_id, m.mode, e.type, m.id::text,
+           jsonb_strip_nulls(jsonb_build_object(
+               'message_id', m.id, 'notification_id', m.notification_id,
+               'recipient', r.external_id, 'channel', m.channel, 'status', m.status,
+               'provider', m.provider, 'provider_message_id', m.provider_message_id,
+               'error_class', CASE WHEN m.status = 'failed' THEN m.error_class END,
+               'error', CASE WHEN m.status = 'failed' THEN m.last_error END
+           )) || e.extra,
+           :now
+      FROM unnest(CAST(:event_id AS text[]), CAST(:message_id AS uuid[]), CAST(:type AS text[]),
+                  CAST(:extra AS jsonb[]))
+           WITH ORDINALITY AS e(event_id, message_id, type, extra, ord)
+      JOIN messages AS m ON m.id = e.message_id
+      LEFT JOIN recipients AS r ON r.id = m.recipient_id
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
+                    WHERE w.tenant_id = m.tenant_id AND w.mode = m.mode AND w.enabled
+                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
+     ORDER BY e.ord
+    """
+)
+
+
+_RECORD_RECIPIENTS = text(
+    """
+    INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
+    SELECT e.event_id, r.tenant_id, r.mode, e.type, r.id::text,
+           jsonb_build_object('recipient', r.external_id) || e.data, :now
+      FROM unnest(CAST(:event_id AS text[]), CAST(:recipient_id AS uuid[]),
+                  CAST(:type AS text[]), CAST(:data AS jsonb[]))
+           WITH ORDINALITY AS e(event_id, recipient_id, type, data, ord)
+      JOIN recipients AS r ON r.id = e.recipient_id
+     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
+                    WHERE w.tenant_id = r.tenant_id AND w.mode = r.mode AND w.enabled
+                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
+     ORDER BY e.ord
+    """
+)
+
+
+async def record(session: AsyncSession, events: Sequence[Event], now: datetime) -> None:
+    """Write the events some endpoint wants, in the given order, in one statement."""
+    if not events:
+        return
+    ids = uuid7s(len(events))
+    await session.execute(
+        _RECORD,
+        {
+            "event_id": [event_id(i) for i in ids],
+            "tenant_id": [e.tenant_id for e in events],
+            "mode": [e.mode for e in events],
+            "type": [e.type for e in events],
+            "ordering_key": [e.ordering_key for e in events],
+            "data": [msgspec.json.encode(e.data).decode() for e in events],
+            "now": now,
+        },
+    )
+
+
+async def record_messages(
+    session: AsyncSession, events: Sequence[MessageEvent], now: datetime
+) -> None:
+    """Write the events about messages some endpoint wants, after the changes they announce
+    (the caller has changed, and so locked, the messages in this transaction)."""
+    if not events:
+        return
+    ids = uuid7s(len(events))
+    await session.execute(
+        _RECORD_MESSAGES,
+        {
+            "event_id": [event_id(i) for i in ids],
+            "message_id": [e.message_id for e in events],
+            "type": [e.type for e in events],
+            "extra": [msgspec.json.encode(e.extra).decode() for e in events],
+            "now": now,
+        },
+    )
+
+
+async def record_recipients(
+    session: AsyncSession, events: Sequence[RecipientEvent], now: datetime
+) -> None:
+    """Write the events about recipients some endpoint wants, in one statement."""
+    if not events:
+        return
+    ids = uuid7s(len(events))
+    await session.execute(
+        _RECORD_RECIPIENTS,
+        {
+            "event_id": [event_id(i) for i in ids],
+            "recipient_id": [e.recipient_id for e in events],
+            "type": [e.type for e in events],
+            "data": [msgspec.json.encode(e.data).decode() for e in events],
+            "now": now,
+        },
+    )

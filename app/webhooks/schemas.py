@@ -53,6 +53,10 @@ class EndpointOut(msgspec.Struct):
     updated_at: datetime
     # After a rotation: until when the previous secret signs beside the new one.
     previous_secret_expires_at: datetime | None
+    # Why Herald disabled it (410 Gone, or failing for 5 days); cleared when enabled again.
+    disabled_reason: str | None = None
+    # Since when every attempt has failed; None while it succeeds.
+    failing_since: datetime | None = None
 
     @classmethod
     def of(cls, endpoint: WebhookEndpoint, now: datetime) -> EndpointOut:
@@ -67,6 +71,8 @@ class EndpointOut(msgspec.Struct):
             created_at=endpoint.created_at,
             updated_at=endpoint.updated_at,
             previous_secret_expires_at=expires if expires is not None and expires > now else None,
+            disabled_reason=endpoint.disabled_reason,
+            failing_since=endpoint.failing_since,
         )
 
 
@@ -103,6 +109,7 @@ class DeliveryOut(msgspec.Struct):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    payload: dict[str, Any]  # the request's body, as sent on every attempt
 
     @classmethod
     def of(cls, delivery: WebhookDelivery) -> DeliveryOut:
@@ -120,6 +127,7 @@ class DeliveryOut(msgspec.Struct):
             last_error=delivery.last_error,
             created_at=delivery.created_at,
             updated_at=delivery.updated_at,
+            payload=delivery.payload,
         )
 
 

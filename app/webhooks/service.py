@@ -239,6 +239,10 @@ async def replace_endpoint(
     endpoint.url = checked.url
     endpoint.description = checked.description
     endpoint.event_types = checked.event_types
+    if checked.enabled and not endpoint.enabled:
+        # Enabled again: what failed before is forgotten, and what waited goes out.
+        endpoint.disabled_reason = None
+        endpoint.failing_since = None
     endpoint.enabled = checked.enabled
     endpoint.updated_at = utcnow()
     await audit.append(

@@ -45,8 +45,8 @@ def scope() -> str:
 
 def test_every_plan_has_limits_and_unknown_plans_get_free() -> None:
     assert set(PLAN_LIMITS) == set(PLANS)
-    assert limits_for("free") == PlanLimits(25, 100, 50, 500, 200, 5_000)
-    assert limits_for("enterprise") == PlanLimits(5000, 10000, 20000, 20000, 4_000, 60_000)
+    assert limits_for("free") == PlanLimits(25, 100, 50, 500, 200, 5_000, 7)
+    assert limits_for("enterprise") == PlanLimits(5000, 10000, 20000, 20000, 4_000, 60_000, 90)
     assert limits_for("platinum") == limits_for("free")
 
 

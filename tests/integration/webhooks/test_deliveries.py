@@ -70,13 +70,14 @@ async def send(
     at: datetime | None = None,
     allow_private: bool = True,
 ) -> int:
-    return await delivery.send_due(
+    sent = await delivery.send_due(
         session_factory(engine),
         http,
         crypto.keyring_for(settings),
         allow_private=allow_private,
         clock=(lambda: at) if at is not None else utcnow,
     )
+    return sent.tried
 
 
 async def log_of(client: httpx.AsyncClient, owner: TenantKey, endpoint_id: uuid.UUID) -> list:
