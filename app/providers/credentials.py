@@ -21,11 +21,15 @@ from app.providers.standard_webhooks import generate_secret, secret_problem
 
 S = TypeVar("S", bound=msgspec.Struct)
 
-Provider = Literal["smtp", "sendgrid", "mailgun", "twilio", "fcm", "apns", "webhook", "sandbox"]
+Provider = Literal[
+    "smtp", "sendgrid", "mailgun", "ses", "postmark", "twilio", "fcm", "apns", "webhook", "sandbox"
+]
 PROVIDERS: tuple[Provider, ...] = (
     "smtp",
     "sendgrid",
     "mailgun",
+    "ses",
+    "postmark",
     "twilio",
     "fcm",
     "apns",
@@ -86,6 +90,44 @@ class SendgridOptions(EmailOptions, kw_only=True):
 class MailgunOptions(EmailOptions, kw_only=True):
     domain: Hostname
     region: Literal["us", "eu"] = "us"
+
+
+class SesCredentials(msgspec.Struct, forbid_unknown_fields=True):
+    # An IAM user's long-lived access key: the worker signs each request with it (SigV4).
+    access_key_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{16,128}$")]
+    secret_access_key: Annotated[str, msgspec.Meta(pattern=r"^[!-~]+$", max_length=128)]
+
+
+AWS_REGION = r"^[a-z]{2}(-[a-z]+)+-\d$"
+#: An SNS topic Herald will take SES events from (the receipts check each event's TopicArn
+#: against this list: a valid SNS signature alone does not say the topic is the tenant's).
+SNS_TOPIC_ARN = r"^arn:aws(-[a-z]+)?:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$"
+
+
+class SesOptions(EmailOptions, kw_only=True):
+    region: Annotated[str, msgspec.Meta(pattern=AWS_REGION, max_length=32)]
+    # SES publishes delivery events only for messages sent with a configuration set.
+    configuration_set: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    sns_topic_arns: Annotated[
+        list[Annotated[str, msgspec.Meta(pattern=SNS_TOPIC_ARN, max_length=320)]],
+        msgspec.Meta(max_length=10),
+    ] = msgspec.field(default_factory=list)
+
+
+# Sent as an HTTP header value: visible ASCII only, so it cannot split the header.
+HeaderSafe = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+
+
+class PostmarkCredentials(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server_token: HeaderSafe
+    # Postmark signs nothing: its webhooks carry these as basic-auth credentials in the URL
+    # the tenant gives Postmark, and the receipts endpoint checks them. Both or neither.
+    webhook_username: Annotated[str, msgspec.Meta(pattern=r"^[!-9;-~]{1,200}$")] | None = None
+    webhook_password: HeaderSafe | None = None
+
+
+class PostmarkOptions(EmailOptions, kw_only=True):
+    message_stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,100}$")] = "outbound"
 
 
 class TwilioCredentials(msgspec.Struct, forbid_unknown_fields=True):
@@ -162,6 +204,7 @@ class ProviderSpec:
     # What `check` asks beyond the Structs, for the OpenAPI document where JSON Schema can
     # say it (JSON Schema keywords applied to `options`).
     options_schema: dict[str, Any] | None = None
+    credentials_schema: dict[str, Any] | None = None  # the same, for `credentials`
 
 
 def _check_twilio(credentials: TwilioCredentials, options: TwilioOptions) -> None:
@@ -169,6 +212,56 @@ def _check_twilio(credentials: TwilioCredentials, options: TwilioOptions) -> Non
         raise InvalidProviderConfig(
             "options.from_number", "give from_number or messaging_service_sid"
         )
+
+
+def _single_lines(prefix: str, values: msgspec.Struct) -> None:
+    """Every string of `values` (and of its lists) is one line. msgspec applies a `pattern`
+    with re.search, whose `$` also matches before a final newline (JSON Schema's, in the
+    OpenAPI document, does not): `"us-east-1\\n"` would pass the Struct and then break a
+    URL or split an HTTP header at the first send."""
+    for field in msgspec.structs.fields(values):
+        value = getattr(values, field.name)
+        for n, text in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and ("\n" in text or "\r" in text):
+                index = f"[{n}]" if isinstance(value, list) else ""
+                raise InvalidProviderConfig(
+                    f"{prefix}.{field.name}{index}", "must not contain a line break"
+                )
+
+
+def _check_ses(credentials: SesCredentials, options: SesOptions) -> None:
+    _single_lines("credentials", credentials)
+    _single_lines("options", options)
+
+
+def _check_postmark(credentials: PostmarkCredentials, options: PostmarkOptions) -> None:
+    _single_lines("credentials", credentials)
+    _single_lines("options", options)
+    if (credentials.webhook_username is None) != (credentials.webhook_password is None):
+        missing = "webhook_password" if credentials.webhook_password is None else "webhook_username"
+        raise InvalidProviderConfig(
+            f"credentials.{missing}", "give webhook_username and webhook_password together"
+        )
+
+
+#: `_check_postmark` in JSON Schema: both webhook credentials, or neither.
+POSTMARK_WEBHOOK_PAIR: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["webhook_username", "webhook_password"],
+            "properties": {
+                "webhook_username": {"type": "string"},
+                "webhook_password": {"type": "string"},
+            },
+        },
+        {
+            "properties": {
+                "webhook_username": {"type": "null"},
+                "webhook_password": {"type": "null"},
+            }
+        },
+    ]
+}
 
 
 def _check_fcm(credentials: FcmCredentials, options: Empty) -> None:
@@ -208,6 +301,19 @@ SPECS: dict[str, ProviderSpec] = {
     "smtp": ProviderSpec(("email",), SmtpCredentials, SmtpOptions, 10.0, 20),
     "sendgrid": ProviderSpec(("email",), ApiKeyCredentials, SendgridOptions, 100.0, 200),
     "mailgun": ProviderSpec(("email",), ApiKeyCredentials, MailgunOptions, 100.0, 200),
+    # SES: 14 messages a second is a common production quota (the sandbox allows 1/s); an
+    # account's own quota is in its console, and the tenant sets it here.
+    "ses": ProviderSpec(("email",), SesCredentials, SesOptions, 14.0, 14, _check_ses),
+    # Postmark publishes no hard send rate; about 50 requests a second is what it sustains.
+    "postmark": ProviderSpec(
+        ("email",),
+        PostmarkCredentials,
+        PostmarkOptions,
+        50.0,
+        50,
+        _check_postmark,
+        credentials_schema=POSTMARK_WEBHOOK_PAIR,
+    ),
     # Twilio: a US long code sends one segment a second.
     "twilio": ProviderSpec(
         ("sms",),

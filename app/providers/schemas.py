@@ -40,7 +40,9 @@ def _pairs_of_the_providers() -> dict[str, Any]:
         options: dict[str, Any] = {"$ref": f"#/components/schemas/{spec.options.__name__}"}
         if spec.options_schema:
             options = {"allOf": [options, spec.options_schema]}
-        credentials = {"$ref": f"#/components/schemas/{spec.credentials.__name__}"}
+        credentials: dict[str, Any] = {"$ref": f"#/components/schemas/{spec.credentials.__name__}"}
+        if spec.credentials_schema:
+            credentials = {"allOf": [credentials, spec.credentials_schema]}
         variant = {
             "properties": {
                 "credentials": {"anyOf": [credentials, {"type": "null"}]},
@@ -62,10 +64,15 @@ def _variant(provider: Provider) -> type[msgspec.Struct]:
     options_type: Any = spec.options
     if spec.options_schema:
         options_type = Annotated[spec.options, msgspec.Meta(extra_json_schema=spec.options_schema)]
+    credentials_type: Any = spec.credentials
+    if spec.credentials_schema:
+        credentials_type = Annotated[
+            spec.credentials, msgspec.Meta(extra_json_schema=spec.credentials_schema)
+        ]
     credentials: tuple[str, Any] | tuple[str, Any, Any] = (
-        ("credentials", spec.credentials)
+        ("credentials", credentials_type)
         if _required(spec.credentials)
-        else ("credentials", spec.credentials, msgspec.field(default_factory=dict))
+        else ("credentials", credentials_type, msgspec.field(default_factory=dict))
     )
     options: tuple[str, Any] | tuple[str, Any, Any] = (
         ("options", options_type)

@@ -16,8 +16,10 @@ from app.providers.adapters import (
     fcm,
     inbox,
     mailgun,
+    postmark,
     sandbox,
     sendgrid,
+    ses,
     smtp,
     twilio,
     webhook,
@@ -82,6 +84,28 @@ def _mailgun(
     )
 
 
+def _ses(
+    creds: dict[str, object], opts: dict[str, object], http: httpx.AsyncClient, settings: Settings
+) -> ProviderAdapter:
+    return ses.SesAdapter(
+        specs.read(creds, specs.SesCredentials),
+        specs.read(opts, specs.SesOptions),
+        http=http,
+        base_url=_base(settings, "ses"),
+    )
+
+
+def _postmark(
+    creds: dict[str, object], opts: dict[str, object], http: httpx.AsyncClient, settings: Settings
+) -> ProviderAdapter:
+    return postmark.PostmarkAdapter(
+        specs.read(creds, specs.PostmarkCredentials),
+        specs.read(opts, specs.PostmarkOptions),
+        http=http,
+        base_url=_base(settings, "postmark") or postmark.BASE_URL,
+    )
+
+
 def _twilio(
     creds: dict[str, object], opts: dict[str, object], http: httpx.AsyncClient, settings: Settings
 ) -> ProviderAdapter:
@@ -130,6 +154,8 @@ BUILDERS: dict[str, Builder] = {
     "smtp": _smtp,
     "sendgrid": _sendgrid,
     "mailgun": _mailgun,
+    "ses": _ses,
+    "postmark": _postmark,
     "twilio": _twilio,
     "fcm": _fcm,
     "apns": _apns,

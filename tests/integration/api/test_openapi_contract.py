@@ -387,6 +387,11 @@ STORED_CONFIGS = {
         "credentials": {"api_key": "k"},
         "options": {"from_email": "a@example.com", "domain": "mg.example.com"},
     },
+    "ses": {
+        "credentials": {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "s"},
+        "options": {"from_email": "a@example.com", "region": "us-east-1"},
+    },
+    "postmark": {"credentials": {"server_token": "t"}, "options": {"from_email": "a@example.com"}},
     "twilio": {
         "credentials": {"account_sid": "AC" + "0" * 32, "auth_token": "t"},
         "options": {"from_number": VALID_PHONE},

@@ -128,3 +128,64 @@ async def test_topic_preferences_up_and_down(server_urls: ServiceUrls) -> None:
             await connection.close()
     finally:
         await drop_database(server_urls.database_url, name)
+
+
+async def test_ses_and_postmark_configs_up_and_down(server_urls: ServiceUrls) -> None:
+    """0023 lets provider_configs name ses and postmark; its downgrade removes those configs
+    (the code before it cannot use them) and refuses the names again, keeping the others."""
+    name = f"herald_migrations_{uuid.uuid4().hex[:8]}"
+    url = await create_database(server_urls.database_url, name)
+    tenant_id = uuid.uuid4()
+    insert = (
+        "INSERT INTO provider_configs (id, tenant_id, channel, provider, name, priority,"
+        " rate_per_second, burst, credentials_ciphertext, key_id, fingerprint, options)"
+        " VALUES ($1, $2, 'email', $3, $3, 0, 14, 14, '\\x00', 'k1', 'f', '{}')"
+    )
+
+    async def configs() -> list[str]:
+        connection = await asyncpg.connect(_plain_dsn(url))
+        try:
+            rows = await connection.fetch("SELECT provider FROM provider_configs ORDER BY name")
+        finally:
+            await connection.close()
+        return [row["provider"] for row in rows]
+
+    try:
+        await asyncio.to_thread(upgrade, url, "0021_webhook_deliveries")
+        connection = await asyncpg.connect(_plain_dsn(url))
+        try:
+            await connection.execute("INSERT INTO tenants (id, name) VALUES ($1, 'T')", tenant_id)
+            await connection.execute(insert, uuid.uuid4(), tenant_id, "sendgrid")
+            with pytest.raises(asyncpg.CheckViolationError):
+                await connection.execute(insert, uuid.uuid4(), tenant_id, "ses")
+        finally:
+            await connection.close()
+
+        await asyncio.to_thread(upgrade, url, "0023_ses_postmark")
+        connection = await asyncpg.connect(_plain_dsn(url))
+        try:
+            for provider in ("ses", "postmark"):
+                await connection.execute(insert, uuid.uuid4(), tenant_id, provider)
+            with pytest.raises(asyncpg.CheckViolationError):
+                await connection.execute(insert, uuid.uuid4(), tenant_id, "pigeon")
+        finally:
+            await connection.close()
+        assert await configs() == ["postmark", "sendgrid", "ses"]
+
+        await asyncio.to_thread(downgrade, url, "0021_webhook_deliveries")
+        assert await configs() == ["sendgrid"]
+        connection = await asyncpg.connect(_plain_dsn(url))
+        try:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await connection.execute(insert, uuid.uuid4(), tenant_id, "postmark")
+        finally:
+            await connection.close()
+
+        await asyncio.to_thread(upgrade, url)
+        connection = await asyncpg.connect(_plain_dsn(url))
+        try:
+            await connection.execute(insert, uuid.uuid4(), tenant_id, "ses")
+        finally:
+            await connection.close()
+    finally:
+        await drop_database(server_urls.database_url, name)

@@ -32,6 +32,26 @@ SENDGRID = {
 }
 
 
+SES_KEYS = {"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "wJalrXUtnFEMI/K7MDENG"}
+SES_TOPIC = "arn:aws:sns:eu-west-1:123456789012:herald-events"
+
+
+def _ses(credentials: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    return {
+        "provider": "ses",
+        "credentials": SES_KEYS if credentials is None else credentials,
+        "options": {"from_email": "a@b.test", "region": "eu-west-1", **options},
+    }
+
+
+def _postmark(credentials: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    return {
+        "provider": "postmark",
+        "credentials": {"server_token": "pm-token", **(credentials or {})},
+        "options": {"from_email": "a@b.test", **options},
+    }
+
+
 def _pem(key: Any) -> str:
     return str(
         key.private_bytes(
@@ -338,6 +358,37 @@ async def test_a_generated_webhook_secret_is_shown_once(
             },
             "credentials.secret",
         ),
+        ({"provider": "ses", "credentials": SES_KEYS}, "options.region"),
+        (_ses(region="moon-1"), "options.region"),
+        (_ses(region="us-east-1\n"), "options.region"),
+        (
+            _ses({"access_key_id": "akia-lower", "secret_access_key": "s"}),
+            "credentials.access_key_id",
+        ),
+        (_ses({"access_key_id": "AKIAIOSFODNN7EXAMPLE"}), "credentials.secret_access_key"),
+        (_ses({**SES_KEYS, "session_token": "t"}), "credentials.session_token"),
+        (_ses(configuration_set="not a name!"), "options.configuration_set"),
+        (
+            _ses(sns_topic_arns=["arn:aws:sqs:eu-west-1:123456789012:q"]),
+            "options.sns_topic_arns[0]",
+        ),
+        (_ses(sns_topic_arns=[SES_TOPIC, "https://evil.test"]), "options.sns_topic_arns[1]"),
+        (_ses(sns_topic_arns=[SES_TOPIC] * 11), "options.sns_topic_arns"),
+        (_ses(sns_topic_arns=SES_TOPIC), "options.sns_topic_arns"),
+        ({"provider": "postmark", "credentials": {}}, "credentials.server_token"),
+        (_postmark({"server_token": "pm\r\nX-Evil: 1"}), "credentials.server_token"),
+        (_postmark({"webhook_username": "hooks"}), "credentials.webhook_password"),
+        (_postmark({"webhook_password": "pw"}), "credentials.webhook_username"),
+        (
+            _postmark({"webhook_username": "a:b", "webhook_password": "pw"}),
+            "credentials.webhook_username",
+        ),
+        (_postmark(message_stream="no spaces"), "options.message_stream"),
+        (_postmark(message_stream="outbound\n"), "options.message_stream"),
+        (_postmark({"server_token": "pm-token\n"}), "credentials.server_token"),
+        (_ses(from_name="Acme\n"), "options.from_name"),
+        (_ses(sns_topic_arns=[SES_TOPIC, SES_TOPIC + "\n"]), "options.sns_topic_arns[1]"),
+        ({**_postmark(), "channel": "sms"}, "channel"),
         ({"channel": "sms"}, "channel"),
         ({"provider": "pigeon"}, "provider"),
         ({"channel": "fax"}, "channel"),
@@ -404,6 +455,18 @@ async def test_every_provider_can_be_configured(
             {"team_id": "T" * 10, "key_id": "K" * 10, "private_key": EC_PEM},
             {"topic": "com.acme.app", "environment": "sandbox"},
         ),
+        (
+            "email",
+            "ses",
+            SES_KEYS,
+            {"from_email": "a@b.test", "region": "us-gov-west-1", "sns_topic_arns": [SES_TOPIC]},
+        ),
+        (
+            "email",
+            "postmark",
+            {"server_token": "pm-token", "webhook_username": "u", "webhook_password": "p"},
+            {"from_email": "a@b.test", "message_stream": "broadcast"},
+        ),
         ("sms", "sandbox", {}, {}),
     ]
     for channel, provider, credentials, options in valid:
@@ -417,6 +480,47 @@ async def test_every_provider_can_be_configured(
         response = await client.post("/v1/providers", headers=tenant.headers, json=body)
         assert response.status_code == 201, (provider, response.text)
         assert "private_key" not in response.text and RSA_PEM[40:80] not in response.text
+
+
+async def test_ses_and_postmark_defaults_and_secrecy(
+    client: httpx.AsyncClient, tenant: TenantKey
+) -> None:
+    ses = await create(client, tenant, name="SES", **_ses(configuration_set="herald-events"))
+    assert ses["options"] == {
+        "from_email": "a@b.test",
+        "from_name": None,
+        "reply_to": None,
+        "region": "eu-west-1",
+        "configuration_set": "herald-events",
+        "sns_topic_arns": [],
+    }
+    assert (ses["rate_per_second"], ses["burst"]) == (14.0, 14)
+    postmark = await create(
+        client,
+        tenant,
+        name="Postmark",
+        **_postmark({"webhook_username": "hooks", "webhook_password": "pw-secret"}),
+    )
+    assert postmark["options"]["message_stream"] == "outbound"
+    assert (postmark["rate_per_second"], postmark["burst"]) == (50.0, 50)
+    listed = await client.get("/v1/providers", headers=tenant.headers)
+    for secret in ("wJalrXUtnFEMI", "pm-token", "pw-secret"):
+        assert secret not in listed.text
+
+    # A PUT is checked against the stored half it leaves out: the pair stays whole.
+    path = f"/v1/providers/{postmark['id']}"
+    half = {"credentials": {"server_token": "t", "webhook_username": "x"}}
+    problem = assert_problem(
+        await client.put(path, headers=tenant.headers, json=half), 422, "validation_error"
+    )
+    assert "credentials.webhook_password" in json.dumps(problem["errors"]), problem
+    region = {"options": {"from_email": "a@b.test", "region": "eu"}}
+    problem = assert_problem(
+        await client.put(f"/v1/providers/{ses['id']}", headers=tenant.headers, json=region),
+        422,
+        "validation_error",
+    )
+    assert "options.region" in json.dumps(problem["errors"]), problem
 
 
 async def test_updates_are_validated_and_cannot_move_channel_or_provider(
