@@ -1,8 +1,8 @@
 """provider_configs may name the ses and postmark e-mail providers
 
 Revision ID: 0023_ses_postmark
-Revises: 0021_webhook_deliveries
-Create Date: 2026-12-20 09:00:00
+Revises: 0022_receipts_and_events
+Create Date: 2026-12-05 07:20:00
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0023_ses_postmark"
-down_revision = "0021_webhook_deliveries"
+down_revision = "0022_receipts_and_events"
 branch_labels = None
 depends_on = None
 

@@ -151,7 +151,7 @@ async def test_ses_and_postmark_configs_up_and_down(server_urls: ServiceUrls) ->
         return [row["provider"] for row in rows]
 
     try:
-        await asyncio.to_thread(upgrade, url, "0021_webhook_deliveries")
+        await asyncio.to_thread(upgrade, url, "0022_receipts_and_events")
         connection = await asyncpg.connect(_plain_dsn(url))
         try:
             await connection.execute("INSERT INTO tenants (id, name) VALUES ($1, 'T')", tenant_id)
@@ -172,7 +172,7 @@ async def test_ses_and_postmark_configs_up_and_down(server_urls: ServiceUrls) ->
             await connection.close()
         assert await configs() == ["postmark", "sendgrid", "ses"]
 
-        await asyncio.to_thread(downgrade, url, "0021_webhook_deliveries")
+        await asyncio.to_thread(downgrade, url, "0022_receipts_and_events")
         assert await configs() == ["sendgrid"]
         connection = await asyncpg.connect(_plain_dsn(url))
         try:
