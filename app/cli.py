@@ -582,6 +582,72 @@ def bench_fanout(
     _bench(fanout.stages(options), as_json, api_processes, _fanout(options))
 
 
+@bench.command("receipts")
+@click.option(
+    "--messages",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help="Sent messages seeded (COPY) for the events to name.",
+)
+@click.option(
+    "--batch",
+    default=1_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Events per SendGrid request.",
+)
+@click.option(
+    "--rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 1_000.0),
+    help="Batches per second offered, on a fixed schedule.",
+)
+@click.option("--seconds", default=30, show_default=True, type=click.IntRange(1, 3_600))
+@click.option(
+    "--flood",
+    is_flag=True,
+    help="Post batches back to back from --connections connections (the most one process "
+    "takes), not at --rate.",
+)
+@click.option(
+    "--connections",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Batches in flight at once with --flood.",
+)
+@JSON_OPTION
+def bench_receipts(
+    messages: int,
+    batch: int,
+    rate: float,
+    seconds: int,
+    flood: bool,
+    connections: int,
+    as_json: bool,
+) -> None:
+    """SendGrid event batches, signed, posted to one API process: events/s taken, batch
+    latency, the share of the offered load kept up with; nothing lost nor taken twice."""
+    from bench import receipts
+
+    options = receipts.Options(
+        messages=messages,
+        batch=batch,
+        rate=rate,
+        seconds=seconds,
+        flood=flood,
+        connections=connections,
+    )
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return receipts.run(settings, progress, options)
+
+    # One API process, and the healthz ceiling measured through one alike.
+    _bench(4, as_json, receipts.API_PROCESSES, run)
+
+
 @bench.command("all")
 @click.option("--recipients", default=20_000, show_default=True, help="e2e recipients.")
 @click.option("--workers", default=2, show_default=True, help="e2e worker processes.")
