@@ -184,6 +184,13 @@ class Batches:
 # --- the load ---------------------------------------------------------------------------------
 
 
+class Counts(msgspec.Struct):
+    """The route's answer to a verified request (other members, if any, ignored)."""
+
+    received: int = 0
+    new: int = 0
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int  # 0: no answer (a connection error or the timeout)
@@ -207,8 +214,8 @@ async def _post(
     now = time.perf_counter()
     received = new = 0
     if response.status_code == 200:
-        counts = msgspec.json.decode(response.content, type=dict[str, int])
-        received, new = counts.get("received", 0), counts.get("new", 0)
+        counts = msgspec.json.decode(response.content, type=Counts)
+        received, new = counts.received, counts.new
     return Answer(response.status_code, now - start, now - began, batch, received, new)
 
 
