@@ -100,7 +100,7 @@ def allowed_url(url: str, origins: re.Pattern[str] = SNS_ORIGINS) -> bool:
         return False
     if "@" in parts.netloc or not parts.hostname:
         return False
-    origin = f"{parts.scheme.lower()}://{parts.hostname}" + (f":{port}" if port else "")
+    origin = f"{parts.scheme.lower()}://{parts.hostname}" + (f":{port}" if port is not None else "")
     return origins.fullmatch(origin) is not None
 
 

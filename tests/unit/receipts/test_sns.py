@@ -356,6 +356,7 @@ async def test_certificates_are_fetched_only_from_allowed_origins(
         ("https://s3.us-east-1.amazonaws.com/x.pem", False),
         ("https://sns.us-east-1.amazonaws.com\\@evil.example/x.pem", False),
         ("https://sns.us-east-1.amazonaws.com:99999/x.pem", False),
+        ("https://sns.us-east-1.amazonaws.com:0/x.pem", False),
         ("https://sn\u0455.us-east-1.amazonaws.com/x.pem", False),  # Cyrillic s
         ("https://sns.us-east-1.amazonaws.com/" + "a" * 5000, False),
         ("", False),
