@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 import structlog
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -51,6 +52,8 @@ from app.providers.breaker import CircuitBreakers
 from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import REDIS_TIMEOUT as RATE_LIMIT_TIMEOUT
 from app.ratelimit.middleware import rate_limit_middleware
+from app.receipts import sns
+from app.receipts.api import receipts_router
 from app.recipients.api import RecipientController, SuppressionController
 from app.recipients.topics_api import TopicController
 from app.runtime import EmbeddedServices
@@ -123,6 +126,9 @@ def _lifespan(  # type: ignore[no-untyped-def]
             account_guards=account_guards(settings, redis),
             mailer=SystemMailer(settings.smtp_url, settings.mail_from),
             count_slots=CountSlots(),
+            # SES receipts: SNS signing certificates, fetched only from SNS's own origins.
+            sns_certificates=sns.CertificateCache(httpx.AsyncClient(timeout=10.0)),
+            sns_origins=sns.SNS_ORIGINS,
         )
         # Its own small pool: the writer runs one batch at a time and checks connections
         # itself, so it skips the per-checkout ping of the request pool.
@@ -146,6 +152,7 @@ def _lifespan(  # type: ignore[no-untyped-def]
         finally:
             await asyncio.to_thread(render_pool.close)
             await intake_writer.stop()
+            await app.state.sns_certificates.client.aclose()
             app.state.account_guards.passwords.close()
             await intake_engine.dispose()
             await arq.aclose()
@@ -234,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             api_router(),
             inbox_router(),
+            receipts_router(),
             *dashboard.routers(),
         ],
         dependencies=services.dependencies(),

@@ -10,7 +10,7 @@ import base64
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,26 @@ def _audit_keys(value: str) -> tuple[tuple[str, bytes], ...]:
     if len(set(ids)) != len(ids):
         raise ValueError("each key id may appear once")
     return keys
+
+
+# Receipt schemes that sign a timestamp, and how far from now it may be (seconds). SendGrid
+# and Mailgun retry a failed POST for up to a day and 8 hours, SNS for an hour.
+RECEIPT_TOLERANCES = {"sendgrid": 90_000, "mailgun": 28_800, "ses": 3_600, "webhook": 300}
+
+
+def _tolerances(value: str) -> dict[str, int]:
+    tolerances = dict(RECEIPT_TOLERANCES)
+    for part in value.split(","):
+        name, sep, seconds = part.strip().partition("=")
+        if not sep or name not in RECEIPT_TOLERANCES or not seconds.isdigit():
+            raise ValueError(
+                f"expected comma-separated provider=seconds pairs, providers "
+                f"{', '.join(RECEIPT_TOLERANCES)}"
+            )
+        if not 1 <= int(seconds) <= 7 * 86_400:
+            raise ValueError(f"{name}: 1 to 604800 seconds")
+        tolerances[name] = int(seconds)
+    return tolerances
 
 
 def _base_urls(value: str) -> dict[str, str]:
@@ -292,6 +312,13 @@ VARIABLES: tuple[Var, ...] = (
         "operator override of provider API endpoints, e.g. sendgrid=http://127.0.0.1:9000",
     ),
     Var(
+        "HERALD_RECEIPT_TOLERANCES",
+        None,
+        _tolerances,
+        "how far a signed receipt's timestamp may be from now, in seconds, per provider: "
+        "defaults sendgrid=90000,mailgun=28800,ses=3600,webhook=300",
+    ),
+    Var(
         "HERALD_OTLP_ENDPOINT",
         None,
         _url(("http", "https")),
@@ -360,6 +387,7 @@ class Settings:
     encryption_keys: tuple[tuple[str, bytes], ...] | None
     allow_private_urls: bool
     provider_base_urls: dict[str, str]
+    receipt_tolerances: dict[str, int] = field(default_factory=lambda: dict(RECEIPT_TOLERANCES))
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
     worker_metrics_port: int | None = None
@@ -421,6 +449,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         encryption_keys=values["HERALD_ENCRYPTION_KEYS"],
         allow_private_urls=values["HERALD_ALLOW_PRIVATE_URLS"],
         provider_base_urls=values["HERALD_PROVIDER_BASE_URLS"] or {},
+        receipt_tolerances=values["HERALD_RECEIPT_TOLERANCES"] or dict(RECEIPT_TOLERANCES),
         otlp_endpoint=values["HERALD_OTLP_ENDPOINT"],
         trace_sample_ratio=values["HERALD_TRACE_SAMPLE_RATIO"],
         worker_metrics_port=values["HERALD_WORKER_METRICS_PORT"],

@@ -31,14 +31,30 @@ from app.notifications.schemas import (
     NotificationCreate,
     NotificationOut,
     PauseResult,
+    ReceiptEventOut,
     ResumeResult,
 )
 from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, ProblemDetails, conversion_error, field_error, problem_body
+from app.receipts import service as receipts
 
 ApiRequest = Request[Principal, None, Any]
-MessageStatus = Literal["queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled"]
+MessageStatus = Literal[
+    "queued",
+    "sending",
+    "sent",
+    "retrying",
+    "failed",
+    "skipped",
+    "cancelled",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "complained",
+    "undelivered",
+]
 
 
 def _accepted(notification: intake.AcceptedNotification) -> NotificationAccepted:
@@ -371,6 +387,16 @@ async def read_message(
                 error=a.error,
             )
             for a in attempts
+        ],
+        events=[
+            ReceiptEventOut(
+                kind=e.kind,
+                occurred_at=e.occurred_at,
+                received_at=e.created_at,
+                applied=e.applied,
+                detail=e.detail,
+            )
+            for e in await receipts.timeline(db_session, view.message.id)
         ],
     )
 

@@ -83,6 +83,20 @@ class ApiKeyCredentials(msgspec.Struct, forbid_unknown_fields=True):
     api_key: Secret
 
 
+class SendgridCredentials(ApiKeyCredentials, omit_defaults=True):
+    # The Event Webhook's verification key (Settings → Mail Settings → Signed Event Webhook):
+    # base64 DER, as SendGrid shows it. Without it, receipts are refused (401).
+    webhook_verification_key: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=1_000, pattern=r"^[A-Za-z0-9+/=]+$")]
+        | None
+    ) = None
+
+
+class MailgunCredentials(ApiKeyCredentials, omit_defaults=True):
+    # The HTTP webhook signing key (Sending → Webhooks). Without it, receipts are refused.
+    webhook_signing_key: Secret | None = None
+
+
 class SendgridOptions(EmailOptions, kw_only=True):
     pass
 
@@ -299,8 +313,8 @@ def pem_bytes(text: str) -> bytes:
 
 SPECS: dict[str, ProviderSpec] = {
     "smtp": ProviderSpec(("email",), SmtpCredentials, SmtpOptions, 10.0, 20),
-    "sendgrid": ProviderSpec(("email",), ApiKeyCredentials, SendgridOptions, 100.0, 200),
-    "mailgun": ProviderSpec(("email",), ApiKeyCredentials, MailgunOptions, 100.0, 200),
+    "sendgrid": ProviderSpec(("email",), SendgridCredentials, SendgridOptions, 100.0, 200),
+    "mailgun": ProviderSpec(("email",), MailgunCredentials, MailgunOptions, 100.0, 200),
     # SES: 14 messages a second is a common production quota (the sandbox allows 1/s); an
     # account's own quota is in its console, and the tenant sets it here.
     "ses": ProviderSpec(("email",), SesCredentials, SesOptions, 14.0, 14, _check_ses),

@@ -1,4 +1,5 @@
-"""Standard Webhooks signing (https://www.standardwebhooks.com), for everything Herald POSTs.
+"""Standard Webhooks signing (https://www.standardwebhooks.com), for everything Herald POSTs
+and for the receipts that tenants' own systems sign the same way (app/receipts/standard.py).
 
 Signed content is `{id}.{timestamp}.{body}`, HMAC-SHA256 under the decoded part of a
 `whsec_…` secret, sent as `webhook-signature: v1,<base64>`. The reference `standardwebhooks`
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 from datetime import UTC, datetime
 
@@ -17,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 SECRET_BYTES = 32  # the spec allows 24 to 64
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
+MAX_SIGNATURES = 16  # listed in one header: several only while keys rotate
 
 
 def generate_secret() -> str:
@@ -47,3 +50,20 @@ def signature_headers(
         "webhook-timestamp": str(int(moment.timestamp())),
         "webhook-signature": signature,
     }
+
+
+def signature_matches(
+    secret: str, *, message_id: str, timestamp: int, body: bytes, header: str
+) -> bool:
+    """Whether any signature listed in `header` (space-separated `v1,<base64>`) is `secret`'s
+    over this content. The timestamp's tolerance is the caller's to judge: the reference
+    `Webhook.verify` fixes it at 5 minutes against the clock, a receiver may need another."""
+    if secret_problem(secret) is not None:
+        return False
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    expected = Webhook(secret).sign(message_id, moment, body).encode()
+    return any(
+        hmac.compare_digest(expected, listed.encode())
+        for listed in header.split(" ")[:MAX_SIGNATURES]
+        if listed
+    )

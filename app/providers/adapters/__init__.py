@@ -66,7 +66,7 @@ def _sendgrid(
     creds: dict[str, object], opts: dict[str, object], http: httpx.AsyncClient, settings: Settings
 ) -> ProviderAdapter:
     return sendgrid.SendgridAdapter(
-        specs.read(creds, specs.ApiKeyCredentials),
+        specs.read(creds, specs.SendgridCredentials),
         specs.read(opts, specs.SendgridOptions),
         http=http,
         base_url=_base(settings, "sendgrid") or sendgrid.BASE_URL,
@@ -77,7 +77,7 @@ def _mailgun(
     creds: dict[str, object], opts: dict[str, object], http: httpx.AsyncClient, settings: Settings
 ) -> ProviderAdapter:
     return mailgun.MailgunAdapter(
-        specs.read(creds, specs.ApiKeyCredentials),
+        specs.read(creds, specs.MailgunCredentials),
         specs.read(opts, specs.MailgunOptions),
         http=http,
         base_url=_base(settings, "mailgun"),

@@ -1,0 +1,201 @@
+"""POST /webhooks/providers/{provider_config_id}: providers' delivery receipts.
+
+Each provider config has its own receipt URL (shown in its API answer as `receipts_url`), so
+the URL names the tenant and the scheme, and the config holds the secret that verifies the
+request. No API key: the request is believed only when its scheme's signature (or, for
+Postmark, its basic-auth credentials) verifies with that config's secret, and its signed
+timestamp is within the provider's tolerance (HERALD_RECEIPT_TOLERANCES).
+
+Answers: 200 when verified (a replay too: it changes nothing); 401 when the signature, the
+credentials or the timestamp fail; 400 when a verified body cannot be read; 404 when the
+URL names no config that takes receipts. Every request is stored as a receipt with its
+verdict (app/receipts/service.py), a failure included, so that a tenant can see what was
+refused and why. Bodies are limited to RECEIPT_MAX_BODY (a SendGrid batch of thousands of
+events is well under it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from litestar import Request, Response, Router, post
+from litestar.params import FromPath
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import crypto
+from app.db import utcnow
+from app.dependencies import DbSession
+from app.providers import credentials as specs
+from app.providers.models import ProviderConfig
+from app.providers.service import open_credentials
+from app.receipts import mailgun, postmark, sendgrid, service, sns, standard, twilio
+from app.receipts.events import Inbound, Parsed, refused
+from app.settings import Settings
+from app.tenants.models import Tenant
+
+log = structlog.get_logger(__name__)
+
+RECEIPT_MAX_BODY = 5 * 1024 * 1024
+# The providers whose receipts Herald reads (`webhook`: a Standard Webhooks sender).
+RECEIVING = ("sendgrid", "mailgun", "twilio", "ses", "postmark", "webhook")
+
+
+def receipts_url(settings: Settings, config_id: uuid.UUID) -> str:
+    return f"{settings.public_url}/webhooks/providers/{config_id}"
+
+
+def _tolerance(settings: Settings, provider: str) -> timedelta:
+    return timedelta(seconds=settings.receipt_tolerances.get(provider, 300))
+
+
+async def _parse(
+    request: Request[Any, Any, Any],
+    config: ProviderConfig,
+    secrets: dict[str, Any],
+    inbound: Inbound,
+) -> Parsed:
+    """What the config's scheme makes of the request."""
+    settings: Settings = request.app.state.settings
+    tolerance = _tolerance(settings, config.provider)
+    missing = refused("bad_signature", "the provider config has no webhook secret to verify with")
+    match config.provider:
+        case "sendgrid":
+            key = specs.read(secrets, specs.SendgridCredentials).webhook_verification_key
+            return sendgrid.receive_sendgrid(inbound, key, tolerance=tolerance) if key else missing
+        case "mailgun":
+            signing = specs.read(secrets, specs.MailgunCredentials).webhook_signing_key
+            return (
+                mailgun.receive_mailgun(inbound, signing, tolerance=tolerance)
+                if signing
+                else missing
+            )
+        case "twilio":
+            token = specs.read(secrets, specs.TwilioCredentials).auth_token
+            return twilio.receive_twilio(inbound, token)
+        case "postmark":
+            pair = specs.read(secrets, specs.PostmarkCredentials)
+            if not pair.webhook_username or not pair.webhook_password:
+                return missing
+            return postmark.receive_postmark(inbound, pair.webhook_username, pair.webhook_password)
+        case "ses":
+            options = specs.read(config.options, specs.SesOptions)
+            certificates: sns.CertificateCache = request.app.state.sns_certificates
+            return await sns.receive_sns(
+                inbound,
+                options.sns_topic_arns,
+                certificates,
+                tolerance=tolerance,
+                origins=request.app.state.sns_origins,
+            )
+        case "webhook":
+            secret = specs.read(secrets, specs.WebhookCredentials).secret
+            return (
+                standard.receive_standard(inbound, [secret], tolerance=tolerance)
+                if secret
+                else missing
+            )
+    return missing
+
+
+async def _config(session: AsyncSession, config_id: uuid.UUID) -> tuple[ProviderConfig, str] | None:
+    row = (
+        await session.execute(
+            select(ProviderConfig, Tenant.plan)
+            .join(Tenant, Tenant.id == ProviderConfig.tenant_id)
+            .where(ProviderConfig.id == config_id)
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+@post(
+    "/providers/{provider_config_id:uuid}",
+    status_code=200,
+    request_max_body_size=RECEIPT_MAX_BODY,
+    summary="A provider's delivery receipts (SendGrid, Mailgun, Twilio, SES via SNS, "
+    "Postmark, Standard Webhooks), verified with the provider config's secret",
+    tags=["Receipts"],
+    security=[],
+)
+async def receive(
+    request: Request[Any, Any, Any], db_session: DbSession, provider_config_id: FromPath[uuid.UUID]
+) -> Response[dict[str, Any]]:
+    now = utcnow()
+    settings: Settings = request.app.state.settings
+    body = await request.body()
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    found = await _config(db_session, provider_config_id)
+    if found is None or found[0].provider not in RECEIVING:
+        why = "no such provider config" if found is None else "this provider sends no receipts"
+        await service.store_unknown(
+            db_session,
+            config_id=provider_config_id,
+            headers=headers,
+            body_size=len(body),
+            now=now,
+            reason=why,
+        )
+        await db_session.commit()
+        return _answer(404, "unknown_config", why)
+    config, plan = found
+    # The URL the provider called, as it knows it (Twilio signs it): the public address.
+    query = request.url.query
+    url = f"{settings.public_url}{request.url.path}" + (f"?{query}" if query else "")
+    inbound = Inbound(url=url, headers=headers, body=body, received_at=now)
+    secrets = open_credentials(config, crypto.keyring_for(settings))
+    parsed = await _parse(request, config, secrets, inbound)
+    stored = await service.store(
+        db_session,
+        service.Config(config.id, config.tenant_id, config.provider, plan),
+        parsed,
+        headers=headers,
+        body=body,
+        now=now,
+    )
+    await db_session.commit()
+    log.info(
+        "receipt",
+        receipt_id=str(stored.receipt_id),
+        provider_config_id=str(config.id),
+        verdict=stored.verdict,
+        events=stored.events,
+        new=stored.new,
+        moved=stored.moved,
+    )
+    if stored.verdict in ("bad_signature", "stale"):
+        return _answer(401, stored.verdict, parsed.reason or "not verified")
+    if stored.verdict == "unparseable":
+        return _answer(400, stored.verdict, parsed.reason or "the body cannot be read")
+    if parsed.subscribe_url is not None:
+        confirmed = await sns.confirm_subscription(
+            request.app.state.sns_certificates.client,
+            parsed.subscribe_url,
+            request.app.state.sns_origins,
+        )
+        log.info("sns subscription", confirmed=confirmed, provider_config_id=str(config.id))
+    return Response(
+        {"received": stored.events, "new": stored.new, "receipt_id": str(stored.receipt_id)},
+        status_code=200,
+    )
+
+
+def _answer(status: int, verdict: str, detail: str) -> Response[dict[str, Any]]:
+    return Response(
+        {
+            "type": f"https://herald.dev/problems/{verdict}",
+            "title": verdict,
+            "status": status,
+            "detail": detail,
+        },
+        status_code=status,
+        media_type="application/problem+json",
+    )
+
+
+def receipts_router() -> Router:
+    """Providers' receipts: no API key, each request verified by its config's secret."""
+    return Router(path="/webhooks", route_handlers=[receive])
