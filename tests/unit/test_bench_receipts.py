@@ -1,21 +1,30 @@
 """What `herald bench receipts` posts and how it reads the answers: SendGrid-shaped batches in
-the run's mix, signed as SendGrid signs, the statuses their events lead to, and the report's
-figures and ratios."""
+the run's mix, signed as SendGrid signs and read by Herald's SendGrid scheme as meant, posted
+on schedule or back to back (to a local receiver here), the statuses their events lead to,
+and the report's figures and ratios."""
 
 from __future__ import annotations
 
 import base64
 import json
 import math
+import threading
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from app.receipts.events import Inbound
+from app.receipts.sendgrid import receive_sendgrid
+from bench.common import free_port
 from bench.receipts import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -26,8 +35,10 @@ from bench.receipts import (
     Options,
     Signer,
     expected_statuses,
+    flood,
     kinds,
     message_rows,
+    offered,
     signed_content,
     summarise,
 )
@@ -247,3 +258,116 @@ def test_no_answer_at_all_leaves_the_figures_unmeasured() -> None:
     assert math.isnan(figures["events accepted"][0]) and figures["events accepted"][1] is None
     assert math.isnan(figures["batch latency p50"][0])
     json.dumps(_report(section).as_json())
+
+
+def test_herald_reads_a_bench_batch_as_the_events_it_was_built_from() -> None:
+    signer = Signer()
+    batch = Batches(MESSAGES, 100).next(1_700_000_000)
+    arrival = datetime.fromtimestamp(1_700_000_005, UTC)
+    inbound = Inbound(
+        url="http://127.0.0.1/webhooks/providers/x",
+        headers={
+            name.lower(): value for name, value in signer.headers(batch.body, 1_700_000_001).items()
+        },
+        body=batch.body,
+        received_at=arrival,
+    )
+    parsed = receive_sendgrid(inbound, signer.public_key, tolerance=timedelta(seconds=300))
+    assert parsed.verdict == "verified"
+    assert [(e.message_id, e.kind) for e in parsed.events] == [
+        (
+            MESSAGES[n],
+            {"delivered": "delivered", "open": "opened", "click": "clicked", "bounce": "bounced"}[
+                kind
+            ],
+        )
+        for n, kind in batch.events
+    ]
+    assert {e.suppress for e in parsed.events if e.kind == "bounced"} == {"hard_bounce"}
+    assert len({e.provider_event_id for e in parsed.events}) == 100
+
+
+class _Receiver(ThreadingHTTPServer):
+    """A stand-in for the route: checks each batch's signature, answers SendGrid's counts."""
+
+    daemon_threads = True
+    signer: Signer
+    bodies: list[bytes]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        key = self.server.signer.key.public_key()
+        try:
+            key.verify(
+                base64.b64decode(self.headers[SIGNATURE_HEADER]),
+                signed_content(self.headers[TIMESTAMP_HEADER], body),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature:
+            self._answer(401, b"{}")
+            return
+        self.server.bodies.append(body)
+        count = len(json.loads(body))
+        self._answer(200, json.dumps({"received": count, "new": count, "other": "x"}).encode())
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    server = _Receiver(("127.0.0.1", 0), _Handler)
+    server.signer, server.bodies = Signer(), []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _url(server: _Receiver) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+async def test_offered_batches_go_on_schedule_and_every_answer_is_read(
+    receiver: _Receiver,
+) -> None:
+    options = _options(batch=20, rate=10.0, seconds=1)
+    async with httpx.AsyncClient(base_url=_url(receiver)) as client:
+        batches = Batches(MESSAGES, 20)
+        answers, seconds = await offered(client, "/hook", batches, receiver.signer, options)
+    assert seconds == 1.0 and len(answers) == 10 and len(receiver.bodies) == 10
+    assert [(a.status, a.received, a.new) for a in answers] == [(200, 20, 20)] * 10
+    # Posted a tenth of a second apart: the last went out 0.9 s after the first.
+    assert 0.9 <= max(a.answered for a in answers) < 5.0
+    assert sorted(receiver.bodies) == sorted(a.batch.body for a in answers)
+
+
+async def test_a_flood_keeps_every_connection_busy_and_a_wrong_key_is_counted(
+    receiver: _Receiver,
+) -> None:
+    options = _options(batch=10, flood=True, connections=3, seconds=1)
+    async with httpx.AsyncClient(base_url=_url(receiver)) as client:
+        answers = await flood(client, "/hook", Batches(MESSAGES, 10), receiver.signer, options)
+        refused = await flood(client, "/hook", Batches(MESSAGES, 10), Signer(), options)
+    assert len(answers) >= 6 and {a.status for a in answers} == {200}
+    assert sum(a.new for a in answers) == 10 * len(answers)
+    assert refused and {a.status for a in refused} == {401}
+    assert sum(a.new for a in refused) == 0
+
+
+async def test_no_server_is_an_answer_of_status_0() -> None:
+    options = _options(batch=5, rate=5.0, seconds=1)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}") as client:
+        answers, _ = await offered(client, "/hook", Batches(MESSAGES, 5), Signer(), options)
+    assert len(answers) == 5 and {a.status for a in answers} == {0}
