@@ -15,12 +15,14 @@ tenants' event deliveries when due.
   (app/notifications/completion.py); the events outbox becomes deliveries
   (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
   attempted, rounds of up to 100 each, each taken by one sender (app/webhooks/delivery.py).
+- `expire_receipts` (once a minute): providers' receipts past their plan's log retention are
+  deleted with their events, in batches of 5,000 (app/receipts/service.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all four (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all five (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -39,10 +41,12 @@ import structlog
 from arq.cron import CronJob, cron
 from prometheus_client import Counter
 
+from app.db import utcnow
 from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
 from app.notifications import tallies
 from app.notifications.relay import stale_accepted
+from app.receipts import service as receipts
 from app.webhooks import delivery as webhook_delivery
 from jobs import queues
 
@@ -56,6 +60,8 @@ SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
 SWEEP_LIMIT = 1_000  # per reason and tick
 TALLY_EVERY = 10  # seconds
 WEBHOOKS_EVERY = 1  # seconds: a test event, or the first attempt of one, goes at once
+RECEIPTS_SECOND = 37  # once a minute: retention is counted in days
+RECEIPT_ROUNDS = 20
 # A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
@@ -165,6 +171,20 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     return tick.tried
 
 
+async def expire_receipts(ctx: dict[str, Any]) -> int:
+    """Delete providers' receipts past their plan's retention, a batch per transaction."""
+    deleted = 0
+    for _ in range(RECEIPT_ROUNDS):
+        async with ctx["sessions"]() as session:
+            count = await receipts.delete_expired(session, utcnow())
+            await session.commit()
+        deleted += count
+        if count < receipts.DELETE_BATCH:
+            break
+    _log("expire_receipts", deleted=deleted)
+    return deleted
+
+
 def cron_jobs() -> list[CronJob]:
     """Fresh CronJob objects: arq keeps each one's next run on it, so workers must not share."""
     return [
@@ -187,6 +207,13 @@ def cron_jobs() -> list[CronJob]:
             name="cron:compact_tallies",
             # Not on the relay's and the sweep's seconds (multiples of 5): ticks spread out.
             second=set(range(3, 60, TALLY_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            expire_receipts,
+            name="cron:expire_receipts",
+            second={RECEIPTS_SECOND},
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -37,6 +37,8 @@ from app.receipts.progress import RANK
 from app.recipients.models import Recipient, Suppression
 from app.settings import Settings
 from app.webhooks.models import WebhookEndpoint, WebhookEvent
+from jobs.cron import expire_receipts
+from tests.send_path import workers
 from tests.support import TenantKey
 from tests.unit.receipts.test_sns import CertificateServer, SigningKey, _certificate, _pem
 
@@ -561,3 +563,29 @@ async def test_ses_events_through_sns_and_the_subscription_confirmed(
         path, content=json.dumps(note), headers={"content-type": "text/plain"}
     )
     assert refused.status_code == 401
+
+
+async def test_receipts_past_their_retention_are_deleted_with_their_events(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, settings: Settings
+) -> None:
+    signer = SendgridSigner()
+    config_id = await sendgrid_config(client, tenant, signer)
+    [message] = await messages(session, tenant, 1)
+    kept = await post_sendgrid(client, config_id, signer, [sendgrid_event(message, "delivered")])
+    gone = await post_sendgrid(client, config_id, signer, [sendgrid_event(message, "open")])
+    receipt = await session.get(Receipt, uuid.UUID(gone.json()["receipt_id"]))
+    assert receipt is not None
+    # The tenant's plan (free) keeps receipts 7 days from their arrival.
+    assert (receipt.retain_until - receipt.received_at).days == 7
+    receipt.retain_until = utcnow() - timedelta(seconds=1)
+    await session.commit()
+
+    async with workers(settings) as ctx:
+        assert await expire_receipts(ctx) >= 1
+    session.expire_all()
+    assert await session.get(Receipt, uuid.UUID(gone.json()["receipt_id"])) is None
+    assert await session.get(Receipt, uuid.UUID(kept.json()["receipt_id"])) is not None
+    kinds = await session.scalars(
+        select(MessageEvent.kind).where(MessageEvent.message_id == message.id)
+    )
+    assert list(kinds) == ["delivered"]
