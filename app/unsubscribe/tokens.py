@@ -82,6 +82,8 @@ class UnsubscribeTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
             return None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            return None  # other spare bits in the last character: one spelling per token
         if len(raw) <= _FIXED + MAC_BYTES:
             return None
         signed, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
