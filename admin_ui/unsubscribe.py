@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 from litestar import Controller, Request, Response, get, post
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import FromPath
 from litestar.types import ExceptionHandlersMap
 
@@ -35,7 +35,13 @@ CHANNEL_NAMES = {"email": "E-mail", "sms": "SMS", "push": "Push", "inbox": "In-a
 # The links carry a capability: no page here may pass its address on in a Referer.
 PUBLIC_HEADERS = {**SECURITY_HEADERS, "Referrer-Policy": "no-referrer"}
 _NOT_FOUND = "This link does not work: it was copied incompletely, or is no longer valid."
-_TITLES = {400: "Bad request", 404: "Link not found", 405: "Not allowed", 413: "Too large"}
+_TITLES = {
+    400: "Bad request",
+    404: "Link not found",
+    405: "Not allowed",
+    413: "Too large",
+    422: "Not accepted",
+}
 
 
 def _tokens(request: Request[Any, Any, Any]) -> UnsubscribeTokens:
@@ -70,8 +76,13 @@ class UnsubscribeController(Controller):
     ) -> Response[Any]:
         claims = await _claims(request, db_session, token)
         # The body does not matter (RFC 8058's is List-Unsubscribe=One-Click; some send
-        # none): the POST itself is the request. The page's form says it came from there.
-        via = "page" if form_text(await request.form(), "from") == "page" else "one_click"
+        # none, or something else): the POST itself is the request. The page's form says
+        # it came from there; a body that cannot be read as a form says nothing.
+        try:
+            came_from = form_text(await request.form(), "from")
+        except HTTPException:
+            came_from = ""
+        via = "page" if came_from == "page" else "one_click"
         await service.unsubscribe(db_session, claims, via=via)
         await db_session.commit()
         name = await service.category_name(db_session, claims)
@@ -90,10 +101,13 @@ class UnsubscribeController(Controller):
         self, request: Request[Any, Any, Any], db_session: DbSession, token: FromPath[str]
     ) -> Response[Any]:
         claims = await _claims(request, db_session, token)
+        form = await request.form()
+        # An empty form would switch everything off (no box ticked): only the centre's own
+        # form, which says so, is taken as one.
+        if form_text(form, "form") != "preferences":
+            raise ValidationException("This is not the preference centre's form.")
         # Bounded by what the centre can show: anything beyond is not a switch of it.
-        ticked = form_texts(await request.form(), "on")[
-            : MAX_CENTRE_CATEGORIES * len(CENTRE_CHANNELS)
-        ]
+        ticked = form_texts(form, "on")[: MAX_CENTRE_CATEGORIES * len(CENTRE_CHANNELS)]
         enabled = [value.partition(":")[::2] for value in ticked]
         centre = await service.save_preferences(db_session, claims, enabled=enabled)
         await db_session.commit()

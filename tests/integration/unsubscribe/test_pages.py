@@ -218,7 +218,7 @@ async def test_the_preference_centre_shows_and_saves_non_critical_categories(
     assert f'action="/u/{token}/preferences"' in page.text
 
     keep = [value for value in shown if value not in ("digest:email", "marketing:sms")]
-    saved = await client.post(f"/u/{token}/preferences", data={"on": keep})
+    saved = await client.post(f"/u/{token}/preferences", data={"form": "preferences", "on": keep})
     assert saved.status_code == 200
     assert "Your preferences are saved." in saved.text
     now = ticked(saved.text)
@@ -233,12 +233,44 @@ async def test_the_preference_centre_shows_and_saves_non_critical_categories(
 
     # Back on; what is not shown (a critical category, a made-up one) is ignored.
     extra = ["security:email", "nope:email", "digest:webhook", "junk"]
-    again = await client.post(f"/u/{token}/preferences", data={"on": [*shown, *extra]})
+    again = await client.post(
+        f"/u/{token}/preferences", data={"form": "preferences", "on": [*shown, *extra]}
+    )
     assert again.status_code == 200 and all(ticked(again.text).values())
     assert await switches(session, fay) == {
         ("digest", "email"): True,
         ("marketing", "sms"): True,
     }
     # Saving what is already stored writes nothing.
-    await client.post(f"/u/{token}/preferences", data={"on": list(shown)})
+    await client.post(f"/u/{token}/preferences", data={"form": "preferences", "on": list(shown)})
     assert len(await audited(session, tenant, "recipient.preferences_updated")) == 2
+
+
+async def test_any_body_of_a_post_unsubscribes_and_nothing_is_a_500(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, settings: Settings
+) -> None:
+    """Mail providers differ in what they send with the POST; hostile senders too."""
+    await put_recipient(client, tenant, "gus", email="gus@example.com")
+    gus = await recipient_id(session, tenant, "gus")
+    token = token_for(settings, tenant, gus, "marketing")
+    bodies = [
+        ("application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click"),
+        ("text/plain", b"List-Unsubscribe=One-Click"),
+        ("application/json", b'{"List-Unsubscribe": '),
+        ("application/x-www-form-urlencoded", b"\xff\xfe%%%=&&=\x00"),
+        ("multipart/form-data; boundary=x", b"--x\r\nbroken"),
+    ]
+    for content_type, content in bodies:
+        answer = await client.post(
+            f"/u/{token}", content=content, headers={"content-type": content_type}
+        )
+        assert answer.status_code == 200, (content_type, answer.status_code, answer.text)
+        assert "You are unsubscribed" in answer.text
+        # The preference centre's form is its input: any other body is refused, as a page,
+        # and changes nothing (no box ticked would otherwise mean everything off).
+        centre = await client.post(
+            f"/u/{token}/preferences", content=content, headers={"content-type": content_type}
+        )
+        assert centre.status_code in (400, 422), (content_type, centre.text)
+        assert centre.headers["content-type"].startswith("text/html")
+    assert await switches(session, gus) == {("marketing", "email"): False}
