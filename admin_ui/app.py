@@ -19,6 +19,8 @@ from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.session import session_middleware
+from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
+from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
 
 HERE = Path(__file__).parent
@@ -48,6 +50,19 @@ class Dashboard:
                 exception_handlers=EXCEPTION_HANDLERS,
                 response_headers=SECURITY_RESPONSE_HEADERS,
                 # Pages show tenant data and, once, a key's secret: never cache them.
+                cache_control=CacheControlHeader(no_store=True),
+                include_in_schema=False,
+            ),
+            # A recipient's unsubscribe pages: the token in the path is the capability, and a
+            # mail provider's one-click POST carries no cookie, so neither the session nor
+            # the CSRF check applies (admin_ui/unsubscribe.py).
+            Router(
+                path="/",
+                route_handlers=[UnsubscribeController],
+                exception_handlers=PUBLIC_EXCEPTION_HANDLERS,
+                response_headers=[
+                    ResponseHeader(name=name, value=value) for name, value in PUBLIC_HEADERS.items()
+                ],
                 cache_control=CacheControlHeader(no_store=True),
                 include_in_schema=False,
             ),

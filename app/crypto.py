@@ -62,6 +62,7 @@ class Keyring:
         self._digest_keys = [
             hmac.digest(key, DIGEST_KEY_CONTEXT, hashlib.sha256) for _, key in keys
         ]
+        self._secrets = [(key_id, key) for key_id, key in keys]
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -86,6 +87,13 @@ class Keyring:
             return aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
         except InvalidTag:
             raise DecryptionError("sealed value does not authenticate") from None
+
+    def derive(self, context: bytes) -> list[tuple[str, bytes]]:
+        """(key id, HMAC-SHA256 key) for each ring key, the current one first: keys of their
+        own for one use (`context` names it), never the sealing keys themselves."""
+        return [
+            (key_id, hmac.digest(key, context, hashlib.sha256)) for key_id, key in self._secrets
+        ]
 
     def digest(self, value: bytes) -> str:
         """The keyed digest of `value` under the current key (hex)."""

@@ -33,6 +33,7 @@ from app.auth.middleware import ApiKeyAuthenticationMiddleware
 from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
 from app.categories.api import CategoryController
+from app.crypto import keyring_for
 from app.db import create_engine, session_factory
 from app.dependencies import Services
 from app.dlq.api import DlqController
@@ -62,6 +63,7 @@ from app.templates.api import TemplateController
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
 from app.tenants.api import TenantSettingsController, who_am_i
+from app.unsubscribe.tokens import UnsubscribeTokens
 from app.webhooks.api import WebhookEndpointController
 
 # The composition root may plug the queues' implementation into the domain; nothing else
@@ -257,7 +259,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # No app-wide CSRF config: the dashboard's router checks session-bound tokens
         # (admin_ui/csrf.py); /v1 and /webhooks take keys and signatures, not cookies.
         request_max_body_size=settings.max_body_bytes,
-        state=State({"settings": settings, "inbox_tokens": InboxTokenSigner(secret_key(settings))}),
+        state=State(
+            {
+                "settings": settings,
+                "inbox_tokens": InboxTokenSigner(secret_key(settings)),
+                # What the unsubscribe pages verify: the links delivery puts on e-mail.
+                "unsubscribe_tokens": UnsubscribeTokens(keyring_for(settings)),
+            }
+        ),
     )
     # Built once here, where the errors every route may answer are added to it; /docs and
     # `herald openapi` serve this same object.

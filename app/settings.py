@@ -115,6 +115,18 @@ def _mail_from(value: str) -> str:
     return value
 
 
+_ATOM = r"[^@\s\x00-\x1f\x7f<>(),;:?&=%\"]+"
+_MAILBOX = re.compile(rf"{_ATOM}@{_ATOM}\.{_ATOM}")
+
+
+def _mailbox(value: str) -> str:
+    # Goes into a mailto: URI inside a header: a bare address, nothing that would need
+    # quoting or could end the URI or the header.
+    if not _MAILBOX.fullmatch(value):
+        raise ValueError("expected a bare address such as unsubscribe@example.com")
+    return value
+
+
 def _encryption_keys(value: str) -> tuple[tuple[str, bytes], ...]:
     keys = []
     for part in value.split(","):
@@ -272,6 +284,14 @@ VARIABLES: tuple[Var, ...] = (
         "From address of Herald's own mail",
     ),
     Var(
+        "HERALD_UNSUBSCRIBE_MAILTO",
+        None,
+        _mailbox,
+        "address added as a mailto: to the List-Unsubscribe header of non-critical e-mail "
+        "(subject unsubscribe-<token>); Herald does not read that mailbox: the operator "
+        "handles what arrives there; unset: the HTTPS link only",
+    ),
+    Var(
         "HERALD_WORKER_QUEUES",
         "high,normal,low",
         _queues,
@@ -400,6 +420,7 @@ class Settings:
     trusted_proxy_hops: int = 0
     smtp_url: str | None = None
     mail_from: str = "Herald <no-reply@localhost>"
+    unsubscribe_mailto: str | None = None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -464,4 +485,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxy_hops=values["HERALD_TRUSTED_PROXY_HOPS"],
         smtp_url=values["HERALD_SMTP_URL"],
         mail_from=values["HERALD_MAIL_FROM"],
+        unsubscribe_mailto=values["HERALD_UNSUBSCRIBE_MAILTO"],
     )

@@ -50,7 +50,8 @@ _CLAIM = text(
               m.attempts, m.rate_limited_attempts,
               coalesce(m.retry_window_from, m.created_at) AS retry_window_from,
               m.claimed_until, m.render_id, CAST(r.content AS text) AS content,
-              n.mode, n.priority, n.trace_context, t.plan,
+              n.mode, n.priority, n.trace_context, n.category, n.critical IS TRUE AS critical,
+              t.plan,
               CAST(t.retry_policy AS text) AS retry_policy,
               ((t.kill_switches ->> m.channel) = 'drop_noncritical' AND n.critical IS NOT TRUE)
                   AS dropped
@@ -133,6 +134,10 @@ class Claimed:
     plan: str
     retry_policy: dict[str, Any]
     trace_context: str | None  # the accepting request's trace, continued by each attempt
+    # The notification's category, and whether it was critical at dispatch: e-mail of a
+    # non-critical one carries an unsubscribe link for that category (app/unsubscribe/).
+    category: str
+    critical: bool
 
     @property
     def platform(self) -> str:
@@ -178,6 +183,8 @@ async def claim(
             plan=row.plan,
             retry_policy=policies[row.retry_policy],
             trace_context=row.trace_context,
+            category=row.category,
+            critical=row.critical,
         )
         for row in rows
         if not row.dropped

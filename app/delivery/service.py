@@ -35,6 +35,7 @@ from app.observability.tracing import parent_context, tracer
 from app.providers.base import OutboundMessage, ProviderAdapter, SendResult
 from app.providers.service import ProviderRoute, build_adapter, routes_for
 from app.settings import Settings
+from app.unsubscribe.links import Unsubscribable, UnsubscribeLinks, links_for
 
 __all__ = ["ADAPTER_CACHE_SIZE", "SEND_CONCURRENCY", "AdapterCache", "Deliverer", "Due"]
 
@@ -93,6 +94,7 @@ class Deliverer:
     settings: Settings
     router: Router
     adapters: AdapterCache = field(init=False)
+    unsubscribe: UnsubscribeLinks = field(init=False)
     # Set on shutdown: sends not yet started are given back instead of made.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -100,6 +102,7 @@ class Deliverer:
         self.adapters = AdapterCache(
             lambda route: build_adapter(route, http=self.http, settings=self.settings)
         )
+        self.unsubscribe = links_for(self.settings)
 
     async def deliver(
         self, message_ids: Sequence[uuid.UUID], *, returning: bool = False
@@ -212,14 +215,26 @@ class Deliverer:
                 error=f"no {message.channel} provider is configured",
                 final=True,  # nothing to fail over to until the tenant adds one
             )
+        content, headers = message.content, dict[str, str]()
+        if message.channel == "email":  # test mode too: the sandbox shows what live sends
+            content, headers = self.unsubscribe.for_email(
+                Unsubscribable(
+                    tenant_id=message.tenant_id,
+                    mode=message.mode,
+                    recipient_id=message.recipient_id,
+                    category=message.category,
+                    critical=message.critical,
+                ),
+                message.content,
+            )
         outbound = OutboundMessage(
             message_id=message.id,
             tenant_id=message.tenant_id,
             notification_id=message.notification_id,
             channel=message.channel,
             address=message.address,
-            content=message.content,
-            headers={},
+            content=content,
+            headers=headers,
         )
         return route.provider, await self.adapters.get(route).send(outbound)
 

@@ -42,6 +42,13 @@ Content = EmailContent | SmsContent | PushContent | WebhookContent | InboxConten
 
 MAX_ACTION_URL = 2048
 
+# What `{{ unsubscribe_url }}` renders to in e-mail: rendering is shared by every recipient
+# of a (notification, channel, locale), so the link of each message's own recipient takes
+# its place when the message is sent (app/unsubscribe/links.py). An inert URL (`.invalid`
+# never resolves), so that a preview, which has no recipient, still shows a harmless link;
+# no character in it changes under HTML escaping.
+UNSUBSCRIBE_URL_PLACEHOLDER = "https://unsubscribe.invalid/herald-unsubscribe-url"
+
 
 def check_action_url(url: str) -> str:
     """An inbox item's link, which a tenant's front-end renders as a link: an http(s) URL or

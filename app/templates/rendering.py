@@ -2,8 +2,10 @@
 
 The context is the notification's `data`, key by key at the top level, plus `recipient` (a
 dict) when a recipient is given; a `recipient` key in `data` is ignored, so that a template
-reads the same thing whether it is rendered once for everyone or once per recipient. Names
-that are not defined are errors (StrictUndefined), reported with the field they occur in.
+reads the same thing whether it is rendered once for everyone or once per recipient. E-mail
+also has `unsubscribe_url`, rendered as a placeholder each message's own link replaces at
+send time (app/unsubscribe/links.py). Names that are not defined are errors
+(StrictUndefined), reported with the field they occur in.
 
 Only email `html` is autoescaped. Compiled templates are cached by (version id, source
 path): versions are immutable, so an entry never goes stale.
@@ -30,6 +32,7 @@ import jinja2
 from jinja2 import meta, nodes
 
 from app.templates.content import (
+    UNSUBSCRIBE_URL_PLACEHOLDER,
     Content,
     EmailContent,
     InboxContent,
@@ -110,7 +113,12 @@ def render(
         field: _compile(template.id, f"{found.path}.{channel}.{field}", channel, field, source)
         for field, source in iter_sources(channel, found.content)
     }
-    fields = _FieldRenderer(channel, compiled, _context(data, recipient))
+    context = _context(data, recipient)
+    if channel == "email":
+        # Always the placeholder, even when `data` has an `unsubscribe_url` of its own: the
+        # link is Herald's to give, per recipient, at send time.
+        context["unsubscribe_url"] = UNSUBSCRIBE_URL_PLACEHOLDER
+    fields = _FieldRenderer(channel, compiled, context)
     with metered(RENDER_TIMEOUT_SECONDS):  # compiling above is not the template's time
         return _build(channel, found.content, fields)
 

@@ -49,6 +49,10 @@ def test_defaults_need_nothing() -> None:
         ("HERALD_SMTP_URL", "smtp://mail:99999", "port number"),
         ("HERALD_MAIL_FROM", "herald", "no-reply@example.com"),
         ("HERALD_MAIL_FROM", "a@b.example\r\nBcc: x@y.example", "no-reply@example.com"),
+        ("HERALD_UNSUBSCRIBE_MAILTO", "Stop <stop@acme.example>", "bare address"),
+        ("HERALD_UNSUBSCRIBE_MAILTO", "stop@acme.example?cc=x@y.example", "bare address"),
+        ("HERALD_UNSUBSCRIBE_MAILTO", "stop@acme.example>, <https://x", "bare address"),
+        ("HERALD_UNSUBSCRIBE_MAILTO", "stop@localhost", "bare address"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str, expected: str) -> None:
@@ -101,6 +105,12 @@ def test_production_defaults_to_secure_cookies() -> None:
     assert [kid for kid, _ in settings.audit_keys or ()] == ["audit-2026.1", "audit_2025"]
     assert str(settings.audit_anchor_file) == "/var/lib/herald/anchors.jsonl"
     assert len(settings.secret_key or b"") == 32
+
+
+def test_the_unsubscribe_mailbox_is_optional() -> None:
+    assert load_settings({}).unsubscribe_mailto is None
+    chosen = load_settings({"HERALD_UNSUBSCRIBE_MAILTO": "stop+list@mail.acme.example"})
+    assert chosen.unsubscribe_mailto == "stop+list@mail.acme.example"
 
 
 def test_every_variable_is_documented_in_the_readme() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formataddr, formatdate
 
 import aiosmtplib
@@ -33,6 +34,33 @@ RESERVED_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "subject", "date", "message-id", "x-herald-message-id", "reply-to"}
     | {"content-type", "content-transfer-encoding", "mime-version", "sender", "return-path"}
 )
+MAX_LINE = 998  # RFC 5322's hard limit on a line, CRLF not counted
+
+
+class OneLineHeader(str):
+    """A header written on one line as it is. The email package folds lines longer than 78
+    characters, and a word longer than that (a List-Unsubscribe URL) it turns into RFC 2047
+    encoded words, which no mail client reads as a URL. It keeps a value that has `name`
+    and `fold` as it is, and folds it by calling `fold`."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> OneLineHeader:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+def extra_header(name: str, value: str) -> str:
+    """An extra header's value as it goes on the mail: on one line when it is printable
+    ASCII that fits one; otherwise as given, for the email package to check (it refuses
+    line breaks) and fold."""
+    if value.isascii() and value.isprintable() and len(name) + 2 + len(value) <= MAX_LINE:
+        return OneLineHeader(name, value)
+    return value
 
 
 def build_email(
@@ -52,7 +80,7 @@ def build_email(
         mime["Reply-To"] = options.reply_to
     for name, value in message.headers.items():
         if name.lower() not in RESERVED_HEADERS:
-            mime[name] = value
+            mime[name] = extra_header(name, value)
     if content.text is not None:
         mime.set_content(content.text)
         if content.html is not None:

@@ -30,7 +30,19 @@ PUSH = PushContent(title="Order shipped", body="Arriving Tuesday", data={"order"
 HOOK = WebhookContent(body={"event": "order.shipped", "order": 42})
 SENDER = {"from_email": "hello@acme.test", "from_name": "Acme"}
 DEVICE = "a1b2c3d4" * 8  # an APNs device token
-UNSUBSCRIBE = {"List-Unsubscribe": "<https://herald.test/u/abc>"}
+# The headers delivery adds to non-critical e-mail (app/unsubscribe/links.py), at their real
+# length: a token of 83 characters, longer than a header line folded at 78.
+UNSUBSCRIBE_TOKEN = (
+    "Kmhel2ywD_sqQYxF56SNNxRJGmMb8RmflxTWRwaUVmkNOQIBKW1hcmtldGluZ9B1Ucdu9t_NbwELMM6OAhs"
+)
+UNSUBSCRIBE_TARGETS = (
+    f"<https://herald.test/u/{UNSUBSCRIBE_TOKEN}>, "
+    f"<mailto:unsubscribe@herald.test?subject=unsubscribe-{UNSUBSCRIBE_TOKEN}>"
+)
+UNSUBSCRIBE = {
+    "List-Unsubscribe": UNSUBSCRIBE_TARGETS,
+    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+}
 
 
 def outbound(

@@ -15,6 +15,7 @@ from tests.integration.providers.adapters.helpers import (
     EMAIL,
     SENDER,
     UNSUBSCRIBE,
+    UNSUBSCRIBE_TARGETS,
     adapter_for,
     assert_failure,
     outbound,
@@ -55,7 +56,8 @@ async def test_mailgun_sends_the_exact_request(
         "subject": ["Your code"],
         "text": ["Code: 1234"],
         "html": ["<p>Code: <b>1234</b></p>"],
-        "h:List-Unsubscribe": ["<https://herald.test/u/abc>"],
+        "h:List-Unsubscribe": [UNSUBSCRIBE_TARGETS],
+        "h:List-Unsubscribe-Post": ["List-Unsubscribe=One-Click"],
         "h:X-Herald-Message-Id": [str(message.message_id)],
         "v:herald_message_id": [str(message.message_id)],
     }

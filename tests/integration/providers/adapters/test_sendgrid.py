@@ -18,6 +18,7 @@ from tests.integration.providers.adapters.helpers import (
     SENDER,
     SMS,
     UNSUBSCRIBE,
+    UNSUBSCRIBE_TARGETS,
     adapter_for,
     assert_failure,
     outbound,
@@ -48,7 +49,8 @@ async def test_sendgrid_sends_the_exact_request(
             {"type": "text/html", "value": "<p>Code: <b>1234</b></p>"},
         ],
         "headers": {
-            "List-Unsubscribe": "<https://herald.test/u/abc>",
+            "List-Unsubscribe": UNSUBSCRIBE_TARGETS,
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "X-Herald-Message-Id": herald_id,
         },
         "custom_args": {"herald_message_id": herald_id},

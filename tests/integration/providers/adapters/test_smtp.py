@@ -22,6 +22,7 @@ from tests.integration.providers.adapters.helpers import (
     SENDER,
     STRICT,
     UNSUBSCRIBE,
+    UNSUBSCRIBE_TARGETS,
     adapter_for,
     assert_failure,
     outbound,
@@ -90,7 +91,11 @@ async def test_smtp_delivers_both_parts_and_our_headers(
     assert mime["Reply-To"] == "help@acme.test"
     assert mime["Message-ID"] == f"<{message.message_id}@acme.test>"
     assert mime["X-Herald-Message-Id"] == str(message.message_id)
-    assert mime["List-Unsubscribe"] == "<https://herald.test/u/abc>"
+    # As sent: one line each, not folded into RFC 2047 encoded words a mail client would not
+    # read as URLs.
+    assert f"List-Unsubscribe: {UNSUBSCRIBE_TARGETS}\r\n".encode() in envelope.content
+    assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in envelope.content
+    assert mime.get_all("List-Unsubscribe") == [UNSUBSCRIBE_TARGETS]
     assert mime.get_content_type() == "multipart/alternative"
     plain, html = mime.iter_parts()
     assert (plain.get_content_type(), plain.get_content().strip()) == ("text/plain", "Code: 1234")
