@@ -24,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
 from app.categories.service import get_category, list_categories
+from app.db import utcnow
 from app.recipients.models import Preference, Recipient
 from app.recipients.preferences import get_preferences, set_preferences
 from app.unsubscribe.tokens import TokenClaims
+from app.webhooks import events
 
 # The channels a person reads (a webhook goes to the tenant's systems, not to a person).
 CENTRE_CHANNELS = ("email", "sms", "push", "inbox")
@@ -113,6 +115,18 @@ async def unsubscribe(session: AsyncSession, claims: TokenClaims, *, via: str) -
         action="recipient.unsubscribed",
         target=str(claims.recipient_id),
         details={"category": claims.category, "channel": "email", "mode": claims.mode, "via": via},
+    )
+    # The tenant's endpoints hear of it, in the same transaction as the change.
+    await events.record_recipients(
+        session,
+        [
+            events.RecipientEvent(
+                claims.recipient_id,
+                "recipient.unsubscribed",
+                {"channel": "email", "category": claims.category, "source": via},
+            )
+        ],
+        utcnow(),
     )
     return True
 

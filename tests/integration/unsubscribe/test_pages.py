@@ -8,7 +8,7 @@ import re
 import uuid
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
@@ -16,6 +16,8 @@ from app.crypto import keyring_for
 from app.recipients.models import Preference, Recipient
 from app.settings import Settings
 from app.unsubscribe.tokens import TokenClaims, UnsubscribeTokens
+from app.webhooks import service as webhook_service
+from app.webhooks.models import WebhookEndpoint, WebhookEvent
 from tests.send_path import put_recipient
 from tests.support import TenantKey, key_of
 
@@ -274,3 +276,42 @@ async def test_any_body_of_a_post_unsubscribes_and_nothing_is_a_500(
         assert centre.status_code in (400, 422), (content_type, centre.text)
         assert centre.headers["content-type"].startswith("text/html")
     assert await switches(session, gus) == {("marketing", "email"): False}
+
+
+async def test_the_tenants_endpoints_hear_of_an_unsubscribe_once(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, settings: Settings
+) -> None:
+    made, _ = await webhook_service.create_endpoint(
+        session,
+        tenant_id=tenant.tenant_id,
+        mode=tenant.mode,
+        data=webhook_service.EndpointInput(
+            "https://hooks.example.com/h", event_types=["recipient.unsubscribed"]
+        ),
+        actor="test",
+        keyring=keyring_for(settings),
+        allow_private=True,
+    )
+    await session.commit()
+    await put_recipient(client, tenant, "cy", email="cy@example.com")
+    cy = await recipient_id(session, tenant, "cy")
+    token = token_for(settings, tenant, cy, "marketing")
+    for _ in range(2):
+        assert (await client.post(f"/u/{token}", data=ONE_CLICK)).status_code == 200
+    written = (
+        await session.execute(
+            select(WebhookEvent.type, WebhookEvent.data).where(
+                WebhookEvent.tenant_id == tenant.tenant_id
+            )
+        )
+    ).all()
+    assert written == [
+        (
+            "recipient.unsubscribed",
+            {"recipient": "cy", "channel": "email", "category": "marketing", "source": "one_click"},
+        )
+    ]
+    # Leave nothing for other tests' senders (the database is shared).
+    await session.execute(delete(WebhookEvent).where(WebhookEvent.tenant_id == tenant.tenant_id))
+    await session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == made.id))
+    await session.commit()
