@@ -73,7 +73,7 @@ async def test_postmark_sends_the_exact_request(
         "HtmlBody": "<p>Code: <b>1234</b></p>",
         "ReplyTo": "support@acme.test",
         "Headers": [
-            {"Name": "List-Unsubscribe", "Value": "<https://herald.test/u/abc>"},
+            *({"Name": name, "Value": value} for name, value in UNSUBSCRIBE.items()),
             {"Name": "X-Herald-Message-Id", "Value": herald_id},
         ],
         "MessageStream": "broadcast",

@@ -100,7 +100,7 @@ async def test_ses_sends_the_exact_signed_request(
                     "Html": {"Data": "<p>Code: <b>1234</b></p>", "Charset": "UTF-8"},
                 },
                 "Headers": [
-                    {"Name": "List-Unsubscribe", "Value": "<https://herald.test/u/abc>"},
+                    *({"Name": name, "Value": value} for name, value in UNSUBSCRIBE.items()),
                     {"Name": "X-Herald-Message-Id", "Value": herald_id},
                 ],
             }
