@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import uuid7
 from app.notifications.models import Message
+from app.pagination import Page, keyset_page
 from app.receipts.events import Parsed, ReceiptEvent
 from app.receipts.models import MessageEvent, Receipt
 from app.receipts.progress import RANK, RANK_SQL, STATUS_KINDS
@@ -50,6 +51,7 @@ REDACTED = "[redacted]"
 # Headers that carry credentials (Postmark's basic auth, proxies' and cookies).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 DELETE_BATCH = 5_000
+MAX_SHOWN_EVENTS = 1_000  # a receipt's events shown with it (a SendGrid batch may hold more)
 
 RECEIPTS = Counter("herald_receipts_total", "Provider webhook requests by verdict", ["verdict"])
 RECEIPT_EVENTS = Counter(
@@ -178,10 +180,12 @@ _INSERT_EVENTS = text(
       FROM unnest(CAST(:event_id AS text[]), CAST(:message_id AS uuid[]),
                   CAST(:kind AS text[]), CAST(:occurred_at AS timestamptz[]),
                   CAST(:detail AS jsonb[]))
-           WITH ORDINALITY AS e(event_id, message_id, kind, occurred_at, detail, ord)
+           AS e(event_id, message_id, kind, occurred_at, detail)
       LEFT JOIN messages AS m
              ON m.id = e.message_id AND m.tenant_id = :tenant_id AND m.mode = :mode
-     ORDER BY e.ord
+     -- One order for every writer: two requests repeating each other's events wait, never
+     -- deadlock, on the unique key.
+     ORDER BY e.event_id
     ON CONFLICT (provider_config_id, provider_event_id) DO NOTHING
     RETURNING id, provider_event_id, message_id
     """
@@ -232,16 +236,21 @@ def _detail(event: ReceiptEvent) -> dict[str, Any]:
 
 # Each message to the highest-ranked status among its new events, when that is higher than
 # its own: the rank is compared on the row as locked, so a concurrent receipt's move counts.
+# The rows are locked in id order first, so that two receipts naming the same messages (a
+# provider posts batches side by side) wait for each other instead of deadlocking.
 _ADVANCE = text(
     f"""
+    WITH e AS (SELECT DISTINCT ON (id) id, kind, rank
+                 FROM unnest(CAST(:message_id AS uuid[]), CAST(:kind AS text[]),
+                             CAST(:rank AS int[])) AS u(id, kind, rank)
+                ORDER BY id, rank DESC),
+         locked AS (SELECT m.id FROM messages AS m JOIN e ON e.id = m.id
+                     WHERE m.tenant_id = :tenant_id AND m.mode = :mode
+                     ORDER BY m.id FOR NO KEY UPDATE OF m)
     UPDATE messages AS m
        SET status = e.kind, updated_at = :now
-      FROM (SELECT DISTINCT ON (id) id, kind, rank
-              FROM unnest(CAST(:message_id AS uuid[]), CAST(:kind AS text[]),
-                          CAST(:rank AS int[])) AS u(id, kind, rank)
-             ORDER BY id, rank DESC) AS e
-     WHERE m.id = e.id AND m.tenant_id = :tenant_id AND m.mode = :mode
-       AND e.rank > {RANK_SQL.format(column="m.status")}
+      FROM e JOIN locked ON locked.id = e.id
+     WHERE m.id = e.id AND e.rank > {RANK_SQL.format(column="m.status")}
     RETURNING m.id, m.status
     """  # noqa: S608 (RANK_SQL is built from constants)
 )
@@ -353,6 +362,44 @@ async def _suppress(session: AsyncSession, config: Config, new: list[_New], now:
             )
         )
     await outbound.record_recipients(session, announced, now)
+
+
+async def list_receipts(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    provider_config_id: uuid.UUID | None,
+    verdict: str | None,
+    limit: int,
+    cursor: uuid.UUID | None,
+) -> Page[Receipt]:
+    """The tenant's receipts, newest first (they are live: provider configs are)."""
+    query = select(Receipt).where(Receipt.tenant_id == tenant_id, Receipt.mode == MODE)
+    if provider_config_id is not None:
+        query = query.where(Receipt.provider_config_id == provider_config_id)
+    if verdict is not None:
+        query = query.where(Receipt.verdict == verdict)
+    return await keyset_page(session, query, Receipt.id, limit=limit, cursor=cursor)
+
+
+async def get_receipt(
+    session: AsyncSession, *, tenant_id: uuid.UUID, receipt_id: uuid.UUID
+) -> tuple[Receipt, list[MessageEvent]] | None:
+    """One of the tenant's receipts and the events it held (at most MAX_SHOWN_EVENTS)."""
+    receipt = await session.scalar(
+        select(Receipt).where(
+            Receipt.id == receipt_id, Receipt.tenant_id == tenant_id, Receipt.mode == MODE
+        )
+    )
+    if receipt is None:
+        return None
+    events = await session.scalars(
+        select(MessageEvent)
+        .where(MessageEvent.receipt_id == receipt.id, MessageEvent.tenant_id == tenant_id)
+        .order_by(MessageEvent.id)
+        .limit(MAX_SHOWN_EVENTS)
+    )
+    return receipt, list(events)
 
 
 async def timeline(session: AsyncSession, message_id: uuid.UUID) -> list[MessageEvent]:
