@@ -15,8 +15,9 @@ tenants' event deliveries when due.
   (app/notifications/completion.py); the events outbox becomes deliveries
   (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
   attempted, rounds of up to 100 each, each taken by one sender (app/webhooks/delivery.py).
-- `expire_receipts` (once a minute): providers' receipts past their plan's log retention are
-  deleted with their events, in batches of 5,000 (app/receipts/service.py).
+- `expire_logs` (once a minute): providers' receipts (with their events) and finished
+  deliveries to tenants' endpoints past their plan's log retention are deleted, in batches
+  of 5,000 (app/receipts/service.py, app/webhooks/delivery.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
@@ -60,8 +61,9 @@ SWEEP_OVERDUE_AFTER = timedelta(seconds=60)
 SWEEP_LIMIT = 1_000  # per reason and tick
 TALLY_EVERY = 10  # seconds
 WEBHOOKS_EVERY = 1  # seconds: a test event, or the first attempt of one, goes at once
-RECEIPTS_SECOND = 37  # once a minute: retention is counted in days
-RECEIPT_ROUNDS = 20
+EXPIRE_SECOND = 37  # once a minute: retention is counted in days
+EXPIRE_BATCH = 5_000
+EXPIRE_ROUNDS = 20
 # A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
@@ -171,18 +173,21 @@ async def send_webhooks(ctx: dict[str, Any]) -> int:
     return tick.tried
 
 
-async def expire_receipts(ctx: dict[str, Any]) -> int:
-    """Delete providers' receipts past their plan's retention, a batch per transaction."""
-    deleted = 0
-    for _ in range(RECEIPT_ROUNDS):
-        async with ctx["sessions"]() as session:
-            count = await receipts.delete_expired(session, utcnow())
-            await session.commit()
-        deleted += count
-        if count < receipts.DELETE_BATCH:
-            break
-    _log("expire_receipts", deleted=deleted)
-    return deleted
+async def expire_logs(ctx: dict[str, Any]) -> int:
+    """Delete providers' receipts and finished webhook deliveries past their plan's log
+    retention, a batch per transaction."""
+    counts = {"receipts": 0, "deliveries": 0}
+    deleters = {"receipts": receipts.delete_expired, "deliveries": webhook_delivery.delete_expired}
+    for name, deleter in deleters.items():
+        for _ in range(EXPIRE_ROUNDS):
+            async with ctx["sessions"]() as session:
+                count = await deleter(session, utcnow(), limit=EXPIRE_BATCH)
+                await session.commit()
+            counts[name] += count
+            if count < EXPIRE_BATCH:
+                break
+    _log("expire_logs", **counts)
+    return sum(counts.values())
 
 
 def cron_jobs() -> list[CronJob]:
@@ -211,9 +216,9 @@ def cron_jobs() -> list[CronJob]:
             keep_result=CRON_KEEP_RESULT,
         ),
         cron(
-            expire_receipts,
-            name="cron:expire_receipts",
-            second={RECEIPTS_SECOND},
+            expire_logs,
+            name="cron:expire_logs",
+            second={EXPIRE_SECOND},
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import msgspec
 import structlog
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -45,6 +45,8 @@ from app.db import utcnow
 from app.ids import uuid7
 from app.notifications import completion
 from app.providers import ssrf
+from app.tenants.models import Tenant
+from app.tenants.plans import limits_for
 from app.webhooks import fanout
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 from app.webhooks.service import signed_headers
@@ -78,9 +80,13 @@ def event_id() -> str:
 
 
 def new_delivery(
-    endpoint: WebhookEndpoint, event_type: str, data: dict[str, Any], now: datetime
+    endpoint: WebhookEndpoint,
+    event_type: str,
+    data: dict[str, Any],
+    now: datetime,
+    retention: timedelta,
 ) -> WebhookDelivery:
-    """A delivery of one event to `endpoint`, due at once."""
+    """A delivery of one event to `endpoint`, due at once, kept for `retention`."""
     identifier = event_id()
     return WebhookDelivery(
         id=uuid7(),
@@ -100,6 +106,7 @@ def new_delivery(
         next_attempt_at=now,
         created_at=now,
         updated_at=now,
+        retain_until=now + retention,
     )
 
 
@@ -295,8 +302,13 @@ async def send_test(
     session: AsyncSession, endpoint: WebhookEndpoint, now: datetime
 ) -> WebhookDelivery:
     """A test event for the endpoint, due at once (sent by the next round of send_due)."""
+    plan = await session.scalar(select(Tenant.plan).where(Tenant.id == endpoint.tenant_id))
     delivery = new_delivery(
-        endpoint, TEST_EVENT, {"endpoint_id": str(endpoint.id), "test": True}, now
+        endpoint,
+        TEST_EVENT,
+        {"endpoint_id": str(endpoint.id), "test": True},
+        now,
+        timedelta(days=limits_for(plan or "free").log_retention_days),
     )
     session.add(delivery)
     await session.flush()
@@ -337,6 +349,19 @@ async def resend(
     delivery.updated_at = now
     await session.flush()
     return delivery
+
+
+async def delete_expired(session: AsyncSession, now: datetime, *, limit: int = 5_000) -> int:
+    """Delete up to `limit` finished deliveries past their plan's log retention."""
+    expired = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status != "pending", WebhookDelivery.retain_until < now)
+        .order_by(WebhookDelivery.retain_until)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(expired)))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def deliveries_of(

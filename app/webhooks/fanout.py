@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import uuid7s
+from app.tenants.models import Tenant
+from app.tenants.plans import limits_for
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 BATCH = 1_000  # events per round
@@ -40,13 +42,17 @@ async def fan_out(session: AsyncSession, now: datetime, *, limit: int = BATCH) -
         return 0
     pairs = {(event.tenant_id, event.mode) for event in events}
     endpoints: dict[tuple[uuid.UUID, str], list[WebhookEndpoint]] = defaultdict(list)
-    for endpoint in await session.scalars(
-        select(WebhookEndpoint).where(
+    retention: dict[uuid.UUID, timedelta] = {}
+    for endpoint, plan in await session.execute(
+        select(WebhookEndpoint, Tenant.plan)
+        .join(Tenant, Tenant.id == WebhookEndpoint.tenant_id)
+        .where(
             WebhookEndpoint.enabled,
             tuple_(WebhookEndpoint.tenant_id, WebhookEndpoint.mode).in_(pairs),
         )
     ):
         endpoints[(endpoint.tenant_id, endpoint.mode)].append(endpoint)
+        retention[endpoint.tenant_id] = timedelta(days=limits_for(plan).log_retention_days)
     rows: list[dict[str, Any]] = []
     for event in events:
         payload = {
@@ -72,6 +78,7 @@ async def fan_out(session: AsyncSession, now: datetime, *, limit: int = BATCH) -
                         "next_attempt_at": now,
                         "created_at": now,
                         "updated_at": now,
+                        "retain_until": now + retention[event.tenant_id],
                     }
                 )
     for row, identifier in zip(rows, uuid7s(len(rows)), strict=True):

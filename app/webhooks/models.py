@@ -105,6 +105,12 @@ class WebhookDelivery(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
             "next_attempt_at",
             postgresql_where=text("status = 'pending'"),
         ),
+        # Retention: finished deliveries past their time, oldest first.
+        Index(
+            "ix_webhook_deliveries_expired",
+            "retain_until",
+            postgresql_where=text("status <> 'pending'"),
+        ),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -125,3 +131,5 @@ class WebhookDelivery(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
     last_status_code: Mapped[int | None] = mapped_column(nullable=True)
     last_latency_ms: Mapped[int | None] = mapped_column(nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Creation + the plan's log retention then; a delivery still pending is kept past it.
+    retain_until: Mapped[datetime]

@@ -375,3 +375,49 @@ async def test_a_notification_with_messages_pending_is_not_completed(
     notification = await session.get(Notification, uuid.UUID(accepted["id"]))
     assert notification is not None and notification.completed_at is None
     assert received(receiver, secret) == []
+
+
+async def test_finished_deliveries_go_with_the_plans_retention_pending_ones_stay(
+    session: AsyncSession,
+    engine: AsyncEngine,
+    http: httpx.AsyncClient,
+    settings: Settings,
+    tenant: TenantKey,
+    receiver: FakeProvider,
+) -> None:
+    receiver.answer(204)
+    endpoint_id, _ = await endpoint_at(session, settings, tenant, f"{receiver.url}/hook")
+    await record_events(session, tenant, ["m1", "m2"])
+    async with session_factory(engine)() as fresh:
+        await fanout.fan_out(fresh, utcnow())
+    made = list(
+        await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint_id)
+            .order_by(WebhookDelivery.event_seq)
+        )
+    )
+    # The tenant is on the free plan: 7 days.
+    assert [(d.retain_until - d.created_at).days for d in made] == [7, 7]
+    done, waiting = (d.id for d in made)
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+        .values(retain_until=utcnow() - timedelta(seconds=1))
+    )
+    await session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == done).values(status="succeeded")
+    )
+    await session.commit()
+    async with session_factory(engine)() as fresh:
+        assert await delivery.delete_expired(fresh, utcnow()) == 1
+        await fresh.commit()
+    session.expire_all()
+    left = await session.scalars(
+        select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == endpoint_id)
+    )
+    assert list(left) == [waiting]
+    await session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == waiting).values(status="failed")
+    )
+    await session.commit()
