@@ -54,7 +54,7 @@ from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.ratelimit.middleware import REDIS_TIMEOUT as RATE_LIMIT_TIMEOUT
 from app.ratelimit.middleware import rate_limit_middleware
 from app.receipts import sns
-from app.receipts.api import receipts_router
+from app.receipts.api import ReceiptController, receipts_router
 from app.recipients.api import RecipientController, SuppressionController
 from app.recipients.topics_api import TopicController
 from app.runtime import EmbeddedServices
@@ -186,6 +186,7 @@ def api_router() -> Router:
             TemplateController,
             AudienceController,
             WebhookEndpointController,
+            ReceiptController,
         ],
         # API keys only: an inbox token is refused (403) before their authentication. Then
         # authentication: the rate limit takes from the authenticated key's bucket.

@@ -31,7 +31,7 @@ from app.notifications.schemas import (
     NotificationCreate,
     NotificationOut,
     PauseResult,
-    ReceiptEventOut,
+    TimelineEventOut,
     ResumeResult,
 )
 from app.notifications.writer import IntakeUnavailable
@@ -389,7 +389,7 @@ async def read_message(
             for a in attempts
         ],
         events=[
-            ReceiptEventOut(
+            TimelineEventOut(
                 kind=e.kind,
                 occurred_at=e.occurred_at,
                 received_at=e.created_at,

@@ -228,7 +228,7 @@ class AttemptOut(msgspec.Struct):
     error: str | None
 
 
-class ReceiptEventOut(msgspec.Struct):
+class TimelineEventOut(msgspec.Struct):
     """What a provider reported about the message, from its receipts (docs/api/receipts.md)."""
 
     kind: str  # sent, delivered, deferred, opened, clicked, bounced, complained, undelivered,
@@ -243,7 +243,7 @@ class MessageDetail(MessageOut):
     rate_limited_attempts: int = 0  # attempts answered "rate limited": not spent from the budget
     history: list[AttemptOut] = msgspec.field(default_factory=list)
     # Providers' receipts, oldest first: the rest of the message's timeline after its attempts.
-    events: list[ReceiptEventOut] = msgspec.field(default_factory=list)
+    events: list[TimelineEventOut] = msgspec.field(default_factory=list)
 
 
 class MessageList(msgspec.Struct):

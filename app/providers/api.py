@@ -80,7 +80,11 @@ async def _with_breakers(
 ) -> list[ProviderOut]:
     states = await _breaker_states(request, configs)
     return [
-        ProviderOut.of(config, states.get(route_key_for(config.id, config.channel)))
+        ProviderOut.of(
+            config,
+            states.get(route_key_for(config.id, config.channel)),
+            request.app.state.settings.public_url,
+        )
         for config in configs
     ]
 
@@ -89,7 +93,9 @@ async def _saved(request: ApiRequest, saved: service.SavedConfig) -> ProviderSav
     config = saved.config
     states = await _breaker_states(request, [config])
     breaker = states.get(route_key_for(config.id, config.channel))
-    return ProviderSaved.with_secret(config, saved.generated_secret, breaker)
+    return ProviderSaved.with_secret(
+        config, saved.generated_secret, breaker, request.app.state.settings.public_url
+    )
 
 
 class ProviderController(Controller):

@@ -223,10 +223,20 @@ class ProviderOut(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     breaker: Breaker
+    receipts_url: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Where the provider posts its delivery receipts (event webhook, status "
+            "callback, SNS subscription); null for providers that send none. See "
+            "docs/api/receipts.md."
+        ),
+    ] = None
 
     @classmethod
-    def of(cls, config: ProviderConfig, breaker: BreakerState | None) -> ProviderOut:
-        return cls(**_fields(config), breaker=_breaker(breaker))
+    def of(
+        cls, config: ProviderConfig, breaker: BreakerState | None, public_url: str
+    ) -> ProviderOut:
+        return cls(**_fields(config, public_url), breaker=_breaker(breaker))
 
 
 class ProviderSaved(ProviderOut, omit_defaults=True):
@@ -242,17 +252,27 @@ class ProviderSaved(ProviderOut, omit_defaults=True):
 
     @classmethod
     def with_secret(
-        cls, config: ProviderConfig, secret: str | None, breaker: BreakerState | None
+        cls,
+        config: ProviderConfig,
+        secret: str | None,
+        breaker: BreakerState | None,
+        public_url: str,
     ) -> ProviderSaved:
-        return cls(**_fields(config), breaker=_breaker(breaker), secret=secret)
+        return cls(**_fields(config, public_url), breaker=_breaker(breaker), secret=secret)
 
 
 def _breaker(state: BreakerState | None) -> BreakerOut | None:
     return None if state is None else BreakerOut.of(state)
 
 
-def _fields(config: ProviderConfig) -> dict[str, Any]:
+# The providers whose receipts Herald reads (app/receipts/api.py).
+RECEIVING = ("sendgrid", "mailgun", "twilio", "ses", "postmark", "webhook")
+
+
+def _fields(config: ProviderConfig, public_url: str) -> dict[str, Any]:
+    receipts = f"{public_url}/webhooks/providers/{config.id}"
     return {
+        "receipts_url": receipts if config.provider in RECEIVING else None,
         "id": config.id,
         "object": "provider",
         "channel": config.channel,

@@ -6,6 +6,7 @@ providers report, the timeline on GET /v1/messages/{id}, and tenants kept apart.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -32,14 +33,15 @@ from twilio.request_validator import RequestValidator
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Message, Notification
+from app.receipts.api import REFUSED_STORED_PER_MINUTE
 from app.receipts.models import MessageEvent, Receipt
 from app.receipts.progress import RANK
 from app.recipients.models import Recipient, Suppression
 from app.settings import Settings
 from app.webhooks.models import WebhookEndpoint, WebhookEvent
-from jobs.cron import expire_receipts
+from jobs.cron import expire_logs
 from tests.send_path import workers
-from tests.support import TenantKey
+from tests.support import TenantKey, key_of
 from tests.unit.receipts.test_sns import CertificateServer, SigningKey, _certificate, _pem
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:herald-events"
@@ -581,7 +583,7 @@ async def test_receipts_past_their_retention_are_deleted_with_their_events(
     await session.commit()
 
     async with workers(settings) as ctx:
-        assert await expire_receipts(ctx) >= 1
+        assert await expire_logs(ctx) >= 1
     session.expire_all()
     assert await session.get(Receipt, uuid.UUID(gone.json()["receipt_id"])) is None
     assert await session.get(Receipt, uuid.UUID(kept.json()["receipt_id"])) is not None
@@ -589,3 +591,101 @@ async def test_receipts_past_their_retention_are_deleted_with_their_events(
         select(MessageEvent.kind).where(MessageEvent.message_id == message.id)
     )
     assert list(kinds) == ["delivered"]
+
+
+async def test_refusals_beyond_the_minutes_allowance_are_answered_not_stored(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    signer = SendgridSigner()
+    config_id = await sendgrid_config(client, tenant, signer)
+    if time.time() % 60 > 45:  # the allowance is per clock minute: all in one
+        await asyncio.sleep(61 - time.time() % 60)
+    path = f"/webhooks/providers/{config_id}"
+    for _ in range(REFUSED_STORED_PER_MINUTE + 5):
+        refused = await client.post(path, content=b"[]", headers={"content-type": "text/plain"})
+        assert refused.status_code == 401
+    count = select(func.count()).where(Receipt.provider_config_id == uuid.UUID(config_id))
+    assert await session.scalar(count) == REFUSED_STORED_PER_MINUTE
+    # A genuine request is always taken.
+    [message] = await messages(session, tenant, 1)
+    answer = await post_sendgrid(client, config_id, signer, [sendgrid_event(message, "delivered")])
+    assert answer.status_code == 200
+    assert await session.scalar(count) == REFUSED_STORED_PER_MINUTE + 1
+
+
+async def test_a_provider_config_names_its_receipts_url(
+    client: httpx.AsyncClient, tenant: TenantKey, settings: Settings
+) -> None:
+    signer = SendgridSigner()
+    config_id = await sendgrid_config(client, tenant, signer)
+    shown = (await client.get(f"/v1/providers/{config_id}", headers=tenant.headers)).json()
+    assert shown["receipts_url"] == f"{settings.public_url}/webhooks/providers/{config_id}"
+
+
+async def test_a_tenant_reads_its_receipts_and_no_one_elses(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    tenant: TenantKey,
+    other_tenant: TenantKey,
+) -> None:
+    signer = SendgridSigner()
+    config_id = await sendgrid_config(client, tenant, signer)
+    [message] = await messages(session, tenant, 1)
+    taken = await post_sendgrid(client, config_id, signer, [sendgrid_event(message, "delivered")])
+    body = b"[]"
+    await client.post(f"/webhooks/providers/{config_id}", content=body, headers={"a": "b"})
+
+    listed = await client.get(
+        "/v1/receipts", headers=tenant.headers, params={"provider_config_id": config_id}
+    )
+    assert listed.status_code == 200, listed.text
+    assert [r["verdict"] for r in listed.json()["data"]] == ["bad_signature", "verified"]
+    refused = await client.get(
+        "/v1/receipts", headers=tenant.headers, params={"verdict": "bad_signature"}
+    )
+    assert {r["verdict"] for r in refused.json()["data"]} == {"bad_signature"}
+
+    path = f"/v1/receipts/{taken.json()['receipt_id']}"
+    shown = (await client.get(path, headers=tenant.headers)).json()
+    assert shown["verdict"] == "verified" and shown["body_truncated"] is False
+    assert json.loads(shown["body"])[0]["herald_message_id"] == str(message.id)
+    [event] = shown["events"]
+    assert (event["kind"], event["message_id"], event["applied"]) == (
+        "delivered",
+        str(message.id),
+        True,
+    )
+    assert (await client.get(path, headers=other_tenant.headers)).status_code == 404
+    theirs = await client.get("/v1/receipts", headers=other_tenant.headers)
+    assert theirs.json()["data"] == []
+    test_key = await key_of(session, tenant, "test")
+    assert (await client.get("/v1/receipts", headers=test_key.headers)).status_code == 403
+    bad = await client.get("/v1/receipts", headers=tenant.headers, params={"verdict": "nope"})
+    assert bad.status_code in (400, 422)
+
+
+async def test_batches_naming_the_same_messages_side_by_side_never_deadlock(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    """Four batches at once, each with an event for every one of 300 messages in its own
+    order, and each repeating some of the others' events: all answered, each event once."""
+    signer = SendgridSigner()
+    config_id = await sendgrid_config(client, tenant, signer)
+    made = await messages(session, tenant, 300)
+    shuffle = random.Random(7)
+    names = ["delivered", "open", "click", "processed"]
+    batches = [[sendgrid_event(m, name) for m in made] for name in names]
+    for batch in batches:
+        shuffle.shuffle(batch)
+    shared = [dict(e) for e in batches[0][:50]]
+    batches = [batch + (shared if n else []) for n, batch in enumerate(batches)]
+    answers = await asyncio.gather(
+        *(post_sendgrid(client, config_id, signer, batch) for batch in batches)
+    )
+    assert [a.status_code for a in answers] == [200] * 4
+    assert sum(a.json()["new"] for a in answers) == 4 * 300
+    session.expire_all()
+    statuses = await session.scalars(
+        select(Message.status).where(Message.id.in_([m.id for m in made]))
+    )
+    assert set(statuses) == {"clicked"}
