@@ -31,8 +31,8 @@ from app.notifications.schemas import (
     NotificationCreate,
     NotificationOut,
     PauseResult,
-    TimelineEventOut,
     ResumeResult,
+    TimelineEventOut,
 )
 from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT

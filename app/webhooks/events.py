@@ -5,8 +5,10 @@ they describe (a message's outcome or receipt, a suppression, a completed notifi
 that no committed change goes without its event and no rolled-back one has one. Each write
 is one statement for a whole batch, and keeps only the events that some endpoint of the
 tenant's mode wants (enabled, and subscribed to the type or to every type): a tenant without
-endpoints pays one index probe per event, and stores nothing. app/webhooks/fanout.py turns
-the outbox into deliveries.
+endpoints pays one index probe per event, and stores nothing. The send path's outcomes are
+the most frequent change: the outcome writer writes their events inside its own UPDATE, with
+the SQL fragments below (app/delivery/outcomes.py). app/webhooks/fanout.py turns the outbox
+into deliveries.
 """
 
 from __future__ import annotations
@@ -97,30 +99,42 @@ _RECORD = text(
     """
 )
 
-# A message's data is read in the statement, after the change it announces (same
-# transaction): status, provider and error as they now are, and the recipient's own id.
+# A message's event data, built in SQL from the row `{m}` of messages (or of an UPDATE's
+# RETURNING with the same columns) and `{r}` of recipients: status, provider and error as they
+# now are, and the recipient's own id. Shared by record_messages and the outcome writer, which
+# writes its events in its own UPDATE statement (app/delivery/outcomes.py).
+MESSAGE_DATA_SQL = """
+    jsonb_strip_nulls(jsonb_build_object(
+        'message_id', {m}.id, 'notification_id', {m}.notification_id,
+        'recipient', {r}.external_id, 'channel', {m}.channel, 'status', {m}.status,
+        'provider', {m}.provider, 'provider_message_id', {m}.provider_message_id,
+        'error_class', CASE WHEN {m}.status = 'failed' THEN {m}.error_class END,
+        'error', CASE WHEN {m}.status = 'failed' THEN {m}.last_error END
+    ))
+"""
+# Whether an endpoint wants an event of type `{type}` of the tenant and mode of `{m}`.
+WANTED_SQL = """
+    EXISTS (SELECT 1 FROM webhook_endpoints AS w
+             WHERE w.tenant_id = {m}.tenant_id AND w.mode = {m}.mode AND w.enabled
+               AND (w.event_types IS NULL OR {type} = ANY (w.event_types)))
+"""
+
+# The messages' data is read in the statement, after the change it announces (same
+# transaction).
 _RECORD_MESSAGES = text(
-    """
+    f"""
     INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
     SELECT e.event_id, m.tenant_id, m.mode, e.type, m.id::text,
-           jsonb_strip_nulls(jsonb_build_object(
-               'message_id', m.id, 'notification_id', m.notification_id,
-               'recipient', r.external_id, 'channel', m.channel, 'status', m.status,
-               'provider', m.provider, 'provider_message_id', m.provider_message_id,
-               'error_class', CASE WHEN m.status = 'failed' THEN m.error_class END,
-               'error', CASE WHEN m.status = 'failed' THEN m.last_error END
-           )) || e.extra,
+           {MESSAGE_DATA_SQL.format(m="m", r="r")} || e.extra,
            :now
       FROM unnest(CAST(:event_id AS text[]), CAST(:message_id AS uuid[]), CAST(:type AS text[]),
                   CAST(:extra AS jsonb[]))
            WITH ORDINALITY AS e(event_id, message_id, type, extra, ord)
       JOIN messages AS m ON m.id = e.message_id
       LEFT JOIN recipients AS r ON r.id = m.recipient_id
-     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
-                    WHERE w.tenant_id = m.tenant_id AND w.mode = m.mode AND w.enabled
-                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
+     WHERE {WANTED_SQL.format(m="m", type="e.type")}
      ORDER BY e.ord
-    """
+    """  # noqa: S608 (the fragments are constants)
 )
 
 
