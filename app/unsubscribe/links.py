@@ -84,8 +84,11 @@ def links_for(settings: Settings) -> UnsubscribeLinks:
 
 
 def _substitute(content: Content, url: str) -> Content:
-    if not isinstance(content, EmailContent):
-        return content
+    if not isinstance(content, EmailContent) or not any(
+        UNSUBSCRIBE_URL_PLACEHOLDER in part
+        for part in (content.subject, content.html or "", content.text or "")
+    ):
+        return content  # most templates have no visible link: nothing to copy
 
     def put(text: str, link: str) -> str:
         return text.replace(UNSUBSCRIBE_URL_PLACEHOLDER, link)
