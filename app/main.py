@@ -73,6 +73,7 @@ from jobs import queues
 log = structlog.get_logger(__name__)
 
 API_VERSION = "2026-11-01"
+SCALAR_VERSION = "1.76.4"  # @scalar/api-reference, vendored in admin_ui/static/scalar/
 UNTRACED_PATHS = ["/healthz", "/readyz", "/metrics", "/static/"]  # probes and scrapes
 
 
@@ -216,7 +217,18 @@ def openapi_config() -> OpenAPIConfig:
             "hk_live_…` (or `hk_test_…`). Errors are RFC 9457 problem+json."
         ),
         path="/docs",
-        render_plugins=[ScalarRenderPlugin()],
+        # A pinned copy served with the dashboard's static files (admin_ui/static/scalar/),
+        # not a CDN's `@latest`: the reference works offline and behind firewalls, and
+        # changes only when the copy does. Scalar's web fonts are not fetched either.
+        render_plugins=[
+            ScalarRenderPlugin(
+                version=SCALAR_VERSION,
+                js_url="/static/scalar/standalone.js",
+                css_url="/static/scalar/style.css",
+                options={"withDefaultFonts": False, "showDeveloperTools": "never"},
+                favicon='<link rel="icon" type="image/svg+xml" href="/static/favicon.svg">',
+            )
+        ],
         components=Components(
             security_schemes={
                 "apiKey": SecurityScheme(
