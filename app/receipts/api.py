@@ -30,10 +30,9 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import crypto
+from app.apidoc import problem_responses
 from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
 from app.db import utcnow
@@ -48,7 +47,6 @@ from app.receipts import mailgun, postmark, sendgrid, service, sns, standard, tw
 from app.receipts.events import Inbound, Parsed, refused
 from app.receipts.schemas import ReceiptDetail, ReceiptList, ReceiptOut, Verdict
 from app.settings import Settings
-from app.tenants.models import Tenant
 
 log = structlog.get_logger(__name__)
 
@@ -135,17 +133,6 @@ async def _parse(
     return missing
 
 
-async def _config(session: AsyncSession, config_id: uuid.UUID) -> tuple[ProviderConfig, str] | None:
-    row = (
-        await session.execute(
-            select(ProviderConfig, Tenant.plan)
-            .join(Tenant, Tenant.id == ProviderConfig.tenant_id)
-            .where(ProviderConfig.id == config_id)
-        )
-    ).one_or_none()
-    return None if row is None else (row[0], row[1])
-
-
 @post(
     "/providers/{provider_config_id:uuid}",
     status_code=200,
@@ -154,6 +141,14 @@ async def _config(session: AsyncSession, config_id: uuid.UUID) -> tuple[Provider
     "Postmark, Standard Webhooks), verified with the provider config's secret",
     tags=["Receipts"],
     security=[],
+    responses=problem_responses(
+        {
+            400: "Verified, but the body is not in the provider's format (`unparseable`).",
+            401: "The signature, credentials or timestamp do not hold "
+            "(`bad_signature`, `stale`); nothing changed.",
+            404: "No provider config that takes receipts has this id (`unknown_config`).",
+        }
+    ),
 )
 async def receive(
     request: Request[Any, Any, Any], db_session: DbSession, provider_config_id: FromPath[uuid.UUID]
@@ -162,7 +157,7 @@ async def receive(
     settings: Settings = request.app.state.settings
     body = await request.body()
     headers = {name.lower(): value for name, value in request.headers.items()}
-    found = await _config(db_session, provider_config_id)
+    found = await service.config_of(db_session, provider_config_id)
     if found is None or found[0].provider not in RECEIVING:
         why = "no such provider config" if found is None else "this provider sends no receipts"
         if await _may_store(request, "unknown"):
@@ -177,7 +172,7 @@ async def receive(
             await db_session.commit()
         else:
             UNSTORED.labels("unknown_config").inc()
-        return _answer(404, "unknown_config", why)
+        raise Problem(404, "unknown_config", why)
     config, plan = found
     # The URL the provider called, as it knows it (Twilio signs it): the public address.
     query = request.url.query
@@ -187,7 +182,7 @@ async def receive(
     parsed = await _parse(request, config, secrets, inbound)
     if parsed.verdict != "verified" and not await _may_store(request, str(config.id)):
         UNSTORED.labels(parsed.verdict).inc()
-        return _refusal(parsed.verdict, parsed.reason)
+        raise _refusal(parsed.verdict, parsed.reason)
     stored = await service.store(
         db_session,
         service.Config(config.id, config.tenant_id, config.provider, plan),
@@ -207,7 +202,7 @@ async def receive(
         moved=stored.moved,
     )
     if stored.verdict in ("bad_signature", "stale", "unparseable"):
-        return _refusal(stored.verdict, parsed.reason)
+        raise _refusal(stored.verdict, parsed.reason)
     if parsed.subscribe_url is not None:
         confirmed = await sns.confirm_subscription(
             request.app.state.sns_certificates.client,
@@ -221,23 +216,10 @@ async def receive(
     )
 
 
-def _refusal(verdict: str, reason: str | None) -> Response[dict[str, Any]]:
+def _refusal(verdict: str, reason: str | None) -> Problem:
     if verdict == "unparseable":
-        return _answer(400, verdict, reason or "the body cannot be read")
-    return _answer(401, verdict, reason or "not verified")
-
-
-def _answer(status: int, verdict: str, detail: str) -> Response[dict[str, Any]]:
-    return Response(
-        {
-            "type": f"https://herald.dev/problems/{verdict}",
-            "title": verdict,
-            "status": status,
-            "detail": detail,
-        },
-        status_code=status,
-        media_type="application/problem+json",
-    )
+        return Problem(400, verdict, reason or "the body cannot be read")
+    return Problem(401, verdict, reason or "not verified")
 
 
 ApiRequest = Request[Principal, None, Any]

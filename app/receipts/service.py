@@ -35,11 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.ids import uuid7
 from app.notifications.models import Message
 from app.pagination import Page, keyset_page
+from app.providers.models import ProviderConfig
 from app.receipts.events import Parsed, ReceiptEvent
 from app.receipts.models import MessageEvent, Receipt
 from app.receipts.progress import RANK, RANK_SQL, STATUS_KINDS
 from app.recipients.suppressions import add_suppressions
 from app.recipients.validation import ERASED_PREFIX, suppression_key
+from app.tenants.models import Tenant
 from app.tenants.plans import limits_for
 from app.webhooks import events as outbound
 from app.webhooks.events import MESSAGE_EVENT_OF_STATUS
@@ -76,6 +78,20 @@ class Stored:
     events: int  # events in the request
     new: int  # of them, not seen before
     moved: int  # messages whose status moved
+
+
+async def config_of(
+    session: AsyncSession, config_id: uuid.UUID
+) -> tuple[ProviderConfig, str] | None:
+    """The provider config a receipt URL names, whatever its tenant, and its tenant's plan."""
+    row = (
+        await session.execute(
+            select(ProviderConfig, Tenant.plan)
+            .join(Tenant, Tenant.id == ProviderConfig.tenant_id)
+            .where(ProviderConfig.id == config_id)
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
 
 
 def redact(headers: Mapping[str, str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import uuid7s
@@ -83,22 +83,6 @@ class RecipientEvent:
     data: dict[str, Any]
 
 
-# Only the events an endpoint wants: of the tenant and mode, enabled, subscribed to the type
-# or to every type.
-_RECORD = text(
-    """
-    INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
-    SELECT e.event_id, e.tenant_id, e.mode, e.type, e.ordering_key, e.data, :now
-      FROM unnest(CAST(:event_id AS text[]), CAST(:tenant_id AS uuid[]), CAST(:mode AS text[]),
-                  CAST(:type AS text[]), CAST(:ordering_key AS text[]), CAST(:data AS jsonb[]))
-           WITH ORDINALITY AS e(event_id, tenant_id, mode, type, ordering_key, data, ord)
-     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
-                    WHERE w.tenant_id = e.tenant_id AND w.mode = e.mode AND w.enabled
-                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
-     ORDER BY e.ord
-    """
-)
-
 # A message's event data, built in SQL from the row `{m}` of messages (or of an UPDATE's
 # RETURNING with the same columns) and `{r}` of recipients: status, provider and error as they
 # now are, and the recipient's own id. Shared by record_messages and the outcome writer, which
@@ -112,12 +96,27 @@ MESSAGE_DATA_SQL = """
         'error', CASE WHEN {m}.status = 'failed' THEN {m}.last_error END
     ))
 """
-# Whether an endpoint wants an event of type `{type}` of the tenant and mode of `{m}`.
+# Whether an endpoint wants an event of type `{type}` of the tenant and mode of `{m}`: of
+# the tenant and mode, enabled, subscribed to the type or to every type. Every write of
+# events keeps only those.
 WANTED_SQL = """
     EXISTS (SELECT 1 FROM webhook_endpoints AS w
              WHERE w.tenant_id = {m}.tenant_id AND w.mode = {m}.mode AND w.enabled
                AND (w.event_types IS NULL OR {type} = ANY (w.event_types)))
 """
+
+# Events of any kind, their data given.
+_RECORD = text(
+    f"""
+    INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
+    SELECT e.event_id, e.tenant_id, e.mode, e.type, e.ordering_key, e.data, :now
+      FROM unnest(CAST(:event_id AS text[]), CAST(:tenant_id AS uuid[]), CAST(:mode AS text[]),
+                  CAST(:type AS text[]), CAST(:ordering_key AS text[]), CAST(:data AS jsonb[]))
+           WITH ORDINALITY AS e(event_id, tenant_id, mode, type, ordering_key, data, ord)
+     WHERE {WANTED_SQL.format(m="e", type="e.type")}
+     ORDER BY e.ord
+    """  # noqa: S608 (the fragment is a constant)
+)
 
 # The messages' data is read in the statement, after the change it announces (same
 # transaction).
@@ -139,7 +138,7 @@ _RECORD_MESSAGES = text(
 
 
 _RECORD_RECIPIENTS = text(
-    """
+    f"""
     INSERT INTO webhook_events (event_id, tenant_id, mode, type, ordering_key, data, created_at)
     SELECT e.event_id, r.tenant_id, r.mode, e.type, r.id::text,
            jsonb_build_object('recipient', r.external_id) || e.data, :now
@@ -147,29 +146,43 @@ _RECORD_RECIPIENTS = text(
                   CAST(:type AS text[]), CAST(:data AS jsonb[]))
            WITH ORDINALITY AS e(event_id, recipient_id, type, data, ord)
       JOIN recipients AS r ON r.id = e.recipient_id
-     WHERE EXISTS (SELECT 1 FROM webhook_endpoints AS w
-                    WHERE w.tenant_id = r.tenant_id AND w.mode = r.mode AND w.enabled
-                      AND (w.event_types IS NULL OR e.type = ANY (w.event_types)))
+     WHERE {WANTED_SQL.format(m="r", type="e.type")}
      ORDER BY e.ord
-    """
+    """  # noqa: S608 (the fragment is a constant)
 )
+
+
+async def _write(
+    session: AsyncSession,
+    statement: TextClause,
+    count: int,
+    now: datetime,
+    columns: dict[str, list[Any]],
+) -> None:
+    """Run one of the statements above for `count` events, each with a new event id."""
+    if not count:
+        return
+    ids = [event_id(i) for i in uuid7s(count)]
+    await session.execute(statement, {"event_id": ids, "now": now, **columns})
+
+
+def _json(data: dict[str, Any]) -> str:
+    return msgspec.json.encode(data).decode()
 
 
 async def record(session: AsyncSession, events: Sequence[Event], now: datetime) -> None:
     """Write the events some endpoint wants, in the given order, in one statement."""
-    if not events:
-        return
-    ids = uuid7s(len(events))
-    await session.execute(
+    await _write(
+        session,
         _RECORD,
+        len(events),
+        now,
         {
-            "event_id": [event_id(i) for i in ids],
             "tenant_id": [e.tenant_id for e in events],
             "mode": [e.mode for e in events],
             "type": [e.type for e in events],
             "ordering_key": [e.ordering_key for e in events],
-            "data": [msgspec.json.encode(e.data).decode() for e in events],
-            "now": now,
+            "data": [_json(e.data) for e in events],
         },
     )
 
@@ -179,17 +192,15 @@ async def record_messages(
 ) -> None:
     """Write the events about messages some endpoint wants, after the changes they announce
     (the caller has changed, and so locked, the messages in this transaction)."""
-    if not events:
-        return
-    ids = uuid7s(len(events))
-    await session.execute(
+    await _write(
+        session,
         _RECORD_MESSAGES,
+        len(events),
+        now,
         {
-            "event_id": [event_id(i) for i in ids],
             "message_id": [e.message_id for e in events],
             "type": [e.type for e in events],
-            "extra": [msgspec.json.encode(e.extra).decode() for e in events],
-            "now": now,
+            "extra": [_json(e.extra) for e in events],
         },
     )
 
@@ -198,16 +209,14 @@ async def record_recipients(
     session: AsyncSession, events: Sequence[RecipientEvent], now: datetime
 ) -> None:
     """Write the events about recipients some endpoint wants, in one statement."""
-    if not events:
-        return
-    ids = uuid7s(len(events))
-    await session.execute(
+    await _write(
+        session,
         _RECORD_RECIPIENTS,
+        len(events),
+        now,
         {
-            "event_id": [event_id(i) for i in ids],
             "recipient_id": [e.recipient_id for e in events],
             "type": [e.type for e in events],
-            "data": [msgspec.json.encode(e.data).decode() for e in events],
-            "now": now,
+            "data": [_json(e.data) for e in events],
         },
     )
