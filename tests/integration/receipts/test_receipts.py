@@ -40,6 +40,7 @@ from app.recipients.models import Recipient, Suppression
 from app.settings import Settings
 from app.webhooks.models import WebhookEndpoint, WebhookEvent
 from jobs.cron import expire_logs
+from tests.integration.webhooks.endpoints import endpoint_at
 from tests.send_path import workers
 from tests.support import TenantKey, key_of
 from tests.unit.receipts.test_sns import CertificateServer, SigningKey, _certificate, _pem
@@ -332,8 +333,6 @@ async def test_status_never_moves_back_under_1000_shuffled_orders(
 async def test_tenants_hear_of_what_receipts_change(
     client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey, settings: Settings
 ) -> None:
-    from tests.integration.webhooks.test_events import endpoint_at
-
     await endpoint_at(session, settings, tenant, "https://hooks.example.com/h")
     signer = SendgridSigner()
     config_id = await sendgrid_config(client, tenant, signer)

@@ -9,57 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 
 import httpx
-import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from standardwebhooks.webhooks import Webhook
 
 from app import crypto
 from app.db import session_factory, utcnow
-from app.providers.http import new_client
 from app.settings import Settings
-from app.webhooks import delivery, service
+from app.webhooks import delivery
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 from jobs.cron import cron_jobs, send_webhooks
 from tests.fakes import FakeProvider
+from tests.integration.webhooks.endpoints import endpoint_at
 from tests.send_path import workers
 from tests.support import TenantKey, assert_problem
-
-
-@pytest.fixture
-def receiver() -> Iterator[FakeProvider]:
-    fake = FakeProvider()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with new_client() as client:
-        yield client
-
-
-async def endpoint_at(
-    session: AsyncSession, settings: Settings, owner: TenantKey, url: str
-) -> tuple[uuid.UUID, str]:
-    """An endpoint of the owner's mode at a local URL (private URLs allowed for the test)."""
-    made, secret = await service.create_endpoint(
-        session,
-        tenant_id=owner.tenant_id,
-        mode=owner.mode,
-        data=service.EndpointInput(url),
-        actor="test",
-        keyring=crypto.keyring_for(settings),
-        allow_private=True,
-    )
-    await session.commit()
-    return made.id, secret
 
 
 async def send(

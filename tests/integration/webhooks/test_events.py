@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
@@ -28,53 +27,19 @@ from app.auth.mailer import SystemMailer
 from app.auth.models import Membership, User
 from app.db import session_factory, utcnow
 from app.notifications.models import Notification
-from app.providers.http import new_client
 from app.runtime import ServiceUrls
 from app.settings import Settings
 from app.webhooks import delivery, events, fanout, service
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.fakes import FakeProvider, Mailbox
+from tests.integration.webhooks.endpoints import endpoint_at
 from tests.send_path import drain, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, key_of
 
 
 @pytest.fixture
-def receiver() -> Iterator[FakeProvider]:
-    fake = FakeProvider()
-    fake.thread.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with new_client() as client:
-        yield client
-
-
-@pytest.fixture
 async def test_key(session: AsyncSession, tenant: TenantKey) -> TenantKey:
     return await key_of(session, tenant, "test")
-
-
-async def endpoint_at(
-    session: AsyncSession,
-    settings: Settings,
-    owner: TenantKey,
-    url: str,
-    event_types: list[str] | None = None,
-) -> tuple[uuid.UUID, str]:
-    made, secret = await service.create_endpoint(
-        session,
-        tenant_id=owner.tenant_id,
-        mode=owner.mode,
-        data=service.EndpointInput(url, event_types=event_types),
-        actor="test",
-        keyring=crypto.keyring_for(settings),
-        allow_private=True,
-    )
-    await session.commit()
-    return made.id, secret
 
 
 def sender(engine: AsyncEngine, http: httpx.AsyncClient, settings: Settings) -> delivery.Sender:
