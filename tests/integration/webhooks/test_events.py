@@ -115,7 +115,8 @@ async def test_a_bounce_is_a_failed_message_and_a_suppressed_recipient(
     await send_one(client, settings, test_key, "bounce@example.com")
 
     await sender(engine, http, settings).run()
-    failed, suppressed = received(receiver, secret)
+    # Order holds per subject (the message, the recipient), not between them.
+    failed, suppressed = sorted(received(receiver, secret), key=lambda e: str(e["type"]))
     assert failed["type"] == "message.failed"
     assert failed["data"]["error_class"] == "permanent" and failed["data"]["recipient"] == "ada"
     assert suppressed["type"] == "recipient.suppressed"
