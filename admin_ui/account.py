@@ -9,6 +9,7 @@ password keeps this browser signed in, with a new session; signing out everywher
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
@@ -16,7 +17,14 @@ from litestar.params import FromQuery
 
 from admin_ui.accounts import client_of, guards_of, mail_link, refused_page
 from admin_ui.pages import form_text, page, see_other
-from admin_ui.session import Member, SignedInMember, end_session, provide_member, start_session
+from admin_ui.session import (
+    Member,
+    SignedInMember,
+    end_session,
+    provide_member,
+    set_mode,
+    start_session,
+)
 from app.auth import accounts, verification
 from app.auth.accounts import AccountError
 from app.dependencies import DbSession
@@ -90,3 +98,25 @@ class AccountController(Controller):
         await db_session.commit()
         sent = await mail_link(request, member.user.name, member.user.email, link)
         return see_other(request, f"/account?notice={'sent' if sent else 'mail_failed'}")
+
+
+class ModeController(Controller):
+    """The switch between live and test data: every page shows and acts on one mode."""
+
+    path = "/mode"
+    dependencies = {"member": Provide(provide_member)}
+
+    @post("/")
+    async def switch(
+        self, request: Request[Any, Any, Any], member: SignedInMember
+    ) -> Response[Any]:
+        set_mode(request, form_text(await request.form(), "mode"))
+        return see_other(request, _same_site_path(request) or "/overview")
+
+
+def _same_site_path(request: Request[Any, Any, Any]) -> str:
+    """The path of the page the request came from, when it is one of ours (Referer)."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc != request.url.netloc or not referer.path.startswith("/"):
+        return ""
+    return referer.path + (f"?{referer.query}" if referer.query else "")

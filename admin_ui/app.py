@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litestar import Router
+from litestar import Controller, Router
 from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.plugins import PluginProtocol
 from litestar.plugins.htmx import HTMXPlugin
@@ -12,7 +12,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from admin_ui.account import AccountController
+from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
@@ -24,6 +24,14 @@ from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
 
 HERE = Path(__file__).parent
+
+# Every signed-in page's controller, one per line; each module says what its pages are for.
+PAGES: list[type[Controller]] = [
+    AccountsController,
+    AccountController,
+    ModeController,
+    KeysController,
+]
 
 SECURITY_RESPONSE_HEADERS = [
     ResponseHeader(name=name, value=value) for name, value in SECURITY_HEADERS.items()
@@ -41,7 +49,7 @@ class Dashboard:
         return [
             Router(
                 path="/",
-                route_handlers=[AccountsController, AccountController, KeysController],
+                route_handlers=PAGES,
                 # The CSRF check reads the session: it comes second.
                 middleware=[
                     session_middleware(self.settings, self.secret_key),

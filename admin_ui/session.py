@@ -1,7 +1,8 @@
 """Who is signed in to the dashboard: the session cookie's contents and the member they name.
 
 The session (an encrypted, signed cookie) holds only the user id, the current tenant id, the
-user's session generation when it began, and the CSRF binding (admin_ui/csrf.py).
+user's session generation when it began, the data mode the pages show (live or test, as
+Stripe's "view test data" switch) and the CSRF binding (admin_ui/csrf.py).
 Everything else, the role in particular, is read from the database on every request, so a
 changed or removed membership takes effect at once; and a session whose generation is not
 the user's current one (they signed out everywhere, or changed their password since) is
@@ -25,7 +26,7 @@ from litestar.middleware.session.client_side import ClientSideSessionBackend, Co
 from litestar.types import ASGIApp
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth import accounts, roles
+from app.auth import accounts, roles, verification
 from app.auth.models import User
 from app.dependencies import DbSession
 from app.settings import Settings
@@ -36,6 +37,8 @@ SESSION_MAX_AGE = 12 * 3600  # a working day; people sign in again the next morn
 USER_ID = "user_id"
 TENANT_ID = "tenant_id"
 GENERATION = "generation"
+MODE = "mode"
+MODES = ("live", "test")
 
 
 class SignInRequired(Exception):
@@ -49,6 +52,9 @@ class Member:
     user: User
     tenant: Tenant
     role: str
+    # The data the pages show and act on: every query of a page is bound to this mode as
+    # an API key's are to its own, so test data never mixes with live.
+    mode: str = "live"
 
     @property
     def actor(self) -> str:
@@ -58,6 +64,10 @@ class Member:
     def can_manage_keys(self) -> bool:
         """What the pages show; the key service enforces the same rule (app/auth/roles.py)."""
         return roles.may_manage_keys(self.role)
+
+    def may(self, action: str) -> bool:
+        """What the pages show (buttons, forms); the services enforce the same table."""
+        return roles.may(self.role, action)
 
 
 def session_config(settings: Settings, secret_key: bytes) -> CookieBackendConfig:
@@ -98,6 +108,13 @@ def start_session(request: Request[Any, Any, Any], user: User, tenant_id: uuid.U
     )
 
 
+def set_mode(request: Request[Any, Any, Any], mode: str) -> None:
+    """Switch the pages between live and test data (an unknown mode changes nothing)."""
+    session = request.scope.get("session")
+    if mode in MODES and isinstance(session, dict):
+        request.set_session({**session, MODE: mode})
+
+
 def end_session(request: Request[Any, Any, Any]) -> None:
     request.clear_session()
 
@@ -133,7 +150,14 @@ async def signed_in_member(
         ),
         None,
     )
-    return None if access is None else Member(user=user, tenant=access.tenant, role=access.role)
+    if access is None:
+        return None
+    mode = session.get(MODE) if isinstance(session, dict) else None
+    if mode not in MODES:
+        # Until the tenant may use live keys, its only data is test data: show that first.
+        live = await verification.live_keys_allowed(db_session, tenant_id=tenant_id)
+        mode = "live" if live else "test"
+    return Member(user=user, tenant=access.tenant, role=access.role, mode=mode)
 
 
 async def provide_member(request: Request[Any, Any, Any], db_session: DbSession) -> Member:
@@ -148,9 +172,23 @@ async def provide_member(request: Request[Any, Any, Any], db_session: DbSession)
 SignedInMember: TypeAlias = NamedDependency[Member]
 
 
-def not_allowed(member: Member) -> PermissionDeniedException:
+def not_allowed(member: Member, action: str = "manage_keys") -> PermissionDeniedException:
     """The 403 for a member whose role the services refused (app/auth/roles.py)."""
+    refused = roles.PERMISSIONS[action][1]
     return PermissionDeniedException(
-        f"Your role in {member.tenant.name} ({member.role}) can see API keys but not "
-        "create or revoke them."
+        f"Your role in {member.tenant.name} ({member.role}) {refused}."
     )
+
+
+def refused(member: Member, error: roles.RoleNotAllowed) -> PermissionDeniedException:
+    """The 403 for a RoleNotAllowed a service raised, in the member's words."""
+    return PermissionDeniedException(
+        f"Your role in {member.tenant.name} ({member.role}) {error.refused}."
+    )
+
+
+def require(member: Member, action: str) -> None:
+    """Refuse (403) a member whose role may not take `action`, before a form is read; the
+    service refuses it again (app/auth/roles.py)."""
+    if not member.may(action):
+        raise not_allowed(member, action)
