@@ -13,7 +13,7 @@ import pytest
 from playwright.async_api import Route, async_playwright, expect
 
 from app.runtime import ServiceUrls
-from tests.e2e.test_dashboard_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.support import herald_api
 
 

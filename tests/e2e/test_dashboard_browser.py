@@ -8,7 +8,6 @@ the confirm dialog, and leaves a screenshot in test-artifacts/dashboard-keys.png
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 import uuid
@@ -21,32 +20,11 @@ import pytest
 from playwright.async_api import ConsoleMessage, Dialog, Page, async_playwright, expect
 
 from app.runtime import ServiceUrls
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, PASSWORD, require_chromium
 from tests.fakes import Mailbox
 from tests.support import herald_api
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 SECRET = re.compile(r"^hk_(live|test)_[0-9A-Za-z]{32}$")
-PASSWORD = "a long enough password"
-
-
-def require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"{CHROMIUM} is missing: install the Debian package `chromium`"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture

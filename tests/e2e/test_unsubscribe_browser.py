@@ -25,7 +25,7 @@ from app.crypto import Keyring
 from app.recipients.models import Preference, Recipient
 from app.runtime import ServiceUrls
 from app.unsubscribe.tokens import TokenClaims, UnsubscribeTokens
-from tests.e2e.test_dashboard_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
+from tests.e2e.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.support import TenantKey, herald_api, make_tenant
 
 KEY = os.urandom(32)  # the server's encryption key, so that the test can make its links
