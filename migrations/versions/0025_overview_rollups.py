@@ -35,11 +35,11 @@ CREATE TYPE message_rollup_change AS (
 
 # One function for the four events. An UPDATE whose messages all stay between queued,
 # sending and retrying (a claim, a renewal, a released claim) measures nothing and returns
-# after two scans of its transition tables, without joining them: the send path's claims
-# pay no more. The notifications of the changed messages are read by id (their priority,
+# after two scans of its transition tables, without joining them: a claim pays only those. The notifications of the changed messages are read by id (their priority,
 # and the time each was due: accepted, or its send_at when later), once per statement.
 # Latency buckets are log-spaced, sqrt(2) apart: bucket b holds (2^((b-1)/2), 2^(b/2)] ms,
-# 0 holds up to 1 ms and 63 everything from 2^31 ms (about 25 days) on.
+# 0 holds up to 1 ms and 63 everything from 2^31 ms (about 25 days) on. They are computed in
+# float8: numeric logarithms cost several times the rest of the statement.
 _COUNT = """
 CREATE FUNCTION message_rollups_count() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -78,63 +78,70 @@ BEGIN
     IF cardinality(changes) = 0 THEN
         RETURN NULL;
     END IF;
+    -- The changes grouped first (a batch is one or a few groups), then spread into measures.
     INSERT INTO message_rollups (tenant_id, mode, day, channel, measure, bucket, n)
-    SELECT c.tenant_id, c.mode, e.day, c.channel, e.measure, e.bucket, sum(e.n)
-      FROM unnest(changes) AS c
-      LEFT JOIN (
-          SELECT x.id,
-                 CASE x.priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END AS rank,
-                 greatest(x.created_at, coalesce(x.send_at, x.created_at)) AS due
-            FROM notifications AS x
-           WHERE x.id = ANY(ARRAY(SELECT DISTINCT notification_id FROM unnest(changes)))
-      ) AS n ON n.id = c.notification_id
+    SELECT g.tenant_id, g.mode, e.day, g.channel, e.measure, e.bucket, sum(e.n)
+      FROM (
+          SELECT c.tenant_id, c.mode, c.channel, c.old_status, c.new_status, x.rank,
+                 CASE WHEN c.sent_at IS NOT NULL AND x.due IS NOT NULL
+                      THEN least(63, greatest(0, ceil(2 * ln(greatest(
+                               extract(epoch FROM c.sent_at - x.due)::float8 * 1000,
+                               1.0::float8)) / ln(2.0::float8))))::int
+                 END AS latency,
+                 count(*) AS n
+            FROM unnest(changes) AS c
+            LEFT JOIN (
+                SELECT id,
+                       CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END AS rank,
+                       greatest(created_at, coalesce(send_at, created_at)) AS due
+                  FROM notifications
+                 WHERE id = ANY(ARRAY(SELECT DISTINCT notification_id FROM unnest(changes)))
+            ) AS x ON x.id = c.notification_id
+           GROUP BY 1, 2, 3, 4, 5, 6, 7
+      ) AS g
       CROSS JOIN LATERAL (
-          SELECT c.old_status IN ('queued', 'sending', 'retrying') AS was_pending,
-                 c.new_status IN ('queued', 'sending', 'retrying') AS is_pending,
-                 c.new_status IN ('sent', 'delivered', 'opened', 'clicked', 'undelivered',
+          SELECT g.old_status IN ('queued', 'sending', 'retrying') AS was_pending,
+                 g.new_status IN ('queued', 'sending', 'retrying') AS is_pending,
+                 g.new_status IN ('sent', 'delivered', 'opened', 'clicked', 'undelivered',
                                   'bounced', 'complained')
-                   AND (c.old_status IS NULL
-                        OR c.old_status NOT IN ('sent', 'delivered', 'opened', 'clicked',
+                   AND (g.old_status IS NULL
+                        OR g.old_status NOT IN ('sent', 'delivered', 'opened', 'clicked',
                                                 'undelivered', 'bounced', 'complained'))
                    AS sent
       ) AS s
       CROSS JOIN LATERAL (VALUES
-          (today, 'accepted', 0,
-           CASE WHEN c.old_status IS NULL THEN 1 ELSE 0 END),
-          (today, 'sent', 0, CASE WHEN s.sent THEN 1 ELSE 0 END),
+          (today, 'accepted', 0, CASE WHEN g.old_status IS NULL THEN g.n ELSE 0 END),
+          (today, 'sent', 0, CASE WHEN s.sent THEN g.n ELSE 0 END),
           (today, 'delivered', 0,
-           CASE WHEN c.new_status IN ('delivered', 'opened', 'clicked')
-                 AND (c.old_status IS NULL
-                      OR c.old_status NOT IN ('delivered', 'opened', 'clicked'))
-                THEN 1 ELSE 0 END),
+           CASE WHEN g.new_status IN ('delivered', 'opened', 'clicked')
+                 AND (g.old_status IS NULL
+                      OR g.old_status NOT IN ('delivered', 'opened', 'clicked'))
+                THEN g.n ELSE 0 END),
           (today, 'failed', 0,
-           CASE WHEN c.new_status IN ('failed', 'bounced', 'undelivered')
-                 AND (c.old_status IS NULL
-                      OR c.old_status NOT IN ('failed', 'bounced', 'undelivered'))
-                THEN 1 ELSE 0 END),
+           CASE WHEN g.new_status IN ('failed', 'bounced', 'undelivered')
+                 AND (g.old_status IS NULL
+                      OR g.old_status NOT IN ('failed', 'bounced', 'undelivered'))
+                THEN g.n ELSE 0 END),
           (today, 'dead_lettered', 0,
-           CASE WHEN c.new_status = 'failed' AND c.old_status IS DISTINCT FROM 'failed'
-                THEN 1 ELSE 0 END),
-          (today, 'latency',
-           CASE WHEN s.sent AND c.sent_at IS NOT NULL AND n.due IS NOT NULL
-                THEN least(63, greatest(0, ceil(2 * ln(greatest(
-                         extract(epoch FROM c.sent_at - n.due) * 1000, 1)) / ln(2))))::int
-                ELSE 0 END,
-           CASE WHEN s.sent AND c.sent_at IS NOT NULL AND n.due IS NOT NULL THEN 1 ELSE 0 END),
+           CASE WHEN g.new_status = 'failed' AND g.old_status IS DISTINCT FROM 'failed'
+                THEN g.n ELSE 0 END),
+          (today, 'latency', coalesce(g.latency, 0),
+           CASE WHEN s.sent AND g.latency IS NOT NULL THEN g.n ELSE 0 END),
           (NULL::date, 'in_dlq', 0,
-           CASE WHEN c.new_status = 'failed' AND c.old_status IS DISTINCT FROM 'failed' THEN 1
-                WHEN c.old_status = 'failed' AND c.new_status IS DISTINCT FROM 'failed' THEN -1
+           CASE WHEN g.new_status = 'failed' AND g.old_status IS DISTINCT FROM 'failed' THEN g.n
+                WHEN g.old_status = 'failed' AND g.new_status IS DISTINCT FROM 'failed'
+                THEN -g.n
                 ELSE 0 END),
           -- A message whose notification is gone (deleted with it) leaves no pending count
           -- to correct: none is known for a priority.
-          (NULL::date, 'pending', coalesce(n.rank, 1),
-           CASE WHEN n.rank IS NULL THEN 0
-                WHEN s.is_pending AND s.was_pending IS NOT TRUE THEN 1
-                WHEN s.was_pending AND s.is_pending IS NOT TRUE THEN -1
+          (NULL::date, 'pending', coalesce(g.rank, 1),
+           CASE WHEN g.rank IS NULL THEN 0
+                WHEN s.is_pending AND s.was_pending IS NOT TRUE THEN g.n
+                WHEN s.was_pending AND s.is_pending IS NOT TRUE THEN -g.n
                 ELSE 0 END)
       ) AS e(day, measure, bucket, n)
      WHERE e.n <> 0
-     GROUP BY c.tenant_id, c.mode, e.day, c.channel, e.measure, e.bucket
+     GROUP BY g.tenant_id, g.mode, e.day, g.channel, e.measure, e.bucket
     HAVING sum(e.n) <> 0;
     RETURN NULL;
 END
