@@ -35,8 +35,9 @@ CREATE TYPE message_rollup_change AS (
 
 # One function for the four events. An UPDATE whose messages all stay between queued,
 # sending and retrying (a claim, a renewal, a released claim) measures nothing and returns
-# after two scans of its transition tables, without joining them: a claim pays only those. The notifications of the changed messages are read by id (their priority,
-# and the time each was due: accepted, or its send_at when later), once per statement.
+# after two scans of its transition tables, without joining them: a claim pays only those.
+# The notifications of the changed messages are read by id (their priority, and the time
+# each was due: accepted, or its send_at when later), once per statement.
 # Latency buckets are log-spaced, sqrt(2) apart: bucket b holds (2^((b-1)/2), 2^(b/2)] ms,
 # 0 holds up to 1 ms and 63 everything from 2^31 ms (about 25 days) on. They are computed in
 # float8: numeric logarithms cost several times the rest of the statement.
