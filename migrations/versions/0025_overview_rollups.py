@@ -24,16 +24,8 @@ down_revision = "0024_webhook_delivery_retention"
 branch_labels = None
 depends_on = None
 
-# A message's change in status as the triggers see it: old_status NULL for a message
-# written, new_status NULL for one deleted.
-_CHANGE_TYPE = """
-CREATE TYPE message_rollup_change AS (
-    tenant_id uuid, mode varchar, channel varchar, notification_id uuid,
-    old_status varchar, new_status varchar, sent_at timestamptz
-)
-"""
-
-# One function for the four events. An UPDATE whose messages all stay between queued,
+# One function for the four events, the rows of each going through one query (_MEASURE),
+# grouped before they are spread into measures. An UPDATE whose messages all stay between queued,
 # sending and retrying (a claim, a renewal, a released claim) measures nothing and returns
 # after two scans of its transition tables, without joining them: a claim pays only those.
 # The notifications of the changed messages are read by id (their priority, and the time
@@ -41,44 +33,7 @@ CREATE TYPE message_rollup_change AS (
 # Latency buckets are log-spaced, sqrt(2) apart: bucket b holds (2^((b-1)/2), 2^(b/2)] ms,
 # 0 holds up to 1 ms and 63 everything from 2^31 ms (about 25 days) on. They are computed in
 # float8: numeric logarithms cost several times the rest of the statement.
-_COUNT = """
-CREATE FUNCTION message_rollups_count() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    changes message_rollup_change[];
-    today date := (now() AT TIME ZONE 'UTC')::date;
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        changes := ARRAY(
-            SELECT ROW(m.tenant_id, m.mode, m.channel, m.notification_id, NULL, m.status,
-                       m.sent_at)::message_rollup_change
-              FROM new_messages AS m);
-    ELSIF TG_OP = 'UPDATE' THEN
-        IF NOT EXISTS (SELECT 1 FROM new_messages
-                        WHERE status NOT IN ('queued', 'sending', 'retrying'))
-           AND NOT EXISTS (SELECT 1 FROM old_messages
-                            WHERE status NOT IN ('queued', 'sending', 'retrying')) THEN
-            RETURN NULL;
-        END IF;
-        changes := ARRAY(
-            SELECT ROW(m.tenant_id, m.mode, m.channel, m.notification_id, o.status, m.status,
-                       m.sent_at)::message_rollup_change
-              FROM new_messages AS m
-              JOIN old_messages AS o ON o.id = m.id
-             WHERE o.status <> m.status);
-    ELSIF TG_OP = 'DELETE' THEN
-        changes := ARRAY(
-            SELECT ROW(o.tenant_id, o.mode, o.channel, o.notification_id, o.status, NULL,
-                       NULL)::message_rollup_change
-              FROM old_messages AS o
-             WHERE o.status IN ('queued', 'sending', 'retrying', 'failed'));
-    ELSE
-        -- TRUNCATE (tests, an operator): no message is pending or in the DLQ any more.
-        DELETE FROM message_rollups WHERE day IS NULL;
-        RETURN NULL;
-    END IF;
-    IF cardinality(changes) = 0 THEN
-        RETURN NULL;
-    END IF;
+_MEASURE = """
     -- The changes grouped first (a batch is one or a few groups), then spread into measures.
     INSERT INTO message_rollups (tenant_id, mode, day, channel, measure, bucket, n)
     SELECT g.tenant_id, g.mode, e.day, g.channel, e.measure, e.bucket, sum(e.n)
@@ -90,13 +45,13 @@ BEGIN
                                1.0::float8)) / ln(2.0::float8))))::int
                  END AS latency,
                  count(*) AS n
-            FROM unnest(changes) AS c
+            FROM ({changes}) AS c
             LEFT JOIN (
                 SELECT id,
                        CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END AS rank,
                        greatest(created_at, coalesce(send_at, created_at)) AS due
                   FROM notifications
-                 WHERE id = ANY(ARRAY(SELECT DISTINCT notification_id FROM unnest(changes)))
+                 WHERE id = ANY(ARRAY(SELECT DISTINCT notification_id FROM {source}))
             ) AS x ON x.id = c.notification_id
            GROUP BY 1, 2, 3, 4, 5, 6, 7
       ) AS g
@@ -144,10 +99,60 @@ BEGIN
      WHERE e.n <> 0
      GROUP BY g.tenant_id, g.mode, e.day, g.channel, e.measure, e.bucket
     HAVING sum(e.n) <> 0;
+"""
+_INSERTED = """
+SELECT m.tenant_id, m.mode, m.channel, m.notification_id, NULL::varchar AS old_status,
+       m.status AS new_status, m.sent_at
+  FROM new_messages AS m
+"""
+_UPDATED = """
+SELECT m.tenant_id, m.mode, m.channel, m.notification_id, o.status AS old_status,
+       m.status AS new_status, m.sent_at
+  FROM new_messages AS m
+  JOIN old_messages AS o ON o.id = m.id
+ WHERE o.status <> m.status
+"""
+_DELETED = """
+SELECT o.tenant_id, o.mode, o.channel, o.notification_id, o.status AS old_status,
+       NULL::varchar AS new_status, NULL::timestamptz AS sent_at
+  FROM old_messages AS o
+ WHERE o.status IN ('queued', 'sending', 'retrying', 'failed')
+"""
+_COUNT = "".join(
+    (
+        """
+CREATE FUNCTION message_rollups_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    today date := (now() AT TIME ZONE 'UTC')::date;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+""",
+        _MEASURE.format(changes=_INSERTED, source="new_messages"),
+        """
+    ELSIF TG_OP = 'UPDATE' THEN
+        IF NOT EXISTS (SELECT 1 FROM new_messages
+                        WHERE status NOT IN ('queued', 'sending', 'retrying'))
+           AND NOT EXISTS (SELECT 1 FROM old_messages
+                            WHERE status NOT IN ('queued', 'sending', 'retrying')) THEN
+            RETURN NULL;
+        END IF;
+""",
+        _MEASURE.format(changes=_UPDATED, source="new_messages"),
+        """
+    ELSIF TG_OP = 'DELETE' THEN
+""",
+        _MEASURE.format(changes=_DELETED, source="old_messages"),
+        """
+    ELSE
+        -- TRUNCATE (tests, an operator): no message is pending or in the DLQ any more.
+        DELETE FROM message_rollups WHERE day IS NULL;
+    END IF;
     RETURN NULL;
 END
 $$
-"""
+""",
+    )
+)
 
 _TRIGGERS = (
     "CREATE TRIGGER messages_rollup_insert AFTER INSERT ON messages"
@@ -217,7 +222,6 @@ def upgrade() -> None:
         postgresql_where=sa.text("folded"),
         postgresql_nulls_not_distinct=True,
     )
-    op.execute(_CHANGE_TYPE)
     op.execute(_COUNT)
     for trigger in _TRIGGERS:
         op.execute(trigger)
@@ -228,7 +232,6 @@ def downgrade() -> None:
     for event in ("insert", "update", "delete", "truncate"):
         op.execute(f"DROP TRIGGER messages_rollup_{event} ON messages")
     op.execute("DROP FUNCTION message_rollups_count()")
-    op.execute("DROP TYPE message_rollup_change")
     op.drop_index("ux_message_rollups_folded", table_name="message_rollups")
     op.drop_index("ix_message_rollups_deltas", table_name="message_rollups")
     op.drop_index("ix_message_rollups_tenant_id_mode_day", table_name="message_rollups")
