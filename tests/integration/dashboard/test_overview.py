@@ -162,6 +162,7 @@ async def test_the_overview_shows_the_figures_of_what_was_sent(
         await show_mode(viewer, "live")
         live = await viewer.get("/overview")
         assert 'id="first-send"' in live.text and "hk_live_..." in live.text
+        assert "as a viewer you can see the" in " ".join(live.text.split())
 
     # Nor does the other tenant's overview, in either mode.
     async with browser(app) as other:
