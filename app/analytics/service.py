@@ -84,15 +84,12 @@ class Overview:
     in_dlq: int  # messages in the DLQ now
     in_dlq_by_channel: dict[str, int]
 
+    ever: bool  # whether any message of this mode was ever counted, in the window or before
+
     @property
     def empty(self) -> bool:
-        """No message was ever written in this mode (nothing in the window, nothing held)."""
-        return (
-            self.window_totals.accepted == 0
-            and self.window_totals.sent == 0
-            and not any(self.pending.values())
-            and self.in_dlq == 0
-        )
+        """No message was ever written in this mode."""
+        return not self.ever
 
     @property
     def channels(self) -> list[str]:
@@ -124,6 +121,14 @@ async def overview(
         scoped.where(MessageRollup.day.is_(None)).group_by(*columns),
     )
     rows = (await session.execute(query)).all()
+    ever = bool(rows) or (
+        await session.scalar(
+            select(MessageRollup.id)
+            .where(MessageRollup.tenant_id == tenant_id, MessageRollup.mode == mode)
+            .limit(1)
+        )
+        is not None
+    )
     by_day: dict[date, Totals] = defaultdict(Totals)
     window, today_totals = Totals(), Totals()
     window_by_channel: dict[str, Totals] = defaultdict(Totals)
@@ -162,4 +167,5 @@ async def overview(
         pending_by_channel={c: n for c, n in pending_by_channel.items() if n > 0},
         in_dlq=max(sum(in_dlq_by_channel.values()), 0),
         in_dlq_by_channel={c: n for c, n in in_dlq_by_channel.items() if n > 0},
+        ever=ever,
     )

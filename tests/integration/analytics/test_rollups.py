@@ -227,3 +227,21 @@ def test_buckets_and_percentiles() -> None:
     assert p50 is not None and 100 / 1.42 < p50 <= 100 * 1.42
     assert p95 is not None and 2_000 / 1.42 < p95 <= 2_000 * 1.42
     assert rollups.percentile({}, 0.5) is None
+
+
+async def test_a_tenant_that_sent_only_before_the_window_is_not_new(
+    session: AsyncSession, tenant: TenantKey
+) -> None:
+    """Its window is all zeros, but it is not shown how to send a first notification."""
+    assert (await figures(session, tenant.tenant_id, "live")).empty
+    long_ago = datetime.now(UTC).date() - timedelta(days=90)
+    session.add(
+        MessageRollup(
+            tenant_id=tenant.tenant_id, mode="live", day=long_ago, channel="email",
+            measure="sent", bucket=0, n=5, folded=True,
+        )
+    )  # fmt: skip
+    await session.commit()
+    found = await figures(session, tenant.tenant_id, "live")
+    assert not found.empty
+    assert found.window_totals.sent == 0
