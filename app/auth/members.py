@@ -22,7 +22,9 @@ switch of the dashboard), as everything a tenant sends does:
 
 - live: through Herald's own system mailer (app/auth/mailer.py, the operator's SMTP server,
   HERALD_SMTP_URL): the mail proves the address, so a person who joins through it starts
-  with a verified e-mail.
+  with a verified e-mail. Like live keys, this waits until an owner of the tenant has
+  verified their own address (app/auth/verification.py): otherwise a throwaway sign-up
+  could have Herald mail its text to anyone.
 - test: nothing is mailed, as a test key never reaches a real provider. The mail goes to
   the sandbox instead: the dashboard shows it, link and all, once, to the owner who made
   the invite, for them to open or hand over. It is not written to the tenant's test
@@ -45,7 +47,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.auth import accounts, roles
+from app.auth import accounts, roles, verification
 from app.auth.accounts import AccountError, Client, Guards, TooManyAttempts, normalise_email
 from app.auth.models import MemberInvite, Membership, User
 from app.auth.throttle import INVITE_ACCEPT_PER_NETWORK, INVITES_PER_TENANT, AccountThrottle
@@ -58,6 +60,10 @@ MAX_MEMBERS_LISTED = 500
 MAX_TOKEN_LENGTH = 100  # tokens are 43 characters; anything much longer is not one
 MAIL = "mail"
 SANDBOX = "sandbox"
+UNVERIFIED = (
+    "Invitations are mailed once an owner of this tenant has verified their e-mail address. "
+    "Meanwhile, invite from test data: the link is shown to you, to hand over yourself."
+)
 
 
 class MemberError(ValueError):
@@ -188,6 +194,8 @@ async def invite(
             f"{MAX_PENDING_INVITES} invites are pending: revoke some before inviting more.",
             field="email",
         )
+    if delivery == MAIL and not await verification.live_keys_allowed(session, tenant_id=tenant_id):
+        raise MemberError(UNVERIFIED, field="email")
     if delivery == MAIL:
         wait = await throttle.take((f"invite:tenant:{tenant_id}", INVITES_PER_TENANT))
         if wait:

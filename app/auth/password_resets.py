@@ -21,7 +21,7 @@ import secrets
 from datetime import timedelta
 from urllib.parse import quote
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import accounts
@@ -60,6 +60,13 @@ async def request_link(
     user = await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
     if user is None:
         return None
+    # The account's spent links go as new ones come (ix_password_resets_user_id).
+    await session.execute(
+        delete(PasswordReset).where(
+            PasswordReset.user_id == user.id,
+            or_(PasswordReset.used_at.is_not(None), PasswordReset.expires_at <= func.now()),
+        )
+    )
     token = secrets.token_urlsafe(32)
     session.add(
         PasswordReset(

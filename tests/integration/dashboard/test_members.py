@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from email import message_from_bytes, policy
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from app.auth import accounts, members, roles
+from app.auth import accounts, members, roles, verification
 from app.auth.models import MemberInvite, Membership, PasswordReset, User
 from app.db import utcnow
 from app.main import create_app
@@ -107,11 +108,24 @@ async def tenant_of(session: AsyncSession, email: str) -> uuid.UUID:
     return (await accounts.tenants_of(session, user_id=user.id))[0].tenant.id
 
 
-async def owner_on(client: httpx.AsyncClient, mode: str, company: str = "Acme Ltd") -> str:
-    """Sign up (an owner), switch the dashboard to `mode` data; the owner's e-mail."""
+async def owner_on(
+    client: httpx.AsyncClient,
+    mode: str,
+    company: str = "Acme Ltd",
+    *,
+    verify: AsyncSession | None = None,
+) -> str:
+    """Sign up (an owner), switch the dashboard to `mode` data; the owner's e-mail. With a
+    session in `verify`, the owner verifies their address (which mailed invites need)."""
     email = unique_email("owner")
     assert (await sign_up(client, email, company=company)).status_code == 303
     assert (await post_form(client, "/mode", {"mode": mode})).status_code == 303
+    if verify is not None:
+        user = await user_by_email(verify, email)
+        link = await verification.issue_link(verify, user=user, public_url="http://herald.test")
+        token = parse_qs(urlsplit(link).query)["token"][0]
+        assert await verification.verify(verify, token=token) is not None
+        await verify.commit()
     return email
 
 
@@ -133,7 +147,7 @@ async def test_owner_invites_a_viewer_who_joins_through_the_mailed_link(
     box, _ = mailbox
     invitee = unique_email("vic")
     async with browser(mailing_app) as owner, browser(mailing_app) as guest:
-        owner_email = await owner_on(owner, "live", company="Invitational")
+        owner_email = await owner_on(owner, "live", company="Invitational", verify=session)
         answer = await invite(owner, invitee)
         assert answer.status_code == 303
         assert answer.headers["location"] == "/members?notice=invited"
@@ -193,7 +207,7 @@ async def test_someone_with_an_account_signs_in_to_join_and_switches_tenants(
         browser(mailing_app) as dev,
         browser(mailing_app) as stranger,
     ):
-        await owner_on(owner, "live", company="Hosts Inc")
+        await owner_on(owner, "live", company="Hosts Inc", verify=session)
         dev_email = await owner_on(dev, "test", company="Dev Own Co")
         stranger_email = await owner_on(stranger, "test", company="Elsewhere")
         await post_form(dev, "/signout", {})
@@ -232,11 +246,11 @@ async def test_someone_with_an_account_signs_in_to_join_and_switches_tenants(
 
 
 async def test_a_person_signed_in_as_the_invited_address_only_confirms(
-    mailing_app: Litestar, mailbox: tuple[Mailbox, int]
+    mailing_app: Litestar, mailbox: tuple[Mailbox, int], session: AsyncSession
 ) -> None:
     box, _ = mailbox
     async with browser(mailing_app) as owner, browser(mailing_app) as dev:
-        await owner_on(owner, "live", company="Confirmers")
+        await owner_on(owner, "live", company="Confirmers", verify=session)
         dev_email = await owner_on(dev, "test", company="Solo")
         await invite(owner, dev_email, "admin")
         path = link_in(box, dev_email, INVITE_LINK)
@@ -244,6 +258,19 @@ async def test_a_person_signed_in_as_the_invited_address_only_confirms(
         assert "You are signed in as" in page.text and 'name="password"' not in page.text
         assert (await post_form(dev, path, {})).status_code == 303
         assert "Confirmers" in (await dev.get("/keys")).text
+
+
+async def test_mailed_invites_wait_for_a_verified_owner(
+    mailing_app: Litestar, mailbox: tuple[Mailbox, int], session: AsyncSession
+) -> None:
+    box, _ = mailbox
+    invitee = unique_email("early")
+    async with browser(mailing_app) as owner:
+        await owner_on(owner, "live", company="Unverified Co")
+        refused = await invite(owner, invitee)
+        assert refused.status_code == 422 and "verified their e-mail" in refused.text
+        assert mails_to(box, invitee) == []
+        assert invitee not in (await owner.get("/members")).text
 
 
 async def test_an_invite_made_on_test_data_goes_to_the_sandbox_not_the_mail(
@@ -273,7 +300,7 @@ async def test_reinviting_replaces_the_pending_invite_and_revoking_ends_it(
     box, _ = mailbox
     invitee = unique_email("twice")
     async with browser(mailing_app) as owner, browser(mailing_app) as guest:
-        owner_email = await owner_on(owner, "live")
+        owner_email = await owner_on(owner, "live", verify=session)
         await invite(owner, invitee, "viewer")
         first = link_in(box, invitee, INVITE_LINK)
         await invite(owner, invitee, "admin")
@@ -299,7 +326,7 @@ async def test_an_expired_invite_does_not_work(
     box, _ = mailbox
     invitee = unique_email("late")
     async with browser(mailing_app) as owner, browser(mailing_app) as guest:
-        owner_email = await owner_on(owner, "live")
+        owner_email = await owner_on(owner, "live", verify=session)
         await invite(owner, invitee)
         path = link_in(box, invitee, INVITE_LINK)
         tenant_id = await tenant_of(session, owner_email)
