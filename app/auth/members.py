@@ -243,7 +243,9 @@ def invite_mail(*, tenant_name: str, inviter: str, role: str, link: str) -> tupl
         f"The link works once, within {days} days. If you did not expect this invitation, "
         "ignore this message.\n"
     )
-    return f"You are invited to {tenant_name} on Herald", text
+    # A name is the tenant's own text: whitespace (line breaks too) is folded, as a header
+    # may not hold a line break.
+    return f"You are invited to {' '.join(tenant_name.split())} on Herald", text
 
 
 async def revoke_invite(

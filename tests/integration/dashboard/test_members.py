@@ -8,9 +8,10 @@ refuse the same roles when called directly.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
 from urllib.parse import parse_qs, urlsplit
@@ -20,12 +21,13 @@ import pytest
 from argon2 import PasswordHasher
 from litestar import Litestar
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.audit.models import AuditEntry
 from app.auth import accounts, members, roles, verification
 from app.auth.models import MemberInvite, Membership, PasswordReset, User
-from app.db import utcnow
+from app.auth.throttle import INVITES_PER_TENANT
+from app.db import session_factory, utcnow
 from app.main import create_app
 from app.runtime import ServiceUrls
 from tests.dashboard import (
@@ -411,21 +413,43 @@ async def test_only_owners_manage_members(
 ) -> None:
     owner_email = await owner_on(client, "test")
     tenant_id = await tenant_of(session, owner_email)
-    owner = await user_by_email(session, owner_email)
+    owner_id = (await user_by_email(session, owner_email)).id
     email = unique_email(role)
     await add_member(session, tenant_id, role, email)
     async with browser(app) as someone:
         await sign_in(someone, email, PASSWORD)
         page = await someone.get("/members")
         assert page.status_code == 200 and "only owners can invite" in page.text
-        refused = await post_form(someone, f"/members/{owner.id}/role", {"role": role})
+        refused = await post_form(someone, f"/members/{owner_id}/role", {"role": role})
         assert refused.status_code == 403
         refused = await post_form(someone, "/members/invites", {"email": unique_email()})
         assert refused.status_code == 403
-    with pytest.raises(roles.RoleNotAllowed):
-        await members.remove_member(
-            session, tenant_id=tenant_id, user_id=owner.id, actor="t", acting_role=role
-        )
+    # The service refuses the role, whatever page or client calls it.
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: members.remove_member(
+            session, tenant_id=tenant_id, user_id=owner_id, actor="t", acting_role=role
+        ),
+        lambda: members.change_role(
+            session, tenant_id=tenant_id, user_id=owner_id, role=role, actor="t", acting_role=role
+        ),
+        lambda: members.revoke_invite(
+            session, tenant_id=tenant_id, invite_id=uuid.uuid4(), actor="t", acting_role=role
+        ),
+        lambda: members.invite(
+            session,
+            app.state.account_guards.throttle,
+            tenant_id=tenant_id,
+            email=unique_email(),
+            role="owner",
+            delivery=members.SANDBOX,
+            actor="t",
+            public_url="http://herald.test",
+            acting_role=role,
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(roles.RoleNotAllowed):
+            await call()
     await session.rollback()
 
 
@@ -494,6 +518,50 @@ async def test_other_tenants_members_and_invites_are_not_found(
             assert (await post_form(ours, path, fields)).status_code == 404, path
         page = await ours.get("/members")
         assert their_email not in page.text and "their-invitee" not in page.text
+
+
+async def test_mailed_invitations_are_limited_per_tenant(
+    mailing_app: Litestar, mailbox: tuple[Mailbox, int], session: AsyncSession
+) -> None:
+    box, _ = mailbox
+    limit = INVITES_PER_TENANT.burst
+    async with browser(mailing_app) as owner:
+        await owner_on(owner, "live", verify=session)
+        for _ in range(limit):
+            assert (await invite(owner, unique_email("mailed"))).status_code == 303
+        over = await invite(owner, unique_email("one-too-many"))
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert "Too many attempts" in over.text
+    assert not any("one-too-many" in to for e in box.received for to in e.rcpt_tos)
+
+
+async def test_two_owners_demoting_each_other_at_once_leave_one_owner(
+    engine: AsyncEngine, session: AsyncSession, client: httpx.AsyncClient
+) -> None:
+    first_email = await owner_on(client, "test")
+    tenant_id = await tenant_of(session, first_email)
+    first = (await user_by_email(session, first_email)).id
+    second = (await add_member(session, tenant_id, "owner", unique_email("co-owner"))).id
+    sessions = session_factory(engine)
+
+    async def demote(user_id: uuid.UUID) -> str:
+        async with sessions() as own:
+            try:
+                await members.change_role(
+                    own, tenant_id=tenant_id, user_id=user_id, role="viewer", actor="t"
+                )
+            except members.LastOwner:
+                return "refused"
+            await own.commit()
+            return "demoted"
+
+    outcomes = await asyncio.gather(demote(first), demote(second))
+    assert sorted(outcomes) == ["demoted", "refused"]
+    session.expire_all()
+    owners = await session.scalar(
+        select(func.count()).where(Membership.tenant_id == tenant_id, Membership.role == "owner")
+    )
+    assert owners == 1
 
 
 async def test_every_new_form_needs_its_csrf_token(app: Litestar, session: AsyncSession) -> None:
