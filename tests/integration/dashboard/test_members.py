@@ -459,6 +459,8 @@ async def test_a_tenant_keeps_at_least_one_owner(
     owner_email = await owner_on(client, "test")
     tenant_id = await tenant_of(session, owner_email)
     owner_id = (await user_by_email(session, owner_email)).id
+    bad = await post_form(client, f"/members/{owner_id}/role", {"role": "emperor" * 100})
+    assert bad.status_code == 422 and "role: choose one of" in bad.text
     demoted = await post_form(client, f"/members/{owner_id}/role", {"role": "admin"})
     assert demoted.status_code == 409 and "at least one owner" in demoted.text
     removed = await post_form(client, f"/members/{owner_id}/remove", {})
