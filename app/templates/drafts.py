@@ -62,6 +62,7 @@ class DraftPreview:
     content: Content | None = None
     errors: list[DraftError] = field(default_factory=list)
     sms: SmsSegments | None = None
+    absent: bool = False  # the draft has no content for the channel: nothing to render
 
 
 def _line_error(where: str, message: str) -> DraftError:
@@ -130,10 +131,7 @@ async def preview_draft(
     )
     found = version.content_for(channel, locale, tenant_locale)
     if found is None:
-        message = f"the template has no {channel} content"
-        return DraftPreview(
-            channel, locale or draft.default_locale, errors=[DraftError("content", message)]
-        )
+        return DraftPreview(channel, locale or draft.default_locale, absent=True)
     [outcome] = await renderer.preview(
         tenant_id=tenant_id,
         mode=mode,

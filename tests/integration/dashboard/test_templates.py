@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit.models import AuditEntry
 from app.auth import roles
 from app.auth.models import Membership, User
 from app.notifications.models import Notification
@@ -189,6 +190,10 @@ async def test_the_preview_renders_the_form_not_the_saved_version(
         editor_fields(preview_channel="sms", preview_locale="fr"),
     )
     assert "Salut Ada" in french.text
+    absent = await htmx_post(
+        client, "/templates/welcome/preview", editor_fields(preview_channel="webhook")
+    )
+    assert 'id="preview-absent"' in absent.text and "No Webhook content" in absent.text
     fallback = await htmx_post(
         client,
         "/templates/welcome/preview",
@@ -283,6 +288,13 @@ async def test_save_makes_a_new_version_and_versions_compare(
     assert latest is not None and latest.version == 2
     assert latest.content["email"]["subject"] == "<script>alert(1)</script> {{ name }}"
     assert latest.locales == {"fr": {"sms": {"text": "Salut {{ name }}"}}}
+
+    audited = await session.scalars(
+        select(AuditEntry.actor).where(
+            AuditEntry.tenant_id == tenant.tenant_id, AuditEntry.action == "template.saved"
+        )
+    )
+    assert [actor for actor in audited if actor.startswith("user:")], "saved as the member"
 
     versions = await client.get("/templates/welcome/versions")
     assert versions.status_code == 200
