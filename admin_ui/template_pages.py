@@ -345,7 +345,8 @@ class TemplatePagesController(Controller):
             recipient = form.sample_recipient()
         except FormInvalid as invalid:
             return self._preview(None, _form_errors(None, invalid), None)
-        # Nothing more is read: give the connection back while the pool renders.
+        # Nothing more is read: give the connection back while the pool renders (which
+        # expires the member's rows: only the values read above are used from here on).
         await db_session.rollback()
         try:
             result = await preview_draft(
@@ -412,8 +413,7 @@ class TemplatePagesController(Controller):
                 saved = await self._save(
                     request, db_session, member, latest.key, form, draft.content, draft.locales
                 )
-            except InvalidTemplate as invalid:
-                await db_session.rollback()
+            except InvalidTemplate as invalid:  # refused before anything was written
                 errors = [_error_view(form, _line_error(e)) for e in invalid.errors]
         if saved is None:
             if is_htmx(request) or form is None:
@@ -443,7 +443,6 @@ class TemplatePagesController(Controller):
             data = form.sample_data()
         except FormInvalid as invalid:
             return self._status("templates/test_status.html", _form_errors(None, invalid), 422)
-        await db_session.rollback()
         try:
             accepted = await send_test_to_member(
                 intake_writer,

@@ -20,7 +20,7 @@ from app.auth import roles
 from app.auth.models import Membership, User
 from app.notifications.models import Notification
 from app.notifications.self_test import member_recipient_id
-from app.templates import service
+from app.templates import rendering, service
 from tests.dashboard import (
     PASSWORD,
     csrf_token,
@@ -157,8 +157,17 @@ async def test_a_new_template_starts_from_content_that_renders(
 
 
 async def test_the_preview_renders_the_form_not_the_saved_version(
-    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    tenant: TenantKey,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def not_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tenant template was rendered in the dashboard's process")
+
+    # The render pool's processes have their own copy of the module; this one must not run.
+    monkeypatch.setattr(rendering, "render", not_here)
+    monkeypatch.setattr(rendering, "source_errors", not_here)
     await signed_in(client, session, tenant)
     await put_template(client, tenant, "welcome", WELCOME)
     preview = await htmx_post(
@@ -268,6 +277,8 @@ async def test_a_hostile_template_is_answered_as_an_error_quickly(
     assert preview.status_code == 200
     assert 'id="preview-errors"' in preview.text
     assert 'data-error-field="content.sms' in preview.text
+    message = re.search(r'class="source-error-message">([^<]*)<', preview.text)
+    assert message and re.search(r"limit|larger|stopped|time|may build", message.group(1)), message
 
 
 async def test_save_makes_a_new_version_and_versions_compare(
@@ -353,6 +364,28 @@ async def test_an_invalid_save_is_refused_naming_the_field(
         session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="welcome"
     )
     assert latest is not None and latest.version == 1
+
+
+async def test_the_editor_saves_without_javascript_too(
+    client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    await signed_in(client, session, tenant)
+    await put_template(client, tenant, "welcome", WELCOME)
+    saved = await post_form(
+        client, "/templates/welcome", editor_fields(**{"content.sms.text": "Plain form"})
+    )
+    assert saved.status_code == 303 and saved.headers["location"] == "/templates/welcome"
+    refused = await post_form(
+        client, "/templates/welcome", editor_fields(**{"content.sms.text": "{% endfor %}"})
+    )
+    assert refused.status_code == 422
+    assert 'id="save-errors"' in refused.text and 'id="template-editor"' in refused.text
+    assert "{% endfor %}" in refused.text, "the editor keeps what was sent"
+    latest = await service.get_template(
+        session, tenant_id=tenant.tenant_id, mode=tenant.mode, key="welcome"
+    )
+    assert latest is not None and latest.version == 2
+    assert latest.content["sms"]["text"] == "Plain form"
 
 
 async def test_locales_are_added_and_removed_in_the_form(
