@@ -20,11 +20,13 @@ import math
 import uuid
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+import structlog
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.htmx import HTMXTemplate
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_ui.pages import form_text, form_texts, is_htmx, page, see_other
@@ -47,15 +49,30 @@ from app.notifications.intake import InvalidNotification
 from app.notifications.self_test import send_test_to_member
 from app.notifications.writer import IntakeUnavailable
 from app.templates import diffs, service
-from app.templates.drafts import DraftError, DraftPreview, preview_draft
+from app.templates.content import EmailContent
+from app.templates.drafts import DraftError, DraftPreview, keep_html, kept_html, preview_draft
 from app.templates.models import TemplateVersion
 from app.templates.renderer import OverBudget, Renderer
 from app.templates.sources import is_locale
 from app.templates.validation import FieldError, InvalidTemplate, is_key
 
+log = structlog.get_logger(__name__)
+
 PAGE_SIZE = 50
 VERSIONS_PAGE_SIZE = 50
 EXCERPT_LINES = 2  # lines shown either side of an error's line
+
+
+# The frame showing a previewed e-mail's HTML: the e-mail's inline styles apply (the pages'
+# own policy forbids them), images and fonts load, nothing runs (no script source, and the
+# sandbox makes it an origin of its own), and only the dashboard may frame it.
+FRAME_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+        "font-src data: https:; frame-ancestors 'self'; sandbox"
+    ),
+    "X-Frame-Options": "SAMEORIGIN",
+}
 
 
 def _renderer(request: Request[Any, Any, Any]) -> Renderer:
@@ -364,13 +381,27 @@ class TemplatePagesController(Controller):
             )
         except OverBudget as over:
             return self._preview(None, [_plain_error(_over_budget_message(over))], form)
-        return self._preview(result, [_error_view(form, e) for e in result.errors], form)
+        frame = None
+        if isinstance(result.content, EmailContent) and result.content.html is not None:
+            try:
+                token = await keep_html(
+                    request.app.state.redis,
+                    tenant_id=tenant_id,
+                    mode=mode,
+                    html=result.content.html,
+                )
+                frame = f"/templates/{template.key}/frame/{token}"
+            except (RedisError, OSError):
+                log.warning("e-mail preview not kept: Redis did not answer")
+        errors = [_error_view(form, e) for e in result.errors]
+        return self._preview(result, errors, form, frame)
 
     def _preview(
         self,
         result: DraftPreview | None,
         errors: list[dict[str, Any]],
         form: EditorForm | None,
+        frame: str | None = None,
     ) -> Response[Any]:
         return HTMXTemplate(
             template_name="templates/preview.html",
@@ -378,10 +409,30 @@ class TemplatePagesController(Controller):
                 "result": result,
                 "errors": errors,
                 "form": form,
+                "frame": frame,
                 "channel_labels": CHANNEL_LABELS,
                 "json_text": json_text,
             },
         )
+
+    @get("/{key:str}/frame/{token:str}")
+    async def frame(
+        self,
+        request: Request[Any, Any, Any],
+        member: SignedInMember,
+        key: FromPath[str],
+        token: FromPath[str],
+    ) -> Response[Any]:
+        """A previewed e-mail's HTML, for the preview's frame: its own styles apply, nothing
+        in it runs, loads anything but images and fonts, or leaves the frame."""
+        html = await kept_html(
+            request.app.state.redis, tenant_id=member.tenant.id, mode=member.mode, token=token
+        )
+        if html is None:
+            raise NotFoundException(
+                "This preview has expired: edit the template to render it again."
+            )
+        return Response(html, media_type=MediaType.HTML, headers=FRAME_HEADERS)
 
     def _status(
         self, name: str, errors: list[dict[str, Any]], status: int, **extra: Any

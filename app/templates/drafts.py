@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from redis.asyncio import Redis
 
 from app.templates.content import Content, SmsContent
 from app.templates.isolation import RenderJob
@@ -31,6 +33,9 @@ from app.templates.validation import InvalidTemplate, check_template, sources_of
 # is a digest of its sources, so an unchanged draft is compiled once, an edited one afresh.
 _DRAFTS = uuid.UUID("6d1f4c0e-6f2a-4bde-9a43-2f1d8c1b7e55")
 _LINE = re.compile(r"^line (?P<line>\d+): (?P<message>.*)$", re.S)
+# How long a rendered e-mail's HTML stays where its preview frame can load it.
+HTML_PREVIEW_SECONDS = 600
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{24}$")
 
 
 @dataclass(frozen=True)
@@ -145,3 +150,25 @@ async def preview_draft(
         return DraftPreview(channel, found.locale, errors=[error])
     sms = count_segments(outcome.text) if isinstance(outcome, SmsContent) else None
     return DraftPreview(channel, found.locale, content=outcome, sms=sms)
+
+
+def _html_key(tenant_id: uuid.UUID, mode: str, token: str) -> str:
+    return f"template-preview:{{{tenant_id}}}:{mode}:{token}"
+
+
+async def keep_html(redis: Redis, *, tenant_id: uuid.UUID, mode: str, html: str) -> str:
+    """Keep a preview's rendered e-mail HTML for HTML_PREVIEW_SECONDS; the token that loads
+    it (for the same tenant and mode only). The page shows it in a frame of its own, served
+    with a policy that lets the e-mail's inline styles apply and nothing run."""
+    token = secrets.token_urlsafe(18)
+    await redis.set(_html_key(tenant_id, mode, token), html.encode(), ex=HTML_PREVIEW_SECONDS)
+    return token
+
+
+async def kept_html(redis: Redis, *, tenant_id: uuid.UUID, mode: str, token: str) -> str | None:
+    """The HTML `keep_html` kept under `token` for this tenant and mode; None when there is
+    none (expired, another tenant's or mode's, or not a token)."""
+    if not _TOKEN.fullmatch(token):
+        return None
+    html = await redis.get(_html_key(tenant_id, mode, token))
+    return None if html is None else bytes(html).decode()

@@ -52,9 +52,14 @@ async def test_edit_a_template_and_see_the_preview_change(server: str) -> None:
             "Your order #1042 is on its way"
         )
         html = page.locator('[name="content.email.html"]')
-        await html.fill("<h1>On its way</h1>\n<p>Order <strong>{{ name }}</strong> left.</p>")
+        await html.fill(
+            '<h1 style="color: rgb(79, 70, 229)">On its way</h1>\n'
+            "<p>Order <strong>{{ name }}</strong> left.</p>"
+        )
         frame = page.frame_locator(".preview-frame")
         await expect(frame.locator("strong")).to_have_text("#1042")
+        # The e-mail's own inline styles apply in its frame.
+        await expect(frame.locator("h1")).to_have_css("color", "rgb(79, 70, 229)")
 
         # The SMS tab: its preview counts segments; an error is shown at its line.
         await page.locator('[data-channel-tab="sms"]').click()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from litestar import Litestar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,13 +24,14 @@ from app.notifications.self_test import member_recipient_id
 from app.templates import rendering, service
 from tests.dashboard import (
     PASSWORD,
+    browser,
     csrf_token,
     htmx_headers,
     post_form,
     sign_in,
     unique_email,
 )
-from tests.support import TenantKey, key_of
+from tests.support import TenantKey, key_of, make_tenant
 
 WELCOME = {
     "name": "Welcome",
@@ -209,6 +211,37 @@ async def test_the_preview_renders_the_form_not_the_saved_version(
         editor_fields(preview_channel="email", preview_locale="fr"),
     )
     assert "Welcome, Ada!" in fallback.text and "fr falls back to en" in fallback.text
+
+
+async def test_an_emails_html_is_previewed_in_a_frame_of_its_own(
+    app: Litestar, client: httpx.AsyncClient, session: AsyncSession, tenant: TenantKey
+) -> None:
+    """Its inline styles apply there, and nothing in it runs; only its tenant and mode load it."""
+    await signed_in(client, session, tenant)
+    await put_template(client, tenant, "welcome", WELCOME)
+    html = '<p style="color: red">Hi <b>{{ name }}</b></p><script>alert(1)</script>'
+    preview = await htmx_post(
+        client, "/templates/welcome/preview", editor_fields(**{"content.email.html": html})
+    )
+    found = re.search(
+        r'<iframe [^>]*sandbox="" src="(/templates/welcome/frame/[\w-]{24})"', preview.text
+    )
+    assert found, preview.text
+    frame = await client.get(found.group(1))
+    assert frame.status_code == 200
+    assert frame.headers["content-type"].startswith("text/html")
+    assert frame.text == '<p style="color: red">Hi <b>Ada</b></p><script>alert(1)</script>'
+    policy = frame.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "sandbox" in policy and "script-src" not in policy
+    assert "frame-ancestors 'self'" in policy and frame.headers["x-frame-options"] == "SAMEORIGIN"
+    assert (await client.get("/templates/welcome/frame/" + "A" * 24)).status_code == 404
+    assert (await client.get("/templates/welcome/frame/../../keys")).status_code in (404, 303)
+
+    async with browser(app) as stranger:
+        await signed_in(stranger, session, await make_tenant(session, "Stranger"))
+        assert (await stranger.get(found.group(1))).status_code == 404
+    assert (await post_form(client, "/mode", {"mode": "test"})).status_code == 303
+    assert (await client.get(found.group(1))).status_code == 404, "the other mode's"
 
 
 async def test_preview_errors_point_at_their_field_and_line(
