@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import structlog
@@ -119,34 +120,36 @@ def _over_budget_message(over: OverBudget) -> str:
     )
 
 
-class _Excerpt:
-    """An error's source around its line, for the preview to show with the line marked."""
+@dataclass(frozen=True)
+class ErrorView:
+    """An error as the preview and the status boxes show it: the field it names (`target`:
+    the editor's input holding that source, when there is one), its line, and the source
+    around that line (line number, text, whether it is the line)."""
 
-    def __init__(self, source: str, line: int) -> None:
-        lines = source.split("\n")
-        first = max(1, line - EXCERPT_LINES)
-        last = min(len(lines), line + EXCERPT_LINES)
-        self.rows = [(n, lines[n - 1], n == line) for n in range(first, last + 1)]
+    field: str
+    message: str
+    target: str | None = None
+    line: int | None = None
+    excerpt: list[tuple[int, str, bool]] | None = None
 
 
-def _error_view(form: EditorForm, error: DraftError | FieldError) -> dict[str, Any]:
-    """An error as the preview and the save status show it: its field, line and source."""
-    if isinstance(error, DraftError):
-        path, message, line = error.field, error.message, error.line
-    else:
-        path, message, line = error["field"], error["message"], None
-    target = form_field_of(path)
+def _excerpt(source: str, line: int) -> list[tuple[int, str, bool]]:
+    lines = source.split("\n")
+    first, last = max(1, line - EXCERPT_LINES), min(len(lines), line + EXCERPT_LINES)
+    return [(n, lines[n - 1], n == line) for n in range(first, last + 1)]
+
+
+def _error_view(form: EditorForm, error: DraftError) -> ErrorView:
+    target = form_field_of(error.field)
     excerpt = None
-    if target is not None and line is not None and path == target:
-        excerpt = _Excerpt(form.values.get(target, ""), line)
-    return {"field": path, "target": target, "line": line, "message": message, "excerpt": excerpt}
+    if target == error.field and error.line is not None:
+        excerpt = _excerpt(form.values.get(target, ""), error.line)
+    return ErrorView(error.field, error.message, target, error.line, excerpt)
 
 
-def _form_errors(form: EditorForm | None, invalid: FormInvalid) -> list[dict[str, Any]]:
-    return [
-        {"field": name, "target": name, "line": None, "message": message, "excerpt": None}
-        for name, message in invalid.errors.items()
-    ]
+def _form_errors(invalid: FormInvalid) -> list[ErrorView]:
+    """The fields the editor's form could not read, each an input of its own."""
+    return [ErrorView(name, message, target=name) for name, message in invalid.errors.items()]
 
 
 class TemplatePagesController(Controller):
@@ -290,7 +293,7 @@ class TemplatePagesController(Controller):
         latest: TemplateVersion,
         form: EditorForm,
         status_code: int = 200,
-        save_errors: list[dict[str, Any]] | None = None,
+        save_errors: list[ErrorView] | None = None,
     ) -> Response[Any]:
         return page(
             "templates/editor.html",
@@ -315,8 +318,14 @@ class TemplatePagesController(Controller):
         raw = await request.form()
         try:
             form = EditorForm.read(raw)
-        except FormInvalid as invalid:
-            return self._status("templates/save_status.html", _form_errors(None, invalid), 422)
+        except FormInvalid as invalid:  # said where a save says it, the form left as it is
+            return HTMXTemplate(
+                template_name="templates/save_status.html",
+                context={"errors": _form_errors(invalid)},
+                status_code=422,
+                re_target="#save-status",
+                re_swap="innerHTML",
+            )
         added = form_text(raw, "add_locale").strip()
         removed = form_text(raw, "remove_locale")
         status = 200
@@ -361,7 +370,7 @@ class TemplatePagesController(Controller):
             data = form.sample_data()
             recipient = form.sample_recipient()
         except FormInvalid as invalid:
-            return self._preview(None, _form_errors(None, invalid), None)
+            return self._preview(None, _form_errors(invalid), None)
         # Nothing more is read: give the connection back while the pool renders (which
         # expires the member's rows: only the values read above are used from here on).
         await db_session.rollback()
@@ -399,7 +408,7 @@ class TemplatePagesController(Controller):
     def _preview(
         self,
         result: DraftPreview | None,
-        errors: list[dict[str, Any]],
+        errors: list[ErrorView],
         form: EditorForm | None,
         frame: str | None = None,
     ) -> Response[Any]:
@@ -435,7 +444,7 @@ class TemplatePagesController(Controller):
         return Response(html, media_type=MediaType.HTML, headers=FRAME_HEADERS)
 
     def _status(
-        self, name: str, errors: list[dict[str, Any]], status: int, **extra: Any
+        self, name: str, errors: list[ErrorView], status: int, **extra: Any
     ) -> Response[Any]:
         return HTMXTemplate(
             template_name=name, context={"errors": errors, **extra}, status_code=status
@@ -452,13 +461,13 @@ class TemplatePagesController(Controller):
         require(member, "manage_templates")
         latest = await _template(db_session, member, key)
         form: EditorForm | None = None
-        errors: list[dict[str, Any]] = []
+        errors: list[ErrorView] = []
         saved = None
         try:
             form = EditorForm.read(await request.form())
             draft = form.draft()
         except FormInvalid as invalid:
-            errors = _form_errors(form, invalid)
+            errors = _form_errors(invalid)
         else:
             try:
                 saved = await self._save(
@@ -493,7 +502,7 @@ class TemplatePagesController(Controller):
             form = EditorForm.read(await request.form())
             data = form.sample_data()
         except FormInvalid as invalid:
-            return self._status("templates/test_status.html", _form_errors(None, invalid), 422)
+            return self._status("templates/test_status.html", _form_errors(invalid), 422)
         try:
             accepted = await send_test_to_member(
                 intake_writer,
@@ -625,9 +634,9 @@ def _version_number(field: str, text: str) -> int:
     return number
 
 
-def _plain_error(message: str, field: str = "") -> dict[str, Any]:
+def _plain_error(message: str, field: str = "") -> ErrorView:
     """An error that points at no source line."""
-    return {"field": field, "target": None, "line": None, "message": message, "excerpt": None}
+    return ErrorView(field, message)
 
 
 def _line_error(error: FieldError) -> DraftError:

@@ -437,6 +437,11 @@ async def test_locales_are_added_and_removed_in_the_form(
         client, "/templates/welcome/editor", editor_fields(add_locale="not a tag")
     )
     assert bad.status_code == 422
+    unreadable = await htmx_post(
+        client, "/templates/welcome/editor", editor_fields(locale=["fr", "no good"])
+    )
+    assert unreadable.status_code == 422 and unreadable.headers["HX-Retarget"] == "#save-status"
+    assert 'data-error-field="locale"' in unreadable.text
 
 
 async def test_send_a_test_to_me_goes_through_the_intake_in_the_members_mode(
