@@ -21,6 +21,7 @@ from admin_ui.members import InviteController, MembersController, TenantSwitchCo
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
+from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
@@ -37,6 +38,7 @@ PAGES: list[type[Controller]] = [
     InviteController,
     TenantSwitchController,
     PasswordResetController,
+    TemplatePagesController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
