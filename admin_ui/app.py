@@ -17,6 +17,7 @@ from admin_ui.accounts import AccountsController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
+from admin_ui.messages import MessagesController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.session import session_middleware
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
@@ -31,6 +32,7 @@ PAGES: list[type[Controller]] = [
     AccountController,
     ModeController,
     KeysController,
+    MessagesController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

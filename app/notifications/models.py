@@ -48,6 +48,14 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
         CheckConstraint(f"priority IN {PRIORITIES!r}", name="priority"),
         CheckConstraint(f"status IN {NOTIFICATION_STATUSES!r}", name="status"),
         Index("ix_notifications_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        # The delivery log's template filter: the template's notifications, newest first.
+        Index(
+            "ix_notifications_tenant_id_mode_template_key_id",
+            "tenant_id",
+            "mode",
+            "template_key",
+            "id",
+        ),
         mode_check(),
         Index(
             "ix_notifications_pending",
@@ -167,6 +175,28 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("status = 'failed'"),
         ),
+        # The delivery log's filters, each a range of one index, newest first (migration
+        # 0028, app/notifications/log.py).
+        Index("ix_messages_tenant_id_mode_status_id", "tenant_id", "mode", "status", "id"),
+        Index("ix_messages_tenant_id_mode_channel_id", "tenant_id", "mode", "channel", "id"),
+        Index(
+            "ix_messages_tenant_id_mode_provider_id",
+            "tenant_id",
+            "mode",
+            "provider",
+            "id",
+            postgresql_where=text("provider IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_error_class_id",
+            "tenant_id",
+            "mode",
+            "error_class",
+            "id",
+            postgresql_where=text("error_class IS NOT NULL"),
+        ),
+        Index("ix_messages_recipient_id_id", "recipient_id", "id"),
+        Index("ix_messages_notification_id_id", "notification_id", "id"),
     )
 
     notification_id: Mapped[uuid.UUID] = mapped_column(

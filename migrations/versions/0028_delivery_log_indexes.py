@@ -1,0 +1,69 @@
+"""Indexes the delivery log's filters read: each filter is a range of one index, newest first
+
+Revision ID: 0028_delivery_log_indexes
+Revises: 0024_webhook_delivery_retention
+Create Date: 2026-12-05 09:30:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0028_delivery_log_indexes"
+down_revision = "0024_webhook_delivery_retention"
+branch_labels = None
+depends_on = None
+
+# The dashboard's delivery log (app/notifications/log.py) shows a tenant's messages newest
+# first, 50 at a time, filtered by status, channel, provider, error class, recipient,
+# notification or template. Without these, a filter matching few of a tenant's million
+# messages walked ix_messages_tenant_id_mode_id backwards through all of them. Each index
+# ends in id, so the page is the first rows of one index range (the time filter is a range
+# of ids: they are UUIDv7). The error-class and provider ones leave out the messages without
+# one (skipped, not attempted yet), which are many and never asked for.
+#
+# CREATE INDEX on messages blocks writes to it while it builds: on a large installation,
+# build them first with CREATE INDEX CONCURRENTLY under the same names and definitions, and
+# this migration (IF NOT EXISTS) then finds them made.
+MESSAGE_INDEXES: list[tuple[str, list[str], str | None]] = [
+    ("ix_messages_tenant_id_mode_status_id", ["tenant_id", "mode", "status", "id"], None),
+    ("ix_messages_tenant_id_mode_channel_id", ["tenant_id", "mode", "channel", "id"], None),
+    (
+        "ix_messages_tenant_id_mode_provider_id",
+        ["tenant_id", "mode", "provider", "id"],
+        "provider IS NOT NULL",
+    ),
+    (
+        "ix_messages_tenant_id_mode_error_class_id",
+        ["tenant_id", "mode", "error_class", "id"],
+        "error_class IS NOT NULL",
+    ),
+    # Recipients and notifications belong to one tenant and mode: their id is enough.
+    ("ix_messages_recipient_id_id", ["recipient_id", "id"], None),
+    ("ix_messages_notification_id_id", ["notification_id", "id"], None),
+]
+TEMPLATE_INDEX = "ix_notifications_tenant_id_mode_template_key_id"
+
+
+def upgrade() -> None:
+    for name, columns, where in MESSAGE_INDEXES:
+        op.create_index(
+            name,
+            "messages",
+            columns,
+            postgresql_where=sa.text(where) if where else None,
+            if_not_exists=True,
+        )
+    op.create_index(
+        TEMPLATE_INDEX,
+        "notifications",
+        ["tenant_id", "mode", "template_key", "id"],
+        if_not_exists=True,
+    )
+
+
+def downgrade() -> None:
+    op.drop_index(TEMPLATE_INDEX, table_name="notifications", if_exists=True)
+    for name, _, _ in reversed(MESSAGE_INDEXES):
+        op.drop_index(name, table_name="messages", if_exists=True)
