@@ -6,6 +6,10 @@ messages the tenant has: each filter has an index that ends in the message id (m
 0028), the time filter is a range of ids (they are UUIDv7: their first 48 bits are the
 millisecond they were made), and nothing counts the tenant's messages.
 
+Filters combined (status and channel, say) read the index of the most selective one and
+check the others on SCAN_WINDOW entries of it at most: a rare combination gives a short
+page with a cursor further back, never a scan of every message.
+
 A page of the template filter goes through the template's notifications (newest first,
 TEMPLATE_SCAN of them at most) and takes each one's newest messages: a template's messages
 are not an index range of messages, and walking the tenant's messages to find a rare
@@ -23,12 +27,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import operator
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, select, true
+from sqlalchemy import ColumnElement, Select, case, func, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -42,6 +48,10 @@ PAGE_SIZE = 50
 # Notifications of a template a page reads at most: a page that found fewer than PAGE_SIZE
 # messages in them still ends, with a cursor that carries on after the last one read.
 TEMPLATE_SCAN = 200
+# Entries of the lead filter's index a page reads at most when other filters are combined
+# with it (status and channel, say): a page that found fewer matches in them ends there,
+# with a cursor that carries on below them.
+SCAN_WINDOW = 5_000
 NEWEST_FIRST = uuid.UUID(int=(1 << 128) - 1)  # above every id: "from the newest"
 NOTHING = uuid.UUID(int=0)  # below every id: a tenant with no message yet
 _UUID7_MILLIS = (1 << 48) - 1
@@ -148,25 +158,97 @@ async def _recipient_id(
     return found
 
 
-def _conditions(
-    tenant_id: uuid.UUID, mode: str, filters: LogFilters, recipient_id: uuid.UUID | None
-) -> list[ColumnElement[bool]]:
-    """Every filter but the template's, as conditions on messages."""
-    conditions: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id, Message.mode == mode]
-    equal_to: dict[Any, Any] = {
-        Message.status: filters.status,
-        Message.channel: filters.channel,
-        Message.provider: filters.provider,
-        Message.error_class: filters.error_class,
-        Message.notification_id: filters.notification_id,
-        Message.recipient_id: recipient_id,
-    }
-    conditions += [column == value for column, value in equal_to.items() if value is not None]
-    if filters.since is not None:
-        conditions.append(Message.id >= uuid7_floor(filters.since))
-    if filters.until is not None:
-        conditions.append(Message.id < uuid7_floor(filters.until))
-    return conditions
+class _Range:
+    """The conditions of one index range of messages: the tenant, the mode, the filters'
+    equalities, and bounds on the id written for the index the range should read.
+
+    PostgreSQL here plans without statistics (autovacuum is off): given `status = 'bounced'
+    AND id < :cursor`, it costs ix_messages_tenant_id_mode_id (tenant, mode, id) and the
+    status index alike, picks the smaller, and then filters a million entries. Written as a
+    row comparison on the filter's column and the id, `(status, id) < ('bounced', :cursor)`,
+    the bound is an index condition of the filter's index only, which then wins for sure.
+    The `lead` is the filter whose index is read: the most selective one given.
+    """
+
+    def __init__(
+        self,
+        tenant_id: uuid.UUID,
+        mode: str,
+        filters: LogFilters,
+        recipient_id: uuid.UUID | None,
+        notification: Any = None,  # a notification id column (the template filter's lateral)
+    ) -> None:
+        self.conditions: list[ColumnElement[bool]] = [
+            Message.tenant_id == tenant_id,
+            Message.mode == mode,
+        ]
+        # Most selective first: the first one given leads (its index is read).
+        equal_to: list[tuple[Any, Any]] = [
+            (Message.notification_id, notification),
+            (Message.notification_id, filters.notification_id),
+            (Message.recipient_id, recipient_id),
+            (Message.error_class, filters.error_class),
+            (Message.provider, filters.provider),
+            (Message.status, filters.status),
+            (Message.channel, filters.channel),
+        ]
+        given = [(column, value) for column, value in equal_to if value is not None]
+        self.lead = given[0] if given else None
+        if self.lead is not None:
+            self.conditions.append(self.lead[0] == self.lead[1])
+        # The other filters' conditions: checked on the lead's range (see `window`).
+        self.others: list[tuple[str, Any]] = [(column.key, value) for column, value in given[1:]]
+        if filters.since is not None:
+            self.bound(operator.ge, uuid7_floor(filters.since))
+        if filters.until is not None:
+            self.bound(operator.lt, uuid7_floor(filters.until))
+
+    def bound(self, compare: Callable[[Any, Any], Any], at: Any) -> None:
+        """Add `id <compare> at`, as an index condition of the lead's index."""
+        column, value = self.lead if self.lead is not None else (None, None)
+        # ix_messages_failed (tenant, mode, id WHERE status = 'failed') is the smallest index
+        # for that status, and the one chosen: it takes the plain bound.
+        if column is None or (column is Message.status and value == "failed"):
+            self.conditions.append(compare(Message.id, at))
+            return
+        self.conditions.append(compare(tuple_(column, Message.id), tuple_(value, at)))
+
+    def everything(self, on: Any = Message) -> list[ColumnElement[bool]]:
+        return [*self.conditions, *(getattr(on, key) == value for key, value in self.others)]
+
+    def newest(self, limit: int) -> Select[Any]:
+        """All the conditions in one statement: for short ranges (a poll's, a notification's)."""
+        return select(Message).where(*self.everything()).order_by(Message.id.desc()).limit(limit)
+
+    def window(self, limit: int) -> tuple[Select[Any], Select[Any]]:
+        """With other filters than the lead's: the lead's newest SCAN_WINDOW entries, the
+        `limit` newest of them that match the others, and (a second statement) the window's
+        oldest id and size. No combination of filters reads more than the window a page.
+        """
+        window = (
+            select(Message)
+            .where(*self.conditions)
+            .order_by(Message.id.desc())
+            .limit(SCAN_WINDOW)
+            .subquery("w")
+        )
+        seen = aliased(Message, window)
+        matching = (
+            select(seen)
+            .where(*(getattr(seen, key) == value for key, value in self.others))
+            .order_by(seen.id.desc())
+            .limit(limit)
+        )
+        ids = (
+            select(Message.id)
+            .where(*self.conditions)
+            .order_by(Message.id.desc())
+            .limit(SCAN_WINDOW)
+            .subquery("ids")
+        )
+        # The oldest id and the count in one row (uuid has no min() in PostgreSQL 15).
+        extent = select(ids.c.id, func.count().over()).order_by(ids.c.id).limit(1)
+        return matching, extent
 
 
 async def log_page(
@@ -186,27 +268,29 @@ async def log_page(
         recipient_id = await _recipient_id(session, tenant_id, mode, filters.recipient)
         if recipient_id is None:
             return LogPage([], None, mark)
-    conditions = _conditions(tenant_id, mode, filters, recipient_id)
-    if cursor is None:
-        # Nothing above the mark: live updates show what comes after it, once.
-        conditions.append(Message.id <= mark)
     if filters.template is not None:
         return await _template_page(
-            session, tenant_id, mode, filters, conditions, cursor, limit, mark
+            session, tenant_id, mode, filters, recipient_id, cursor, limit, mark
         )
-    if cursor is not None:
-        conditions.append(Message.id < cursor.message_id)
-    # One index range: the filter's index (migration 0028), or the tenant's.
-    messages = list(
-        (
-            await session.scalars(
-                select(Message).where(*conditions).order_by(Message.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-    older = Cursor(messages[limit - 1].id) if len(messages) > limit else None
-    rows = await _rows(session, tenant_id, messages[:limit])
-    return LogPage(rows, older, mark)
+    scan = _Range(tenant_id, mode, filters, recipient_id)
+    if cursor is None:
+        # Nothing above the mark: live updates show what comes after it, once.
+        scan.bound(operator.le, mark)
+    else:
+        scan.bound(operator.lt, cursor.message_id)
+    if not scan.others:
+        messages = list((await session.scalars(scan.newest(limit + 1))).all())
+        older = Cursor(messages[limit - 1].id) if len(messages) > limit else None
+        return LogPage(await _rows(session, tenant_id, messages[:limit]), older, mark)
+    matching, extent = scan.window(limit + 1)
+    messages = list((await session.scalars(matching)).all())
+    if len(messages) > limit:
+        older = Cursor(messages[limit - 1].id)
+    else:
+        # A full window held fewer matches than a page: the next page looks further back.
+        edge = (await session.execute(extent)).first()  # None: the range was empty
+        older = Cursor(edge[0]) if edge is not None and edge[1] == SCAN_WINDOW else None
+    return LogPage(await _rows(session, tenant_id, messages[:limit]), older, mark)
 
 
 async def _template_page(
@@ -214,13 +298,14 @@ async def _template_page(
     tenant_id: uuid.UUID,
     mode: str,
     filters: LogFilters,
-    conditions: list[ColumnElement[bool]],
+    recipient_id: uuid.UUID | None,
     cursor: Cursor | None,
     limit: int,
     mark: uuid.UUID,
 ) -> LogPage:
     """The template filter's page: its notifications newest first (ix_notifications_tenant_
-    id_mode_template_key_id), each one's newest messages (ix_messages_notification_id_id)."""
+    id_mode_template_key_id), each one's newest messages (ix_messages_tenant_id_mode_
+    notification_id_id)."""
     scanned = select(Notification.id).where(
         Notification.tenant_id == tenant_id,
         Notification.mode == mode,
@@ -232,19 +317,29 @@ async def _template_page(
         scanned = scanned.where(Notification.id >= uuid7_floor(filters.since))
     if filters.until is not None:
         scanned = scanned.where(Notification.id < uuid7_floor(filters.until))
-    if cursor is not None and cursor.notification_id is not None:
-        scanned = scanned.where(Notification.id <= cursor.notification_id)
+    if filters.notification_id is not None:
+        scanned = scanned.where(Notification.id == filters.notification_id)
+    # A row comparison, for the template's index to be the one read (see _Range).
+    top = cursor.notification_id if cursor is not None else None
+    scanned = scanned.where(
+        tuple_(Notification.template_key, Notification.id)
+        <= tuple_(filters.template, top or NEWEST_FIRST)
+    )
     scanned = scanned.order_by(Notification.id.desc()).limit(TEMPLATE_SCAN)
     notification_ids = list((await session.scalars(scanned)).all())
     if not notification_ids:
         return LogPage([], None, mark)
     notes = scanned.subquery("n")
-    inner = select(Message).where(Message.notification_id == notes.c.id, *conditions)
-    if cursor is not None and cursor.notification_id is not None:
-        inner = inner.where(
-            (notes.c.id < cursor.notification_id) | (Message.id < cursor.message_id)
+    scan = _Range(tenant_id, mode, filters, recipient_id, notification=notes.c.id)
+    if cursor is None:
+        scan.bound(operator.le, mark)
+    elif cursor.notification_id is not None:
+        # Within the cursor's notification, below its message; in older ones, from the top.
+        scan.bound(
+            operator.lt,
+            case((notes.c.id == cursor.notification_id, cursor.message_id), else_=NEWEST_FIRST),
         )
-    each = inner.order_by(Message.id.desc()).limit(limit + 1).lateral("m")
+    each = scan.newest(limit + 1).lateral("m")
     picked = aliased(Message, each)
     query: Select[Any] = (
         select(picked)
@@ -284,8 +379,9 @@ async def newer(
         recipient_id = await _recipient_id(session, tenant_id, mode, filters.recipient)
         if recipient_id is None:
             return Newer([], mark, False)
-    conditions = _conditions(tenant_id, mode, filters, recipient_id)
-    conditions += [Message.id > after, Message.id <= mark]
+    scan = _Range(tenant_id, mode, filters, recipient_id)
+    scan.bound(operator.gt, after)
+    scan.bound(operator.le, mark)
     if filters.template is not None:
         # Per message, its notification by primary key: the range holds one poll's worth.
         template = (
@@ -293,14 +389,8 @@ async def newer(
             .where(Notification.id == Message.notification_id)
             .scalar_subquery()
         )
-        conditions.append(template == filters.template)
-    messages = list(
-        (
-            await session.scalars(
-                select(Message).where(*conditions).order_by(Message.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
+        scan.conditions.append(template == filters.template)
+    messages = list((await session.scalars(scan.newest(limit + 1))).all())
     if len(messages) > limit:
         return Newer([], mark, True)
     return Newer(await _rows(session, tenant_id, messages), mark, False)
@@ -309,30 +399,32 @@ async def newer(
 async def _rows(
     session: AsyncSession, tenant_id: uuid.UUID, messages: list[Message]
 ) -> list[LogRow]:
-    """The page's messages with their recipients' external ids and templates' keys, each
-    read by primary key."""
+    """The page's messages with their recipients' external ids and templates' keys.
+
+    Read by primary key alone: with the tenant in the condition too, PostgreSQL without
+    statistics read the tenant's whole recipients index instead. The messages are the
+    tenant's already; a row of another tenant (there is none) would be left out here.
+    """
     if not messages:
         return []
-    recipients = dict(
-        (
-            await session.execute(
-                select(Recipient.id, Recipient.external_id).where(
-                    Recipient.tenant_id == tenant_id,
-                    Recipient.id.in_({m.recipient_id for m in messages}),
-                )
+    recipients = {
+        row.id: row.external_id
+        for row in await session.execute(
+            select(Recipient.id, Recipient.tenant_id, Recipient.external_id).where(
+                Recipient.id.in_({m.recipient_id for m in messages})
             )
-        ).all()
-    )
-    templates = dict(
-        (
-            await session.execute(
-                select(Notification.id, Notification.template_key).where(
-                    Notification.tenant_id == tenant_id,
-                    Notification.id.in_({m.notification_id for m in messages}),
-                )
+        )
+        if row.tenant_id == tenant_id
+    }
+    templates = {
+        row.id: row.template_key
+        for row in await session.execute(
+            select(Notification.id, Notification.tenant_id, Notification.template_key).where(
+                Notification.id.in_({m.notification_id for m in messages})
             )
-        ).all()
-    )
+        )
+        if row.tenant_id == tenant_id
+    }
     return [
         LogRow(m, recipients.get(m.recipient_id), templates.get(m.notification_id))
         for m in messages

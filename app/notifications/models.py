@@ -195,8 +195,16 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("error_class IS NOT NULL"),
         ),
-        Index("ix_messages_recipient_id_id", "recipient_id", "id"),
-        Index("ix_messages_notification_id_id", "notification_id", "id"),
+        Index(
+            "ix_messages_tenant_id_mode_recipient_id_id", "tenant_id", "mode", "recipient_id", "id"
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_notification_id_id",
+            "tenant_id",
+            "mode",
+            "notification_id",
+            "id",
+        ),
     )
 
     notification_id: Mapped[uuid.UUID] = mapped_column(

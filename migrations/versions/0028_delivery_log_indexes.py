@@ -39,9 +39,19 @@ MESSAGE_INDEXES: list[tuple[str, list[str], str | None]] = [
         ["tenant_id", "mode", "error_class", "id"],
         "error_class IS NOT NULL",
     ),
-    # Recipients and notifications belong to one tenant and mode: their id is enough.
-    ("ix_messages_recipient_id_id", ["recipient_id", "id"], None),
-    ("ix_messages_notification_id_id", ["notification_id", "id"], None),
+    # With the tenant and mode first, like the others, although a recipient's or a
+    # notification's id implies both: PostgreSQL plans here without statistics, and then
+    # prefers the index whose leading columns match the most conditions.
+    (
+        "ix_messages_tenant_id_mode_recipient_id_id",
+        ["tenant_id", "mode", "recipient_id", "id"],
+        None,
+    ),
+    (
+        "ix_messages_tenant_id_mode_notification_id_id",
+        ["tenant_id", "mode", "notification_id", "id"],
+        None,
+    ),
 ]
 TEMPLATE_INDEX = "ix_notifications_tenant_id_mode_template_key_id"
 

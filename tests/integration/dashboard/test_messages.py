@@ -419,3 +419,27 @@ async def test_a_viewer_reads_the_log_and_timelines(
         await post_form(viewer, "/mode", {"mode": "test"})
         assert scenario.failed in rows(await viewer.get("/messages"))
         assert (await viewer.get(f"/messages/{scenario.failed}")).status_code == 200
+
+
+async def test_combined_filters_read_a_bounded_window_a_page(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status and channel together: the status's index is read, SCAN_WINDOW entries a page
+    at most; a page that found nothing there says so and links further back."""
+    monkeypatch.setattr(log, "SCAN_WINDOW", 1)
+    seen: list[str] = []
+    pages = 0
+    short = False
+    page = await scenario.owner.get("/messages", params={"status": "sent", "channel": "sms"})
+    while True:
+        assert page.status_code == 200
+        pages += 1
+        seen += rows(page)
+        short = short or "No match in this stretch of the log" in page.text
+        older = re.search(r'href="([^"]+)" rel="next"', page.text)
+        if older is None:
+            break
+        page = await scenario.owner.get(html.unescape(older.group(1)))
+    assert seen == [scenario.sms]
+    assert pages >= 2
+    assert short, "a page of the window without a match says why it is empty"
