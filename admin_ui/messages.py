@@ -32,6 +32,8 @@ from app.dependencies import DbSession
 from app.notifications import log
 from app.notifications.models import MESSAGE_STATUSES
 from app.providers.credentials import PROVIDERS
+from app.recipients.validation import MAX_EXTERNAL_ID
+from app.templates.validation import KEY_PATTERN
 
 ERROR_CLASSES = ("transient", "rate_limited", "permanent", "config", "render")
 FILTER_NAMES = (
@@ -45,11 +47,10 @@ FILTER_NAMES = (
     "provider",
     "error_class",
 )
-RECIPIENT_MAX = 200  # recipients.external_id
 TEMPLATE_MAX = 100  # notifications.template_key
 TIME_MAX = 40
 POLL_EVERY = "every 2s"
-_TEMPLATE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+_TEMPLATE_KEY = re.compile(KEY_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class LogQuery:
         filters = log.LogFilters(
             status=one_of("status", MESSAGE_STATUSES),
             channel=one_of("channel", CHANNELS),
-            recipient=bounded("recipient", RECIPIENT_MAX),
+            recipient=bounded("recipient", MAX_EXTERNAL_ID),
             template=bounded("template", TEMPLATE_MAX, _TEMPLATE_KEY),
             notification_id=notification_id,
             since=since,
