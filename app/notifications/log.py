@@ -654,7 +654,15 @@ def timeline(
         )
     ended = message.updated_at or message.created_at
     if message.status == "failed":
-        entries.append(TimelineEntry(ended, "Dead-lettered", why_not_sent(message) or "", "bad"))
+        entries.append(
+            TimelineEntry(
+                ended,
+                "Dead-lettered",
+                f"Moved to the dead-letter queue ({message.error_class or 'no'} error class):"
+                " no further attempt unless it is replayed.",
+                "bad",
+            )
+        )
     elif message.status == "cancelled":
         entries.append(TimelineEntry(ended, "Cancelled", why_not_sent(message) or "", "warn"))
     elif (

@@ -1,7 +1,8 @@
 """The delivery log in a real browser: a notification sent over HTTP with a test key to a
 real `herald api`, delivered by a real `herald worker`, appears in the open log without a
-reload; its timeline opens from the row. Screenshots: test-artifacts/messages-log.png and
-messages-detail.png.
+reload; its timeline opens from the row; a refused one is found by the status filter and its
+page says why. Screenshots: test-artifacts/messages-log.png, messages-detail.png and
+messages-failed.png.
 """
 
 from __future__ import annotations
@@ -134,4 +135,32 @@ async def test_a_sent_notification_appears_live_and_opens_its_timeline(server: s
             await expect(frame.locator("h1")).to_have_text("Hello Ada")
             await expect(page.locator("#why-not-sent")).to_have_count(0)
             await session.screenshot("messages-detail")
+
+            # A message the provider refuses: the log's filter finds it, its page says why.
+            answer = await api.put(
+                "/v1/recipients/bad-address", json={"email": "fail@sandbox.herald"}
+            )
+            assert answer.status_code in (200, 201), answer.text
+            accepted = await api.post(
+                "/v1/notifications",
+                json={"template": "welcome", "to": ["bad-address"], "data": {"name": "B"}},
+            )
+            assert accepted.status_code == 202, accepted.text
+            await page.goto(f"{server}/messages")
+            await page.locator("#filter-status").select_option("failed")
+            await page.get_by_role("button", name="Apply").click()
+            await page.wait_for_url("**/messages?*status=failed*")
+            failed = page.locator("#log-rows tr.log-row")
+            # Made queued, then failed: the filtered page shows it once it has failed.
+            for _ in range(30):
+                if await failed.count():
+                    break
+                await page.wait_for_timeout(500)
+                await page.reload()
+            await expect(failed).to_have_count(1)
+            await expect(failed).to_contain_text("bad-address")
+            await failed.get_by_role("link", name="Timeline").click()
+            await expect(page.locator("#why-not-sent")).to_contain_text("refused it for good")
+            await expect(page.locator("#timeline")).to_contain_text("sandbox: invalid address")
+            await session.screenshot("messages-failed")
         assert session.problems == []
