@@ -205,12 +205,10 @@ class _Range:
 
     def bound(self, compare: Callable[[Any, Any], Any], at: Any) -> None:
         """Add `id <compare> at`, as an index condition of the lead's index."""
-        column, value = self.lead if self.lead is not None else (None, None)
-        # ix_messages_failed (tenant, mode, id WHERE status = 'failed') is the smallest index
-        # for that status, and the one chosen: it takes the plain bound.
-        if column is None or (column is Message.status and value == "failed"):
+        if self.lead is None:
             self.conditions.append(compare(Message.id, at))
             return
+        column, value = self.lead
         self.conditions.append(compare(tuple_(column, Message.id), tuple_(value, at)))
 
     def everything(self, on: Any = Message) -> list[ColumnElement[bool]]:

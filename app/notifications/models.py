@@ -38,6 +38,9 @@ NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "faile
 SEND_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
 RECEIPT_STATUSES = ("delivered", "opened", "clicked", "bounced", "complained", "undelivered")
 MESSAGE_STATUSES = SEND_STATUSES + RECEIPT_STATUSES
+# The predicate of the delivery log's indexes: true of every row, implied only by statements
+# that name the mode (migration 0028).
+NAMED_MODE = "mode IS NOT NULL"
 
 
 class Notification(UuidPrimaryKey, CreatedAt, Base):
@@ -55,6 +58,7 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
             "mode",
             "template_key",
             "id",
+            postgresql_where=text(NAMED_MODE),
         ),
         mode_check(),
         Index(
@@ -175,17 +179,32 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("status = 'failed'"),
         ),
-        # The delivery log's filters, each a range of one index, newest first (migration
-        # 0028, app/notifications/log.py).
-        Index("ix_messages_tenant_id_mode_status_id", "tenant_id", "mode", "status", "id"),
-        Index("ix_messages_tenant_id_mode_channel_id", "tenant_id", "mode", "channel", "id"),
+        # The delivery log's filters, each a range of one index, newest first; partial on a
+        # predicate every row meets, which only statements naming the mode imply, so that
+        # the send path's never take them (migration 0028, app/notifications/log.py).
+        Index(
+            "ix_messages_tenant_id_mode_status_id",
+            "tenant_id",
+            "mode",
+            "status",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_channel_id",
+            "tenant_id",
+            "mode",
+            "channel",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
         Index(
             "ix_messages_tenant_id_mode_provider_id",
             "tenant_id",
             "mode",
             "provider",
             "id",
-            postgresql_where=text("provider IS NOT NULL"),
+            postgresql_where=text(f"{NAMED_MODE} AND provider IS NOT NULL"),
         ),
         Index(
             "ix_messages_tenant_id_mode_error_class_id",
@@ -193,10 +212,15 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "mode",
             "error_class",
             "id",
-            postgresql_where=text("error_class IS NOT NULL"),
+            postgresql_where=text(f"{NAMED_MODE} AND error_class IS NOT NULL"),
         ),
         Index(
-            "ix_messages_tenant_id_mode_recipient_id_id", "tenant_id", "mode", "recipient_id", "id"
+            "ix_messages_tenant_id_mode_recipient_id_id",
+            "tenant_id",
+            "mode",
+            "recipient_id",
+            "id",
+            postgresql_where=text(NAMED_MODE),
         ),
         Index(
             "ix_messages_tenant_id_mode_notification_id_id",
@@ -204,6 +228,7 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "mode",
             "notification_id",
             "id",
+            postgresql_where=text(NAMED_MODE),
         ),
     )
 
