@@ -18,6 +18,7 @@ from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
+from admin_ui.messages import MessagesController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
@@ -39,6 +40,7 @@ PAGES: list[type[Controller]] = [
     TenantSwitchController,
     PasswordResetController,
     TemplatePagesController,
+    MessagesController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
