@@ -96,6 +96,7 @@ async def test_members_invite_accept_and_password_reset(
         owner = session.page
         owner_email = await sign_up(owner, server, "Acme Rockets")
         await expect(owner.locator(".account-tenant")).to_have_text("Acme Rockets")
+        await owner.goto(f"{server}/keys")  # sign-up lands on the overview
         await create_test_key(owner, "Billing service")
         await verify_email(owner, box, owner_email)
         await owner.goto(f"{server}/keys")
