@@ -159,6 +159,9 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("next_attempt_at = 'infinity'"),
         ),
+        # A recipient's messages, newest first: their page in the dashboard, and erasure
+        # (migration 0025).
+        Index("ix_messages_tenant_id_recipient_id_id", "tenant_id", "recipient_id", "id"),
         # The dead-letter queue of a tenant, newest first.
         Index(
             "ix_messages_failed",

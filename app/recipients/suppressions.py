@@ -15,11 +15,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import ARRAY, String, any_, bindparam, delete, select, text
+from sqlalchemy import ARRAY, String, any_, bindparam, delete, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.channels import CHANNELS
 from app.crypto import Keyring, default_keyring
 from app.db import WAS_INSERTED
@@ -176,7 +177,12 @@ async def remove_suppression(
     mode: str,
     suppression_id: uuid.UUID,
     actor: str,
+    role: str | None = None,
 ) -> Suppression | None:
+    """Lift a suppression; None when the tenant has none of that id in that mode.
+
+    `role`: the acting member's (app/auth/roles.py); None for an API key."""
+    roles.require(role, "manage_recipients")
     removed: Suppression | None = await session.scalar(
         delete(Suppression)
         .where(
@@ -196,6 +202,43 @@ async def remove_suppression(
             details={"channel": removed.channel, "reason": removed.reason, "mode": mode},
         )
     return removed
+
+
+MAX_SHOWN = 100  # suppressions listed for one recipient (each address has a few at most)
+
+
+async def suppressions_for(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    addresses: Iterable[tuple[str, str]],
+    keyring: Keyring | None = None,
+) -> list[Suppression]:
+    """The suppressions of these (channel, address) pairs (a recipient's addresses), newest
+    first, in one query through the unique key (tenant_id, mode, channel, address)."""
+    ring = keyring or default_keyring()
+    forms = sorted(
+        {
+            (channel, form)
+            for channel, address in addresses
+            if address
+            for form in _stored_forms(tenant_id, channel, suppression_key(channel, address), ring)
+        }
+    )
+    if not forms:
+        return []
+    rows = await session.scalars(
+        select(Suppression)
+        .where(
+            Suppression.tenant_id == tenant_id,
+            Suppression.mode == mode,
+            tuple_(Suppression.channel, Suppression.address).in_(forms),
+        )
+        .order_by(Suppression.id.desc())
+        .limit(MAX_SHOWN)
+    )
+    return list(rows)
 
 
 async def suppressed(
