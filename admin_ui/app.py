@@ -18,6 +18,7 @@ from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
+from admin_ui.providers import ProvidersController
 from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
@@ -33,6 +34,7 @@ PAGES: list[type[Controller]] = [
     ModeController,
     KeysController,
     RecipientsController,
+    ProvidersController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
