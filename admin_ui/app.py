@@ -21,6 +21,7 @@ from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.providers import ProvidersController
 from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
+from admin_ui.settings import SettingsController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
@@ -35,6 +36,7 @@ PAGES: list[type[Controller]] = [
     KeysController,
     RecipientsController,
     ProvidersController,
+    SettingsController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import msgspec.inspect as mi
 from litestar.datastructures import FormMultiDict
 
@@ -94,7 +95,7 @@ def inputs(prefix: str, struct: type[Any]) -> list[Input]:
     for info in mi.type_info(struct).fields:  # type: ignore[attr-defined]
         kind, _ = _unwrap(info.type)
         label = info.name.replace("_", " ").capitalize()
-        default = "" if info.default is mi.NODEFAULT or info.default is None else info.default
+        default = "" if info.default is msgspec.NODEFAULT or info.default is None else info.default
         choices: tuple[str, ...] = ()
         if prefix == "credentials":
             big = isinstance(kind, mi.StructType) or "private_key" in info.name
