@@ -13,7 +13,8 @@ Erased recipients have neither e-mail nor phone, so the last two never find them
 
 A prefix is a range `[prefix, prefix || U+10FFFF)`, with `starts_with` on the rows found:
 exact under the C collation the database uses, and never wrong under another (at worst a
-row the range leaves out is missing). Pages are keyset: (value, id) after the cursor.
+row the range leaves out is missing). Pages are keyset, in index order: the external id
+after the cursor's, or (value, id) after the cursor's for e-mail and phone, which repeat.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, literal, or_, select
+from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.pagination import Page
@@ -100,11 +101,16 @@ def _column(field: SearchField) -> Any:
     return Recipient.external_id
 
 
-def _cursor(text: str | None) -> tuple[str, uuid.UUID] | None:
-    """A cursor is `<value>|<recipient id>`; the value may hold '|', the id does not."""
+def _cursor(text: str | None, field: SearchField) -> tuple[str, uuid.UUID | None] | None:
+    """An external id's cursor is the last id shown; an e-mail's or phone's is
+    `<value>|<recipient id>` (the value may hold '|', the id does not)."""
     if not text:
         return None
-    value, _, recipient_id = text[:MAX_CURSOR].rpartition("|")
+    if len(text) > MAX_CURSOR:
+        raise SearchInvalid("after", "not a cursor of this search")
+    if field == "external_id":
+        return text, None
+    value, _, recipient_id = text.rpartition("|")
     try:
         return value, uuid.UUID(recipient_id)
     except ValueError:
@@ -136,25 +142,27 @@ async def search_recipients(
         query = query.where(Recipient.phone.is_not(None))
     else:
         query = query.where(~func.starts_with(Recipient.external_id, ERASED_PREFIX))
-    cursor = _cursor(after)
-    if cursor is not None:
-        value, recipient_id = cursor
-        query = query.where(
-            column >= value,
-            or_(column > value, and_(column == value, Recipient.id > recipient_id)),
-        )
-    rows = list(
-        (await session.scalars(query.order_by(column, Recipient.id).limit(limit + 1))).all()
-    )
+    cursor = _cursor(after, search.field)
+    if search.field == "external_id":
+        # Unique per tenant and mode: the id alone orders, and the unique key serves it.
+        order: tuple[Any, ...] = (column,)
+        if cursor is not None:
+            query = query.where(column > cursor[0])
+    else:
+        # E-mail and phone may repeat: the recipient's id breaks ties, the last column of
+        # both indexes (migration 0025), so the index serves the order and the cursor.
+        order = (column, Recipient.id)
+        if cursor is not None:
+            query = query.where(tuple_(column, Recipient.id) > tuple_(*cursor))
+    rows = list((await session.scalars(query.order_by(*order).limit(limit + 1))).all())
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
-        value = {
-            "email": (last.email or "").lower(),
-            "phone": last.phone or "",
-            "external_id": last.external_id,
-        }[search.field]
-        next_cursor = f"{value}|{last.id}"
+        if search.field == "external_id":
+            next_cursor = last.external_id
+        else:
+            value = (last.email or "").lower() if search.field == "email" else last.phone or ""
+            next_cursor = f"{value}|{last.id}"
     return Page(items=rows, has_more=has_more, next_cursor=next_cursor)
