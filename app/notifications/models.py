@@ -159,9 +159,11 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("next_attempt_at = 'infinity'"),
         ),
-        # A recipient's messages, newest first: their page in the dashboard, and erasure
-        # (migration 0025).
-        Index("ix_messages_tenant_id_recipient_id_id", "tenant_id", "recipient_id", "id"),
+        # A recipient's messages, newest first: their page in the dashboard and the
+        # delivery log's recipient filter (migrations 0028 and 0029 make it alike).
+        Index(
+            "ix_messages_tenant_id_mode_recipient_id_id", "tenant_id", "mode", "recipient_id", "id"
+        ),
         # The dead-letter queue of a tenant, newest first.
         Index(
             "ix_messages_failed",

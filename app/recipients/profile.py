@@ -8,7 +8,7 @@ and a recipient of another tenant or mode, or an erased one, is not found.
 - suppressions: the unique key (tenant, mode, channel, address), one probe per address;
 - topics: ix_topic_members_tenant_id_recipient_id, at most MAX_TOPICS;
 - inbox: ix_messages_inbox (app/inbox/service.py);
-- messages: ix_messages_tenant_id_recipient_id_id, newest first, at most MAX_MESSAGES.
+- messages: ix_messages_tenant_id_mode_recipient_id_id, newest first, at most MAX_MESSAGES.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ async def search_recipients(
             query = query.where(column > cursor[0])
     else:
         # E-mail and phone may repeat: the recipient's id breaks ties, the last column of
-        # both indexes (migration 0025), so the index serves the order and the cursor.
+        # both indexes (migration 0029), so the index serves the order and the cursor.
         order = (column, Recipient.id)
         if cursor is not None:
             query = query.where(tuple_(column, Recipient.id) > tuple_(*cursor))

@@ -1,6 +1,6 @@
 """a recipient's messages by index; recipient searches by e-mail or phone in index order
 
-Revision ID: 0025_messages_by_recipient
+Revision ID: 0029_recipient_search_order
 Revises: 0024_webhook_delivery_retention
 Create Date: 2026-12-05 09:30:00
 """
@@ -10,15 +10,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0025_messages_by_recipient"
+revision = "0029_recipient_search_order"
 down_revision = "0024_webhook_delivery_retention"
 branch_labels = None
 depends_on = None
 
-# Without it, a recipient's latest messages (the dashboard's recipient page) and erasure's
-# "every message of theirs" read all of the tenant's messages. Recipient ids are unique
-# across modes, so the mode is checked on the rows found.
-MESSAGES_INDEX = "ix_messages_tenant_id_recipient_id_id"
+# A recipient's latest messages (the dashboard's recipient page), newest first. The delivery
+# log's recipient filter needs the same index (migration 0028_delivery_log_indexes makes it
+# under the same name and definition): whichever migration runs first builds it, the other
+# finds it made (IF NOT EXISTS).
+MESSAGES_INDEX = "ix_messages_tenant_id_mode_recipient_id_id"
 
 # The dashboard's search by the beginning of an e-mail or phone number pages by (value, id)
 # (app/recipients/search.py): with the id as the index's last column, a page reads its own
@@ -31,7 +32,12 @@ RECIPIENT_INDEXES = (
 
 
 def upgrade() -> None:
-    op.create_index(MESSAGES_INDEX, "messages", ["tenant_id", "recipient_id", "id"])
+    op.create_index(
+        MESSAGES_INDEX,
+        "messages",
+        ["tenant_id", "mode", "recipient_id", "id"],
+        if_not_exists=True,
+    )
     for name, column, predicate in RECIPIENT_INDEXES:
         op.drop_index(name, table_name="recipients")
         op.create_index(
@@ -48,4 +54,4 @@ def downgrade() -> None:
         op.create_index(
             name, "recipients", ["tenant_id", "mode", column], postgresql_where=sa.text(predicate)
         )
-    op.drop_index(MESSAGES_INDEX, table_name="messages")
+    op.drop_index(MESSAGES_INDEX, table_name="messages", if_exists=True)
