@@ -23,7 +23,7 @@ from app.runtime import ServiceUrls
 from app.settings import Settings
 from tests.dashboard import post_form
 from tests.fakes import Mailbox
-from tests.integration.dashboard.test_recipients import signed_in
+from tests.integration.dashboard.people import signed_in
 from tests.support import TenantKey, serving, settings_for
 
 SECRET = "Sup3r-s3cret-SMTP-password-do-not-show"

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.models import AuditEntry
 from app.tenants import delivery_controls as controls
 from tests.dashboard import post_form
-from tests.integration.dashboard.test_recipients import signed_in
+from tests.integration.dashboard.people import signed_in
 from tests.support import TenantKey
 
 
