@@ -12,13 +12,19 @@ from litestar import Litestar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import crypto
 from app.audit.models import AuditEntry
 from app.auth import roles
+from app.delivery.retry import RetryPolicy
 from app.notifications.models import Message
-from app.recipients import service
+from app.providers import probe
+from app.providers import service as providers
+from app.providers.models import ProviderConfig
+from app.recipients import service, suppressions
 from app.recipients.models import Recipient, Suppression
 from app.runtime import ServiceUrls
 from app.settings import Settings
+from app.tenants import delivery_controls as controls
 from tests.dashboard import post_form
 from tests.integration.dashboard.people import signed_in
 from tests.send_path import drain, notify, put_recipient, put_template, workers
@@ -323,17 +329,61 @@ async def test_other_tenants_and_the_other_modes_recipients_are_404_and_never_li
     assert still is not None and still.erased_at is None
 
 
-async def test_the_service_refuses_a_viewer_whatever_the_page_does(
-    session: AsyncSession, tenant: TenantKey, client: httpx.AsyncClient
+async def test_the_services_refuse_the_roles_the_pages_refuse(
+    app: Litestar, session: AsyncSession, tenant: TenantKey, client: httpx.AsyncClient
 ) -> None:
+    """The rule is the services': whatever page or client calls them with a member's role."""
     await put_recipient(client, tenant, "kept")
-    with pytest.raises(roles.RoleNotAllowed):
-        await service.erase_recipient(
+    ring = crypto.keyring_for(app.state.settings)
+    scope = {"tenant_id": tenant.tenant_id, "actor": "user:x"}
+    refusals = [
+        service.erase_recipient(
+            session, mode="live", external_id="kept", role="developer", **scope
+        ),
+        suppressions.remove_suppression(
+            session, mode="live", suppression_id=uuid.uuid4(), role="viewer", **scope
+        ),
+        providers.create_config(
             session,
-            tenant_id=tenant.tenant_id,
+            data=providers.ConfigInput(channel="email", provider="sandbox", name="x"),
+            keyring=ring,
+            role="viewer",
+            **scope,
+        ),
+        providers.update_config(
+            session,
+            config_id=uuid.uuid4(),
+            changes=providers.ConfigChanges(enabled=False),
+            keyring=ring,
+            role="viewer",
+            **scope,
+        ),
+        providers.delete_config(session, config_id=uuid.uuid4(), role="viewer", **scope),
+        providers.reset_breaker(
+            session, config_id=uuid.uuid4(), breakers=app.state.breakers, role="viewer", **scope
+        ),
+        probe.send_test(
+            session,
             mode="live",
-            external_id="kept",
-            actor="user:x",
-            role="developer",
-        )
+            plan="free",
+            config=ProviderConfig(),
+            address="me@acme.example",
+            keyring=ring,
+            buckets=app.state.token_buckets,
+            settings=app.state.settings,
+            role="viewer",
+            **scope,
+        ),
+        controls.set_kill_switch(session, channel="email", mode="pause", role="developer", **scope),
+        controls.set_retry_policy(session, policy=RetryPolicy(), role="developer", **scope),
+        controls.set_default_locale(session, locale="de", role="developer", **scope),
+    ]
+    for refusal in refusals:
+        with pytest.raises(roles.RoleNotAllowed):
+            await refusal
     await session.rollback()
+    kept = await service.get_recipient(
+        session, tenant_id=tenant.tenant_id, mode="live", external_id="kept"
+    )
+    assert kept is not None
+    assert await controls.get_kill_switches(session, tenant_id=tenant.tenant_id) == {}
