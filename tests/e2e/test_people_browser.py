@@ -3,7 +3,8 @@
 Signs up, creates a test key and registers recipients with it over HTTP; then, as the owner
 in Chromium: searches a recipient, opens their page, erases them after typing their id;
 adds an SMTP provider through the form; pauses e-mail on the settings page. Screenshots go
-to test-artifacts/recipients-list.png, recipients-detail.png, providers.png, settings.png.
+to test-artifacts/recipients-list.png, recipients-detail.png, providers.png,
+providers-edit.png and settings.png.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ async def test_recipients_providers_and_settings_in_a_browser(server: str) -> No
         await email_card.get_by_role("link", name="Edit").click()
         await expect(page.get_by_label("From email")).to_have_value("noreply@umbrella.example")
         await expect(page.get_by_label("Password")).to_have_value("")
+        await session.screenshot("providers-edit")
         assert SMTP_PASSWORD not in await page.content()
 
         # Settings: pause e-mail.
