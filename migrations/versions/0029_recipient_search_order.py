@@ -1,7 +1,7 @@
 """a recipient's messages by index; recipient searches by e-mail or phone in index order
 
 Revision ID: 0029_recipient_search_order
-Revises: 0024_webhook_delivery_retention
+Revises: 0026_member_invites_resets
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0029_recipient_search_order"
-down_revision = "0024_webhook_delivery_retention"
+down_revision = "0026_member_invites_resets"
 branch_labels = None
 depends_on = None
 
