@@ -152,9 +152,14 @@ class ProvidersController(Controller):
 
     @get("/new")
     async def new_provider(
-        self, member: SignedInMember, provider: FromQuery[str] = "", channel: FromQuery[str] = ""
+        self,
+        request: Request[Any, Any, Any],
+        member: SignedInMember,
+        provider: FromQuery[str] = "",
+        channel: FromQuery[str] = "",
     ) -> Response[Any]:
-        require(member, "manage_providers")
+        if not member.may("manage_providers"):  # nothing to read here: back to the list
+            return see_other(request, "/providers")
         if provider not in SPECS:
             return page(
                 "providers/choose.html",
