@@ -21,7 +21,10 @@ from admin_ui.members import InviteController, MembersController, TenantSwitchCo
 from admin_ui.messages import MessagesController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
+from admin_ui.providers import ProvidersController
+from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
+from admin_ui.settings import SettingsController
 from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
@@ -41,6 +44,9 @@ PAGES: list[type[Controller]] = [
     PasswordResetController,
     TemplatePagesController,
     MessagesController,
+    RecipientsController,
+    ProvidersController,
+    SettingsController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
