@@ -23,6 +23,7 @@ from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
+from admin_ui.webhooks import WebhooksController
 from app.settings import Settings
 
 HERE = Path(__file__).parent
@@ -37,6 +38,7 @@ PAGES: list[type[Controller]] = [
     InviteController,
     TenantSwitchController,
     PasswordResetController,
+    WebhooksController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
