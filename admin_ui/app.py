@@ -14,12 +14,14 @@ from litestar.template.config import TemplateConfig
 
 from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
+from admin_ui.audit import AuditController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
+from admin_ui.receipts import ReceiptsController
 from admin_ui.session import session_middleware
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
@@ -39,6 +41,8 @@ PAGES: list[type[Controller]] = [
     TenantSwitchController,
     PasswordResetController,
     WebhooksController,
+    ReceiptsController,
+    AuditController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

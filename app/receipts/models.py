@@ -42,6 +42,15 @@ class Receipt(Base):
         CheckConstraint(f"verdict IN {VERDICTS!r}", name="verdict"),
         CheckConstraint("mode IS NULL OR mode IN ('live', 'test')", name="mode"),
         Index("ix_receipts_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        # The dashboard's filters: a page of one verdict, or of one provider config.
+        Index("ix_receipts_tenant_id_mode_verdict_id", "tenant_id", "mode", "verdict", "id"),
+        Index(
+            "ix_receipts_tenant_id_mode_provider_config_id_id",
+            "tenant_id",
+            "mode",
+            "provider_config_id",
+            "id",
+        ),
         # Retention deletes those past their time, in batches.
         Index("ix_receipts_retain_until", "retain_until"),
     )
