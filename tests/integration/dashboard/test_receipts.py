@@ -128,7 +128,7 @@ async def test_receipts_listed_filtered_and_shown(
             assert f'href="/messages/{message.id}"' in shown.text
         assert "Moved the message to <strong>delivered</strong>" in shown.text
         headers = re.search(
-            r'<table class="table" id="headers-table">.*?</table>', shown.text, re.S
+            r'<dl class="facts header-list" id="headers-table">.*?</dl>', shown.text, re.S
         )
         assert headers and "[redacted]" in headers.group(0)
         assert "c2VjcmV0" not in shown.text

@@ -216,7 +216,11 @@ async def test_the_delivery_log_and_resend_requeues_a_finished_delivery(
     page = await client.get(f"/webhooks/{endpoint_id}")
     row = re.search(rf'<tr id="delivery-{test_delivery.id}".*?</tr>', page.text, re.S)
     assert row
-    assert "Failed" in row.group(0) and ">500<" in row.group(0) and "137 ms" in row.group(0)
+    assert (
+        "Failed" in row.group(0)
+        and '"response-code">500<' in row.group(0)
+        and "137 ms" in row.group(0)
+    )
     assert "HTTP 500" in row.group(0)
     assert "Failing since" in (await client.get("/webhooks")).text
 
@@ -369,6 +373,13 @@ async def test_every_post_needs_the_csrf_token(
     endpoint_id, _ = await add_endpoint(client)
     await post_form(client, f"/webhooks/{endpoint_id}/test", {})
     (sent,) = await deliveries(session, endpoint_id)
+    # Every form of the pages carries its token.
+    for path in ("/webhooks", f"/webhooks/{endpoint_id}"):
+        html = (await client.get(path)).text
+        forms = re.findall(r"<form[^>]*method=\"post\".*?</form>", html, re.S)
+        assert len(forms) == (3 if path == "/webhooks" else 8), path
+        for form in forms:
+            assert 'name="_csrf_token" value="' in form, form[:120]
     for path, fields in posts(endpoint_id, sent.id).items():
         forged = await client.post(path, data=fields)
         assert forged.status_code == 403, path
