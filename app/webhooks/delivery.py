@@ -45,7 +45,7 @@ from app.crypto import Keyring
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications import completion
-from app.pagination import Page, keyset_page
+from app.pagination import Page, in_index_order, keyset_page
 from app.providers import ssrf
 from app.tenants.models import Tenant
 from app.tenants.plans import limits_for
@@ -429,8 +429,9 @@ async def delivery_page(
 ) -> Page[WebhookDelivery]:
     """A page of the endpoint's delivery log, newest first, after `cursor` (a delivery id).
 
-    Reads ix_webhook_deliveries_endpoint_id_id backwards: a page costs `limit` rows (more
-    with a status filter, which is checked on the rows the index yields)."""
+    Reads ix_webhook_deliveries_endpoint_id_id (or, by status,
+    ix_webhook_deliveries_endpoint_id_status_id) backwards: a page costs `limit` index
+    entries, whatever the statistics say."""
     query = select(WebhookDelivery).where(
         WebhookDelivery.tenant_id == tenant_id,
         WebhookDelivery.mode == mode,
@@ -438,7 +439,8 @@ async def delivery_page(
     )
     if status is not None:
         query = query.where(WebhookDelivery.status == status)
-    return await keyset_page(session, query, WebhookDelivery.id, limit=limit, cursor=cursor)
+    async with in_index_order(session):
+        return await keyset_page(session, query, WebhookDelivery.id, limit=limit, cursor=cursor)
 
 
 @dataclass

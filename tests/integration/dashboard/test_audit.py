@@ -9,10 +9,12 @@ import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from litestar import Litestar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from admin_ui import audit as audit_page
 from app.audit import service as audit
 from app.audit.models import AuditEntry
 from app.db import utcnow
@@ -165,6 +167,30 @@ async def test_the_check_is_bounded_to_the_newest_entries(
     assert gap.broken.reason == f"entry {newest - 10} is missing"
     nothing = await audit.check_recent(session, tenant_id=uuid.uuid4(), limit=10)
     assert nothing.empty and nothing.broken is None
+
+
+async def test_a_long_chain_says_how_much_of_it_the_page_checked(
+    client: httpx.AsyncClient, session: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await signed_up(client, session, "Long Chain Ltd")
+    await append_many(session, owner.tenant_id, 12, "thing.changed")
+    newest = await newest_seq(session, owner.tenant_id)
+    monkeypatch.setattr(audit_page, "CHECKED_ENTRIES", 5)
+    page = await client.get("/audit")
+    assert 'id="chain-verdict">Verified<' in page.text
+    assert (
+        f"the newest 5 entries\n          ({newest - 4} to {newest}) are intact and linked"
+        in page.text
+    )
+    assert "herald audit verify" in page.text
+    await as_owner(
+        session,
+        "UPDATE audit_log SET target = 'elsewhere' WHERE tenant_id = :t AND seq = :s",
+        {"t": owner.tenant_id, "s": newest - 1},
+    )
+    broken = await client.get("/audit")
+    assert f"Broken at entry <strong>{newest - 1}</strong>" in broken.text
+    assert f"Entries {newest - 4} to {newest - 2} are intact." in broken.text
 
 
 async def test_bad_filters_are_a_422_naming_them(
