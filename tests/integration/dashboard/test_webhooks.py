@@ -466,3 +466,27 @@ async def test_the_service_refuses_a_viewer_whichever_page_asks(
             session, made, utcnow(), actor="user:v@acme.example", role="viewer"
         )
     await session.rollback()
+
+
+async def test_the_twenty_first_endpoint_is_refused_naming_the_limit(
+    client: httpx.AsyncClient, session: AsyncSession, settings: Settings
+) -> None:
+    owner = await signed_up(client, session, "Full Ltd")
+    for n in range(service.MAX_ENDPOINTS):
+        await service.create_endpoint(
+            session,
+            tenant_id=owner.tenant_id,
+            mode="test",
+            data=service.EndpointInput(f"https://hooks{n}.example.com/in"),
+            actor="test",
+            keyring=crypto.keyring_for(settings),
+            allow_private=False,
+        )
+    await session.commit()
+    listed = await client.get("/webhooks")
+    assert len(ENDPOINT_ID.findall(listed.text)) == service.MAX_ENDPOINTS
+    assert f"{service.MAX_ENDPOINTS} of {service.MAX_ENDPOINTS}" in listed.text
+    refused = await post_form(client, "/webhooks", {"url": URL})
+    assert refused.status_code == 422
+    error = re.search(r'<p class="field-error" id="error-url">([^<]*)</p>', refused.text)
+    assert error and "20 endpoints in test mode" in error.group(1)
