@@ -40,7 +40,7 @@ from app.webhooks.models import WebhookDelivery, WebhookEndpoint
 ACTION = service.MANAGE
 DELIVERY_PAGE = 50
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
-EVENT_HELP = {
+_HELP = {
     "message.sent": "A provider accepted a message",
     "message.delivered": "The provider reports it delivered",
     "message.bounced": "It bounced",
@@ -52,6 +52,8 @@ EVENT_HELP = {
     "recipient.unsubscribed": "A recipient unsubscribed",
     "recipient.suppressed": "An address is suppressed (hard bounce, complaint)",
 }
+# Every type the service knows, in its order; one added there shows here at once.
+EVENT_HELP = {name: _HELP.get(name, "") for name in EVENT_TYPES}
 
 
 @dataclass(frozen=True)
