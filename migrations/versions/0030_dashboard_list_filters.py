@@ -4,8 +4,8 @@ receipts by verdict, by provider config, or both; an endpoint's deliveries by st
 Without them a filter on a rare value (bad_signature, failed) reads every row of the tenant
 or endpoint before it fills a page.
 
-Revision ID: 0025_dashboard_list_filters
-Revises: 0024_webhook_delivery_retention
+Revision ID: 0030_dashboard_list_filters
+Revises: 0026_member_invites_resets
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0025_dashboard_list_filters"
-down_revision = "0024_webhook_delivery_retention"
+revision = "0030_dashboard_list_filters"
+down_revision = "0026_member_invites_resets"
 branch_labels = None
 depends_on = None
 
