@@ -219,4 +219,22 @@ async def test_endpoints_deliveries_receipts_and_audit_in_a_browser(
             await expect(page.locator("#audit-table")).to_contain_text(action)
         await browser.screenshot("audit")
 
+        # Delete the endpoint (after its confirmation): its log goes with it, so nothing of
+        # this test is left due for the senders of later tests (its secret is sealed under
+        # the server's keys, not theirs).
+        await page.get_by_role("button", name="View test data").click()
+        await page.goto(f"{server}/webhooks/{endpoint_id}")
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.get_by_role("button", name="Delete").click()
+        await page.wait_for_url(f"{server}/webhooks")
+        await expect(page.locator("#endpoints-table .empty-row")).to_be_visible()
+        assert (
+            await session.scalar(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.endpoint_id == uuid.UUID(endpoint_id)
+                )
+            )
+            is None
+        )
+
         assert browser.problems == []
