@@ -41,7 +41,7 @@ from app.audit import service as audit
 from app.auth import roles
 from app.auth.mailer import SystemMailer
 from app.auth.models import Membership, User
-from app.crypto import Keyring
+from app.crypto import DecryptionError, Keyring
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications import completion
@@ -136,16 +136,18 @@ async def post(
 ) -> Outcome:
     """One signed attempt; never raises for what the endpoint or the network did."""
     body = msgspec.json.encode(delivery.payload)
+    try:
+        signature = signed_headers(
+            endpoint, keyring, message_id=delivery.event_id, body=body, timestamp=int(time.time())
+        )
+    except DecryptionError:
+        # A secret sealed under a key the keyring no longer holds: this endpoint's attempt
+        # fails (and is retried, should the key come back), the round goes on for others.
+        return Outcome(None, 0, "the endpoint's signing secret cannot be decrypted")
     headers = {
         "content-type": "application/json",
         "user-agent": "Herald-Webhooks/1",
-        **signed_headers(
-            endpoint,
-            keyring,
-            message_id=delivery.event_id,
-            body=body,
-            timestamp=int(time.time()),
-        ),
+        **signature,
     }
     started = time.perf_counter()
     try:
