@@ -15,6 +15,7 @@ from litestar.template.config import TemplateConfig
 from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
+from admin_ui.dlq import DlqController
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
@@ -41,6 +42,7 @@ PAGES: list[type[Controller]] = [
     PasswordResetController,
     TemplatePagesController,
     MessagesController,
+    DlqController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -1,6 +1,8 @@
 """Reading notifications and messages; cancelling, pausing and resuming what is not sent yet.
 
 Every function takes the tenant and the mode: a test key sees test notifications only.
+Cancel, pause and resume take the acting member's role (None for an API key) and refuse one
+that may not (app/auth/roles.py), and audit the change when an actor is given (a member's).
 
 A paused notification is not dispatched, and its messages waiting to be sent (`queued`,
 `retrying`) are due at 'infinity': no claim takes them (the claim also skips a paused
@@ -19,11 +21,13 @@ from datetime import UTC, datetime
 from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit import service as audit
+from app.auth import roles
 from app.db import utcnow
 from app.delivery import outbox
 from app.notifications import expansion, tallies
 from app.notifications.models import Attempt, Message, Notification
-from app.pagination import Page
+from app.pagination import Page, keyset_page
 from app.recipients.models import Recipient
 
 MESSAGES_SHOWN = 100
@@ -54,6 +58,49 @@ class MessageFilters:
     until: datetime | None = None
     error_class: str | None = None
     provider: str | None = None
+
+
+@dataclass(frozen=True)
+class NotificationFilters:
+    status: str | None = None
+    template: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+async def list_notifications(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    filters: NotificationFilters,
+    limit: int,
+    cursor: uuid.UUID | None,
+) -> Page[Notification]:
+    """The tenant's notifications of `mode`, newest first, a page of at most `limit`.
+
+    Keyset on ix_notifications_tenant_id_mode_id (ids are time-ordered): the filters are
+    checked on the rows the index walk returns, and the walk stops at `limit` + 1 matches.
+    """
+    conditions: list[ColumnElement[bool]] = [
+        Notification.tenant_id == tenant_id,
+        Notification.mode == mode,
+    ]
+    if filters.status:
+        conditions.append(Notification.status == filters.status)
+    if filters.template:
+        conditions.append(Notification.template_key == filters.template)
+    if filters.since:
+        conditions.append(Notification.created_at >= in_utc(filters.since))
+    if filters.until:
+        conditions.append(Notification.created_at < in_utc(filters.until))
+    return await keyset_page(
+        session,
+        select(Notification).where(*conditions),
+        Notification.id,
+        limit=limit,
+        cursor=cursor,
+    )
 
 
 def message_conditions(
@@ -184,13 +231,20 @@ class Cancelled:
 
 
 async def cancel(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Cancelled | None:
     """Cancel the notification and every message not yet handed to a provider.
 
     An audience's messages still held for release cannot be sent once it is cancelled;
     its dispatch job cancels them in pages (a million in one statement would hold the
     request for as long), and is enqueued for that."""
+    roles.require(role, "cancel_notifications")
     notification = await session.scalar(
         select(Notification)
         .where(
@@ -222,7 +276,27 @@ async def cancel(
         # Due now: the relay enqueues the job again if this one is lost.
         notification.dispatch_after = utcnow()
         jobs.append(outbox.later_dispatch(notification.id, notification.priority, utcnow()))
+    await _audit(session, actor, notification, "notification.cancelled", cancelled)
     return Cancelled(notification, cancelled, jobs)
+
+
+async def _audit(
+    session: AsyncSession,
+    actor: str | None,
+    notification: Notification,
+    action: str,
+    messages: int,
+) -> None:
+    if actor is None:
+        return
+    await audit.append(
+        session,
+        tenant_id=notification.tenant_id,
+        actor=actor,
+        action=action,
+        target=f"notification:{notification.id}",
+        details={"mode": notification.mode, "messages": messages},
+    )
 
 
 class NotPausable(Exception):
@@ -241,9 +315,16 @@ class Control:
 
 
 async def pause(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Control | None:
     """Hold the notification's messages not sent yet, and its dispatch if it has not run."""
+    roles.require(role, "cancel_notifications")
     notification = await _locked(session, tenant_id, mode, notification_id)
     if notification is None:
         return None
@@ -265,6 +346,7 @@ async def pause(
     holding: int = held.rowcount  # type: ignore[attr-defined]
     if audience and notification.releasing:
         holding = await expansion.held_count(session, notification.id)
+    await _audit(session, actor, notification, "notification.paused", holding)
     return Control(notification, holding, [])
 
 
@@ -275,9 +357,25 @@ async def resume(
     mode: str,
     notification_id: uuid.UUID,
     page: int = RESUME_PAGE,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Control | None:
     """Let a paused notification go on: its held messages are due now (their deliver jobs
     returned, a job per batch), or its dispatch runs (now, or at its send_at)."""
+    roles.require(role, "cancel_notifications")
+    control = await _resume(session, tenant_id, mode, notification_id, page)
+    if control is not None:
+        await _audit(session, actor, control.notification, "notification.resumed", control.messages)
+    return control
+
+
+async def _resume(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    page: int,
+) -> Control | None:
     notification = await _locked(session, tenant_id, mode, notification_id)
     if notification is None:
         return None
