@@ -20,6 +20,7 @@ from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.messages import MessagesController
+from admin_ui.notifications import NotificationsController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
@@ -43,6 +44,7 @@ PAGES: list[type[Controller]] = [
     TemplatePagesController,
     MessagesController,
     DlqController,
+    NotificationsController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

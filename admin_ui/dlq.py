@@ -19,10 +19,11 @@ from urllib.parse import urlencode
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 from litestar.plugins.htmx import HTMXTemplate
 
+from admin_ui.bounded import CURSOR_MAX_LENGTH, invalid, read_cursor
 from admin_ui.pages import form_text, is_htmx, page
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
 from app.auth import roles
@@ -36,13 +37,7 @@ from app.notifications.queries import MessageFilters
 PAGE_SIZE = 50
 ERROR_CLASSES = ("transient", "rate_limited", "permanent", "config", "render")
 PROVIDER_MAX_LENGTH = 32  # messages.provider
-CURSOR_MAX_LENGTH = 36
 Action = Literal["replay", "discard"]
-
-
-def invalid(field: str, message: str) -> HTTPException:
-    """The 422 for a bad query parameter or form field, naming it."""
-    return HTTPException(status_code=422, detail=f"{field}: {message}")
 
 
 def group_query(group: GroupKey) -> str:
@@ -68,17 +63,6 @@ def read_group(error_class: str, provider: str, code: str) -> GroupKey:
             raise invalid("code", "a three-digit HTTP status code, or empty")
         status_code = int(code)
     return GroupKey(error_class or None, provider or None, status_code)
-
-
-def read_cursor(cursor: str) -> uuid.UUID | None:
-    if not cursor:
-        return None
-    if len(cursor) > CURSOR_MAX_LENGTH:
-        raise invalid("cursor", "not a cursor of this list")
-    try:
-        return uuid.UUID(cursor)
-    except ValueError:
-        raise invalid("cursor", "not a cursor of this list") from None
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher
 from litestar import Litestar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
-from app.auth.models import Membership, User
 from app.notifications.models import Message
 from app.runtime import ServiceUrls
-from tests.dashboard import PASSWORD, browser, csrf_token, htmx_headers, sign_in, unique_email
+from tests.integration.dashboard.members import post, signed_in, text_of
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, make_tenant, settings_for
 
@@ -38,40 +34,6 @@ GROUP_PAGE = "/dlq/group?error_class=permanent&provider=sandbox&code=400"
 @pytest.fixture
 async def sandbox(session: AsyncSession) -> TenantKey:
     return await make_tenant(session, "Sandboxed", mode="test")
-
-
-async def add_member(session: AsyncSession, tenant_id: uuid.UUID, role: str) -> str:
-    """A member of `role` in the tenant; their e-mail (password PASSWORD)."""
-    email = unique_email(role)
-    user = User(
-        email=email, name=f"{role.title()} Example", password_hash=PasswordHasher().hash(PASSWORD)
-    )
-    session.add(user)
-    await session.flush()
-    session.add(Membership(user_id=user.id, tenant_id=tenant_id, role=role))
-    await session.commit()
-    return email
-
-
-@asynccontextmanager
-async def signed_in(
-    app: Litestar, session: AsyncSession, tenant: TenantKey, role: str = "owner"
-) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser signed in as a new member of `role`, looking at the data of the key's mode."""
-    email = await add_member(session, tenant.tenant_id, role)
-    async with browser(app) as client:
-        assert (await sign_in(client, email, PASSWORD)).status_code == 303
-        await post(client, "/mode", {"mode": tenant.mode})
-        yield client
-
-
-async def post(
-    client: httpx.AsyncClient, path: str, fields: dict[str, str], *, htmx: bool = False
-) -> httpx.Response:
-    token = await csrf_token(client, "/account")
-    if htmx:
-        return await client.post(path, data=fields, headers=htmx_headers(token))
-    return await client.post(path, data={**fields, "_csrf_token": token})
 
 
 async def failed_messages(
@@ -108,10 +70,6 @@ async def status_of(session: AsyncSession, message_id: str) -> tuple[str, str | 
     message = await session.get(Message, uuid.UUID(message_id), populate_existing=True)
     assert message is not None
     return message.status, message.skip_reason
-
-
-def text_of(page: httpx.Response) -> str:
-    return re.sub(r"\s+", " ", page.text)
 
 
 async def test_empty_queue_says_what_lands_here(
