@@ -122,8 +122,13 @@ def _answer(
     """The action panel: swapped in by htmx, or as a page of its own without JavaScript."""
     context = {"member": member, **context}
     if is_htmx(request):
+        # Once messages moved, the page's tables reload themselves (hx-trigger dlq-changed).
+        changed = {"trigger_event": "dlq-changed", "after": "receive"}
         return HTMXTemplate(
-            template_name="dlq/_action.html", context=context, status_code=status_code
+            template_name="dlq/_action.html",
+            context=context,
+            status_code=status_code,
+            **(changed if context.get("step") == "done" else {}),
         )
     return page("dlq/action.html", status_code=status_code, **context)
 
@@ -180,6 +185,7 @@ class DlqController(Controller):
             items=found.items,
             next_cursor=found.next_cursor,
             paged=after is not None,
+            cursor="" if after is None else str(after),
             count=sum(counted),
         )
 

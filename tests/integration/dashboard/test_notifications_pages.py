@@ -124,7 +124,9 @@ async def test_detail_totals_targets_and_messages_link(
             )
         )
         assert totals == {"sent": "1", "failed": "1"}
-        assert "2 in all" in page.text
+        assert re.search(
+            r'<span class="figure-value">2</span><span class="figure-label">messages', page.text
+        )
         assert f'href="/messages?notification={sent["id"]}"' in page.text
         assert '<span class="chip">good</span>' in page.text
         assert '<span class="chip">bad</span>' in page.text
