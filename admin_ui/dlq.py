@@ -123,12 +123,13 @@ def _answer(
     context = {"member": member, **context}
     if is_htmx(request):
         # Once messages moved, the page's tables reload themselves (hx-trigger dlq-changed).
-        changed = {"trigger_event": "dlq-changed", "after": "receive"}
+        moved = context.get("step") == "done"
         return HTMXTemplate(
             template_name="dlq/_action.html",
             context=context,
             status_code=status_code,
-            **(changed if context.get("step") == "done" else {}),
+            trigger_event="dlq-changed" if moved else None,
+            after="receive" if moved else None,
         )
     return page("dlq/action.html", status_code=status_code, **context)
 

@@ -152,6 +152,7 @@ async def test_replay_one_then_the_group_requeues(
         done = await post(owner, "/dlq/replay", {"message": first, "expected": "1"}, htmx=True)
         assert done.status_code == 200, done.text
         assert "1 message replayed" in text_of(done)
+        assert "dlq-changed" in done.headers["hx-trigger"]  # the page's tables reload
         assert await status_of(session, first) == ("queued", None)
 
         # A confirmation whose count no longer holds acts on nothing and asks again.
