@@ -35,6 +35,9 @@ from app.notifications import queries
 from app.notifications.queries import MessageFilters
 
 PAGE_SIZE = 50
+# The groups page counts the newest dead letters only, so that it answers fast however many
+# there are; it says so when there are more (replay and discard act on every one).
+GROUPS_SCAN = 5_000
 ERROR_CLASSES = ("transient", "rate_limited", "permanent", "config", "render")
 PROVIDER_MAX_LENGTH = 32  # messages.provider
 Action = Literal["replay", "discard"]
@@ -141,12 +144,21 @@ class DlqController(Controller):
     @get("/")
     async def groups(self, db_session: DbSession, member: SignedInMember) -> Response[Any]:
         found = await service.groups(
-            db_session, tenant_id=member.tenant.id, mode=member.mode, filters=MessageFilters()
+            db_session,
+            tenant_id=member.tenant.id,
+            mode=member.mode,
+            filters=MessageFilters(),
+            scan_limit=GROUPS_SCAN,
+        )
+        capped = await service.more_failed_than(
+            db_session, tenant_id=member.tenant.id, mode=member.mode, limit=GROUPS_SCAN
         )
         return page(
             "dlq/groups.html",
             member=member,
             groups=found,
+            capped=capped,
+            scan=GROUPS_SCAN,
             total=sum(group.count for group in found),
             group_query=group_query,
         )
@@ -172,12 +184,6 @@ class DlqController(Controller):
             cursor=after,
             group=key,
         )
-        counted = await service.count(
-            db_session,
-            tenant_id=member.tenant.id,
-            mode=member.mode,
-            selection=Selection(filters=MessageFilters(), group=key),
-        )
         return page(
             "dlq/group.html",
             member=member,
@@ -187,7 +193,6 @@ class DlqController(Controller):
             next_cursor=found.next_cursor,
             paged=after is not None,
             cursor="" if after is None else str(after),
-            count=sum(counted),
         )
 
     @get("/{message_id:uuid}")

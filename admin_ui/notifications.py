@@ -37,7 +37,6 @@ PAGE_SIZE = 50
 TEMPLATE_MAX_LENGTH = 100  # notifications.template_key
 DATE_MAX_LENGTH = 32
 RECIPIENTS_SHOWN = 50
-MESSAGES_SHOWN = 10
 NOTICES = {
     "cancelled": "Cancelled: messages not handed to a provider yet will not be sent.",
     "paused": "Paused: nothing more is sent until you resume it.",
@@ -108,6 +107,7 @@ def _panel_context(
         "notification": notification,
         "totals": _ordered(counts),
         "total": sum(counts.values()),
+        "failed": counts.get("failed", 0),
         "notice": notice,
         "may_act": member.may("cancel_notifications"),
         "cancellable": notification.status in CANCELLABLE,
@@ -134,14 +134,16 @@ class NotificationsController(Controller):
     ) -> Response[Any]:
         filters = read_filters(status, template, since, until)
         after = read_cursor(cursor)
-        found = await queries.list_notifications(
+        listed = await queries.list_notifications(
             db_session,
             tenant_id=member.tenant.id,
             mode=member.mode,
             filters=filters,
             limit=PAGE_SIZE,
             cursor=after,
+            scan=queries.LIST_SCAN,
         )
+        found = listed.page
         counts = await tallies.counts_of(db_session, notification_ids=[n.id for n in found.items])
         query = {"status": status, "template": template, "since": since, "until": until}
         context: dict[str, Any] = {
@@ -149,6 +151,8 @@ class NotificationsController(Controller):
             "notifications": found.items,
             "counts": {n.id: _ordered(counts.get(n.id, {})) for n in found.items},
             "next_cursor": found.next_cursor,
+            "searched_to": listed.searched_to,
+            "scan": queries.LIST_SCAN,
             "paged": after is not None,
             "filters": query,
             "filtered": any(query.values()),
@@ -167,21 +171,21 @@ class NotificationsController(Controller):
         notification_id: FromPath[uuid.UUID],
         done: FromQuery[str] = "",
     ) -> Response[Any]:
-        view = await queries.get_notification(
+        notification = await queries.find_notification(
             db_session,
             tenant_id=member.tenant.id,
             mode=member.mode,
             notification_id=notification_id,
         )
-        if view is None:
+        if notification is None:
             raise NotFoundException(f"No notification {notification_id} in {member.tenant.name}.")
-        notification = view.notification
+        # Its messages are listed by the delivery log (/messages?notification=…): listing
+        # them here, newest first, would walk a broadcast's million.
+        counts = await tallies.counts(db_session, notification_id=notification.id)
         return page(
             "notifications/detail.html",
             targets=Targets.of(notification),
-            messages=view.messages[:MESSAGES_SHOWN],
-            more_messages=view.has_more_messages or len(view.messages) > MESSAGES_SHOWN,
-            **_panel_context(member, notification, view.counts, NOTICES.get(done, "")),
+            **_panel_context(member, notification, counts, NOTICES.get(done, "")),
         )
 
     @post("/{notification_id:uuid}/cancel")

@@ -77,12 +77,19 @@ def _conditions(
     return message_conditions(tenant_id, mode, failed)
 
 
+# A message's attempts newest first: `n` restarts at 1 after a replay, the id does not. By
+# `id + 0`, which no index provides: ordered by `id`, the planner (without statistics) walks
+# the primary key backwards through every tenant's attempts, for each message, rather than
+# take the message's few attempts from ix_attempts_message_id and sort them.
+_NEWEST_ATTEMPT_FIRST = (Attempt.id + 0).desc()
+
+
 def _last_status_code() -> ScalarSelect[int | None]:
-    """The status code of the message's last attempt (ix on attempts.message_id)."""
+    """The status code of the message's last attempt (ix_attempts_message_id)."""
     return (
         select(Attempt.status_code)
         .where(Attempt.message_id == Message.id)
-        .order_by(Attempt.id.desc())  # `n` restarts at 1 after a replay; the id does not
+        .order_by(_NEWEST_ATTEMPT_FIRST)
         .limit(1)
         .scalar_subquery()
     )
@@ -127,34 +134,63 @@ async def list_failed(
 
 
 async def groups(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, filters: MessageFilters
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    filters: MessageFilters,
+    scan_limit: int | None = None,
 ) -> list[Group]:
-    """Counts of every matching failed message by (error class, provider, last status code)."""
+    """Counts of every matching failed message by (error class, provider, last status code),
+    or of the newest `scan_limit` of them: a page that must answer fast whatever the size
+    of the queue bounds the scan (`more_failed_than` tells it whether it cut)."""
+    recent = select(
+        Message.id,
+        Message.error_class,
+        Message.provider,
+        func.coalesce(Message.updated_at, Message.created_at).label("failed_at"),
+    ).where(*_conditions(tenant_id, mode, filters))
+    if scan_limit is not None:
+        recent = recent.order_by(Message.id.desc()).limit(scan_limit)  # ix_messages_failed
+    failed = recent.subquery("failed")
     last_attempt = (
         select(Attempt.status_code)
-        .where(Attempt.message_id == Message.id)
-        .order_by(Attempt.id.desc())  # `n` restarts at 1 after a replay; the id does not
+        .where(Attempt.message_id == failed.c.id)
+        .order_by(_NEWEST_ATTEMPT_FIRST)
         .limit(1)
         .lateral("last_attempt")
     )
     count = func.count().label("count")
-    failed_at = func.coalesce(Message.updated_at, Message.created_at)
     rows = await session.execute(
         select(
-            Message.error_class,
-            Message.provider,
+            failed.c.error_class,
+            failed.c.provider,
             last_attempt.c.status_code,
             count,
-            func.min(failed_at),
-            func.max(failed_at),
+            func.min(failed.c.failed_at),
+            func.max(failed.c.failed_at),
         )
-        .select_from(Message)
+        .select_from(failed)
         .outerjoin(last_attempt, true())
-        .where(*_conditions(tenant_id, mode, filters))
-        .group_by(Message.error_class, Message.provider, last_attempt.c.status_code)
-        .order_by(count.desc(), Message.error_class, Message.provider)
+        .group_by(failed.c.error_class, failed.c.provider, last_attempt.c.status_code)
+        .order_by(count.desc(), failed.c.error_class, failed.c.provider)
     )
     return [Group(row[0], row[1], row[2], int(row[3]), row[4], row[5]) for row in rows]
+
+
+async def more_failed_than(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, limit: int
+) -> bool:
+    """Whether the tenant's mode has more than `limit` failed messages (reads at most
+    `limit` + 1 entries of ix_messages_failed)."""
+    beyond = await session.scalar(
+        select(Message.id)
+        .where(*_conditions(tenant_id, mode, None))
+        .order_by(Message.id.desc())
+        .offset(limit)
+        .limit(1)
+    )
+    return beyond is not None
 
 
 async def count(

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.audit import service as audit
 from app.auth import roles
@@ -27,11 +28,12 @@ from app.db import utcnow
 from app.delivery import outbox
 from app.notifications import expansion, tallies
 from app.notifications.models import Attempt, Message, Notification
-from app.pagination import Page, keyset_page
+from app.pagination import Page
 from app.recipients.models import Recipient
 
 MESSAGES_SHOWN = 100
 RESUME_PAGE = 1_000  # messages made due again per statement when a notification resumes
+LIST_SCAN = 10_000  # notifications a filtered list looks at per page, at most
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,14 @@ class NotificationFilters:
     until: datetime | None = None
 
 
+@dataclass(frozen=True)
+class NotificationPage:
+    page: Page[Notification]
+    # The filters matched too few of the SCAN notifications looked at to fill the page: the
+    # next search starts after this id (the page's cursor), else None.
+    searched_to: uuid.UUID | None
+
+
 async def list_notifications(
     session: AsyncSession,
     *,
@@ -76,31 +86,51 @@ async def list_notifications(
     filters: NotificationFilters,
     limit: int,
     cursor: uuid.UUID | None,
-) -> Page[Notification]:
+    scan: int = LIST_SCAN,
+) -> NotificationPage:
     """The tenant's notifications of `mode`, newest first, a page of at most `limit`.
 
-    Keyset on ix_notifications_tenant_id_mode_id (ids are time-ordered): the filters are
-    checked on the rows the index walk returns, and the walk stops at `limit` + 1 matches.
+    An ordered walk of ix_notifications_tenant_id_mode_id (ids are time-ordered) from the
+    cursor, stopped at `limit` + 1 rows; with filters, which no index serves, at most `scan`
+    notifications are looked at, so that a rare status costs no more than a common one:
+    a page the scan could not fill says where it stopped (`searched_to`).
     """
-    conditions: list[ColumnElement[bool]] = [
-        Notification.tenant_id == tenant_id,
-        Notification.mode == mode,
-    ]
+    tenant = [Notification.tenant_id == tenant_id, Notification.mode == mode]
+    if cursor is not None:
+        tenant.append(Notification.id < cursor)
+    newest = select(Notification).where(*tenant).order_by(Notification.id.desc())
+    window = aliased(Notification, newest.limit(scan).subquery("window"))
+    matching: list[ColumnElement[bool]] = []
     if filters.status:
-        conditions.append(Notification.status == filters.status)
+        matching.append(window.status == filters.status)
     if filters.template:
-        conditions.append(Notification.template_key == filters.template)
+        matching.append(window.template_key == filters.template)
     if filters.since:
-        conditions.append(Notification.created_at >= in_utc(filters.since))
+        matching.append(window.created_at >= in_utc(filters.since))
     if filters.until:
-        conditions.append(Notification.created_at < in_utc(filters.until))
-    return await keyset_page(
-        session,
-        select(Notification).where(*conditions),
-        Notification.id,
-        limit=limit,
-        cursor=cursor,
-    )
+        matching.append(window.created_at < in_utc(filters.until))
+    # Without statistics the planner takes any index on (tenant_id, mode) and sorts every
+    # notification of the tenant; with no sort allowed, only the ordered walk is left.
+    await session.execute(text("SET LOCAL enable_sort = off"))
+    try:
+        filtered = select(window).where(*matching).order_by(window.id.desc())
+        query = filtered if matching else newest
+        rows = list((await session.scalars(query.limit(limit + 1))).all())
+        searched_to = None
+        if matching and len(rows) <= limit:
+            searched_to = await session.scalar(
+                select(Notification.id)
+                .where(*tenant)
+                .order_by(Notification.id.desc())
+                .offset(scan - 1)
+                .limit(1)
+            )
+    finally:
+        await session.execute(text("SET LOCAL enable_sort = on"))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = str(rows[-1].id) if has_more and rows else None
+    return NotificationPage(Page(rows, has_more, next_cursor), searched_to)
 
 
 def message_conditions(
@@ -141,6 +171,20 @@ def in_utc(moment: datetime) -> datetime:
     except OverflowError:
         edge = datetime.min if moment.year == 1 else datetime.max
         return edge.replace(tzinfo=UTC)
+
+
+async def find_notification(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+) -> Notification | None:
+    """The notification alone (by its primary key), if it is the tenant's and of `mode`."""
+    found: Notification | None = await session.scalar(
+        select(Notification).where(
+            Notification.tenant_id == tenant_id,
+            Notification.mode == mode,
+            Notification.id == notification_id,
+        )
+    )
+    return found
 
 
 async def get_notification(

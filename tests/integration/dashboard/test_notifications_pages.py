@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEntry
+from app.notifications import queries
 from app.notifications.models import Notification
 from app.runtime import ServiceUrls
 from tests.integration.dashboard.members import post, signed_in, text_of
@@ -93,6 +94,26 @@ async def test_list_is_newest_first_filtered_and_paged(
         none = await owner.get("/notifications?since=2999-01-01T00:00")
         assert listed(none) == [] and "No notification matches these filters" in none.text
         assert len(listed(await owner.get("/notifications?until=2999-01-01T00:00"))) == 50
+        # A filter searches a bounded number of notifications per page, and says so.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(queries, "LIST_SCAN", 20)
+            searched = await owner.get("/notifications?status=cancelled")
+            assert listed(searched) == []
+            assert "None of the 20 notifications searched matches" in text_of(searched)
+            onward = re.search(
+                r'href="(/notifications\?status=cancelled&amp;cursor=[^"]+)"', searched.text
+            )
+            assert onward, searched.text
+            rest = await owner.get(onward.group(1).replace("&amp;", "&"))
+            assert listed(rest) == []  # the next 20
+            last = re.search(
+                r'href="(/notifications\?status=cancelled&amp;cursor=[^"]+)"', rest.text
+            )
+            assert last
+            found = await owner.get(last.group(1).replace("&amp;", "&"))
+            assert listed(found) == [hello]  # the 52nd, in the third window
+            assert 'id="searched-to"' not in found.text  # the search reached the oldest
+
         # htmx asks for the results only, and gets the filters kept in the pager.
         partial = await owner.get("/notifications?template=digest", headers={"HX-Request": "true"})
         assert "<html" not in partial.text and len(listed(partial)) == 50
@@ -131,7 +152,7 @@ async def test_detail_totals_targets_and_messages_link(
         assert '<span class="chip">good</span>' in page.text
         assert '<span class="chip">bad</span>' in page.text
         assert 'href="/templates/hello"' in page.text
-        assert "/dlq/" in page.text  # the failed message links to its dead letter
+        assert 'href="/dlq"' in page.text  # it has failed messages: they are dead letters
         # Dispatched and partly sent: it can still be cancelled or paused, not resumed.
         assert "/cancel" in page.text and "/pause" in page.text and "/resume" not in page.text
 
