@@ -80,7 +80,9 @@ class Target:
         message = form_text(form, "message")
         if message:
             try:
-                return cls(message_id=uuid.UUID(message[:CURSOR_MAX_LENGTH]))
+                if len(message) > CURSOR_MAX_LENGTH:
+                    raise ValueError(message[:CURSOR_MAX_LENGTH])
+                return cls(message_id=uuid.UUID(message))
             except ValueError:
                 raise invalid("message", "not a message id") from None
         if form_text(form, "group") != "1":

@@ -131,7 +131,7 @@ async def test_a_dead_letter_is_replayed_from_the_page(
         )
         await session.screenshot("notifications-detail")
 
-        await page.get_by_role("link", name="Dead letters").click()
+        await page.locator(".sidenav").get_by_role("link", name="Dead letters").click()
         await page.wait_for_url(f"{server}/dlq")
         group = page.locator(".group-row")
         await expect(group).to_have_count(1)

@@ -302,6 +302,7 @@ async def test_bad_query_is_422_naming_the_field(
     ("path", "fields", "field"),
     [
         ("/dlq/replay/preview", {"message": "not-an-id"}, "message"),
+        ("/dlq/replay/preview", {"message": f"{uuid.uuid4()}{'0' * 5000}"}, "message"),
         ("/dlq/replay/preview", {}, "message"),
         ("/dlq/discard/preview", {**GROUP, "error_class": "x" * 5000}, "error_class"),
         ("/dlq/replay", {**GROUP, "expected": "-1"}, "expected"),
