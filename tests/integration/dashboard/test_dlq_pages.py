@@ -23,7 +23,7 @@ from admin_ui import dlq as dlq_pages
 from app.audit.models import AuditEntry
 from app.notifications.models import Message
 from app.runtime import ServiceUrls
-from tests.integration.dashboard.members import post, signed_in, text_of
+from tests.integration.dashboard.as_member import post, signed_in, text_of
 from tests.send_path import drain, notification, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, make_tenant, settings_for
 

@@ -19,7 +19,7 @@ from app.audit.models import AuditEntry
 from app.notifications import queries
 from app.notifications.models import Notification
 from app.runtime import ServiceUrls
-from tests.integration.dashboard.members import post, signed_in, text_of
+from tests.integration.dashboard.as_member import post, signed_in, text_of
 from tests.send_path import drain, notify, put_recipient, put_template, workers
 from tests.support import TenantKey, make_tenant, settings_for
 
