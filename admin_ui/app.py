@@ -16,10 +16,12 @@ from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
 from admin_ui.audit import AuditController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
+from admin_ui.dlq import DlqController
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.messages import MessagesController
+from admin_ui.notifications import NotificationsController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.providers import ProvidersController
@@ -53,6 +55,8 @@ PAGES: list[type[Controller]] = [
     WebhooksController,
     ReceiptsController,
     AuditController,
+    DlqController,
+    NotificationsController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
