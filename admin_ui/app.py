@@ -14,18 +14,26 @@ from litestar.template.config import TemplateConfig
 
 from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
+from admin_ui.audit import AuditController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
+from admin_ui.dlq import DlqController
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.messages import MessagesController
+from admin_ui.notifications import NotificationsController
 from admin_ui.overview import OverviewController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
+from admin_ui.providers import ProvidersController
+from admin_ui.receipts import ReceiptsController
+from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
+from admin_ui.settings import SettingsController
 from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
+from admin_ui.webhooks import WebhooksController
 from app.settings import Settings
 
 HERE = Path(__file__).parent
@@ -42,6 +50,14 @@ PAGES: list[type[Controller]] = [
     PasswordResetController,
     TemplatePagesController,
     MessagesController,
+    RecipientsController,
+    ProvidersController,
+    SettingsController,
+    WebhooksController,
+    ReceiptsController,
+    AuditController,
+    DlqController,
+    NotificationsController,
     OverviewController,
 ]
 

@@ -1,10 +1,15 @@
 """Reading the dead-letter queue (messages with status `failed`), replaying and discarding.
 
 Every function acts on the failed messages of one tenant and mode: a test key can neither see
-nor replay live messages. Replay and discard are UPDATEs guarded by `status = 'failed'`:
-concurrent calls selecting the same message move it once, and only the call that moved it
-sees it returned. A replay goes in pages of the outbox's batch size, each one transaction
-(audited) and one enqueue, so that a large group is never held in memory or in one lock.
+nor replay live messages. A group (error class, provider, the last attempt's status code) is
+what the dashboard shows, opens and replays or discards as one; its None values match NULL.
+Replay and discard take the acting member's role (None for an API key): the service refuses
+a role that may not manage the DLQ (app/auth/roles.py).
+
+Replay and discard are UPDATEs guarded by `status = 'failed'`: concurrent calls selecting the
+same message move it once, and only the call that moved it sees it returned. A replay goes in
+pages of the outbox's batch size, each one transaction (audited) and one enqueue, so that a
+large group is never held in memory or in one lock.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, true, update
+from sqlalchemy import ColumnElement, ScalarSelect, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.delivery import outbox
 from app.notifications.models import Attempt, Message, Notification
 from app.notifications.queries import MessageFilters, MessageView, message_conditions, message_page
@@ -27,11 +33,21 @@ DISCARDED = "discarded"
 
 
 @dataclass(frozen=True)
+class GroupKey:
+    """A group of failed messages: None matches NULL (a render failure has no provider)."""
+
+    error_class: str | None
+    provider: str | None
+    status_code: int | None
+
+
+@dataclass(frozen=True)
 class Selection:
-    """Explicit ids, or every failed message matching the filters."""
+    """Explicit ids, or every failed message matching the filters (and the group)."""
 
     ids: list[uuid.UUID] | None = None
     filters: MessageFilters | None = None
+    group: GroupKey | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,12 @@ class Group:
     provider: str | None
     status_code: int | None
     count: int
+    oldest: datetime | None = None  # when its first and last messages failed
+    newest: datetime | None = None
+
+    @property
+    def key(self) -> GroupKey:
+        return GroupKey(self.error_class, self.provider, self.status_code)
 
 
 @dataclass(frozen=True)
@@ -55,10 +77,38 @@ def _conditions(
     return message_conditions(tenant_id, mode, failed)
 
 
+# A message's attempts newest first: `n` restarts at 1 after a replay, the id does not. By
+# `id + 0`, which no index provides: ordered by `id`, the planner (without statistics) walks
+# the primary key backwards through every tenant's attempts, for each message, rather than
+# take the message's few attempts from ix_attempts_message_id and sort them.
+_NEWEST_ATTEMPT_FIRST = (Attempt.id + 0).desc()
+
+
+def _last_status_code() -> ScalarSelect[int | None]:
+    """The status code of the message's last attempt (ix_attempts_message_id)."""
+    return (
+        select(Attempt.status_code)
+        .where(Attempt.message_id == Message.id)
+        .order_by(_NEWEST_ATTEMPT_FIRST)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _in_group(group: GroupKey) -> list[ColumnElement[bool]]:
+    return [
+        Message.error_class.is_not_distinct_from(group.error_class),
+        Message.provider.is_not_distinct_from(group.provider),
+        _last_status_code().is_not_distinct_from(group.status_code),
+    ]
+
+
 def _selected(tenant_id: uuid.UUID, mode: str, selection: Selection) -> list[ColumnElement[bool]]:
     conditions = _conditions(tenant_id, mode, selection.filters)
     if selection.ids is not None:
         conditions.append(Message.id.in_(selection.ids))
+    if selection.group is not None:
+        conditions += _in_group(selection.group)
     return conditions
 
 
@@ -74,32 +124,73 @@ async def list_failed(
     filters: MessageFilters,
     limit: int,
     cursor: uuid.UUID | None,
+    group: GroupKey | None = None,
 ) -> Page[MessageView]:
+    """Failed messages newest first (ix_messages_failed), of one group if given."""
     conditions = _conditions(tenant_id, mode, filters)
+    if group is not None:
+        conditions += _in_group(group)
     return await message_page(session, conditions, limit=limit, cursor=cursor)
 
 
 async def groups(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, filters: MessageFilters
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    filters: MessageFilters,
+    scan_limit: int | None = None,
 ) -> list[Group]:
-    """Counts of every matching failed message by (error class, provider, last status code)."""
+    """Counts of every matching failed message by (error class, provider, last status code),
+    or of the newest `scan_limit` of them: a page that must answer fast whatever the size
+    of the queue bounds the scan (`more_failed_than` tells it whether it cut)."""
+    recent = select(
+        Message.id,
+        Message.error_class,
+        Message.provider,
+        func.coalesce(Message.updated_at, Message.created_at).label("failed_at"),
+    ).where(*_conditions(tenant_id, mode, filters))
+    if scan_limit is not None:
+        recent = recent.order_by(Message.id.desc()).limit(scan_limit)  # ix_messages_failed
+    failed = recent.subquery("failed")
     last_attempt = (
         select(Attempt.status_code)
-        .where(Attempt.message_id == Message.id)
-        .order_by(Attempt.id.desc())  # `n` restarts at 1 after a replay; the id does not
+        .where(Attempt.message_id == failed.c.id)
+        .order_by(_NEWEST_ATTEMPT_FIRST)
         .limit(1)
         .lateral("last_attempt")
     )
     count = func.count().label("count")
     rows = await session.execute(
-        select(Message.error_class, Message.provider, last_attempt.c.status_code, count)
-        .select_from(Message)
+        select(
+            failed.c.error_class,
+            failed.c.provider,
+            last_attempt.c.status_code,
+            count,
+            func.min(failed.c.failed_at),
+            func.max(failed.c.failed_at),
+        )
+        .select_from(failed)
         .outerjoin(last_attempt, true())
-        .where(*_conditions(tenant_id, mode, filters))
-        .group_by(Message.error_class, Message.provider, last_attempt.c.status_code)
-        .order_by(count.desc(), Message.error_class, Message.provider)
+        .group_by(failed.c.error_class, failed.c.provider, last_attempt.c.status_code)
+        .order_by(count.desc(), failed.c.error_class, failed.c.provider)
     )
-    return [Group(row[0], row[1], row[2], int(row[3])) for row in rows]
+    return [Group(row[0], row[1], row[2], int(row[3]), row[4], row[5]) for row in rows]
+
+
+async def more_failed_than(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, limit: int
+) -> bool:
+    """Whether the tenant's mode has more than `limit` failed messages (reads at most
+    `limit` + 1 entries of ix_messages_failed)."""
+    beyond = await session.scalar(
+        select(Message.id)
+        .where(*_conditions(tenant_id, mode, None))
+        .order_by(Message.id.desc())
+        .offset(limit)
+        .limit(1)
+    )
+    return beyond is not None
 
 
 async def count(
@@ -126,6 +217,8 @@ def _audit_details(selection: Selection, mode: str, counts: dict[str, int]) -> d
             for key, value in vars(selection.filters).items()
             if value is not None
         }
+    if selection.group is not None:
+        details["group"] = vars(selection.group)
     return details
 
 
@@ -137,6 +230,7 @@ async def replay(
     mode: str,
     selection: Selection,
     actor: str,
+    role: str | None = None,
 ) -> ReplayOutcome:
     """Move matching failed messages back to queued and enqueue their delivery.
 
@@ -144,6 +238,7 @@ async def replay(
     with its audit entry, then one enqueue of its deliver jobs (the session must hold
     nothing uncommitted). A lost enqueue leaves the page queued, for the sweeper.
     """
+    roles.require(role, "manage_dlq")
     conditions = _selected(tenant_id, mode, selection)
     not_replayable = int(
         await session.scalar(
@@ -223,9 +318,16 @@ async def _replay_page(
 
 
 async def discard(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, selection: Selection, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    selection: Selection,
+    actor: str,
+    role: str | None = None,
 ) -> int:
     """Move matching failed messages to cancelled (skip_reason `discarded`); audited."""
+    roles.require(role, "manage_dlq")
     result = await session.execute(
         update(Message)
         .where(*_selected(tenant_id, mode, selection))

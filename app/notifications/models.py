@@ -179,7 +179,8 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "id",
             postgresql_where=text("status = 'failed'"),
         ),
-        # The delivery log's filters, each a range of one index, newest first; partial on a
+        # The delivery log's filters (and a recipient's page, by recipient_id), each a range
+        # of one index, newest first; partial on a
         # predicate every row meets, which only statements naming the mode imply, so that
         # the send path's never take them (migration 0028, app/notifications/log.py).
         Index(

@@ -1,6 +1,8 @@
 """Reading notifications and messages; cancelling, pausing and resuming what is not sent yet.
 
 Every function takes the tenant and the mode: a test key sees test notifications only.
+Cancel, pause and resume take the acting member's role (None for an API key) and refuse one
+that may not (app/auth/roles.py), and audit the change when an actor is given (a member's).
 
 A paused notification is not dispatched, and its messages waiting to be sent (`queued`,
 `retrying`) are due at 'infinity': no claim takes them (the claim also skips a paused
@@ -18,7 +20,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
+from app.audit import service as audit
+from app.auth import roles
 from app.db import utcnow
 from app.delivery import outbox
 from app.notifications import expansion, tallies
@@ -28,6 +33,7 @@ from app.recipients.models import Recipient
 
 MESSAGES_SHOWN = 100
 RESUME_PAGE = 1_000  # messages made due again per statement when a notification resumes
+LIST_SCAN = 10_000  # notifications a filtered list looks at per page, at most
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,77 @@ class MessageFilters:
     until: datetime | None = None
     error_class: str | None = None
     provider: str | None = None
+
+
+@dataclass(frozen=True)
+class NotificationFilters:
+    status: str | None = None
+    template: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NotificationPage:
+    page: Page[Notification]
+    # The filters matched too few of the SCAN notifications looked at to fill the page: the
+    # next search starts after this id (the page's cursor), else None.
+    searched_to: uuid.UUID | None
+
+
+async def list_notifications(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    filters: NotificationFilters,
+    limit: int,
+    cursor: uuid.UUID | None,
+    scan: int = LIST_SCAN,
+) -> NotificationPage:
+    """The tenant's notifications of `mode`, newest first, a page of at most `limit`.
+
+    An ordered walk of ix_notifications_tenant_id_mode_id (ids are time-ordered) from the
+    cursor, stopped at `limit` + 1 rows; with filters, which no index serves, at most `scan`
+    notifications are looked at, so that a rare status costs no more than a common one:
+    a page the scan could not fill says where it stopped (`searched_to`).
+    """
+    tenant = [Notification.tenant_id == tenant_id, Notification.mode == mode]
+    if cursor is not None:
+        tenant.append(Notification.id < cursor)
+    newest = select(Notification).where(*tenant).order_by(Notification.id.desc())
+    window = aliased(Notification, newest.limit(scan).subquery("window"))
+    matching: list[ColumnElement[bool]] = []
+    if filters.status:
+        matching.append(window.status == filters.status)
+    if filters.template:
+        matching.append(window.template_key == filters.template)
+    if filters.since:
+        matching.append(window.created_at >= in_utc(filters.since))
+    if filters.until:
+        matching.append(window.created_at < in_utc(filters.until))
+    # Without statistics the planner takes any index on (tenant_id, mode) and sorts every
+    # notification of the tenant; with no sort allowed, only the ordered walk is left.
+    await session.execute(text("SET LOCAL enable_sort = off"))
+    try:
+        filtered = select(window).where(*matching).order_by(window.id.desc())
+        query = filtered if matching else newest
+        rows = list((await session.scalars(query.limit(limit + 1))).all())
+        searched_to = None
+        if matching and len(rows) <= limit:
+            searched_to = await session.scalar(
+                select(Notification.id)
+                .where(*tenant)
+                .order_by(Notification.id.desc())
+                .offset(scan - 1)
+                .limit(1)
+            )
+    finally:
+        await session.execute(text("SET LOCAL enable_sort = on"))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = str(rows[-1].id) if has_more and rows else None
+    return NotificationPage(Page(rows, has_more, next_cursor), searched_to)
 
 
 def message_conditions(
@@ -94,6 +171,20 @@ def in_utc(moment: datetime) -> datetime:
     except OverflowError:
         edge = datetime.min if moment.year == 1 else datetime.max
         return edge.replace(tzinfo=UTC)
+
+
+async def find_notification(
+    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+) -> Notification | None:
+    """The notification alone (by its primary key), if it is the tenant's and of `mode`."""
+    found: Notification | None = await session.scalar(
+        select(Notification).where(
+            Notification.tenant_id == tenant_id,
+            Notification.mode == mode,
+            Notification.id == notification_id,
+        )
+    )
+    return found
 
 
 async def get_notification(
@@ -184,13 +275,20 @@ class Cancelled:
 
 
 async def cancel(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Cancelled | None:
     """Cancel the notification and every message not yet handed to a provider.
 
     An audience's messages still held for release cannot be sent once it is cancelled;
     its dispatch job cancels them in pages (a million in one statement would hold the
     request for as long), and is enqueued for that."""
+    roles.require(role, "cancel_notifications")
     notification = await session.scalar(
         select(Notification)
         .where(
@@ -222,7 +320,27 @@ async def cancel(
         # Due now: the relay enqueues the job again if this one is lost.
         notification.dispatch_after = utcnow()
         jobs.append(outbox.later_dispatch(notification.id, notification.priority, utcnow()))
+    await _audit(session, actor, notification, "notification.cancelled", cancelled)
     return Cancelled(notification, cancelled, jobs)
+
+
+async def _audit(
+    session: AsyncSession,
+    actor: str | None,
+    notification: Notification,
+    action: str,
+    messages: int,
+) -> None:
+    if actor is None:
+        return
+    await audit.append(
+        session,
+        tenant_id=notification.tenant_id,
+        actor=actor,
+        action=action,
+        target=f"notification:{notification.id}",
+        details={"mode": notification.mode, "messages": messages},
+    )
 
 
 class NotPausable(Exception):
@@ -241,9 +359,16 @@ class Control:
 
 
 async def pause(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, notification_id: uuid.UUID
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Control | None:
     """Hold the notification's messages not sent yet, and its dispatch if it has not run."""
+    roles.require(role, "cancel_notifications")
     notification = await _locked(session, tenant_id, mode, notification_id)
     if notification is None:
         return None
@@ -265,6 +390,7 @@ async def pause(
     holding: int = held.rowcount  # type: ignore[attr-defined]
     if audience and notification.releasing:
         holding = await expansion.held_count(session, notification.id)
+    await _audit(session, actor, notification, "notification.paused", holding)
     return Control(notification, holding, [])
 
 
@@ -275,9 +401,25 @@ async def resume(
     mode: str,
     notification_id: uuid.UUID,
     page: int = RESUME_PAGE,
+    role: str | None = None,
+    actor: str | None = None,
 ) -> Control | None:
     """Let a paused notification go on: its held messages are due now (their deliver jobs
     returned, a job per batch), or its dispatch runs (now, or at its send_at)."""
+    roles.require(role, "cancel_notifications")
+    control = await _resume(session, tenant_id, mode, notification_id, page)
+    if control is not None:
+        await _audit(session, actor, control.notification, "notification.resumed", control.messages)
+    return control
+
+
+async def _resume(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    mode: str,
+    notification_id: uuid.UUID,
+    page: int,
+) -> Control | None:
     notification = await _locked(session, tenant_id, mode, notification_id)
     if notification is None:
         return None

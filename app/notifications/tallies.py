@@ -61,6 +61,26 @@ async def counts(session: AsyncSession, *, notification_id: uuid.UUID) -> dict[s
     return {status: int(n) for status, n in rows}
 
 
+async def counts_of(
+    session: AsyncSession, *, notification_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    """`counts` of each of a page of notifications (which the caller read under its tenant
+    and mode), in one statement; a notification without messages is left out."""
+    if not notification_ids:
+        return {}
+    total = cast(func.sum(MessageTally.n), BigInteger)
+    rows = await session.execute(
+        select(MessageTally.notification_id, MessageTally.status, total)
+        .where(MessageTally.notification_id.in_(notification_ids))
+        .group_by(MessageTally.notification_id, MessageTally.status)
+        .having(total != 0)
+    )
+    found: dict[uuid.UUID, dict[str, int]] = {}
+    for notification_id, status, n in rows:
+        found.setdefault(notification_id, {})[status] = int(n)
+    return found
+
+
 # The notifications of the `limit` oldest deltas after `after` (ix_message_tallies_deltas),
 # those whose row is free, and all their rows, each notification's folded into one per
 # status. A status that nets to zero (queued, once all are sent) keeps no row. Their rows
