@@ -19,6 +19,7 @@ from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.session import session_middleware
+from admin_ui.sso import SsoController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
@@ -31,6 +32,7 @@ PAGES: list[type[Controller]] = [
     AccountController,
     ModeController,
     KeysController,
+    SsoController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [
