@@ -25,7 +25,7 @@ from litestar.response import Redirect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_ui.accounts import client_of, guards_of
-from admin_ui.pages import form_text, is_htmx, page, see_other
+from admin_ui.pages import CONTENT_SECURITY_POLICY, form_text, is_htmx, page, see_other
 from admin_ui.session import (
     SSO_TENANT,
     Member,
@@ -137,6 +137,22 @@ async def _settings_page(
         roles=JOIN_ROLES,
         role_help=ROLE_HELP,
     )
+
+
+def _sso_form(
+    request: Request[Any, Any, Any], email: str, errors: dict[str, str], status_code: int = 200
+) -> Response[Any]:
+    """The "Sign in with SSO" form. Browsers check a form post's redirects against the
+    form-action policy of the page that holds the form: this page's form leads, through
+    /sso, to the tenant's provider, whose origin is not known until the address is typed.
+    So here alone form-action admits any https origin (and http ones where the operator
+    allows private provider URLs); the page shows nothing but the typed address."""
+    response = page("sso/signin.html", status_code=status_code, email=email, errors=errors)
+    schemes = "https: http:" if _settings(request).allow_private_urls else "https:"
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.replace(
+        "form-action 'self'", f"form-action 'self' {schemes}"
+    )
+    return response
 
 
 def _failure(message: str, status_code: int = 400) -> Response[Any]:
@@ -254,7 +270,7 @@ class SsoController(Controller):
     ) -> Response[Any]:
         if await signed_in_member(request, db_session):
             return see_other(request, HOME)
-        return page("sso/signin.html", email=email[: accounts.MAX_EMAIL_LENGTH], errors={})
+        return _sso_form(request, email[: accounts.MAX_EMAIL_LENGTH], {})
 
     @post("/sso")
     async def start(self, request: Request[Any, Any, Any], db_session: DbSession) -> Response[Any]:
@@ -262,9 +278,7 @@ class SsoController(Controller):
         typed = form_text(await request.form(), "email")[: accounts.MAX_EMAIL_LENGTH + 1]
 
         def again(message: str, status_code: int = 422) -> Response[Any]:
-            return page(
-                "sso/signin.html", status_code=status_code, email=typed, errors={"email": message}
-            )
+            return _sso_form(request, typed, {"email": message}, status_code)
 
         guards = guards_of(request)
         wait = await guards.throttle.take(
@@ -301,7 +315,8 @@ class SsoController(Controller):
         request.set_session(
             {**(session if isinstance(session, dict) else {}), PENDING: pending.to_session()}
         )
-        return Redirect(url, status_code=303)
+        response = Redirect(url, status_code=303)
+        return response
 
     @get(CALLBACK_PATH)
     async def callback(

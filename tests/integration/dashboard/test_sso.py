@@ -307,7 +307,11 @@ async def test_a_new_person_signs_in_through_the_provider_and_joins_as_viewer(
     assert (await configure(owner, provider.issuer, client_id=client_id)).status_code == 303
 
     async with browser(sso_app) as bob:
-        assert (await bob.get(f"/sso?email={email}")).status_code == 200
+        form = await bob.get(f"/sso?email={email}")
+        assert form.status_code == 200 and f'value="{email}"' in form.text
+        # A form post's redirects must pass the form page's form-action policy, and this
+        # one leads to the provider (on loopback here, which this app allows).
+        assert "form-action 'self' https: http:;" in form.headers["content-security-policy"]
         started = await start_sso(bob, email.upper())
         assert started.status_code == 303, started.text
         authorize = started.headers["location"]
@@ -599,6 +603,8 @@ async def test_private_and_plain_http_issuers_are_refused_by_default(
     app: Litestar, forge: TokenForge
 ) -> None:
     async with browser(app) as client:
+        form = await client.get("/sso")
+        assert "form-action 'self' https:;" in form.headers["content-security-policy"]
         await sign_up(client, f"boss@{new_domain()}", company="Hooli")
         for issuer in (forge.issuer, "http://id.example", "https://10.1.2.3"):
             fields = {
