@@ -224,17 +224,18 @@ class SsoController(Controller):
         stored = await sso_config.get_settings(
             db_session, tenant_id=member.tenant.id, role=member.role
         )
+        await db_session.commit()  # no connection held while the provider answers
         if stored is None:
             test = {"ok": False, "message": "Save the settings first, then test them."}
         else:
+            allow_private = _settings(request).allow_private_urls
             try:
-                found = await oidc.discover(
-                    stored.issuer, allow_private=_settings(request).allow_private_urls
-                )
+                found = await oidc.discover(stored.issuer, allow_private=allow_private)
             except oidc.SignInFailed as error:
                 test = {"ok": False, "message": str(error)}
             else:
-                oidc.providers.clear()  # the next sign-in uses what was just found
+                # The next sign-in uses what was just found (the owner may have fixed it).
+                oidc.providers.put(found, allow_private=allow_private)
                 test = {
                     "ok": True,
                     "message": (

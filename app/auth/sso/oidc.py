@@ -240,6 +240,10 @@ class ProviderCache:
             await discover(provider.issuer, allow_private=allow_private),
         )
 
+    def put(self, provider: ProviderInfo, *, allow_private: bool) -> None:
+        """Keep what a fresh discovery found (the settings page's connection test)."""
+        self._keep((provider.issuer, allow_private), provider)
+
     def clear(self) -> None:
         self._providers.clear()
 
