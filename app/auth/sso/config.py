@@ -98,7 +98,7 @@ def normalise_issuer(value: str) -> str:
         raise InvalidSsoConfig("issuer", "not a valid URL") from None
     if url.scheme not in ("https", "http") or not url.host:
         raise InvalidSsoConfig("issuer", "an https:// URL, such as https://login.example.com")
-    if url.query or url.fragment or url.userinfo or any(c.isspace() for c in issuer):
+    if url.query or url.fragment or url.userinfo or any(c.isspace() or c == "\x00" for c in issuer):
         raise InvalidSsoConfig("issuer", "no query, fragment, credentials or spaces")
     return issuer
 

@@ -197,6 +197,8 @@ async def test_settings_page_empty_then_saved_with_the_secret_sealed(
         ({"issuer": "ftp://id.example"}, "issuer", "https://"),
         ({"issuer": "https://id.example/?a=1"}, "issuer", "no query"),
         ({"issuer": "x" * 600}, "issuer", "1 to 500"),
+        ({"client_secret": "s" * 2001}, "client_secret", "1 to 2000"),
+        ({"domains": ",".join(f"d{n}.example" for n in range(21))}, "domains", "at most 20"),
         ({"client_id": ""}, "client_id", "client ID"),
         ({"client_secret": ""}, "client_secret", "client secret"),
         ({"domains": "not a domain!"}, "domains", "is not a domain"),
@@ -235,6 +237,10 @@ async def test_a_domain_belongs_to_one_tenant(owner: Owner, sso_app: Litestar) -
         refused = await configure(rival, "https://id.globex.example")
         assert refused.status_code == 422
         assert f"{owner.domain} is used by another Herald account" in refused.text
+        # Nothing of the first tenant's settings shows on the other's page.
+        page = await other.get("/settings/sso")
+        assert page.status_code == 200 and "Not set up" in page.text
+        assert "https://id.example" not in page.text
 
 
 async def test_only_owners_manage_sso(
