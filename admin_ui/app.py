@@ -17,7 +17,9 @@ from admin_ui.accounts import AccountsController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
+from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
+from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
 from admin_ui.sso import SsoController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
@@ -32,6 +34,10 @@ PAGES: list[type[Controller]] = [
     AccountController,
     ModeController,
     KeysController,
+    MembersController,
+    InviteController,
+    TenantSwitchController,
+    PasswordResetController,
     SsoController,
 ]
 

@@ -58,6 +58,8 @@ class Member:
     # The data the pages show and act on: every query of a page is bound to this mode as
     # an API key's are to its own, so test data never mixes with live.
     mode: str = "live"
+    # Every tenant the person belongs to (this one too), for the top bar's tenant switch.
+    memberships: tuple[accounts.TenantAccess, ...] = ()
 
     @property
     def actor(self) -> str:
@@ -145,14 +147,8 @@ async def signed_in_member(
     generation = session.get(GENERATION) if isinstance(session, dict) else None
     if user is None or generation != user.session_generation:
         return None
-    access = next(
-        (
-            access
-            for access in await accounts.tenants_of(db_session, user_id=user_id)
-            if access.tenant.id == tenant_id
-        ),
-        None,
-    )
+    memberships = tuple(await accounts.tenants_of(db_session, user_id=user_id))
+    access = next((access for access in memberships if access.tenant.id == tenant_id), None)
     if access is None:
         return None
     # A tenant that requires SSO takes no password session from its members (owners
@@ -169,7 +165,9 @@ async def signed_in_member(
         # Until the tenant may use live keys, its only data is test data: show that first.
         live = await verification.live_keys_allowed(db_session, tenant_id=tenant_id)
         mode = "live" if live else "test"
-    return Member(user=user, tenant=access.tenant, role=access.role, mode=mode)
+    return Member(
+        user=user, tenant=access.tenant, role=access.role, mode=mode, memberships=memberships
+    )
 
 
 async def provide_member(request: Request[Any, Any, Any], db_session: DbSession) -> Member:

@@ -334,6 +334,8 @@ class SsoController(Controller):
         pending = oidc.PendingSignIn.from_session(session.get(PENDING))
         # One answer per sign-in: whatever happens next, this one is used up.
         request.set_session({k: v for k, v in session.items() if k != PENDING})
+        if pending is None and not code and await signed_in_member(request, db_session):
+            return see_other(request, HOME)  # back here after signing in: nothing to do
         if (
             pending is None
             or not state

@@ -144,6 +144,23 @@ async def create_account(
     whose word stands for the address; otherwise the tenant awaits verification."""
     email = _check_sign_up(email, name, password, company)
     password_hash = await passwords.hash(password)
+    user = await add_user(
+        session, email=email, name=name, password_hash=password_hash, verified=verified
+    )
+    tenant = await create_tenant(session, name=company.strip(), actor=f"user:{user.email}")
+    session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=roles.OWNER))
+    if not verified:
+        await verification.hold_live_keys(session, tenant_id=tenant.id)
+    await session.flush()
+    return user, tenant
+
+
+async def add_user(
+    session: AsyncSession, *, email: str, name: str, password_hash: str, verified: bool
+) -> User:
+    """A user of a checked, normalised e-mail and an already hashed password, in the
+    caller's transaction; AccountError when the address has an account (the caller's
+    transaction is then rolled back)."""
     taken = await session.scalar(select(User.id).where(func.lower(User.email) == email.lower()))
     if taken is not None:
         raise AccountError("An account with this e-mail already exists.", field="email")
@@ -159,12 +176,17 @@ async def create_account(
     except IntegrityError:  # a concurrent sign-up took the e-mail after our check
         await session.rollback()
         raise AccountError("An account with this e-mail already exists.", field="email") from None
-    tenant = await create_tenant(session, name=company.strip(), actor=f"user:{user.email}")
-    session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=roles.OWNER))
-    if not verified:
-        await verification.hold_live_keys(session, tenant_id=tenant.id)
-    await session.flush()
-    return user, tenant
+    return user
+
+
+def check_new_password(password: str, field: str = "password") -> None:
+    """AccountError (naming `field`) for a password too short or too long to be set."""
+    _check_new_password(password, field)
+
+
+def check_name(name: str) -> None:
+    if len(name) > MAX_NAME_LENGTH:
+        raise AccountError(f"The name is longer than {MAX_NAME_LENGTH} characters.", field="name")
 
 
 async def sign_up(

@@ -92,3 +92,48 @@ class UnverifiedTenant(CreatedAt, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
     )
+
+
+INVITE_DELIVERIES = ("mail", "sandbox")
+
+
+class MemberInvite(UuidPrimaryKey, CreatedAt, Base):
+    """An invitation to join a tenant with a role (app/auth/members.py): only the token's
+    SHA-256 is kept; the row goes when the invite is accepted, revoked or replaced."""
+
+    __tablename__ = "member_invites"
+    __table_args__ = (
+        CheckConstraint(f"role IN {ROLES!r}", name="role"),
+        CheckConstraint(f"delivery IN {INVITE_DELIVERIES!r}", name="delivery"),
+        # One pending invite per address and tenant: inviting again replaces it. Also the
+        # index of a tenant's list of invites.
+        Index(
+            "uq_member_invites_tenant_id_email_lower",
+            "tenant_id",
+            text("lower(email)"),
+            unique=True,
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    invited_by: Mapped[str] = mapped_column(String(200))  # the inviting member's actor
+    # How the link reached the invitee: mailed (which proves the address), or shown to the
+    # inviting owner from test mode's sandbox (which does not).
+    delivery: Mapped[str] = mapped_column(String(8))
+    expires_at: Mapped[datetime]
+
+
+class PasswordReset(CreatedAt, Base):
+    """A password-reset link mailed to a user: the token's SHA-256 only; single use."""
+
+    __tablename__ = "password_resets"
+
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]

@@ -8,7 +8,10 @@ rather than 64 MiB and a quarter second of CPU:
 |---|---|---|
 | sign-in (and a password change) | 20, then 20 a minute | 10, then 10 a minute |
 | sign-up | 10, then 10 an hour | 3, then 3 an hour |
-| verification mail | | 5, then 5 an hour |
+| verification or password-reset mail | | 5, then 5 an hour (one bucket for both) |
+| password-reset request, or new password | 10, then 10 an hour | |
+| accepting an invitation | 10, then 10 an hour | |
+| invitations mailed | | (per tenant) 20, then 20 an hour |
 
 A sign-in's e-mail bucket is spent only by attempts whose answer would tell something (not
 those refused by the delay below), and not by a browser that signed in to that account
@@ -64,6 +67,9 @@ SIGN_IN_PER_EMAIL = Limit(10, 60)
 SIGN_UP_PER_NETWORK = Limit(10, 3600)
 SIGN_UP_PER_EMAIL = Limit(3, 3600)
 MAIL_PER_EMAIL = Limit(5, 3600)
+PASSWORD_RESET_PER_NETWORK = Limit(10, 3600)
+INVITE_ACCEPT_PER_NETWORK = Limit(10, 3600)
+INVITES_PER_TENANT = Limit(20, 3600)
 
 # KEYS[1]: the (e-mail, network) hash. ARGV: max failures, longest delay (s), memory (s).
 # Returns the delay now due before the next attempt, in whole milliseconds.

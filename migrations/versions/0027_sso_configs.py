@@ -1,7 +1,7 @@
 """sso_configs and sso_domains: single sign-on with a tenant's OpenID Connect provider
 
 Revision ID: 0027_sso_configs
-Revises: 0024_webhook_delivery_retention
+Revises: 0026_member_invites_resets
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0027_sso_configs"
-down_revision = "0024_webhook_delivery_retention"
+down_revision = "0026_member_invites_resets"
 branch_labels = None
 depends_on = None
 

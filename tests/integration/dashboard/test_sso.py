@@ -338,10 +338,17 @@ async def test_a_new_person_signs_in_through_the_provider_and_joins_as_viewer(
         assert keys.status_code == 200
         assert owner.company in keys.text and "viewer" in keys.text
 
-        # The answer is single use: the same callback again is refused.
+        # The answer is single use: the same callback again is refused, in this browser
+        # as in another.
         replay = await come_back(bob, back)
         assert replay.status_code == 400
         assert "not started in this browser" in failure(replay)
+        # Back at the callback with nothing under way, signed in: home.
+        assert (await bob.get("/sso/callback")).headers["location"] == "/keys"
+    async with browser(sso_app) as mallory:
+        stolen = await come_back(mallory, back)
+        assert stolen.status_code == 400
+        assert (await mallory.get("/keys")).status_code == 303
 
     user = await session.scalar(select(User).where(User.email == email))
     assert user is not None and user.email_verified_at is not None and user.name == "Bob Example"
@@ -475,6 +482,48 @@ async def test_require_sso_refuses_members_passwords_but_not_owners(
     assert (await configure(owner, "https://id.example", require_sso=False)).status_code == 303
     async with browser(sso_app) as member:
         assert (await sign_in(member, member_email, PASSWORD)).status_code == 303
+
+
+async def test_a_tenant_that_requires_sso_is_not_entered_by_switching_from_a_password_session(
+    owner: Owner, sso_app: Litestar, session: AsyncSession
+) -> None:
+    """A person who owns a tenant of their own and is a developer of one that requires SSO:
+    their password opens their own, and the switch to the other is refused, pointing to SSO;
+    signed in through the provider, they switch back and forth freely."""
+    provider = canaille()
+    client_id = f"herald-{uuid.uuid4().hex[:8]}"
+    provider.add_client(client_id, SECRET, [CALLBACK])
+    assert (
+        await configure(owner, provider.issuer, client_id=client_id, require_sso=True)
+    ).status_code == 303
+    email = f"hal@{owner.domain}"
+    login = provider.add_user(email)
+    async with browser(sso_app) as hal:
+        assert (await sign_up(hal, email, company="Hal's own")).status_code == 303
+        user = await session.scalar(select(User).where(User.email == email))
+        assert user is not None
+        own = (await accounts.tenants_of(session, user_id=user.id))[0].tenant.id
+        session.add(Membership(user_id=user.id, tenant_id=owner.tenant_id, role="developer"))
+        await session.commit()
+
+        # A password sign-in lands in the tenant that takes passwords.
+        assert (await sign_in(hal, email, PASSWORD)).status_code == 303
+        assert "Hal&#39;s own" in (await hal.get("/keys")).text
+        refused = await post_form(hal, "/tenants/switch", {"tenant_id": str(owner.tenant_id)})
+        assert refused.status_code == 403
+        assert "requires single sign-on" in html.unescape(refused.text)
+        assert (await hal.get("/keys")).status_code == 200, "still signed in to their own"
+
+    async with browser(sso_app) as hal:
+        started = await start_sso(hal, email)
+        back = await sign_in_at_provider(started.headers["location"], login=login)
+        assert (await come_back(hal, back)).status_code == 303
+        assert owner.company in (await hal.get("/keys")).text
+        mine = await post_form(hal, "/tenants/switch", {"tenant_id": str(own)})
+        assert mine.status_code == 303
+        again = await post_form(hal, "/tenants/switch", {"tenant_id": str(owner.tenant_id)})
+        assert again.status_code == 303
+        assert owner.company in (await hal.get("/keys")).text
 
 
 # ---- what an honest provider never sends ---------------------------------------------------

@@ -52,7 +52,7 @@ async def test_sso_configs_up_and_down(server_urls: ServiceUrls) -> None:
         finally:
             await connection.close()
 
-        await asyncio.to_thread(downgrade, url, "0024_webhook_delivery_retention")
+        await asyncio.to_thread(downgrade, url, "0026_member_invites_resets")
         assert not {"sso_configs", "sso_domains"} & await _tables(url)
 
         await asyncio.to_thread(upgrade, url, "0027_sso_configs")
