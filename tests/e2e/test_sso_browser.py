@@ -3,7 +3,7 @@ a real one, on 127.0.0.1) on the settings page and tests the connection; then a 
 signs in with SSO: their work e-mail on Herald's page, the provider's login, password and
 consent pages, and back to the dashboard as a viewer. A stranger to the tenant is refused
 with a page that says why. Screenshots: test-artifacts/sso-settings.png, sso-settings-tested.png,
-sso-signin.png, sso-failed.png.
+sso-signin-door.png (the sign-in page), sso-signin.png, sso-failed.png.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ async def test_owner_sets_up_sso_and_a_new_person_signs_in_through_the_provider(
         # A new person of the tenant's domain: Herald's sign-in page, then the provider's.
         bob = await session.new_page()
         await bob.goto(f"{server}/signin")
+        await session.screenshot("sso-signin-door", bob)
         await bob.get_by_role("link", name="Sign in with SSO").click()
         await expect(bob.locator("h1")).to_have_text("Sign in with SSO")
         await bob.get_by_label("Work e-mail").fill(newcomer)
