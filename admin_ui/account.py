@@ -115,8 +115,13 @@ class ModeController(Controller):
 
 
 def _same_site_path(request: Request[Any, Any, Any]) -> str:
-    """The path of the page the request came from, when it is one of ours (Referer)."""
+    """The section of the page the request came from, when it is one of ours (Referer):
+    `/templates/welcome` gives `/templates`, since an id of one mode is not found in the
+    other; a list page keeps its query (its filters)."""
     referer = urlsplit(request.headers.get("referer", ""))
     if referer.netloc != request.url.netloc or not referer.path.startswith("/"):
         return ""
-    return referer.path + (f"?{referer.query}" if referer.query else "")
+    section = "/" + referer.path.strip("/").split("/", 1)[0]
+    if section != referer.path.rstrip("/"):
+        return section
+    return section + (f"?{referer.query}" if referer.query else "")

@@ -22,6 +22,7 @@ from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.session import session_middleware
 from admin_ui.sso import SsoController
+from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
 from app.settings import Settings
@@ -39,6 +40,7 @@ PAGES: list[type[Controller]] = [
     TenantSwitchController,
     PasswordResetController,
     SsoController,
+    TemplatePagesController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -80,10 +80,11 @@ class KeyRejected(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling the API: a tenant, through one of its keys."""
+    """Who is calling the API: a tenant, through one of its keys (or, with no key, a
+    dashboard member sending a test to themselves: app/notifications/self_test.py)."""
 
     tenant_id: uuid.UUID
-    key_id: uuid.UUID
+    key_id: uuid.UUID | None
     key_prefix: str
     mode: str
     scopes: frozenset[str]

@@ -72,7 +72,7 @@ _fail_open = _FailOpenLog()
 def _buckets_for(user: object) -> tuple[Bucket, ...]:
     if isinstance(user, Principal):
         tenant = api_bucket(user.tenant_id, user.mode, limits_for(user.plan))
-        if user.rate_per_second is None or user.burst is None:
+        if user.key_id is None or user.rate_per_second is None or user.burst is None:
             return (tenant,)
         return (
             tenant,

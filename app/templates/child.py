@@ -114,7 +114,9 @@ def serve(batch: RenderBatch, out: BinaryIO, slack: float) -> None:
             )
             reply = Rendered(content=content, ms=_ms(began))
         except RenderFailed as failed:
-            reply = Refused(field=failed.field, message=str(failed), ms=_ms(began))
+            reply = Refused(
+                field=failed.field, message=str(failed), ms=_ms(began), line=failed.line
+            )
         except Exception as error:  # MemoryError and the like: this job's failure only
             message = clean_message(f"{type(error).__name__}: {error}")
             reply = Refused(field=job.channel, message=message, ms=_ms(began))

@@ -78,6 +78,7 @@ class Refused(msgspec.Struct, tag="refused"):
     field: str
     message: str
     ms: float
+    line: int | None = None  # the line of the field's source, when the template raised it
 
 
 class OutOfBudget(msgspec.Struct, tag="out_of_budget"):

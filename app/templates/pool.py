@@ -413,5 +413,5 @@ def _outcome(reply: Reply) -> Outcome:
     if isinstance(reply, Rendered):
         return reply.content
     if isinstance(reply, Refused):
-        return RenderFailed(reply.field, reply.message)
+        return RenderFailed(reply.field, reply.message, reply.line)
     raise _Died(f"a render process answered {type(reply).__name__} for a job")

@@ -54,11 +54,13 @@ V = TypeVar("V")
 
 
 class RenderFailed(ValueError):
-    """A channel could not be rendered; `field` says where ("email.subject")."""
+    """A channel could not be rendered; `field` says where ("email.subject") and, when the
+    failure happened in the template's own code, `line` says at which line of that field."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, line: int | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.line = line
 
 
 _TEXT = TemplateSandbox(autoescape=False)
@@ -225,7 +227,7 @@ class _FieldRenderer:
         try:
             text = _generate(self.compiled[field], self.context)
         except Exception as error:  # anything a template raises is the template's failure
-            raise RenderFailed(name, _describe(error)) from error
+            raise RenderFailed(name, _describe(error), _template_line(error)) from error
         if "\x00" in text:
             raise RenderFailed(name, "the rendered text holds NUL (\\u0000): no channel carries it")
         try:
@@ -252,6 +254,18 @@ def _generate(template: jinja2.Template, context: dict[str, Any]) -> str:
             raise LimitExceeded(f"the output is larger than {MAX_OUTPUT_BYTES} bytes")
         chunks.append(chunk)
     return "".join(chunks)
+
+
+def _template_line(error: BaseException) -> int | None:
+    """The line of the template where `error` was raised: Jinja rewrites the traceback so
+    that a template's frames are named `<template>` and carry its own line numbers."""
+    line = None
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_filename == "<template>":
+            line = trace.tb_lineno
+        trace = trace.tb_next
+    return line
 
 
 MAX_ERROR_CHARS = 500

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.audit import service as audit
+from app.auth import roles
 from app.categories.service import get_category
 from app.channels import CHANNELS
 from app.pagination import Page, keyset_page
@@ -57,12 +58,15 @@ async def save_template(
     default_locale: str = "en",
     actor: str,
     compiles: SourceCheck,
+    role: str | None = None,
 ) -> TemplateVersion:
     """Store the next version of `key` (1 if new); raises InvalidTemplate naming bad fields.
 
     `compiles` compiles the sources (the render pool: app/templates/renderer.py); it runs
-    before the session's first query, so no connection is held while it does.
+    before the session's first query, so no connection is held while it does. A member's
+    `role` must be one that manages templates (RoleNotAllowed); None is an API key's.
     """
+    roles.require(role, "manage_templates")
     checked: CheckedTemplate | None = None
     try:
         checked = check_template(
@@ -264,9 +268,17 @@ async def list_versions(
 
 
 async def delete_template(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, key: str, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    key: str,
+    actor: str,
+    role: str | None = None,
 ) -> int:
-    """Soft-delete every version of `key`; returns how many (0: there was nothing to delete)."""
+    """Soft-delete every version of `key`; returns how many (0: there was nothing to delete).
+    A member's `role` must be one that manages templates (RoleNotAllowed)."""
+    roles.require(role, "manage_templates")
     await _lock(session, tenant_id, mode, key)
     versions = list(
         (

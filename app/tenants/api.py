@@ -67,6 +67,7 @@ def _gone() -> Problem:
 @get("/tenant", tags=["Tenant"], summary="The tenant and key making this call")
 async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
     principal = request.user
+    assert principal.key_id is not None  # the API's callers authenticate with keys only
     tenant = await get_tenant(db_session, tenant_id=principal.tenant_id)
     if tenant is None:  # deleted between authentication and now
         raise _gone()

@@ -25,7 +25,8 @@ from tests.integration.dashboard.test_dashboard import add_member
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Routes any member, or a visitor, may post to: their own account and session, the data
 # switch, and the doors (sign-up, sign-in, e-mail verification, invitations, password
-# reset, single sign-on).
+# reset, single sign-on); and the template editor's preview and form redraw, which post
+# the draft being read but save nothing (reading is open to every member).
 OPEN_TO_EVERY_MEMBER = (
     "/signin",
     "/signup",
@@ -37,6 +38,8 @@ OPEN_TO_EVERY_MEMBER = (
     "/invite",
     "/password-reset",
     "/sso",
+    "/templates/{key:str}/preview",
+    "/templates/{key:str}/editor",
 )
 # Pages a viewer may not even read: settings of owners alone.
 OWNERS_ONLY_PAGES = ("/settings/sso", "/billing")

@@ -32,6 +32,15 @@ async def test_the_switch_moves_between_test_and_live_data(app: Litestar) -> Non
         assert switched.headers["location"] == "/keys?x=1"  # back where the switch was pressed
         assert shown((await client.get("/keys")).text) == "Live data"
 
+        # From a page of one record, back to its section: its id is not in the other mode.
+        detail = await client.post(
+            "/mode",
+            data={"mode": "live", "_csrf_token": await csrf_token(client, "/keys")},
+            headers={"referer": "http://herald.test/templates/welcome?version=2"},
+        )
+        assert detail.headers["location"] == "/templates"
+        await post_form(client, "/mode", {"mode": "test"})
+
         # Another site's page is not where the switch sends anyone.
         away = await client.post(
             "/mode",
