@@ -18,9 +18,13 @@ from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
+from admin_ui.messages import MessagesController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
+from admin_ui.providers import ProvidersController
+from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
+from admin_ui.settings import SettingsController
 from admin_ui.sso import SsoController
 from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
@@ -41,6 +45,10 @@ PAGES: list[type[Controller]] = [
     PasswordResetController,
     SsoController,
     TemplatePagesController,
+    MessagesController,
+    RecipientsController,
+    ProvidersController,
+    SettingsController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -15,13 +15,14 @@ messages already written is delivery's, here:
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 from sqlalchemy import String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.delivery.outbox import BATCH_SIZE
+from app.delivery.outbox import BATCH_SIZE, Outbox, redeliver
 from app.modes import MODES
 from app.notifications.models import PRIORITIES, Message, Notification
 
@@ -116,3 +117,19 @@ async def held_pages(
             if len(rows) < page:
                 break
             after = rows[-1][1]
+
+
+async def release(
+    session: AsyncSession, outbox: Outbox, *, tenant_id: uuid.UUID, channel: str
+) -> int:
+    """Queue the messages a lifted pause held, a page at a time (one read, one enqueue);
+    returns how many were queued. Called after the commit that lifted the pause (a deliver
+    job must find the switch off, or it would hold them again). A lost enqueue: pausing and
+    resuming again releases them."""
+    tag = str(int(time.time() * 1000))
+    released = 0
+    async for page in held_pages(session, tenant_id=tenant_id, channel=channel):
+        jobs = [redeliver("resume", priority, ids, tag) for priority, ids in page]
+        written = await outbox.enqueue_after_commit(jobs)
+        released += sum(len(job.args[0]) for job, new in zip(jobs, written, strict=True) if new)
+    return released

@@ -38,6 +38,9 @@ NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "faile
 SEND_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
 RECEIPT_STATUSES = ("delivered", "opened", "clicked", "bounced", "complained", "undelivered")
 MESSAGE_STATUSES = SEND_STATUSES + RECEIPT_STATUSES
+# The predicate of the delivery log's indexes: true of every row, implied only by statements
+# that name the mode (migration 0028).
+NAMED_MODE = "mode IS NOT NULL"
 
 
 class Notification(UuidPrimaryKey, CreatedAt, Base):
@@ -48,6 +51,15 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
         CheckConstraint(f"priority IN {PRIORITIES!r}", name="priority"),
         CheckConstraint(f"status IN {NOTIFICATION_STATUSES!r}", name="status"),
         Index("ix_notifications_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        # The delivery log's template filter: the template's notifications, newest first.
+        Index(
+            "ix_notifications_tenant_id_mode_template_key_id",
+            "tenant_id",
+            "mode",
+            "template_key",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
         mode_check(),
         Index(
             "ix_notifications_pending",
@@ -166,6 +178,58 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             "mode",
             "id",
             postgresql_where=text("status = 'failed'"),
+        ),
+        # The delivery log's filters (and a recipient's page, by recipient_id), each a range
+        # of one index, newest first; partial on a
+        # predicate every row meets, which only statements naming the mode imply, so that
+        # the send path's never take them (migration 0028, app/notifications/log.py).
+        Index(
+            "ix_messages_tenant_id_mode_status_id",
+            "tenant_id",
+            "mode",
+            "status",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_channel_id",
+            "tenant_id",
+            "mode",
+            "channel",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_provider_id",
+            "tenant_id",
+            "mode",
+            "provider",
+            "id",
+            postgresql_where=text(f"{NAMED_MODE} AND provider IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_error_class_id",
+            "tenant_id",
+            "mode",
+            "error_class",
+            "id",
+            postgresql_where=text(f"{NAMED_MODE} AND error_class IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_recipient_id_id",
+            "tenant_id",
+            "mode",
+            "recipient_id",
+            "id",
+            postgresql_where=text(NAMED_MODE),
+        ),
+        Index(
+            "ix_messages_tenant_id_mode_notification_id_id",
+            "tenant_id",
+            "mode",
+            "notification_id",
+            "id",
+            postgresql_where=text(NAMED_MODE),
         ),
     )
 

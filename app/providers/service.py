@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import crypto
 from app.audit import service as audit
+from app.auth import roles
 from app.crypto import DecryptionError, Keyring
 from app.db import utcnow
 from app.delivery import outbox
@@ -85,6 +86,9 @@ class ConfigChanges:
     credentials: dict[str, Any] | None = field(default=None, repr=False)
     options: dict[str, Any] | None = None
     enabled: bool | None = None
+    # The credentials given are laid over the stored ones (a form whose secret fields left
+    # empty keep what is stored) instead of replacing them.
+    merge_credentials: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,17 @@ def _check_numbers(
 
 
 async def create_config(
-    session: AsyncSession, *, tenant_id: uuid.UUID, data: ConfigInput, actor: str, keyring: Keyring
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    data: ConfigInput,
+    actor: str,
+    keyring: Keyring,
+    role: str | None = None,
 ) -> SavedConfig:
+    """Store a new config, credentials sealed; audited. `role`: the acting member's
+    (app/auth/roles.py), None for an API key."""
+    roles.require(role, "manage_providers")
     _check_numbers(data.name, data.priority, data.rate_per_second, data.burst)
     normalized = normalize(data.provider, data.channel, data.credentials, data.options)
     spec = SPECS[data.provider]
@@ -210,8 +223,10 @@ async def update_config(
     changes: ConfigChanges,
     actor: str,
     keyring: Keyring,
+    role: str | None = None,
 ) -> SavedConfig | None:
-    """Apply `changes`; None when the tenant has no such config."""
+    """Apply `changes`; None when the tenant has no such config. `role` as create_config's."""
+    roles.require(role, "manage_providers")
     config = await get_config(session, tenant_id=tenant_id, config_id=config_id, lock=True)
     if config is None:
         return None
@@ -246,13 +261,14 @@ def _replace_settings(
     # Both halves are validated together (Twilio's options depend on nothing secret, but
     # FCM's and APNs' checks read credentials); the stored half stands in for an absent one.
     credentials = changes.credentials
-    if credentials is None:
+    if credentials is None or changes.merge_credentials:
         try:
-            credentials = open_credentials(config, keyring)
+            stored = open_credentials(config, keyring)
         except DecryptionError:
             raise InvalidProviderConfig(
                 "credentials", "the stored credentials cannot be decrypted: send them again"
             ) from None
+        credentials = {**stored, **(credentials or {})}
     options = config.options if changes.options is None else changes.options
     normalized = normalize(config.provider, config.channel, credentials, options)
     config.options = normalized.options
@@ -262,8 +278,14 @@ def _replace_settings(
 
 
 async def delete_config(
-    session: AsyncSession, *, tenant_id: uuid.UUID, config_id: uuid.UUID, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    config_id: uuid.UUID,
+    actor: str,
+    role: str | None = None,
 ) -> bool:
+    roles.require(role, "manage_providers")
     config = await get_config(session, tenant_id=tenant_id, config_id=config_id, lock=True)
     if config is None:
         return False
@@ -297,6 +319,7 @@ async def reset_breaker(
     config_id: uuid.UUID,
     actor: str,
     breakers: CircuitBreakers,
+    role: str | None = None,
 ) -> BreakerReset | None:
     """Close a config's circuit breaker by hand; None when the tenant has no such config.
 
@@ -304,8 +327,9 @@ async def reset_breaker(
     after the reset: a reset that Redis refuses (RedisError, or TimeoutError after
     REDIS_TIMEOUT seconds) leaves no entry, and no reset goes unaudited. The messages that
     waited for the breaker are made due now in the same transaction; should it not commit,
-    they go at the time they were given.
+    they go at the time they were given. `role` as create_config's.
     """
+    roles.require(role, "manage_providers")
     config = await get_config(session, tenant_id=tenant_id, config_id=config_id)
     if config is None:
         return None
@@ -381,19 +405,22 @@ async def routes_for(
                 "provider credentials cannot be opened", config_id=str(config.id), error=str(error)
             )
             continue
-        routes.append(
-            ProviderRoute(
-                config_id=config.id,
-                provider=config.provider,
-                channel=config.channel,
-                priority=config.priority,
-                rate_per_second=config.rate_per_second,
-                burst=config.burst,
-                credentials=credentials,
-                options=dict(config.options),
-            )
-        )
+        routes.append(route_for(config, credentials))
     return routes
+
+
+def route_for(config: ProviderConfig, credentials: dict[str, Any]) -> ProviderRoute:
+    """The route of one config, given its opened credentials."""
+    return ProviderRoute(
+        config_id=config.id,
+        provider=config.provider,
+        channel=config.channel,
+        priority=config.priority,
+        rate_per_second=config.rate_per_second,
+        burst=config.burst,
+        credentials=credentials,
+        options=dict(config.options),
+    )
 
 
 def build_adapter(

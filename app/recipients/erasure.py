@@ -35,6 +35,7 @@ from sqlalchemy import Text, cast, delete, func, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.channels import CHANNELS
 from app.crypto import Keyring
 from app.recipients import lookups
@@ -138,8 +139,12 @@ async def erase_recipient(
     external_id: str,
     actor: str,
     keyring: Keyring | None = None,
+    role: str | None = None,
 ) -> Recipient | None:
-    """Erase the recipient of that mode everywhere, in the caller's transaction."""
+    """Erase the recipient of that mode everywhere, in the caller's transaction.
+
+    `role`: the acting member's (app/auth/roles.py); None for an API key."""
+    roles.require(role, "erase_recipients")
     # Through the unique key alone (lookups.py): erasure is checked on the row found.
     named = lookups.one(tenant_id=tenant_id, mode=mode, external_id=external_id)
     found = (

@@ -63,6 +63,7 @@ class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
             "tenant_id",
             "mode",
             text("lower(email)"),
+            "id",  # search pages by (e-mail, id): app/recipients/search.py
             postgresql_where=text("email IS NOT NULL"),
         ),
         Index(
@@ -70,6 +71,7 @@ class Recipient(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
             "tenant_id",
             "mode",
             "phone",
+            "id",
             postgresql_where=text("phone IS NOT NULL"),
         ),
         mode_check(),

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.channels import CHANNELS
 from app.crypto import Keyring, default_keyring
 from app.db import WAS_INSERTED
@@ -176,7 +177,12 @@ async def remove_suppression(
     mode: str,
     suppression_id: uuid.UUID,
     actor: str,
+    role: str | None = None,
 ) -> Suppression | None:
+    """Lift a suppression; None when the tenant has none of that id in that mode.
+
+    `role`: the acting member's (app/auth/roles.py); None for an API key."""
+    roles.require(role, "manage_recipients")
     removed: Suppression | None = await session.scalar(
         delete(Suppression)
         .where(
@@ -196,6 +202,44 @@ async def remove_suppression(
             details={"channel": removed.channel, "reason": removed.reason, "mode": mode},
         )
     return removed
+
+
+MAX_SHOWN = 100  # suppressions listed for one recipient (each address has a few at most)
+
+
+async def suppressions_for(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    addresses: Iterable[tuple[str, str]],
+    keyring: Keyring | None = None,
+) -> list[Suppression]:
+    """The suppressions of these (channel, address) pairs (a recipient's addresses), newest
+    first, at most MAX_SHOWN, in one query: every column of the unique key (tenant_id, mode,
+    channel, address) is bound, so it is the index taken (an ORDER BY id would open
+    ix_suppressions_tenant_id_mode_id, a walk through all of the tenant's suppressions)."""
+    ring = keyring or default_keyring()
+    forms = {
+        (channel, form)
+        for channel, address in addresses
+        if address
+        for form in _stored_forms(tenant_id, channel, suppression_key(channel, address), ring)
+    }
+    if not forms:
+        return []
+    channels = sorted({channel for channel, _ in forms})
+    stored = sorted({form for _, form in forms})
+    rows = await session.scalars(
+        select(Suppression).where(
+            Suppression.tenant_id == tenant_id,
+            Suppression.mode == mode,
+            Suppression.channel == any_(bindparam("channels", channels, type_=ARRAY(String))),
+            Suppression.address == any_(bindparam("addresses", stored, type_=ARRAY(String))),
+        )
+    )
+    found = [row for row in rows if (row.channel, row.address) in forms]
+    return sorted(found, key=lambda row: row.id, reverse=True)[:MAX_SHOWN]
 
 
 async def suppressed(

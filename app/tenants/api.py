@@ -7,7 +7,6 @@ sending: a test key may read them but not change them.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -15,12 +14,10 @@ from typing import Any, Literal
 import msgspec
 from litestar import Controller, Request, get, put
 from litestar.params import FromPath, JSONBody
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Principal
 from app.auth.middleware import live_mode_required, requires_scope
 from app.delivery import held
-from app.delivery.outbox import Outbox, redeliver
 from app.delivery.retry import RetryPolicy
 from app.dependencies import DbSession, OutboxDependency
 from app.problems import Problem, field_error
@@ -89,18 +86,6 @@ async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
     )
 
 
-async def _release(db_session: AsyncSession, outbox: Outbox, work: controls.ResumeWork) -> int:
-    """Queue the messages a lifted pause held, a page at a time (one read, one enqueue);
-    returns how many were queued. A lost enqueue: pausing and resuming again releases them."""
-    tag = str(int(time.time() * 1000))
-    released = 0
-    async for page in held.held_pages(db_session, tenant_id=work.tenant_id, channel=work.channel):
-        jobs = [redeliver("resume", priority, ids, tag) for priority, ids in page]
-        written = await outbox.enqueue_after_commit(jobs)
-        released += sum(len(job.args[0]) for job, new in zip(jobs, written, strict=True) if new)
-    return released
-
-
 class TenantSettingsController(Controller):
     path = "/tenant"
     tags = ["Tenant"]
@@ -138,7 +123,11 @@ class TenantSettingsController(Controller):
             raise _gone() from None
         await db_session.commit()
         # After commit: a deliver job must find the switch off, or it would hold them again.
-        released = await _release(db_session, outbox, work) if work.resumes else 0
+        released = (
+            await held.release(db_session, outbox, tenant_id=work.tenant_id, channel=work.channel)
+            if work.resumes
+            else 0
+        )
         return KillSwitchChange(
             object="kill_switch",
             channel=channel,

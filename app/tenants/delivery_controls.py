@@ -7,7 +7,7 @@ switch does to messages already written to app/delivery/held.py.
 Kill switches (tenants.kill_switches, {channel: mode}; a channel absent from it flows):
 - `pause`: dispatch still writes the channel's messages (`queued`); the delivery claim
   leaves them alone until the pause is lifted, when the caller releases them
-  (`app.delivery.held.held_pages`).
+  (`app.delivery.held.release`).
 - `drop_noncritical`: the channel's messages of non-critical categories already waiting
   become `skipped` when it is set (`app.delivery.held.drop_waiting_noncritical`), dispatch
   writes later ones so, and the delivery claim skips any that comes back after a send under
@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.channels import CHANNELS
 from app.delivery.held import drop_waiting_noncritical
 from app.delivery.retry import RetryPolicy, RetryPolicyInvalid
@@ -142,12 +143,15 @@ async def set_kill_switch(
     channel: str,
     mode: KillSwitch | None,
     actor: str,
+    role: str | None = None,
 ) -> ResumeWork:
     """Switch one channel (None: off) in the caller's transaction; audited.
 
     After commit, when the result `resumes`, the caller releases the held messages
-    (`app.delivery.held.held_pages`).
+    (`app.delivery.held.release`). `role`: the acting member's (app/auth/roles.py), None
+    for an API key.
     """
+    roles.require(role, "manage_settings")
     if channel not in CHANNELS:
         raise SettingInvalid("channel", f"unknown channel; one of {', '.join(CHANNELS)}")
     if mode is not None and mode not in KILL_SWITCHES:
@@ -187,9 +191,16 @@ _SET_POLICY = text(
 
 
 async def set_retry_policy(
-    session: AsyncSession, *, tenant_id: uuid.UUID, policy: RetryPolicy, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    policy: RetryPolicy,
+    actor: str,
+    role: str | None = None,
 ) -> RetryPolicy:
-    """Replace the tenant's retry policy in the caller's transaction; audited."""
+    """Replace the tenant's retry policy in the caller's transaction; audited. `role` as
+    set_kill_switch's."""
+    roles.require(role, "manage_settings")
     try:
         policy.check()
     except RetryPolicyInvalid as invalid:
@@ -240,11 +251,17 @@ async def get_default_locale(session: AsyncSession, *, tenant_id: uuid.UUID) -> 
 
 
 async def set_default_locale(
-    session: AsyncSession, *, tenant_id: uuid.UUID, locale: str | None, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    locale: str | None,
+    actor: str,
+    role: str | None = None,
 ) -> str | None:
     """Set (None: clear) the tenant's default locale in the caller's transaction; audited.
 
-    Returns the tag as stored."""
+    Returns the tag as stored. `role` as set_kill_switch's."""
+    roles.require(role, "manage_settings")
     stored = checked_locale(locale)
     row = (await session.execute(_SET_LOCALE, {"tenant_id": tenant_id, "locale": stored})).first()
     if row is None:
