@@ -14,6 +14,7 @@ from litestar.template.config import TemplateConfig
 
 from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
+from admin_ui.audit import AuditController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.errors import EXCEPTION_HANDLERS
 from admin_ui.keys import KeysController
@@ -22,6 +23,7 @@ from admin_ui.messages import MessagesController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.providers import ProvidersController
+from admin_ui.receipts import ReceiptsController
 from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
 from admin_ui.settings import SettingsController
@@ -29,6 +31,7 @@ from admin_ui.sso import SsoController
 from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
+from admin_ui.webhooks import WebhooksController
 from app.settings import Settings
 
 HERE = Path(__file__).parent
@@ -49,6 +52,9 @@ PAGES: list[type[Controller]] = [
     RecipientsController,
     ProvidersController,
     SettingsController,
+    WebhooksController,
+    ReceiptsController,
+    AuditController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -38,3 +40,23 @@ async def keyset_page(
     rows = rows[:limit]
     next_cursor = str(getattr(rows[-1], id_column.key)) if has_more and rows else None
     return Page(items=rows, has_more=has_more, next_cursor=next_cursor)
+
+
+@asynccontextmanager
+async def in_index_order(session: AsyncSession) -> AsyncIterator[None]:
+    """Run the statements inside on an index that yields their ORDER BY, whatever the
+    statistics say.
+
+    Without statistics (autovacuum off, or a table that grew a minute ago) the planner takes
+    a tenant's rows for a handful and prefers a bitmap scan of all of them and a sort, which
+    reads a million rows before the LIMIT applies. Inside this block neither is open, so a
+    keyset page reads about its LIMIT's worth of an index whose equality columns and id
+    match the query (each caller says which in its docstring). Only for the block's
+    statements: the settings are put back after it, within the transaction (a failed
+    statement ends the transaction, and the settings with it).
+    """
+    await session.execute(text("SET LOCAL enable_bitmapscan = off"))
+    await session.execute(text("SET LOCAL enable_sort = off"))
+    yield
+    await session.execute(text("SET LOCAL enable_sort = on"))
+    await session.execute(text("SET LOCAL enable_bitmapscan = on"))

@@ -335,3 +335,116 @@ async def seal_legacy_chains(session: AsyncSession, *, keys: MacKeyring | None =
         await session.commit()
         sealed += 1
     return sealed
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: list[AuditEntry]
+    next_before: int | None  # the seq to continue below, when there are more
+
+
+async def list_entries(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    limit: int,
+    before: int | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> EntryPage:
+    """The tenant's entries newest first, below seq `before`, filtered by exact actor, action
+    prefix (`webhook_endpoint.` finds every endpoint change) and time.
+
+    Reads the (tenant_id, seq) unique index backwards and checks the filters on the rows it
+    yields: a tenant's log is its members' and operators' changes, not its traffic, so the
+    scan is bounded by the tenant's own history.
+    """
+    query = select(AuditEntry).where(AuditEntry.tenant_id == tenant_id)
+    if before is not None:
+        query = query.where(AuditEntry.seq < before)
+    if actor:
+        query = query.where(AuditEntry.actor == actor)
+    if action:
+        query = query.where(AuditEntry.action.startswith(action, autoescape=True))
+    if since is not None:
+        query = query.where(AuditEntry.created_at >= since)
+    if until is not None:
+        query = query.where(AuditEntry.created_at < until)
+    rows = list(
+        (await session.scalars(query.order_by(AuditEntry.seq.desc()).limit(limit + 1))).all()
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EntryPage(rows, rows[-1].seq if more and rows else None)
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What checking a tenant's newest entries found.
+
+    `first_seq`..`last_seq` were checked: each entry's MAC under HERALD_AUDIT_KEYS, its link
+    to the entry before it and the numbering. `complete` when that is the whole chain (the
+    window reached entry 1); otherwise the older entries were not looked at here, and the
+    full check is `check` (or `herald audit verify`). `broken` is the first break found.
+    """
+
+    first_seq: int
+    last_seq: int
+    complete: bool
+    broken: ChainBreak | None
+
+    @property
+    def empty(self) -> bool:
+        return self.last_seq == 0
+
+
+async def check_recent(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    limit: int,
+    keys: MacKeyring | None = None,
+) -> ChainState:
+    """Check the newest `limit` entries of the tenant's chain (all of it when it is no
+    longer), so that a page showing the chain's state costs a bounded read.
+
+    The entry just before the window is taken as it is: its MAC is what the window's first
+    entry must point to, and whether it holds is for a check of the older entries to say.
+    """
+    ring = keys or default_audit_keys()
+    newest = await session.scalar(
+        select(func.max(AuditEntry.seq)).where(AuditEntry.tenant_id == tenant_id)
+    )
+    if newest is None:
+        return ChainState(0, 0, True, None)
+    base = max(newest - limit, 0)  # the entry before the window; 0: the genesis
+    # Plain rows, not entities: the check reads each field once, and a page view should not
+    # pay for 1,000 mapped objects. They carry the entity's attribute names (_Chain reads
+    # those), and the database's values whatever the session loaded before.
+    rows: list[Any] = list(
+        await session.execute(
+            select(*AuditEntry.__table__.columns)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq >= base)
+            .order_by(AuditEntry.seq)
+        )
+    )
+    chain = _Chain(tenant_id, ring, {})
+    if base > 0:
+        if rows and rows[0].seq == base:
+            before = rows.pop(0)
+            chain.prev_hash, chain.keyed = before.hash, before.key_id is not None
+            chain.next_seq = base + 1
+        else:
+            chain.prev_hash, chain.next_seq = "", base  # the entry before is missing
+    for entry in rows:
+        chain.add(entry)
+    result = Verification()
+    chain.finish(result)
+    return ChainState(
+        first_seq=base + 1,
+        last_seq=newest,
+        complete=base == 0,
+        broken=result.breaks[0] if result.breaks else None,
+    )

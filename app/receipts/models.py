@@ -42,6 +42,24 @@ class Receipt(Base):
         CheckConstraint(f"verdict IN {VERDICTS!r}", name="verdict"),
         CheckConstraint("mode IS NULL OR mode IN ('live', 'test')", name="mode"),
         Index("ix_receipts_tenant_id_mode_id", "tenant_id", "mode", "id"),
+        # The filters of receipts lists (a page of one verdict, of one provider config, or
+        # both), each read in id order (app/receipts/service.py list_receipts).
+        Index("ix_receipts_tenant_id_mode_verdict_id", "tenant_id", "mode", "verdict", "id"),
+        Index(
+            "ix_receipts_tenant_id_mode_provider_config_id_id",
+            "tenant_id",
+            "mode",
+            "provider_config_id",
+            "id",
+        ),
+        Index(
+            "ix_receipts_tenant_id_mode_provider_config_id_verdict_id",
+            "tenant_id",
+            "mode",
+            "provider_config_id",
+            "verdict",
+            "id",
+        ),
         # Retention deletes those past their time, in batches.
         Index("ix_receipts_retain_until", "retain_until"),
     )

@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import uuid7
 from app.notifications.models import Message
-from app.pagination import Page, keyset_page
+from app.pagination import Page, in_index_order, keyset_page
 from app.providers.models import ProviderConfig
 from app.receipts.events import Parsed, ReceiptEvent
 from app.receipts.models import MessageEvent, Receipt
@@ -389,13 +389,17 @@ async def list_receipts(
     limit: int,
     cursor: uuid.UUID | None,
 ) -> Page[Receipt]:
-    """The tenant's receipts, newest first (they are live: provider configs are)."""
+    """The tenant's receipts, newest first (they are live: provider configs are).
+
+    Each combination of filters has an index of (tenant_id, mode, its columns, id), read
+    backwards: a page costs `limit` index entries, whatever the statistics say."""
     query = select(Receipt).where(Receipt.tenant_id == tenant_id, Receipt.mode == MODE)
     if provider_config_id is not None:
         query = query.where(Receipt.provider_config_id == provider_config_id)
     if verdict is not None:
         query = query.where(Receipt.verdict == verdict)
-    return await keyset_page(session, query, Receipt.id, limit=limit, cursor=cursor)
+    async with in_index_order(session):
+        return await keyset_page(session, query, Receipt.id, limit=limit, cursor=cursor)
 
 
 async def get_receipt(

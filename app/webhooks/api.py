@@ -205,7 +205,7 @@ class WebhookEndpointController(Controller):
         self, request: ApiRequest, db_session: DbSession, endpoint_id: FromPath[uuid.UUID]
     ) -> DeliveryOut:
         endpoint = await _endpoint(request, db_session, endpoint_id)
-        sent = await delivery.send_test(db_session, endpoint, utcnow())
+        sent = await delivery.send_test(db_session, endpoint, utcnow(), actor=request.user.actor)
         await db_session.commit()
         return DeliveryOut.of(sent)
 
@@ -230,6 +230,7 @@ class WebhookEndpointController(Controller):
             endpoint_id=endpoint_id,
             delivery_id=delivery_id,
             now=utcnow(),
+            actor=request.user.actor,
         )
         if again is None:
             raise Problem(404, "not_found", f"No delivery {delivery_id} of this endpoint.")

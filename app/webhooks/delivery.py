@@ -38,18 +38,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from app.audit import service as audit
+from app.auth import roles
 from app.auth.mailer import SystemMailer
 from app.auth.models import Membership, User
-from app.crypto import Keyring
+from app.crypto import DecryptionError, Keyring
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications import completion
+from app.pagination import Page, in_index_order, keyset_page
 from app.providers import ssrf
 from app.tenants.models import Tenant
 from app.tenants.plans import limits_for
 from app.webhooks import fanout
 from app.webhooks.models import WebhookDelivery, WebhookEndpoint
-from app.webhooks.service import signed_headers
+from app.webhooks.service import MANAGE, signed_headers
 
 log = structlog.get_logger(__name__)
 
@@ -134,16 +136,18 @@ async def post(
 ) -> Outcome:
     """One signed attempt; never raises for what the endpoint or the network did."""
     body = msgspec.json.encode(delivery.payload)
+    try:
+        signature = signed_headers(
+            endpoint, keyring, message_id=delivery.event_id, body=body, timestamp=int(time.time())
+        )
+    except DecryptionError:
+        # A secret sealed under a key the keyring no longer holds: this endpoint's attempt
+        # fails (and is retried, should the key come back), the round goes on for others.
+        return Outcome(None, 0, "the endpoint's signing secret cannot be decrypted")
     headers = {
         "content-type": "application/json",
         "user-agent": "Herald-Webhooks/1",
-        **signed_headers(
-            endpoint,
-            keyring,
-            message_id=delivery.event_id,
-            body=body,
-            timestamp=int(time.time()),
-        ),
+        **signature,
     }
     started = time.perf_counter()
     try:
@@ -299,9 +303,18 @@ class Sent:
 
 
 async def send_test(
-    session: AsyncSession, endpoint: WebhookEndpoint, now: datetime
+    session: AsyncSession,
+    endpoint: WebhookEndpoint,
+    now: datetime,
+    *,
+    actor: str,
+    role: str | None = None,
 ) -> WebhookDelivery:
-    """A test event for the endpoint, due at once (sent by the next round of send_due)."""
+    """A test event for the endpoint, due at once (sent by the next round of send_due).
+
+    `endpoint` was read under the caller's tenant and mode; a member's role must be one that
+    may manage webhooks."""
+    roles.require(role, MANAGE)
     plan = await session.scalar(select(Tenant.plan).where(Tenant.id == endpoint.tenant_id))
     delivery = new_delivery(
         endpoint,
@@ -312,6 +325,14 @@ async def send_test(
     )
     session.add(delivery)
     await session.flush()
+    await audit.append(
+        session,
+        tenant_id=endpoint.tenant_id,
+        actor=actor,
+        action="webhook_endpoint.test_sent",
+        target=str(endpoint.id),
+        details={"mode": endpoint.mode, "delivery_id": str(delivery.id)},
+    )
     return delivery
 
 
@@ -323,12 +344,16 @@ async def resend(
     endpoint_id: uuid.UUID,
     delivery_id: uuid.UUID,
     now: datetime,
+    actor: str,
+    role: str | None = None,
 ) -> WebhookDelivery | None:
     """Make a delivery due again at once, with the same event id; None if not found.
 
     A delivery that had finished (succeeded or failed) gets one more attempt; a pending one
     is brought forward. Its later events to the endpoint wait for it again while it is
-    pending, as they did the first time."""
+    pending, as they did the first time. A member's role must be one that may manage
+    webhooks."""
+    roles.require(role, MANAGE)
     delivery = await session.scalar(
         select(WebhookDelivery)
         .where(
@@ -348,6 +373,14 @@ async def resend(
     delivery.next_attempt_at = now
     delivery.updated_at = now
     await session.flush()
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="webhook_delivery.resent",
+        target=str(delivery.id),
+        details={"mode": mode, "endpoint_id": str(endpoint_id), "event_id": delivery.event_id},
+    )
     return delivery
 
 
@@ -384,6 +417,32 @@ async def deliveries_of(
         .limit(limit)
     )
     return list(found)
+
+
+async def delivery_page(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    endpoint_id: uuid.UUID,
+    limit: int,
+    cursor: uuid.UUID | None = None,
+    status: str | None = None,
+) -> Page[WebhookDelivery]:
+    """A page of the endpoint's delivery log, newest first, after `cursor` (a delivery id).
+
+    Reads ix_webhook_deliveries_endpoint_id_id (or, by status,
+    ix_webhook_deliveries_endpoint_id_status_id) backwards: a page costs `limit` index
+    entries, whatever the statistics say."""
+    query = select(WebhookDelivery).where(
+        WebhookDelivery.tenant_id == tenant_id,
+        WebhookDelivery.mode == mode,
+        WebhookDelivery.endpoint_id == endpoint_id,
+    )
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    async with in_index_order(session):
+        return await keyset_page(session, query, WebhookDelivery.id, limit=limit, cursor=cursor)
 
 
 @dataclass

@@ -92,6 +92,8 @@ class WebhookDelivery(UuidPrimaryKey, CreatedAt, UpdatedAt, Base):
         mode_check(),
         CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
         Index("ix_webhook_deliveries_endpoint_id_id", "endpoint_id", "id"),
+        # The dashboard's delivery log of one status (failed ones, say), newest first.
+        Index("ix_webhook_deliveries_endpoint_id_status_id", "endpoint_id", "status", "id"),
         # send_due: an earlier delivery of the same subject to the endpoint still pending.
         Index(
             "ix_webhook_deliveries_ordering",

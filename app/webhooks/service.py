@@ -9,7 +9,9 @@ What this module guarantees:
 - an endpoint's URL is an absolute http(s) URL whose host does not resolve to a private,
   loopback or link-local address (unless the operator allows those); it is checked again,
   and the connection pinned to the address checked, at every delivery (app/providers/ssrf.py);
-- a tenant has at most MAX_ENDPOINTS per mode; every change is audited, never the secret.
+- a tenant has at most MAX_ENDPOINTS per mode; every change is audited, never the secret;
+- a change asked for by a dashboard member (`role` given) is refused (roles.RoleNotAllowed)
+  unless their role may `manage_webhooks`; API keys (no role) are bounded by their scopes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.crypto import Keyring
 from app.db import utcnow
 from app.ids import uuid7
@@ -35,6 +38,7 @@ from app.webhooks.models import WebhookEndpoint
 MAX_ENDPOINTS = 20  # per tenant and mode
 MAX_DESCRIPTION = 500
 ROTATION_OVERLAP = timedelta(hours=24)
+MANAGE = "manage_webhooks"  # the action (app/auth/roles.py) every change here needs
 
 
 class EndpointInvalid(ValueError):
@@ -151,8 +155,10 @@ async def create_endpoint(
     actor: str,
     keyring: Keyring,
     allow_private: bool,
+    role: str | None = None,
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its secret, which no later call returns."""
+    roles.require(role, MANAGE)
     checked = await _checked(data, allow_private=allow_private)
     count = await session.scalar(
         select(func.count())
@@ -228,8 +234,10 @@ async def replace_endpoint(
     data: EndpointInput,
     actor: str,
     allow_private: bool,
+    role: str | None = None,
 ) -> WebhookEndpoint | None:
     """The endpoint with its URL, description, event types and state replaced; its secret kept."""
+    roles.require(role, MANAGE)
     checked = await _checked(data, allow_private=allow_private)
     endpoint = await get_endpoint(
         session, tenant_id=tenant_id, mode=mode, endpoint_id=endpoint_id, for_update=True
@@ -256,9 +264,54 @@ async def replace_endpoint(
     return endpoint
 
 
+async def set_enabled(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    endpoint_id: uuid.UUID,
+    enabled: bool,
+    actor: str,
+    role: str | None = None,
+) -> WebhookEndpoint | None:
+    """Enable or disable the endpoint by hand, nothing else changed; None if not found.
+
+    Enabling clears why Herald disabled it and since when it failed, so what waited for it
+    goes out with the next round; disabling by hand leaves no reason (the member chose it)."""
+    roles.require(role, MANAGE)
+    endpoint = await get_endpoint(
+        session, tenant_id=tenant_id, mode=mode, endpoint_id=endpoint_id, for_update=True
+    )
+    if endpoint is None:
+        return None
+    if endpoint.enabled == enabled:
+        return endpoint
+    if enabled:
+        endpoint.disabled_reason = None
+        endpoint.failing_since = None
+    endpoint.enabled = enabled
+    endpoint.updated_at = utcnow()
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="webhook_endpoint.enabled" if enabled else "webhook_endpoint.disabled",
+        target=str(endpoint.id),
+        details={"mode": mode},
+    )
+    return endpoint
+
+
 async def delete_endpoint(
-    session: AsyncSession, *, tenant_id: uuid.UUID, mode: str, endpoint_id: uuid.UUID, actor: str
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    mode: str,
+    endpoint_id: uuid.UUID,
+    actor: str,
+    role: str | None = None,
 ) -> bool:
+    roles.require(role, MANAGE)
     deleted = await session.scalar(
         delete(WebhookEndpoint)
         .where(
@@ -289,11 +342,13 @@ async def rotate_secret(
     endpoint_id: uuid.UUID,
     actor: str,
     keyring: Keyring,
+    role: str | None = None,
 ) -> tuple[WebhookEndpoint, str] | None:
     """A new secret for the endpoint; the one it replaces signs too for ROTATION_OVERLAP.
 
     A second rotation within the overlap ends the oldest secret at once: two secrets sign at
     most, the newest two."""
+    roles.require(role, MANAGE)
     endpoint = await get_endpoint(
         session, tenant_id=tenant_id, mode=mode, endpoint_id=endpoint_id, for_update=True
     )

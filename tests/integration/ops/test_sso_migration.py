@@ -1,4 +1,4 @@
-"""0030 adds sso_configs and sso_domains; its downgrade removes them, and upgrading again works."""
+"""0031 adds sso_configs and sso_domains; its downgrade removes them, and upgrading again works."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ async def test_sso_configs_up_and_down(server_urls: ServiceUrls) -> None:
         " $2, 'test')"
     )
     try:
-        await asyncio.to_thread(upgrade, url, "0030_sso_configs")
+        await asyncio.to_thread(upgrade, url, "0031_sso_configs")
         connection = await asyncpg.connect(_plain_dsn(url))
         try:
             for tenant_id in tenants:
@@ -52,10 +52,10 @@ async def test_sso_configs_up_and_down(server_urls: ServiceUrls) -> None:
         finally:
             await connection.close()
 
-        await asyncio.to_thread(downgrade, url, "0029_recipient_search_order")
+        await asyncio.to_thread(downgrade, url, "0030_dashboard_list_filters")
         assert not {"sso_configs", "sso_domains"} & await _tables(url)
 
-        await asyncio.to_thread(upgrade, url, "0030_sso_configs")
+        await asyncio.to_thread(upgrade, url, "0031_sso_configs")
         assert {"sso_configs", "sso_domains"} <= await _tables(url)
     finally:
         await drop_database(server_urls.database_url, name)

@@ -247,3 +247,41 @@ async def test_the_workers_cron_sends_what_is_due(
         assert await send_webhooks(ctx) == 1
     [(_, _, headers, body)] = receiver.requests
     Webhook(secret).verify(body, headers)
+
+
+async def test_a_secret_that_cannot_be_decrypted_fails_its_delivery_only(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    engine: AsyncEngine,
+    http: httpx.AsyncClient,
+    settings: Settings,
+    tenant: TenantKey,
+    other_tenant: TenantKey,
+    receiver: FakeProvider,
+) -> None:
+    """An endpoint whose secret was sealed under a key the keyring no longer holds fails its
+    own attempt, with the reason logged; the round goes on, and another endpoint's event
+    is sent."""
+    receiver.answer(204)
+    lost_id, _ = await endpoint_at(session, settings, tenant, f"{receiver.url}/lost")
+    kept_id, secret = await endpoint_at(session, settings, other_tenant, f"{receiver.url}/kept")
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == lost_id)
+        .values(secret_key_id="retired-key")
+    )
+    await session.commit()
+    for owner, endpoint_id in ((tenant, lost_id), (other_tenant, kept_id)):
+        queued = await client.post(
+            f"/v1/webhook-endpoints/{endpoint_id}/test", headers=owner.headers
+        )
+        assert queued.status_code == 202, queued.text
+
+    assert await send(engine, http, settings) == 2
+    assert [path for _, path, _, _ in receiver.requests] == ["/kept"]
+    Webhook(secret).verify(receiver.requests[0][3], receiver.requests[0][2])
+    [lost] = await log_of(client, tenant, lost_id)
+    assert lost["status"] == "pending" and lost["attempts"] == 1
+    assert lost["last_error"] == "the endpoint's signing secret cannot be decrypted"
+    [kept] = await log_of(client, other_tenant, kept_id)
+    assert kept["status"] == "succeeded"

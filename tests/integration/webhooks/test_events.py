@@ -256,7 +256,11 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_and_its_owners_told
         .where(WebhookEndpoint.id == endpoint_id)
         .values(failing_since=utcnow() - timedelta(days=5, seconds=1))
     )
-    await session.execute(update(WebhookDelivery).values(next_attempt_at=utcnow()))
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+        .values(next_attempt_at=utcnow())
+    )
     await session.commit()
     await run.send_due()
 

@@ -1,7 +1,7 @@
 """sso_configs and sso_domains: single sign-on with a tenant's OpenID Connect provider
 
-Revision ID: 0030_sso_configs
-Revises: 0029_recipient_search_order
+Revision ID: 0031_sso_configs
+Revises: 0030_dashboard_list_filters
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0030_sso_configs"
-down_revision = "0029_recipient_search_order"
+revision = "0031_sso_configs"
+down_revision = "0030_dashboard_list_filters"
 branch_labels = None
 depends_on = None
 
