@@ -6,6 +6,7 @@ from __future__ import annotations
 def load_all() -> None:
     import app.audit.models
     import app.auth.models
+    import app.auth.sso.models
     import app.categories.models
     import app.notifications.models
     import app.providers.models
