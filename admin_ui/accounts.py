@@ -20,6 +20,7 @@ from app.auth import accounts, devices, verification
 from app.auth.accounts import AccountError, Client, Guards, TooManyAttempts
 from app.auth.client_ip import client_address, client_network
 from app.auth.mailer import SystemMailer
+from app.auth.sso import signin as sso_signin
 from app.dependencies import DbSession
 from app.settings import Settings
 
@@ -164,7 +165,18 @@ class AccountsController(Controller):
         if not memberships:
             orphan = AccountError("This account has no access to any tenant.")
             return refused_page("signin.html", orphan, status_code=400, email=email)
-        start_session(request, user, memberships[0].tenant.id)
+        # Tenants that require SSO take no password from their members, owners excepted.
+        allowed = await sso_signin.password_tenants(
+            db_session, memberships=[(m.tenant.id, m.role) for m in memberships]
+        )
+        open_to_password = [m for m in memberships if m.tenant.id in allowed]
+        if not open_to_password:
+            names = ", ".join(m.tenant.name for m in memberships[:3])
+            sso_only = AccountError(
+                f"{names} requires single sign-on: use “Sign in with SSO” with your work e-mail."
+            )
+            return refused_page("signin.html", sso_only, status_code=403, email=email)
+        start_session(request, user, open_to_password[0].tenant.id)
         response = see_other(request, HOME)
         response.set_cookie(
             devices.COOKIE,

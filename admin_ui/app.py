@@ -30,6 +30,7 @@ from admin_ui.receipts import ReceiptsController
 from admin_ui.recipients import RecipientsController
 from admin_ui.session import session_middleware
 from admin_ui.settings import SettingsController
+from admin_ui.sso import SsoController
 from admin_ui.template_pages import TemplatePagesController
 from admin_ui.unsubscribe import EXCEPTION_HANDLERS as PUBLIC_EXCEPTION_HANDLERS
 from admin_ui.unsubscribe import PUBLIC_HEADERS, UnsubscribeController
@@ -48,6 +49,7 @@ PAGES: list[type[Controller]] = [
     InviteController,
     TenantSwitchController,
     PasswordResetController,
+    SsoController,
     TemplatePagesController,
     MessagesController,
     RecipientsController,

@@ -26,12 +26,13 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException, PermissionDeniedException
 from litestar.params import FromPath, FromQuery
 
 from admin_ui.accounts import HOME, client_of, guards_of, refused_page
 from admin_ui.pages import form_text, page, see_other
 from admin_ui.session import (
+    SSO_TENANT,
     Member,
     SignedInMember,
     end_session,
@@ -45,6 +46,7 @@ from app.auth import accounts, devices, members, roles
 from app.auth.accounts import AccountError, TooManyAttempts
 from app.auth.mailer import SystemMailer
 from app.auth.members import MemberError
+from app.auth.sso import config as sso_config
 from app.db import utcnow
 from app.dependencies import DbSession
 from app.settings import Settings
@@ -367,14 +369,30 @@ class TenantSwitchController(Controller):
 
     @post("/switch")
     async def switch(
-        self, request: Request[Any, Any, Any], member: SignedInMember
+        self, request: Request[Any, Any, Any], db_session: DbSession, member: SignedInMember
     ) -> Response[Any]:
         value = form_text(await request.form(), "tenant_id")
         try:
             tenant_id = uuid.UUID(value[:64])
         except ValueError:
             raise HTTPException(status_code=422, detail="tenant_id: not a tenant id.") from None
-        if not any(access.tenant.id == tenant_id for access in member.memberships):
+        target = next((a for a in member.memberships if a.tenant.id == tenant_id), None)
+        if target is None:
             raise NotFoundException("You are not a member of that tenant.")
+        # The provider that signed this browser in vouches for its own tenant only: a tenant
+        # that requires SSO is entered through its provider (owners excepted).
+        session = request.scope.get("session")
+        via_sso = session.get(SSO_TENANT) if isinstance(session, dict) else None
+        if (
+            target.role != roles.OWNER
+            and via_sso != str(tenant_id)
+            and await sso_config.tenants_requiring_sso(db_session, tenant_ids=[tenant_id])
+        ):
+            raise PermissionDeniedException(
+                f"{target.tenant.name} requires single sign-on: sign out, then use "
+                "“Sign in with SSO” with your work e-mail."
+            )
         start_session(request, member.user, tenant_id)
+        if isinstance(via_sso, str):
+            request.set_session({**request.session, SSO_TENANT: via_sso})
         return see_other(request, HOME)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import accounts, roles, verification
 from app.auth.models import User
+from app.auth.sso import config as sso_config
 from app.dependencies import DbSession
 from app.settings import Settings
 from app.tenants.models import Tenant
@@ -38,6 +39,8 @@ USER_ID = "user_id"
 TENANT_ID = "tenant_id"
 GENERATION = "generation"
 MODE = "mode"
+# The tenant whose identity provider signed this session in (admin_ui/sso.py), if any.
+SSO_TENANT = "sso_tenant"
 MODES = ("live", "test")
 
 
@@ -147,6 +150,15 @@ async def signed_in_member(
     memberships = tuple(await accounts.tenants_of(db_session, user_id=user_id))
     access = next((access for access in memberships if access.tenant.id == tenant_id), None)
     if access is None:
+        return None
+    # A tenant that requires SSO takes no password session from its members (owners
+    # excepted), including one begun before it required it (app/auth/sso/signin.py).
+    via_sso = isinstance(session, dict) and session.get(SSO_TENANT) == str(tenant_id)
+    if (
+        access.role != roles.OWNER
+        and not via_sso
+        and await sso_config.tenants_requiring_sso(db_session, tenant_ids=[tenant_id])
+    ):
         return None
     mode = session.get(MODE) if isinstance(session, dict) else None
     if mode not in MODES:

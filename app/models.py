@@ -7,6 +7,7 @@ def load_all() -> None:
     import app.analytics.models
     import app.audit.models
     import app.auth.models
+    import app.auth.sso.models
     import app.categories.models
     import app.notifications.models
     import app.providers.models

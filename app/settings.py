@@ -323,7 +323,8 @@ VARIABLES: tuple[Var, ...] = (
         "HERALD_ALLOW_PRIVATE_URLS",
         "false",
         _bool,
-        "let webhook URLs resolve to private, loopback or link-local addresses (tests, on-premise)",
+        "let webhook URLs and single sign-on providers resolve to private, loopback or "
+        "link-local addresses, and providers on loopback use plain http (tests, on-premise)",
     ),
     Var(
         "HERALD_PROVIDER_BASE_URLS",

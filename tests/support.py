@@ -208,6 +208,42 @@ def herald_api(database_url: str, redis_url: str, folder: Path, **env: str) -> I
             process.wait()
 
 
+@contextmanager
+def herald_api_and_worker(
+    database_url: str, redis_url: str, folder: Path, **env: str
+) -> Iterator[ApiServer]:
+    """`herald api` and one `herald worker` process sharing a secret key and `env`: what
+    the API accepts is really sent. Both stopped on the way out."""
+    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    with herald_api(database_url, redis_url, folder, HERALD_SECRET_KEY=secret, **env) as api:
+        environ = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "HERALD_ENV": "test",
+            "HERALD_DATA_DIR": str(folder / "worker"),
+            "HERALD_SECRET_KEY": secret,
+            **env,
+        }
+        with (folder / "worker.log").open("wb") as output:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=environ,
+                cwd=ROOT,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield api
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
 def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:

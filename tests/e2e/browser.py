@@ -7,6 +7,7 @@ Under CI a missing Chromium fails the test rather than skipping it.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -31,6 +32,7 @@ CHROMIUM_ARGS = [
 # Every page's screenshot is taken at this size.
 VIEWPORT = {"width": 1280, "height": 800}
 PASSWORD = "a long enough password"
+SECRET = re.compile(r"^hk_(live|test)_[0-9A-Za-z]{32}$")
 
 
 def require_chromium() -> None:
@@ -104,3 +106,23 @@ async def sign_up(page: Page, base_url: str, company: str, password: str = PASSW
     await page.get_by_role("button", name="Create account").click()
     await page.wait_for_load_state()
     return email
+
+
+async def create_test_key(
+    page: Page,
+    base_url: str,
+    name: str = "Backend",
+    scopes: tuple[str, ...] = ("send", "read", "manage"),
+) -> str:
+    """A test key made on the keys page; the secret it reveals once."""
+    await page.goto(f"{base_url}/keys")
+    form = page.locator("#key-create form")
+    await form.get_by_label("Name").fill(name)
+    await form.locator("input[name=mode][value=test]").check(force=True)
+    for checkbox in await form.locator("input[name=scopes]").all():
+        await checkbox.set_checked(await checkbox.get_attribute("value") in scopes)
+    await form.get_by_role("button", name="Create key").click()
+    await expect(page.locator(".secret-reveal")).to_contain_text(f"Key “{name}” created")
+    secret = (await page.locator("#new-key-secret").inner_text()).strip()
+    assert SECRET.match(secret), secret
+    return secret

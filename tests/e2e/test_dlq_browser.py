@@ -9,22 +9,20 @@ dlq-groups.png, dlq-dry-run.png, dlq-replay.png, dlq-group.png and dlq-item.png.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import expect
 
 from app.runtime import ServiceUrls
-from tests.e2e.browser import chromium, sign_up
+from tests.e2e.browser import chromium, create_test_key, sign_up
 from tests.fakes import Mailbox
 from tests.send_path import drain, workers
 from tests.support import herald_api, settings_for
 
-SECRET = re.compile(r"^hk_test_[0-9A-Za-z]{32}$")
 EMAIL = {"email": {"subject": "Your order {{ order }}", "text": "Order {{ order }} shipped."}}
 
 
@@ -40,19 +38,6 @@ def server(
         HERALD_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
     ) as api:
         yield api.url
-
-
-async def create_test_key(page: Page, base_url: str) -> str:
-    await page.goto(f"{base_url}/keys")
-    form = page.locator("#key-create form")
-    await form.get_by_label("Name").fill("Backend")
-    await form.locator("input[name=mode][value=test]").check(force=True)
-    for scope in ("read", "manage"):
-        await form.locator(f"input[name=scopes][value={scope}]").set_checked(True)
-    await form.get_by_role("button", name="Create key").click()
-    secret = (await page.locator("#new-key-secret").inner_text()).strip()
-    assert SECRET.match(secret), secret
-    return secret
 
 
 async def send(base_url: str, secret: str) -> str:

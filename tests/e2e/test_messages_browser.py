@@ -7,20 +7,16 @@ messages-failed.png.
 
 from __future__ import annotations
 
-import base64
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import expect
 
 from app.runtime import ServiceUrls
-from tests.e2e.browser import ROOT, chromium, sign_up
-from tests.support import herald_api
+from tests.e2e.browser import chromium, create_test_key, sign_up
+from tests.support import herald_api_and_worker
 
 TEMPLATE = {
     "name": "Welcome",
@@ -37,48 +33,8 @@ TEMPLATE = {
 @pytest.fixture
 def server(service_urls: ServiceUrls, tmp_path: Path) -> Iterator[str]:
     """`herald api` and a `herald worker` on this run's database and Redis; the API's URL."""
-    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    with herald_api(
-        service_urls.database_url, service_urls.redis_url, tmp_path, HERALD_SECRET_KEY=secret
-    ) as api:
-        environ = {
-            **os.environ,
-            "DATABASE_URL": service_urls.database_url,
-            "REDIS_URL": service_urls.redis_url,
-            "HERALD_ENV": "test",
-            "HERALD_DATA_DIR": str(tmp_path / "worker"),
-            "HERALD_SECRET_KEY": secret,
-        }
-        log = (tmp_path / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
-            env=environ,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield api.url
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-            log.close()
-
-
-async def create_test_key(page: Page, base_url: str) -> str:
-    await page.goto(f"{base_url}/keys")
-    form = page.locator("#key-create form")
-    await form.get_by_label("Name").fill("Backend")
-    await form.locator("input[name=mode][value=test]").check(force=True)
-    for checkbox in await form.locator("input[name=scopes]").all():
-        await checkbox.set_checked(True)
-    await form.get_by_role("button", name="Create key").click()
-    await expect(page.locator(".secret-reveal")).to_be_visible()
-    return (await page.locator("#new-key-secret").inner_text()).strip()
+    with herald_api_and_worker(service_urls.database_url, service_urls.redis_url, tmp_path) as api:
+        yield api.url
 
 
 async def test_a_sent_notification_appears_live_and_opens_its_timeline(server: str) -> None:
