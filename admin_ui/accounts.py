@@ -24,7 +24,7 @@ from app.auth.sso import signin as sso_signin
 from app.dependencies import DbSession
 from app.settings import Settings
 
-HOME = "/keys"
+HOME = "/overview"
 # The columns' sizes: longer values would fail in the database rather than on the form.
 FIELD_LIMITS = {"company": 200, "name": 200, "email": accounts.MAX_EMAIL_LENGTH}
 
@@ -95,7 +95,7 @@ class AccountsController(Controller):
 
     @get("/")
     async def home(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        # The /keys page checks the session properly; this only picks the likelier door.
+        # The home page checks the session properly; this only picks the likelier door.
         return see_other(request, HOME if USER_ID in request.session else "/signin")
 
     @get("/signup")

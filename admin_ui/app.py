@@ -22,6 +22,7 @@ from admin_ui.keys import KeysController
 from admin_ui.members import InviteController, MembersController, TenantSwitchController
 from admin_ui.messages import MessagesController
 from admin_ui.notifications import NotificationsController
+from admin_ui.overview import OverviewController
 from admin_ui.pages import SECURITY_HEADERS, register_template_helpers
 from admin_ui.password_reset import PasswordResetController
 from admin_ui.providers import ProvidersController
@@ -59,6 +60,7 @@ PAGES: list[type[Controller]] = [
     AuditController,
     DlqController,
     NotificationsController,
+    OverviewController,
 ]
 
 SECURITY_RESPONSE_HEADERS = [

@@ -24,7 +24,7 @@ from litestar.params import FromQuery
 from litestar.response import Redirect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_ui.accounts import client_of, guards_of
+from admin_ui.accounts import HOME, client_of, guards_of
 from admin_ui.pages import CONTENT_SECURITY_POLICY, form_text, is_htmx, page, see_other
 from admin_ui.session import (
     SSO_TENANT,
@@ -47,7 +47,6 @@ from app.crypto import DecryptionError, keyring_for
 from app.dependencies import DbSession
 from app.settings import Settings
 
-HOME = "/keys"
 CALLBACK_PATH = "/sso/callback"
 PENDING = "sso_pending"  # the session key of a sign-in under way (oidc.PendingSignIn)
 MAX_QUERY_VALUE = 2048

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def load_all() -> None:
+    import app.analytics.models
     import app.audit.models
     import app.auth.models
     import app.auth.sso.models

@@ -11,6 +11,8 @@ tenants' event deliveries when due.
 - `compact_tallies` (every TALLY_EVERY s): the message tallies' deltas are folded into one
   row per (notification, status), oldest first, in rounds of TALLY_LIMIT deltas, each its
   own short transaction, at most TALLY_ROUNDS a tick (app/notifications/tallies.py).
+- `compact_rollups` (every ROLLUP_EVERY s): the overview's rollup deltas are folded into one
+  row per key the same way, in rounds of ROLLUP_LIMIT (app/analytics/rollups.py).
 - `send_webhooks` (every WEBHOOKS_EVERY s): notifications found complete get their event
   (app/notifications/completion.py); the events outbox becomes deliveries
   (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
@@ -23,7 +25,7 @@ Each relay or sweep tick hands all it found to Redis in one call (the outbox's b
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all five (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all six (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -42,6 +44,7 @@ import structlog
 from arq.cron import CronJob, cron
 from prometheus_client import Counter
 
+from app.analytics import rollups
 from app.db import utcnow
 from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
@@ -68,6 +71,9 @@ EXPIRE_ROUNDS = 20
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
 TALLY_ROUNDS = 20
+ROLLUP_EVERY = 10  # seconds
+ROLLUP_LIMIT = rollups.COMPACT_LIMIT
+ROLLUP_ROUNDS = 20
 CRON_TIMEOUT = 60  # seconds; below the workers' job_timeout, so arq's in-progress TTL holds
 CRON_KEEP_RESULT = 300  # seconds a tick's id stays taken after its run
 
@@ -138,6 +144,26 @@ async def compact_tallies(
             after = done.last_id  # past what this round skipped (rows held by others)
     TALLIES_FOLDED.inc(totals["removed"])
     _log("compact_tallies", **totals)
+    return totals
+
+
+async def compact_rollups(
+    ctx: dict[str, Any], *, limit: int = ROLLUP_LIMIT, rounds: int = ROLLUP_ROUNDS
+) -> dict[str, int]:
+    """Fold the overview rollups' deltas, oldest first, until none are left or `rounds` ran."""
+    totals = {"deltas": 0, "removed": 0, "written": 0}
+    after = 0
+    async with ctx["sessions"]() as session:
+        for _ in range(rounds):
+            done = await rollups.compact(session, after=after, limit=limit)
+            await session.commit()
+            totals["deltas"] += done.seen
+            totals["removed"] += done.removed
+            totals["written"] += done.written
+            if done.last_id is None or done.seen < limit:
+                break
+            after = done.last_id
+    _log("compact_rollups", **totals)
     return totals
 
 
@@ -212,6 +238,13 @@ def cron_jobs() -> list[CronJob]:
             name="cron:compact_tallies",
             # Not on the relay's and the sweep's seconds (multiples of 5): ticks spread out.
             second=set(range(3, 60, TALLY_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            compact_rollups,
+            name="cron:compact_rollups",
+            second=set(range(7, 60, ROLLUP_EVERY)),
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

@@ -2,7 +2,7 @@
 links that set a new password); both keep only their token's SHA-256
 
 Revision ID: 0026_member_invites_resets
-Revises: 0024_webhook_delivery_retention
+Revises: 0025_overview_rollups
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0026_member_invites_resets"  # alembic_version holds 32 characters
-down_revision = "0024_webhook_delivery_retention"
+down_revision = "0025_overview_rollups"
 branch_labels = None
 depends_on = None
 

@@ -56,7 +56,8 @@ def verification_link(box: Mailbox, to: str) -> str:
 
 
 async def sign_up(page: Page, base_url: str, company: str) -> str:
-    """Sign up; the e-mail signed up with."""
+    """Sign up, land on the overview (a new tenant's: how to send a first notification),
+    and go to the keys page; the e-mail signed up with."""
     email = f"ada-{uuid.uuid4().hex[:8]}@acme.example"
     await page.goto(f"{base_url}/signup")
     await page.get_by_label("Company name").fill(company)
@@ -64,7 +65,9 @@ async def sign_up(page: Page, base_url: str, company: str) -> str:
     await page.get_by_label("Work e-mail").fill(email)
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Create account").click()
-    await page.wait_for_url(f"{base_url}/keys")
+    await page.wait_for_url(f"{base_url}/overview")
+    await expect(page.locator("#first-send")).to_be_visible()
+    await page.goto(f"{base_url}/keys")
     return email
 
 

@@ -83,7 +83,8 @@ async def sign_in(page: Page, base_url: str, email: str, password: str) -> None:
     await page.get_by_label("E-mail").fill(email)
     await page.get_by_label("Password").fill(password)
     await page.get_by_role("button", name="Sign in").click()
-    await page.wait_for_url(f"{base_url}/keys")
+    await page.wait_for_url(f"{base_url}/overview")  # the dashboard's home
+    await page.goto(f"{base_url}/keys")
 
 
 async def test_members_invite_accept_and_password_reset(
@@ -95,6 +96,7 @@ async def test_members_invite_accept_and_password_reset(
         owner = session.page
         owner_email = await sign_up(owner, server, "Acme Rockets")
         await expect(owner.locator(".account-tenant")).to_have_text("Acme Rockets")
+        await owner.goto(f"{server}/keys")  # sign-up lands on the overview
         await create_test_key(owner, "Billing service")
         await verify_email(owner, box, owner_email)
         await owner.goto(f"{server}/keys")
@@ -119,7 +121,7 @@ async def test_members_invite_accept_and_password_reset(
         await viewer.get_by_label("Choose a password").fill(PASSWORD)
         await session.screenshot("invite-accept", viewer)
         await viewer.get_by_role("button", name="Create account and join").click()
-        await viewer.wait_for_url(f"{server}/keys")
+        await viewer.wait_for_url(f"{server}/overview")
         await expect(viewer.locator(".account-user")).to_contain_text("viewer")
 
         await viewer.get_by_role("button", name="Sign out").click()
@@ -183,7 +185,7 @@ async def test_members_invite_accept_and_password_reset(
         await owner.goto(invite)
         await expect(owner.locator("#accept-form")).to_contain_text("You are signed in as")
         await owner.get_by_role("button", name="Join Globex").click()
-        await owner.wait_for_url(f"{server}/keys")
+        await owner.wait_for_url(f"{server}/overview")
         await expect(owner.locator(".account-tenant")).to_have_text("Globex")
         await owner.get_by_text("Switch tenant").click()
         await expect(owner.locator(".tenant-menu")).to_be_visible()

@@ -34,7 +34,8 @@ async def test_recipients_providers_and_settings_in_a_browser(server: str) -> No
     async with chromium() as session:
         page = session.page
         await sign_up(page, server, "Umbrella")
-        await page.wait_for_url(f"{server}/keys")
+        await page.wait_for_url(f"{server}/overview")  # the dashboard's home
+        await page.goto(f"{server}/keys")
         secret = await create_key(page, "Seeder", "test", ["send", "read", "manage"])
         headers = {"Authorization": f"Bearer {secret}"}
         async with httpx.AsyncClient(base_url=server, headers=headers) as api:

@@ -97,7 +97,7 @@ async def test_owner_sets_up_sso_and_a_new_person_signs_in_through_the_provider(
         await bob.get_by_role("button", name="Continue").click()
         await bob.wait_for_url(f"{provider.issuer}/**")
         await sign_in_at_provider(bob, newcomer_login)
-        await bob.wait_for_url(f"{server}/keys")
+        await bob.wait_for_url(f"{server}/overview")
         await expect(bob.locator(".account-tenant")).to_have_text("Umbrella SSO")
         await expect(bob.locator(".account-user")).to_contain_text("viewer")
 

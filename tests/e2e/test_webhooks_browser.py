@@ -159,7 +159,7 @@ async def test_endpoints_deliveries_receipts_and_audit_in_a_browser(
     async with chromium() as browser:
         page = browser.page
         email = await sign_up(page, server, "Acme Hooks")
-        await page.wait_for_url(f"{server}/keys")
+        await page.wait_for_url(f"{server}/overview")  # the dashboard's home
         tenant_id = await tenant_of(session, email)
 
         endpoint_id = await add_endpoint(page, server)

@@ -58,13 +58,13 @@ async def add_member(session: AsyncSession, tenant_id: uuid.UUID, role: str, ema
     await session.commit()
 
 
-async def test_sign_up_creates_tenant_and_owner_and_lands_on_keys(
+async def test_sign_up_creates_tenant_and_owner_and_lands_on_overview(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     email = unique_email()
     response = await sign_up(client, email, company="Initech")
     assert response.status_code == 303
-    assert response.headers["location"] == "/keys"
+    assert response.headers["location"] == "/overview"
     session_cookie = next(
         header
         for header in response.headers.get_list("set-cookie")

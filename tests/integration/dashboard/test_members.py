@@ -169,7 +169,7 @@ async def test_owner_invites_a_viewer_who_joins_through_the_mailed_link(
         # Opening the link twice uses nothing up (mail scanners fetch links).
         assert (await guest.get(path)).status_code == 200
         joined = await accept_as_new(guest, path)
-        assert joined.status_code == 303 and joined.headers["location"] == "/keys"
+        assert joined.status_code == 303 and joined.headers["location"] == "/overview"
         page = await guest.get("/members")
         assert page.status_code == 200
         assert "Invitational" in page.text and "role-viewer" in page.text

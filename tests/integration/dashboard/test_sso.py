@@ -333,7 +333,7 @@ async def test_a_new_person_signs_in_through_the_provider_and_joins_as_viewer(
         assert query(back)["state"] == asked["state"]
         arrived = await come_back(bob, back)
         assert arrived.status_code == 303, arrived.text
-        assert arrived.headers["location"] == "/keys"
+        assert arrived.headers["location"] == "/overview"
         keys = await bob.get("/keys")
         assert keys.status_code == 200
         assert owner.company in keys.text and "viewer" in keys.text
@@ -344,7 +344,7 @@ async def test_a_new_person_signs_in_through_the_provider_and_joins_as_viewer(
         assert replay.status_code == 400
         assert "not started in this browser" in failure(replay)
         # Back at the callback with nothing under way, signed in: home.
-        assert (await bob.get("/sso/callback")).headers["location"] == "/keys"
+        assert (await bob.get("/sso/callback")).headers["location"] == "/overview"
     async with browser(sso_app) as mallory:
         stolen = await come_back(mallory, back)
         assert stolen.status_code == 400

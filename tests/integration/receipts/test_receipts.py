@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks.webhooks import Webhook
 from twilio.request_validator import RequestValidator
 
+from app.analytics.service import overview
 from app.db import utcnow
 from app.ids import uuid7
 from app.notifications.models import Message, Notification
@@ -190,6 +191,12 @@ async def test_sendgrid_events_move_messages_suppress_and_show_on_the_timeline(
     assert response.json()["received"] == 3 and response.json()["new"] == 3
     assert await status_of(session, opened) == "opened"
     assert await status_of(session, bounced) == "bounced"
+    # The overview counts the open as a delivery and the bounce as a failure, not a dead letter.
+    today = (
+        await overview(session, tenant_id=tenant.tenant_id, mode="live", today=utcnow().date())
+    ).today_totals
+    await session.commit()
+    assert (today.sent, today.delivered, today.failed, today.dead_lettered) == (2, 1, 1, 0)
     suppressed = await session.scalar(
         select(Suppression).where(Suppression.tenant_id == tenant.tenant_id)
     )
