@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    async_playwright,
+    expect,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -53,6 +60,7 @@ class Session:
     context: BrowserContext
     page: Page
     problems: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
     async def screenshot(self, name: str, page: Page | None = None) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -65,15 +73,22 @@ class Session:
         self._watch(page)
         return page
 
+    def ignore(self, origin: str) -> None:
+        """Console errors of pages and resources under `origin` (another party's site the
+        test passes through, an identity provider's, say) are not Herald's problems."""
+        self.ignored.append(origin)
+
     def _watch(self, page: Page) -> None:
-        page.on(
-            "console",
-            lambda message: (
-                self.problems.append(f"console: {message.text}")
-                if message.type == "error"
-                else None
-            ),
-        )
+        def on_console(message: ConsoleMessage) -> None:
+            where = message.location.get("url", "") if message.location else ""
+            foreign = tuple(self.ignored)
+            if message.type != "error" or (foreign and where.startswith(foreign)):
+                return
+            if foreign and page.url.startswith(foreign):
+                return
+            self.problems.append(f"console: {message.text}")
+
+        page.on("console", on_console)
         page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
 
 

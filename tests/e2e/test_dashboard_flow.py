@@ -73,6 +73,7 @@ async def test_a_new_tenant_through_the_dashboard(server: str) -> None:
 
     async with chromium() as session:
         page = session.page
+        session.ignore(provider.issuer)  # the provider's own pages and fonts
         await sign_up(page, server, "Northwind")
         secret = await create_test_key(page, server)
         await session.screenshot("flow-key")
