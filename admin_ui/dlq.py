@@ -23,8 +23,9 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery
 from litestar.plugins.htmx import HTMXTemplate
 
-from admin_ui.bounded import CURSOR_MAX_LENGTH, invalid, read_cursor
 from admin_ui.pages import form_text, is_htmx, page
+from admin_ui.query_params import CURSOR_MAX_LENGTH, read_cursor
+from admin_ui.query_params import bad_input as invalid
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
 from app.auth import roles
 from app.delivery.outbox import Outbox

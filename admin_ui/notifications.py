@@ -24,8 +24,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.plugins.htmx import HTMXTemplate
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_ui.bounded import invalid, read_cursor
 from admin_ui.pages import is_htmx, page, see_other
+from admin_ui.query_params import bad_input as invalid
+from admin_ui.query_params import read_cursor
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
 from app.auth import roles
 from app.dependencies import DbSession, OutboxDependency

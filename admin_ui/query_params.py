@@ -11,11 +11,24 @@ from litestar import Request
 from litestar.exceptions import HTTPException
 
 MAX_PARAMETER = 200  # characters of any one query parameter
+CURSOR_MAX_LENGTH = 36  # a UUID's text: the id of the last row shown
 
 
 def bad_input(name: str, message: str) -> HTTPException:
     """The 422 for a query parameter or form field the page cannot take."""
     return HTTPException(status_code=422, detail=f"{name}: {message}")
+
+
+def read_cursor(cursor: str) -> uuid.UUID | None:
+    """A keyset cursor (the id of the last row shown), or None for the first page."""
+    if not cursor:
+        return None
+    if len(cursor) > CURSOR_MAX_LENGTH:
+        raise bad_input("cursor", "not a cursor of this list")
+    try:
+        return uuid.UUID(cursor)
+    except ValueError:
+        raise bad_input("cursor", "not a cursor of this list") from None
 
 
 def query_text(request: Request[Any, Any, Any], name: str, max_length: int = MAX_PARAMETER) -> str:

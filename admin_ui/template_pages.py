@@ -24,13 +24,14 @@ from typing import Annotated, Any
 import structlog
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, QueryParameter
 from litestar.plugins.htmx import HTMXTemplate
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_ui.pages import form_text, form_texts, is_htmx, page, see_other
+from admin_ui.query_params import bad_input
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
 from admin_ui.template_forms import (
     CHANNEL_FIELDS,
@@ -168,7 +169,7 @@ class TemplatePagesController(Controller):
             try:
                 after = uuid.UUID(cursor[:36])
             except ValueError:
-                raise _bad_input("cursor", "not a page of this list") from None
+                raise bad_input("cursor", "not a page of this list") from None
         listed = await service.list_templates(
             db_session, tenant_id=member.tenant.id, mode=member.mode, limit=PAGE_SIZE, cursor=after
         )
@@ -620,17 +621,13 @@ class TemplatePagesController(Controller):
         return see_other(request, "/templates")
 
 
-def _bad_input(field: str, message: str) -> HTTPException:
-    return HTTPException(status_code=422, detail=f"{field}: {message}.")
-
-
 def _version_number(field: str, text: str) -> int:
     """A version number from the query string; 422 naming `field` otherwise."""
     if not (text.isascii() and text.isdigit() and 1 <= len(text) <= 10):
-        raise _bad_input(field, "a version number such as 3")
+        raise bad_input(field, "a version number such as 3")
     number = int(text)
     if not 1 <= number <= MAX_INT4:
-        raise _bad_input(field, "a version number such as 3")
+        raise bad_input(field, "a version number such as 3")
     return number
 
 
