@@ -41,6 +41,10 @@ MESSAGE_STATUSES = SEND_STATUSES + RECEIPT_STATUSES
 # The predicate of the delivery log's indexes: true of every row, implied only by statements
 # that name the mode (migration 0028).
 NAMED_MODE = "mode IS NOT NULL"
+# Statuses a message passes through on its way (claimed, retried): not in the delivery log's
+# status index, which each claim would otherwise add an entry to.
+IN_FLIGHT = ("queued", "sending", "retrying")
+SETTLED = "status NOT IN ('queued', 'sending', 'retrying')"
 
 
 class Notification(UuidPrimaryKey, CreatedAt, Base):
@@ -180,40 +184,17 @@ class Message(UuidPrimaryKey, CreatedAt, Base):
             postgresql_where=text("status = 'failed'"),
         ),
         # The delivery log's filters (and a recipient's page, by recipient_id), each a range
-        # of one index, newest first; partial on a
-        # predicate every row meets, which only statements naming the mode imply, so that
-        # the send path's never take them (migration 0028, app/notifications/log.py).
+        # of one index, newest first; partial on a predicate every row meets, which only
+        # statements naming the mode imply, so that the send path's never take them; the
+        # status one leaves the in-flight statuses out, which a claim would otherwise add
+        # to (migration 0028, app/notifications/log.py).
         Index(
             "ix_messages_tenant_id_mode_status_id",
             "tenant_id",
             "mode",
             "status",
             "id",
-            postgresql_where=text(NAMED_MODE),
-        ),
-        Index(
-            "ix_messages_tenant_id_mode_channel_id",
-            "tenant_id",
-            "mode",
-            "channel",
-            "id",
-            postgresql_where=text(NAMED_MODE),
-        ),
-        Index(
-            "ix_messages_tenant_id_mode_provider_id",
-            "tenant_id",
-            "mode",
-            "provider",
-            "id",
-            postgresql_where=text(f"{NAMED_MODE} AND provider IS NOT NULL"),
-        ),
-        Index(
-            "ix_messages_tenant_id_mode_error_class_id",
-            "tenant_id",
-            "mode",
-            "error_class",
-            "id",
-            postgresql_where=text(f"{NAMED_MODE} AND error_class IS NOT NULL"),
+            postgresql_where=text(f"{NAMED_MODE} AND {SETTLED}"),
         ),
         Index(
             "ix_messages_tenant_id_mode_recipient_id_id",

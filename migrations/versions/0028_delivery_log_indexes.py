@@ -1,7 +1,7 @@
-"""Indexes the delivery log's filters read: each filter is a range of one index, newest first
+"""Indexes the delivery log's filters read: a notification, a recipient, a settled status
 
 Revision ID: 0028_delivery_log_indexes
-Revises: 0024_webhook_delivery_retention
+Revises: 0026_member_invites_resets
 Create Date: 2026-12-05 09:30:00
 """
 
@@ -20,8 +20,12 @@ depends_on = None
 # notification or template. Without these, a filter matching few of a tenant's million
 # messages walked ix_messages_tenant_id_mode_id backwards through all of them. Each index
 # ends in id, so the page is the first rows of one index range (the time filter is a range
-# of ids: they are UUIDv7). The error-class and provider ones leave out the messages without
-# one (skipped, not attempted yet), which are many and never asked for.
+# of ids: they are UUIDv7).
+#
+# Every index of messages costs each claim and each outcome an entry (a status change is
+# never a HOT update): channel, provider and error class have none (the log checks them on
+# a bounded window), and the status one leaves out the statuses a claim moves between.
+# With indexes for all six filters, the claim UPDATE's rate (`pg_claim`) halved.
 #
 # Each is partial on `mode IS NOT NULL`, which every row meets (mode is NOT NULL): only a
 # statement that names the mode, as the dashboard's and the API's reads do, implies it, so
@@ -34,17 +38,11 @@ depends_on = None
 # this migration (IF NOT EXISTS) then finds them made.
 NAMED_MODE = "mode IS NOT NULL"
 MESSAGE_INDEXES: list[tuple[str, list[str], str]] = [
-    ("ix_messages_tenant_id_mode_status_id", ["tenant_id", "mode", "status", "id"], NAMED_MODE),
-    ("ix_messages_tenant_id_mode_channel_id", ["tenant_id", "mode", "channel", "id"], NAMED_MODE),
+    # Settled statuses only: a claim (queued to sending) adds no entry.
     (
-        "ix_messages_tenant_id_mode_provider_id",
-        ["tenant_id", "mode", "provider", "id"],
-        f"{NAMED_MODE} AND provider IS NOT NULL",
-    ),
-    (
-        "ix_messages_tenant_id_mode_error_class_id",
-        ["tenant_id", "mode", "error_class", "id"],
-        f"{NAMED_MODE} AND error_class IS NOT NULL",
+        "ix_messages_tenant_id_mode_status_id",
+        ["tenant_id", "mode", "status", "id"],
+        f"{NAMED_MODE} AND status NOT IN ('queued', 'sending', 'retrying')",
     ),
     # With the tenant and mode first, like the others, although a recipient's or a
     # notification's id implies both: PostgreSQL plans here without statistics, and then
