@@ -3,6 +3,7 @@ after a failed payment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -252,3 +253,17 @@ async def test_events_of_the_other_stripe_mode_or_types_not_handled_change_nothi
     assert (await webhooks.post(other)).json()["outcome"] == "ignored"
     assert await plan_of(session, tenant.tenant_id) == "growth"
     assert len(await plan_changes(session, tenant.tenant_id)) == 1  # the subscription's
+
+
+async def test_the_same_event_delivered_twice_at_once_is_applied_once(
+    webhooks: Webhooks, session: AsyncSession, tenant: TenantKey
+) -> None:
+    now = int(time.time())
+    customer, sub = await subscribe(webhooks, tenant, born=now - 60)
+    upgrade = events.subscription(
+        "updated", sub, customer, price=PRICES["enterprise"], born=now - 60, created=now
+    )
+    answers = await asyncio.gather(*(webhooks.post(upgrade) for _ in range(4)))
+    assert sorted(a.json()["outcome"] for a in answers) == ["applied"] + ["duplicate"] * 3
+    assert len(await plan_changes(session, tenant.tenant_id)) == 2
+    assert "cron:end_billing_grace" in {job.name for job in cron.cron_jobs()}
