@@ -77,7 +77,7 @@ def verify(settings: Settings, payload: bytes, signature: str | None) -> dict[st
         message = str(error.user_message or error)
         slug = "stale" if message.startswith("Timestamp outside") else "bad_signature"
         raise WebhookRefused(slug, message) from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, AttributeError, TypeError):  # not UTF-8, not JSON, not an object
         raise WebhookRefused("unparseable", "The body is not a Stripe event.") from None
     data: dict[str, Any] = event.to_dict()
     if not isinstance(data.get("id"), str) or not isinstance(data.get("created"), int):

@@ -166,7 +166,12 @@ async def start_checkout(
     customer = await _customer(session, client, account)
     if account.subscription_status in PAYING and account.subscription_id is not None:
         if account.plan == plan:
-            raise BillingError(409, "conflict", f"The tenant already pays for the {plan} plan.")
+            raise BillingError(
+                409,
+                "conflict",
+                f"The subscription is already for the {plan} plan; its payment is managed "
+                "in the Customer Portal.",
+            )
         if account.subscription_item_id is None:
             raise BillingError(409, "conflict", "The subscription's plan item is not known yet.")
         portal = await client.v1.billing_portal.sessions.create_async(
@@ -279,22 +284,22 @@ async def end_expired_grace(
     """Move tenants whose failed payment is older than the grace period to the default plan;
     how many changed. Their accounts stay past due: a later paid invoice restores the plan."""
     cutoff = now - timedelta(days=settings.billing_grace_days)
-    # The partial index on past_due_since holds only the accounts with a payment outstanding.
+    # The partial index on past_due_since holds only the accounts with a payment outstanding;
+    # those already on the default plan are left out, or they would fill every batch.
     accounts = await session.scalars(
         select(BillingAccount)
-        .where(BillingAccount.past_due_since <= cutoff)
+        .join(Tenant, Tenant.id == BillingAccount.tenant_id)
+        .where(BillingAccount.past_due_since <= cutoff, Tenant.plan != default_plan(settings))
         .order_by(BillingAccount.past_due_since)
         .limit(limit)
-        .with_for_update(skip_locked=True)
+        .with_for_update(of=BillingAccount, skip_locked=True)
     )
     changed = 0
     for account in accounts.all():
-        reason = "grace_period_ended"
-        when = {
-            "past_due_since": account.past_due_since.isoformat() if account.past_due_since else None
-        }
-        changed += (
-            await settle(session, settings, account, now=now, reason=reason, details=when)
-            is not None
+        assert account.past_due_since is not None
+        since = {"past_due_since": account.past_due_since.isoformat()}
+        plan = await settle(
+            session, settings, account, now=now, reason="grace_period_ended", details=since
         )
+        changed += plan is not None
     return changed

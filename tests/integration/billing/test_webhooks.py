@@ -82,6 +82,11 @@ async def test_a_signed_event_is_taken_and_a_forged_or_stale_one_refused(
     )
     assert account is None  # nothing refused changed anything
 
+    for junk in ("[]", "{}", "not json", '{"id": "evt_1", "created": "yesterday"}'):
+        unreadable = await post(sign(junk), junk)  # signed, yet no event
+        assert unreadable.status_code == 400
+        assert unreadable.json()["type"].endswith("/unparseable")
+
     within = await post(sign(body, timestamp=now - 290))
     assert within.status_code == 200
     assert within.json() == {"received": True, "outcome": "applied"}
