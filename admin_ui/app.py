@@ -15,6 +15,7 @@ from litestar.template.config import TemplateConfig
 from admin_ui.account import AccountController, ModeController
 from admin_ui.accounts import AccountsController
 from admin_ui.audit import AuditController
+from admin_ui.billing import BillingPageController
 from admin_ui.csrf import CsrfTokens, csrf_middleware
 from admin_ui.dlq import DlqController
 from admin_ui.errors import EXCEPTION_HANDLERS
@@ -41,6 +42,7 @@ HERE = Path(__file__).parent
 
 # Every signed-in page's controller, one per line; each module says what its pages are for.
 PAGES: list[type[Controller]] = [
+    BillingPageController,
     AccountsController,
     AccountController,
     ModeController,

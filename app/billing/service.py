@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.auth import roles
 from app.billing.models import BillingAccount
 from app.settings import Settings
 from app.tenants.models import PLANS, Tenant
@@ -154,10 +155,13 @@ async def start_checkout(
     success_url: str,
     cancel_url: str,
     actor: str,
+    role: str | None = None,
 ) -> Redirect:
     """Where the owner pays for `plan`: a Checkout Session in subscription mode, or, when the
     tenant already has a paying subscription, the portal's page confirming the change of its
-    price (a second subscription would bill twice). The caller commits."""
+    price (a second subscription would bill twice). `role`: the acting dashboard member's
+    (only owners manage billing; None for an API key). The caller commits."""
+    roles.require(role, "manage_billing")
     price = settings.stripe_prices.get(plan)
     if price is None or plan not in PLANS:
         sold = ", ".join(p for p in settings.stripe_prices if p in PLANS) or "none"
@@ -223,10 +227,16 @@ async def start_checkout(
 
 
 async def portal_url(
-    session: AsyncSession, client: stripe.StripeClient, *, tenant_id: uuid.UUID, return_url: str
+    session: AsyncSession,
+    client: stripe.StripeClient,
+    *,
+    tenant_id: uuid.UUID,
+    return_url: str,
+    role: str | None = None,
 ) -> str:
     """A Customer Portal session of the tenant's Stripe customer (invoices, payment method,
-    plan, cancellation)."""
+    plan, cancellation); `role` as for start_checkout."""
+    roles.require(role, "manage_billing")
     account = await get_account(session, tenant_id=tenant_id)
     if account is None or account.customer_id is None:
         raise BillingError(
