@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.tenants import plans
+
 ENVIRONMENTS = ("development", "test", "production")
 LOG_FORMATS = ("console", "json")
 QUEUES = ("high", "normal", "low")
@@ -379,6 +381,26 @@ VARIABLES: tuple[Var, ...] = (
         "address space each render process may use (RLIMIT_AS), in MiB",
     ),
     Var(
+        "HERALD_PLANS_FILE",
+        None,
+        _text,
+        "the operator's plans (TOML: rates, monthly quotas, overage per plan); unset: the "
+        "shipped app/tenants/plans.toml",
+    ),
+    Var(
+        "HERALD_DEFAULT_PLAN",
+        "free",
+        _text,
+        "the plan a new tenant gets (and every tenant while billing is off)",
+    ),
+    Var(
+        "HERALD_METERING",
+        "on",
+        _bool,
+        "count live messages per tenant and month in Redis (usage and quotas); off: no "
+        "counting and no quota enforcement",
+    ),
+    Var(
         "HERALD_SECURE_COOKIES",
         None,
         _bool,
@@ -422,6 +444,9 @@ class Settings:
     smtp_url: str | None = None
     mail_from: str = "Herald <no-reply@localhost>"
     unsubscribe_mailto: str | None = None
+    plans_file: Path | None = None
+    default_plan: str = "free"
+    metering: bool = True
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -450,6 +475,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if values[required] is None:
                 raise SettingsError(required, "must be set when HERALD_ENV=production")
     secure = values["HERALD_SECURE_COOKIES"]
+    plans_file = Path(values["HERALD_PLANS_FILE"]) if values["HERALD_PLANS_FILE"] else None
+    try:
+        # Validated here, at start-up: a bad plans file stops the process with its reason.
+        plans.configure(plans_file, values["HERALD_DEFAULT_PLAN"])
+    except plans.PlansFileError as error:
+        name = "HERALD_PLANS_FILE" if plans_file else "HERALD_DEFAULT_PLAN"
+        raise SettingsError(name, str(error)) from None
     host, port = values["HERALD_HOST"], values["HERALD_PORT"]
     return Settings(
         env=env,
@@ -487,4 +519,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_url=values["HERALD_SMTP_URL"],
         mail_from=values["HERALD_MAIL_FROM"],
         unsubscribe_mailto=values["HERALD_UNSUBSCRIBE_MAILTO"],
+        plans_file=plans_file,
+        default_plan=values["HERALD_DEFAULT_PLAN"],
+        metering=values["HERALD_METERING"],
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +50,8 @@ from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
+from app.usage import recording
+from app.usage.meter import Meter
 
 UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
@@ -114,11 +116,16 @@ async def dispatch(
     enqueuer: outbox.Outbox | None = None,
     clock: Callable[[], float] = time.monotonic,
     run_seconds: float = expansion.RUN_SECONDS,
+    meter: Meter | None = None,
 ) -> Dispatched:
     """Write the notification's messages (once) and return its queued messages in batches.
 
     An audience's dispatch (expansion.py) commits and enqueues as it goes, through
-    `enqueuer`, and hands back only the job that goes on with it, if one must."""
+    `enqueuer`, and hands back only the job that goes on with it, if one must.
+
+    The messages written are noted for usage (app/usage/recording.py): the caller counts
+    them after its commit; an audience's dispatch, which commits as it goes, counts them in
+    `meter` after each of its commits."""
     # The row lock serialises dispatch with cancellation of the same notification.
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
@@ -149,7 +156,7 @@ async def dispatch(
             if enqueuer is None:
                 raise ValueError("an audience's dispatch needs an enqueuer: it enqueues as it goes")
             later = await _expand(
-                session, notification, renderer, tenant, enqueuer, clock, run_seconds
+                session, notification, renderer, tenant, enqueuer, clock, run_seconds, meter
             )
             return Dispatched([], notification.priority, later)
         later = None
@@ -246,6 +253,7 @@ async def _fan_out(
         return notification.dispatch_after
     found_ids = {p.external_id for p in people}
     unknown = [external_id for external_id in wanted if external_id not in found_ids]
+    recording.note_done(session, tenant_id=notification.tenant_id, notification_id=notification.id)
     notification.status = "dispatched"
     notification.dispatched_at = utcnow()
     notification.dispatch_after = None
@@ -307,6 +315,16 @@ async def _write(
                 message["next_attempt_at"] = "infinity"
     await bulk.insert_renders(session, renders)
     await bulk.insert(session, bulk.INSERT_MESSAGES, bulk.MESSAGE_COLUMNS, messages)
+    # Only rows no earlier run wrote are here (`written` above, under the notification's
+    # lock): each is counted once. A list's messages use up the hold its intake took.
+    recording.note(
+        session,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
+        notification_id=notification.id,
+        queued=Counter(m["channel"] for m in messages if m["status"] == "queued"),
+        held=not held,
+    )
     return rendering.wait
 
 
@@ -318,6 +336,7 @@ async def _expand(
     enqueuer: outbox.Outbox,
     clock: Callable[[], float],
     run_seconds: float,
+    meter: Meter | None = None,
 ) -> datetime | None:
     """Expand an audience page by page and release its held messages at the tenant's pace,
     committing each step, for up to `run_seconds`; when the next run is due (None: nothing
@@ -361,6 +380,7 @@ async def _expand(
             )
             if wait is not None:
                 await session.commit()
+                await recording.record_committed(session, meter)
                 return _defer(notification, wait)
         if notification.releasing and clock() >= next_release:
             if await expansion.still_queued(session, released) <= BACKLOG_SHARE * len(released):
@@ -396,6 +416,7 @@ async def _expand(
         # Handing over, due now: the relay enqueues the next run if its job is lost.
         notification.dispatch_after = None if done else utcnow() if over else utcnow() + lease
         await session.commit()
+        await recording.record_committed(session, meter)
         await enqueuer.enqueue_after_commit(jobs)
         if done:
             return None
@@ -464,7 +485,16 @@ async def _expand_page(
     notification.dispatch_attempts = 0
     notification.dispatch_error = None
     if choices is not None:
-        last = (await expansion.write_page(session, notification, choices, tenant)).last
+        page = await expansion.write_page(session, notification, choices, tenant)
+        recording.note(
+            session,
+            tenant_id=notification.tenant_id,
+            mode=notification.mode,
+            notification_id=notification.id,
+            queued=page.queued_by_channel,
+            held=False,
+        )
+        last = page.last
     else:
         people = await expansion.next_people(session, notification, PERSONAL_PAGE)
         wait = None
