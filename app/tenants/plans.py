@@ -17,6 +17,7 @@ budget only binds templates that run into the 100 ms render limit, over and over
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -25,10 +26,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from app.channels import Channel
-
 DEFAULT_FILE = Path(__file__).with_name("plans.toml")
-FALLBACK_PLAN = "free"  # what an unknown plan gets: never more than the free plan
+FALLBACK_PLAN = "free"
+PLAN_NAME = re.compile(
+    r"[a-z][a-z0-9_-]{0,31}"
+)  # tenants.plan is 32 characters  # what an unknown plan gets: never more than the free plan
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
@@ -49,6 +51,16 @@ class PlanLimits:
     log_retention_days: int  # how long providers' receipts (and their events) are kept
 
 
+class Quota(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Messages a month per channel group; None: no quota."""
+
+    email: Count | None = None
+    sms: Count | None = None
+    push: Count | None = None
+    webhook: Count | None = None
+    inbox: Count | None = None
+
+
 class Plan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """One plan as the file states it."""
 
@@ -63,7 +75,7 @@ class Plan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
     overage: Literal["block", "bill"] = "block"
     price_per_1000: str | None = None
     stripe_price_id: str | None = None
-    quota: dict[Channel, Count] = {}
+    quota: Quota = Quota()
 
     def __post_init__(self) -> None:
         if self.overage == "bill":
@@ -92,14 +104,8 @@ class Plan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
 
     def quota_for(self, channel: str) -> int | None:
         """The channel group's monthly quota; None: no quota."""
-        for group, quota in self.quota.items():
-            if group == channel:
-                return quota
-        return None
-
-
-class _File(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    plans: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Plan]
+        quota: int | None = getattr(self.quota, channel, None)
+        return quota
 
 
 @dataclass(frozen=True)
@@ -123,17 +129,31 @@ def load(path: Path, default_plan: str = FALLBACK_PLAN) -> Catalogue:
         raise PlansFileError(f"{path}: cannot be read ({error.strerror})") from None
     except tomllib.TOMLDecodeError as error:
         raise PlansFileError(f"{path}: not valid TOML ({error})") from None
-    try:
-        parsed = msgspec.convert(raw, _File)
-    except msgspec.ValidationError as error:
-        raise PlansFileError(f"{path}: {error}") from None
-    if FALLBACK_PLAN not in parsed.plans:
+    unknown = sorted(set(raw) - {"plans"})
+    if unknown:
+        raise PlansFileError(f"{path}: unknown top-level key {unknown[0]!r} (only [plans.<name>])")
+    tables = raw.get("plans")
+    if not isinstance(tables, dict):
+        raise PlansFileError(f"{path}: no [plans.<name>] tables")
+    found: dict[str, Plan] = {}
+    for name, table in tables.items():
+        if not PLAN_NAME.fullmatch(name):
+            raise PlansFileError(f"{path}: plan name {name!r}: lowercase letters, digits, - or _")
+        try:
+            found[name] = msgspec.convert(table, Plan)
+        except msgspec.ValidationError as error:
+            # msgspec names the place from the plan's table (`$.quota.sms`): name the plan.
+            where = str(error).replace("`$", f"`plans.{name}").replace("`$`", f"`plans.{name}`")
+            if "`plans." not in where:
+                where += f" - in [plans.{name}]"
+            raise PlansFileError(f"{path}: {where}") from None
+    if FALLBACK_PLAN not in found:
         raise PlansFileError(
             f"{path}: a plan named {FALLBACK_PLAN!r} is required (unknown plans get its limits)"
         )
-    if default_plan not in parsed.plans:
+    if default_plan not in found:
         raise PlansFileError(f"{path}: the default plan {default_plan!r} is not in the file")
-    return Catalogue(dict(parsed.plans), default_plan, path)
+    return Catalogue(found, default_plan, path)
 
 
 _catalogue: Catalogue | None = None

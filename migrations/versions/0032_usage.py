@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.drop_constraint("ck_tenants_plan", "tenants", type_="check")
+    op.drop_constraint(op.f("ck_tenants_plan"), "tenants", type_="check")
     op.create_table(
         "usage_counts",
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
@@ -52,5 +52,5 @@ def downgrade() -> None:
         "WHERE plan NOT IN ('free', 'starter', 'growth', 'enterprise')"
     )
     op.create_check_constraint(
-        "ck_tenants_plan", "tenants", "plan IN ('free', 'starter', 'growth', 'enterprise')"
+        op.f("ck_tenants_plan"), "tenants", "plan IN ('free', 'starter', 'growth', 'enterprise')"
     )
