@@ -179,8 +179,10 @@ class NotificationController(Controller):
         summary="Send a notification; 202 once it is durably accepted",
         responses=problem_responses(
             {
-                429: "A blocking plan's monthly quota for a channel has too little left "
-                "(`quota_exceeded`: channel, plan, resets_at).",
+                429: "Over the tenant's or the key's rate limit (`rate_limited`), or a "
+                "blocking plan's monthly quota for a channel has too little left "
+                "(`quota_exceeded`: `channel`, `plan`, `remaining`, `resets_at`); "
+                "`Retry-After` says when to come back.",
                 503: "The notification could not be stored; retry with the same Idempotency-Key.",
             }
         ),
