@@ -325,3 +325,28 @@ async def test_metering_off_counts_nothing_and_refuses_nothing(
             many = [f"m{i}" for i in range(1000)]
             assert (await send(c, tenant, many)).status_code == 202
             assert (await send(c, tenant, many[:5])).status_code == 202
+
+
+async def test_the_cron_job_flushes_what_dispatch_counted(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+    engine: AsyncEngine,
+) -> None:
+    from jobs import cron
+
+    tenant = await on_plan(session, "pro")
+    await put_template(client, tenant, "hi", INBOX)
+    await put_recipient(client, tenant, "ann")
+    accepted = await send(client, tenant, ["ann"])
+    settings = settings_for(service_urls.database_url, service_urls.redis_url)
+    async with workers(settings) as ctx:
+        ctx["redis"] = await queues.connect(service_urls.redis_url)
+        try:
+            await functions.dispatch(ctx, accepted.json()["id"])
+            assert await flushed(engine, tenant.tenant_id) == {}
+            assert await cron.flush_usage(ctx) >= 1
+        finally:
+            await ctx["redis"].aclose()
+    assert await flushed(engine, tenant.tenant_id) == {"inbox": 1}
+    assert "cron:flush_usage" in {job.name for job in cron.cron_jobs()}
