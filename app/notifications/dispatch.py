@@ -233,7 +233,10 @@ async def _fan_out(
 ) -> datetime | None:
     """Write what can be rendered now; the time to carry on when the budget ran out."""
     found = await _sources(session, notification)
-    if found is None:
+    if found is None:  # failed: it will write nothing, its intake hold goes back
+        recording.note_done(
+            session, tenant_id=notification.tenant_id, notification_id=notification.id
+        )
         return None
     template, category = found
     wanted = notification.audience["recipients"]
