@@ -350,3 +350,30 @@ async def test_the_cron_job_flushes_what_dispatch_counted(
             await ctx["redis"].aclose()
     assert await flushed(engine, tenant.tenant_id) == {"inbox": 1}
     assert "cron:flush_usage" in {job.name for job in cron.cron_jobs()}
+
+
+async def test_herald_usage_rebuild_from_the_command_line(
+    client: httpx.AsyncClient,
+    session: AsyncSession,
+    service_urls: ServiceUrls,
+    engine: AsyncEngine,
+) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    tenant = await on_plan(session, "pro")
+    await put_template(client, tenant, "hi", INBOX)
+    await put_recipient(client, tenant, "ann")
+    await dispatch(service_urls, [(await send(client, tenant, ["ann"])).json()["id"]])
+    env = {"DATABASE_URL": service_urls.database_url, "REDIS_URL": service_urls.redis_url}
+    runner = CliRunner()
+    bad = await asyncio.to_thread(
+        runner.invoke, main, ["usage", "rebuild", "--period", "2026-13"], env=env
+    )
+    assert bad.exit_code == 2 and "YYYY-MM" in bad.output
+    args = ["usage", "rebuild", "--tenant", str(tenant.tenant_id), "--period", period_of(utcnow())]
+    done = await asyncio.to_thread(runner.invoke, main, args, env=env)
+    assert done.exit_code == 0, done.output
+    assert "rebuilt 1 usage counts" in done.output
+    assert await flushed(engine, tenant.tenant_id) == {"inbox": 1}
