@@ -50,7 +50,7 @@ from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
-from app.usage import recording
+from app.usage import quota, recording
 from app.usage.meter import Meter
 
 UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
@@ -276,6 +276,7 @@ async def _write(
     *,
     topic: str | None = None,
     held: bool = False,
+    queued_out: Counter[str] | None = None,
 ) -> float | None:
     """Plan, render and write the messages of `people` that an earlier run did not write;
     the seconds to wait when the render budget ran out part-way. `held`: written to be
@@ -319,15 +320,20 @@ async def _write(
     await bulk.insert_renders(session, renders)
     await bulk.insert(session, bulk.INSERT_MESSAGES, bulk.MESSAGE_COLUMNS, messages)
     # Only rows no earlier run wrote are here (`written` above, under the notification's
-    # lock): each is counted once. A list's messages use up the hold its intake took.
-    recording.note(
-        session,
-        tenant_id=notification.tenant_id,
-        mode=notification.mode,
-        notification_id=notification.id,
-        queued=Counter(m["channel"] for m in messages if m["status"] == "queued"),
-        held=not held,
-    )
+    # lock): each is counted once. A list's messages use up the hold its intake took; an
+    # audience's page is held and counted by the caller (`queued_out`).
+    queued = Counter(m["channel"] for m in messages if m["status"] == "queued")
+    if queued_out is not None:
+        queued_out.update(queued)
+    else:
+        recording.note(
+            session,
+            tenant_id=notification.tenant_id,
+            mode=notification.mode,
+            notification_id=notification.id,
+            queued=queued,
+            held=True,
+        )
     return rendering.wait
 
 
@@ -379,7 +385,7 @@ async def _expand(
         jobs: list[outbox.Job] = []
         if notification.status == "accepted" and sources is not None:
             wait = await _expand_page(
-                session, notification, renderer, tenant, sources, choices, topic
+                session, notification, renderer, tenant, sources, choices, topic, meter
             )
             if wait is not None:
                 await session.commit()
@@ -481,22 +487,18 @@ async def _expand_page(
     sources: tuple[TemplateVersion, CategoryView],
     choices: list[expansion.ContentChoice] | None,
     topic: str | None,
+    meter: Meter | None = None,
 ) -> float | None:
     """Write the next page (in SQL, or per recipient when the content is personalised);
     the render budget's wait when it ran out part-way (the cursor stays)."""
     notification.releasing = True
     notification.dispatch_attempts = 0
     notification.dispatch_error = None
+    queued: Counter[str] = Counter()
     if choices is not None:
         page = await expansion.write_page(session, notification, choices, tenant)
-        recording.note(
-            session,
-            tenant_id=notification.tenant_id,
-            mode=notification.mode,
-            notification_id=notification.id,
-            queued=page.queued_by_channel,
-            held=False,
-        )
+        queued.update(page.queued_by_channel)
+        await _meter_page(session, notification, tenant, queued, meter)
         last = page.last
     else:
         people = await expansion.next_people(session, notification, PERSONAL_PAGE)
@@ -513,7 +515,9 @@ async def _expand_page(
                 people,
                 topic=topic,
                 held=True,
+                queued_out=queued,
             )
+        await _meter_page(session, notification, tenant, queued, meter)
         if wait is not None:
             return wait
         last = people[-1].id if people else None
@@ -522,7 +526,42 @@ async def _expand_page(
     if last is None:
         notification.status = "dispatched"
         notification.dispatched_at = utcnow()
+        recording.note_done(
+            session, tenant_id=notification.tenant_id, notification_id=notification.id
+        )
     return None
+
+
+async def _meter_page(
+    session: AsyncSession,
+    notification: Notification,
+    tenant: DeliverySettings,
+    queued: Counter[str],
+    meter: Meter | None,
+) -> None:
+    """Hold a broadcast page's messages against the tenant's quotas, skip (reason `quota`)
+    what a blocking plan's quota cannot hold, and note the rest to count after the commit."""
+    if meter is not None and notification.mode == "live" and queued:
+        over = await quota.cut(
+            session,
+            meter,
+            tenant_id=notification.tenant_id,
+            plan=tenant.plan,
+            notification_id=notification.id,
+            queued=dict(queued),
+        )
+        for channel, excess in over.items():
+            queued[channel] -= await expansion.skip_over_quota(
+                session, notification.id, channel, excess
+            )
+    recording.note(
+        session,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
+        notification_id=notification.id,
+        queued=queued,
+        held=True,
+    )
 
 
 @dataclass

@@ -510,6 +510,32 @@ async def write_page(
     return Page(last, counts.get("queued", 0), counts.get("skipped", 0), queued)
 
 
+async def skip_over_quota(
+    session: AsyncSession, notification_id: uuid.UUID, channel: str, excess: int
+) -> int:
+    """Skip (reason `quota`) the `excess` newest held messages of the notification on
+    `channel`: the page just written, which the plan's quota cannot hold; how many."""
+    newest = (
+        select(Message.id)
+        .where(
+            Message.notification_id == notification_id,
+            Message.channel == channel,
+            Message.status == "queued",
+            Message.next_attempt_at == HELD,
+        )
+        .order_by(Message.id.desc())
+        .limit(excess)
+        .scalar_subquery()
+    )
+    skipped = await session.execute(
+        update(Message)
+        .where(Message.id.in_(newest))
+        .values(status="skipped", skip_reason="quota", next_attempt_at=None)
+        .returning(Message.id)
+    )
+    return len(skipped.all())
+
+
 async def next_people(
     session: AsyncSession, notification: Notification, size: int
 ) -> list[Recipient]:

@@ -162,6 +162,33 @@ end
 return out
 """
 
+# ARGV: tenant, period, notification id, expiry (ms), then (channel, n, quota) triples. Holds
+# for the notification as much of each n as its channel's quota has left; the amounts held,
+# in order, or {-1} when the tenant's totals need seeding first.
+_TAKE = f"""
+local prefix = '{PREFIX}'
+local tenant, period, notif, expiry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local total = prefix .. 'total:' .. tenant .. ':' .. period
+if redis.call('HEXISTS', total, '_seeded') == 0 then return {{-1}} end
+local holds = prefix .. 'holds:' .. tenant
+local held = {{}}
+local all = redis.call('HGETALL', holds)
+for j = 1, #all, 2 do
+  local channel = string.match(all[j], '|([^|]+)$')
+  held[channel] = (held[channel] or 0) + tonumber(all[j+1])
+end
+local out = {{}}
+for i = 5, #ARGV, 3 do
+  local channel, n, quota = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local used = tonumber(redis.call('HGET', total, channel) or '0') + (held[channel] or 0)
+  local granted = math.min(n, math.max(0, quota - used))
+  if granted > 0 then redis.call('HINCRBY', holds, notif .. '|' .. channel, granted) end
+  table.insert(out, granted)
+end
+redis.call('ZADD', prefix .. 'hold-expiry:' .. tenant, expiry, notif)
+return out
+"""
+
 # ARGV: tenant, period, then (channel, count in PostgreSQL) pairs. Run under the flush lock.
 _SEED = f"""
 local prefix = '{PREFIX}'
@@ -236,6 +263,7 @@ class Meter:
         self._release = redis.register_script(_RELEASE)
         self._reserve = redis.register_script(_RESERVE)
         self._seed = redis.register_script(_SEED)
+        self._take = redis.register_script(_TAKE)
         self._rotate = redis.register_script(_ROTATE)
         self._unlock = redis.register_script(_UNLOCK)
 
@@ -275,6 +303,21 @@ class Meter:
             else:
                 answers.append(None)
         return answers
+
+    async def take(self, reservation: Reservation) -> list[int] | None:
+        """Hold as much of each (channel, n, quota) as the quota has left; what was held
+        per channel, in order (None: the tenant's totals must be seeded first)."""
+        expiry = int(reservation.expires_at.timestamp() * 1000) + HOLD_GRACE_MS
+        args: list[Any] = [
+            str(reservation.tenant_id),
+            reservation.period,
+            str(reservation.notification_id),
+            expiry,
+        ]
+        for channel, n, quota in reservation.wants:
+            args += [channel, n, quota]
+        granted = [int(v) for v in await self._take(args=args)]
+        return None if granted == [-1] else granted
 
     async def used(self, tenant_id: uuid.UUID, period: str) -> dict[str, int] | None:
         """The period's totals per channel; None when not seeded yet."""

@@ -11,7 +11,9 @@ back what was not used (recipients skipped, unknown, opted out). Plans whose ove
 "bill" are never refused here: what goes past their quota is billed.
 
 Audiences materialised later (a topic, everyone, a filter) are not refused at intake: their
-size is known only when dispatch expands them.
+size is known only when dispatch expands them. Dispatch holds each page's messages as it
+writes them (`cut`), and what the quota cannot hold is skipped with reason `quota`: the
+broadcast goes out up to the quota.
 """
 
 from __future__ import annotations
@@ -99,3 +101,32 @@ async def hold(
     if todo:
         raise RuntimeError("usage totals could not be seeded")
     return answers
+
+
+async def cut(
+    session: AsyncSession,
+    meter: Meter,
+    *,
+    tenant_id: uuid.UUID,
+    plan: str,
+    notification_id: uuid.UUID,
+    queued: dict[str, int],
+) -> dict[str, int]:
+    """Hold a broadcast page's queued messages against a blocking plan's quotas; per
+    channel, how many the quota cannot hold (to skip)."""
+    now = utcnow()
+    ask = Ask(tenant_id, plan, notification_id, [c for c, n in queued.items() if n], 1, None)
+    wanted = reservation(ask, now)
+    if wanted is None:
+        return {}
+    wants = [(channel, queued[channel], quota) for channel, _, quota in wanted.wants]
+    held = Reservation(tenant_id, notification_id, wanted.period, now, wants)
+    granted = await meter.take(held)
+    if granted is None:
+        await service.seed(session, meter, tenant_id=tenant_id, period=held.period)
+        granted = await meter.take(held)
+        if granted is None:
+            raise RuntimeError("usage totals could not be seeded")
+    return {
+        channel: n - got for (channel, n, _), got in zip(wants, granted, strict=True) if got < n
+    }

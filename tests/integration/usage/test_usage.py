@@ -377,3 +377,33 @@ async def test_herald_usage_rebuild_from_the_command_line(
     assert done.exit_code == 0, done.output
     assert "rebuilt 1 usage counts" in done.output
     assert await flushed(engine, tenant.tenant_id) == {"inbox": 1}
+
+
+async def test_a_broadcast_of_50_with_10_left_sends_10_and_skips_40_for_quota(
+    client: httpx.AsyncClient, session: AsyncSession, service_urls: ServiceUrls
+) -> None:
+    tenant = await on_plan(session, "quota-test")
+    await put_template(client, tenant, "hi", INBOX)
+    for i in range(50):
+        await put_recipient(client, tenant, f"fan{i:02d}")
+    # 990 held by a list notification not dispatched yet: 10 left.
+    assert (await send(client, tenant, [f"r{i}" for i in range(990)])).status_code == 202
+    body = {"template": "hi", "to": {"all": True}, "channels": ["inbox"]}
+    accepted = await client.post("/v1/notifications", headers=tenant.headers, json=body)
+    assert accepted.status_code == 202, accepted.text
+    await dispatch(service_urls, [accepted.json()["id"]])
+    rows = (
+        await session.execute(
+            text(
+                "SELECT status, skip_reason, count(*) FROM messages WHERE notification_id = :id"
+                " GROUP BY 1, 2"
+            ),
+            {"id": uuid.UUID(accepted.json()["id"])},
+        )
+    ).all()
+    by_status = {(status, reason): n for status, reason, n in rows}
+    assert by_status.get(("skipped", "quota")) == 40, by_status
+    assert sum(n for (status, _), n in by_status.items() if status != "skipped") == 10
+    assert channel(await usage_of(client, tenant), "inbox")["used"] == 10
+    # Nothing is left for a one-recipient send either.
+    assert_problem(await send(client, tenant, ["late"]), 429, "quota_exceeded")
