@@ -32,6 +32,7 @@ from app.auth.mailer import SystemMailer
 from app.auth.middleware import ApiKeyAuthenticationMiddleware
 from app.auth.passwords import Passwords
 from app.auth.throttle import AccountThrottle
+from app.billing.api import BillingController, stripe_webhook
 from app.categories.api import CategoryController
 from app.crypto import keyring_for
 from app.db import create_engine, session_factory
@@ -193,6 +194,7 @@ def api_router() -> Router:
             AudienceController,
             WebhookEndpointController,
             ReceiptController,
+            BillingController,
         ],
         # API keys only: an inbox token is refused (403) before their authentication. Then
         # authentication: the rate limit takes from the authenticated key's bucket.
@@ -262,6 +264,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             api_router(),
             inbox_router(),
             receipts_router(),
+            stripe_webhook,
             *dashboard.routers(),
         ],
         dependencies=services.dependencies(),

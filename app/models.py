@@ -8,6 +8,7 @@ def load_all() -> None:
     import app.audit.models
     import app.auth.models
     import app.auth.sso.models
+    import app.billing.models
     import app.categories.models
     import app.notifications.models
     import app.providers.models

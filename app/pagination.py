@@ -52,11 +52,12 @@ async def in_index_order(session: AsyncSession) -> AsyncIterator[None]:
     reads a million rows before the LIMIT applies. Inside this block neither is open, so a
     keyset page reads about its LIMIT's worth of an index whose equality columns and id
     match the query (each caller says which in its docstring). Only for the block's
-    statements: the settings are put back after it, within the transaction (a failed
-    statement ends the transaction, and the settings with it).
+    statements: the settings are put back after it, within the transaction.
     """
     await session.execute(text("SET LOCAL enable_bitmapscan = off"))
     await session.execute(text("SET LOCAL enable_sort = off"))
-    yield
-    await session.execute(text("SET LOCAL enable_sort = on"))
-    await session.execute(text("SET LOCAL enable_bitmapscan = on"))
+    try:
+        yield
+    finally:
+        await session.execute(text("SET LOCAL enable_sort = on"))
+        await session.execute(text("SET LOCAL enable_bitmapscan = on"))

@@ -182,6 +182,31 @@ def _base_urls(value: str) -> dict[str, str]:
     return urls
 
 
+def _stripe_prices(value: str) -> dict[str, str]:
+    prices: dict[str, str] = {}
+    for part in value.split(","):
+        plan, sep, price = part.strip().partition("=")
+        plan, price = plan.strip(), price.strip()
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", plan) or not price:
+            raise ValueError("expected comma-separated plan=price_id pairs, e.g. pro=price_123")
+        if plan in prices or price in prices.values():
+            raise ValueError(f"{plan}={price}: each plan and each price may appear once")
+        prices[plan] = price
+    return prices
+
+
+def _stripe_key(value: str) -> str:
+    if not value.startswith(("sk_live_", "sk_test_", "rk_live_", "rk_test_")):
+        raise ValueError("expected a Stripe secret or restricted key (sk_… or rk_…)")
+    return value
+
+
+def _webhook_secret(value: str) -> str:
+    if not value.startswith("whsec_"):
+        raise ValueError("expected the endpoint's signing secret, whsec_…")
+    return value
+
+
 def _queues(value: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in value.split(",") if part.strip())
     unknown = [name for name in names if name not in QUEUES]
@@ -388,17 +413,55 @@ VARIABLES: tuple[Var, ...] = (
         "shipped app/tenants/plans.toml",
     ),
     Var(
-        "HERALD_DEFAULT_PLAN",
-        "free",
-        _text,
-        "the plan a new tenant gets (and every tenant while billing is off)",
-    ),
-    Var(
         "HERALD_METERING",
         "on",
         _bool,
         "count live messages per tenant and month in Redis (usage and quotas); off: no "
         "counting and no quota enforcement",
+    ),
+    Var(
+        "HERALD_STRIPE_SECRET_KEY",
+        None,
+        _stripe_key,
+        "Stripe secret key (sk_live_…/sk_test_…); with HERALD_STRIPE_WEBHOOK_SECRET it turns "
+        "billing on; unset: billing is off",
+    ),
+    Var(
+        "HERALD_STRIPE_WEBHOOK_SECRET",
+        None,
+        _webhook_secret,
+        "signing secret (whsec_…) of the Stripe webhook endpoint <public URL>/webhooks/stripe",
+    ),
+    Var(
+        "HERALD_STRIPE_API_BASE",
+        None,
+        _url(("http", "https")),
+        "where the Stripe SDK sends API requests; unset: Stripe's own (tests point it elsewhere)",
+    ),
+    Var(
+        "HERALD_STRIPE_PRICES",
+        None,
+        _stripe_prices,
+        "the Stripe price of each paid plan, e.g. growth=price_123,enterprise=price_456",
+    ),
+    Var(
+        "HERALD_STRIPE_METER_EVENT",
+        "herald_overage",
+        _text,
+        "event name of the Stripe billing meter that overage is reported to",
+    ),
+    Var(
+        "HERALD_BILLING_DEFAULT_PLAN",
+        "free",
+        _text,
+        "plan of a tenant without a paid subscription (or whose grace period ran out)",
+    ),
+    Var(
+        "HERALD_BILLING_GRACE_DAYS",
+        "7",
+        _int_in(0, 90),
+        "days a tenant keeps its paid plan after a failed payment before going down to the "
+        "default plan",
     ),
     Var(
         "HERALD_SECURE_COOKIES",
@@ -445,8 +508,14 @@ class Settings:
     mail_from: str = "Herald <no-reply@localhost>"
     unsubscribe_mailto: str | None = None
     plans_file: Path | None = None
-    default_plan: str = "free"
     metering: bool = True
+    stripe_secret_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    stripe_prices: dict[str, str] = field(default_factory=dict)
+    stripe_meter_event: str = "herald_overage"
+    billing_default_plan: str = "free"
+    billing_grace_days: int = 7
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -474,13 +543,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ):
             if values[required] is None:
                 raise SettingsError(required, "must be set when HERALD_ENV=production")
+    # Half a Stripe configuration would take payments it never hears about, or the reverse.
+    stripe_pair = ("HERALD_STRIPE_SECRET_KEY", "HERALD_STRIPE_WEBHOOK_SECRET")
+    for one, other in (stripe_pair, stripe_pair[::-1]):
+        if values[one] is not None and values[other] is None:
+            raise SettingsError(other, f"must be set when {one} is (billing needs both)")
     secure = values["HERALD_SECURE_COOKIES"]
     plans_file = Path(values["HERALD_PLANS_FILE"]) if values["HERALD_PLANS_FILE"] else None
     try:
         # Validated here, at start-up: a bad plans file stops the process with its reason.
-        plans.configure(plans_file, values["HERALD_DEFAULT_PLAN"])
+        plans.configure(plans_file, values["HERALD_BILLING_DEFAULT_PLAN"])
     except plans.PlansFileError as error:
-        name = "HERALD_PLANS_FILE" if plans_file else "HERALD_DEFAULT_PLAN"
+        name = "HERALD_PLANS_FILE" if plans_file else "HERALD_BILLING_DEFAULT_PLAN"
         raise SettingsError(name, str(error)) from None
     host, port = values["HERALD_HOST"], values["HERALD_PORT"]
     return Settings(
@@ -520,6 +594,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         mail_from=values["HERALD_MAIL_FROM"],
         unsubscribe_mailto=values["HERALD_UNSUBSCRIBE_MAILTO"],
         plans_file=plans_file,
-        default_plan=values["HERALD_DEFAULT_PLAN"],
         metering=values["HERALD_METERING"],
+        stripe_secret_key=values["HERALD_STRIPE_SECRET_KEY"],
+        stripe_webhook_secret=values["HERALD_STRIPE_WEBHOOK_SECRET"],
+        stripe_api_base=(values["HERALD_STRIPE_API_BASE"] or "").rstrip("/") or None,
+        stripe_prices=values["HERALD_STRIPE_PRICES"] or {},
+        stripe_meter_event=values["HERALD_STRIPE_METER_EVENT"],
+        billing_default_plan=values["HERALD_BILLING_DEFAULT_PLAN"],
+        billing_grace_days=values["HERALD_BILLING_GRACE_DAYS"],
     )

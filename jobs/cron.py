@@ -22,12 +22,15 @@ tenants' event deliveries when due.
 - `expire_logs` (once a minute): providers' receipts (with their events) and finished
   deliveries to tenants' endpoints past their plan's log retention are deleted, in batches
   of 5,000 (app/receipts/service.py, app/webhooks/delivery.py).
+- `end_billing_grace` (once a minute, with Stripe billing on): tenants whose failed payment
+  is older than HERALD_BILLING_GRACE_DAYS go down to the default plan
+  (app/billing/service.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all seven (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all eight (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -39,14 +42,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from arq.cron import CronJob, cron
 from prometheus_client import Counter
 
+from app import billing
 from app.analytics import rollups
+from app.billing import service as billing_service
 from app.db import utcnow
 from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
@@ -71,6 +76,7 @@ WEBHOOKS_EVERY = 1  # seconds: a test event, or the first attempt of one, goes a
 EXPIRE_SECOND = 37  # once a minute: retention is counted in days
 EXPIRE_BATCH = 5_000
 EXPIRE_ROUNDS = 20
+GRACE_SECOND = 43  # once a minute: grace periods are counted in days
 # A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
@@ -231,6 +237,18 @@ async def flush_usage(ctx: dict[str, Any]) -> int:
     return applied
 
 
+async def end_billing_grace(ctx: dict[str, Any], *, now: datetime | None = None) -> int:
+    """Move tenants past their grace period to the default plan; how many moved."""
+    settings = ctx["settings"]
+    if not billing.enabled(settings):
+        return 0
+    async with ctx["sessions"]() as session:
+        moved = await billing_service.end_expired_grace(session, settings, now=now or utcnow())
+        await session.commit()
+    _log("end_billing_grace", moved=moved)
+    return moved
+
+
 def cron_jobs() -> list[CronJob]:
     """Fresh CronJob objects: arq keeps each one's next run on it, so workers must not share."""
     return [
@@ -274,6 +292,13 @@ def cron_jobs() -> list[CronJob]:
             flush_usage,
             name="cron:flush_usage",
             second=set(range(9, 60, USAGE_EVERY)),
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            end_billing_grace,
+            name="cron:end_billing_grace",
+            second={GRACE_SECOND},
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

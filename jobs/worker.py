@@ -99,6 +99,7 @@ async def worker_context(
     try:
         async with new_client() as http:
             yield {
+                "settings": settings,
                 "sessions": sessions,
                 "deliverer": Deliverer(
                     sessions=sessions, http=http, settings=settings, router=router

@@ -28,7 +28,7 @@ from app.db import utcnow
 from app.delivery import outbox
 from app.notifications import expansion, tallies
 from app.notifications.models import Attempt, Message, Notification
-from app.pagination import Page
+from app.pagination import Page, in_index_order
 from app.recipients.models import Recipient
 
 MESSAGES_SHOWN = 100
@@ -111,8 +111,7 @@ async def list_notifications(
         matching.append(window.created_at < in_utc(filters.until))
     # Without statistics the planner takes any index on (tenant_id, mode) and sorts every
     # notification of the tenant; with no sort allowed, only the ordered walk is left.
-    await session.execute(text("SET LOCAL enable_sort = off"))
-    try:
+    async with in_index_order(session):
         filtered = select(window).where(*matching).order_by(window.id.desc())
         query = filtered if matching else newest
         rows = list((await session.scalars(query.limit(limit + 1))).all())
@@ -125,8 +124,6 @@ async def list_notifications(
                 .offset(scan - 1)
                 .limit(1)
             )
-    finally:
-        await session.execute(text("SET LOCAL enable_sort = on"))
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = str(rows[-1].id) if has_more and rows else None

@@ -170,7 +170,9 @@ def catalogue() -> Catalogue:
     """This process's plans: as configured, else from HERALD_PLANS_FILE or the shipped file."""
     if _catalogue is None:
         named = os.environ.get("HERALD_PLANS_FILE") or None
-        return configure(Path(named) if named else None, os.environ.get("HERALD_DEFAULT_PLAN"))
+        return configure(
+            Path(named) if named else None, os.environ.get("HERALD_BILLING_DEFAULT_PLAN")
+        )
     return _catalogue
 
 

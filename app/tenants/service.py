@@ -13,7 +13,7 @@ from app.tenants.models import Tenant
 
 
 async def create_tenant(session: AsyncSession, *, name: str, actor: str) -> Tenant:
-    # A new tenant gets the operator's default plan (HERALD_DEFAULT_PLAN).
+    # A new tenant gets the operator's default plan (HERALD_BILLING_DEFAULT_PLAN).
     tenant = Tenant(name=name, plan=plans.catalogue().default_plan)
     session.add(tenant)
     await session.flush()

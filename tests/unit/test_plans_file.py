@@ -91,11 +91,11 @@ def test_settings_refuse_a_bad_plans_file_or_default_plan(tmp_path: Path) -> Non
             load_settings({"HERALD_PLANS_FILE": str(tmp_path / "missing.toml")})
         assert "cannot be read" in str(error.value)
         with pytest.raises(SettingsError) as error:
-            load_settings({"HERALD_DEFAULT_PLAN": "gold"})
-        assert error.value.variable == "HERALD_DEFAULT_PLAN"
+            load_settings({"HERALD_BILLING_DEFAULT_PLAN": "gold"})
+        assert error.value.variable == "HERALD_BILLING_DEFAULT_PLAN"
         assert "'gold' is not in the file" in str(error.value)
-        good = load_settings({"HERALD_DEFAULT_PLAN": "pro", "HERALD_METERING": "off"})
-        assert (good.default_plan, good.metering) == ("pro", False)
+        good = load_settings({"HERALD_BILLING_DEFAULT_PLAN": "pro", "HERALD_METERING": "off"})
+        assert (good.billing_default_plan, good.metering) == ("pro", False)
         assert plans.catalogue().default_plan == "pro"
     finally:
         plans.configure(None)

@@ -175,9 +175,9 @@ async def test_replay_one_then_the_group_requeues(
         assert "2 messages replayed" in text_of(group)
     assert [await status_of(session, m) for m in (first, second, third)] == [("queued", None)] * 3
     audit = await session.scalars(
-        select(AuditEntry).where(
-            AuditEntry.tenant_id == sandbox.tenant_id, AuditEntry.action == "dlq.replayed"
-        )
+        select(AuditEntry)
+        .where(AuditEntry.tenant_id == sandbox.tenant_id, AuditEntry.action == "dlq.replayed")
+        .order_by(AuditEntry.seq)
     )
     entries = list(audit)
     assert [e.details["count"] for e in entries] == [1, 2]

@@ -53,9 +53,11 @@ async def test_kill_switch_takes_effect(
         assert unknown.status_code == 404
     actions = list(
         await session.scalars(
-            select(AuditEntry.details).where(
+            select(AuditEntry.details)
+            .where(
                 AuditEntry.tenant_id == tenant.tenant_id, AuditEntry.action == "tenant.kill_switch"
             )
+            .order_by(AuditEntry.seq)
         )
     )
     assert [a["mode"] for a in actions] == ["pause", "drop_noncritical", "off"]
