@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import click
 import httpx
 
 from app.settings import QUEUES, Settings, SettingsError, load_settings
-from app.tenants.plans import PLAN_LIMITS
+from app.tenants.plans import plan_names
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -203,6 +204,48 @@ def tenant_create(name: str, mode: str) -> None:
     settings = _with_services(_settings())
     tenant_id, secret = asyncio.run(create_tenant_with_key(_database_url(settings), name, mode))
     click.echo(f"tenant  {tenant_id}\napi key {secret}   (shown once; store it now)")
+
+
+@main.group()
+def usage() -> None:
+    """Usage counts (messages per tenant, month and channel)."""
+
+
+def _period(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value):
+        raise click.BadParameter("a month, YYYY-MM")
+    return value
+
+
+@usage.command("rebuild")
+@click.option("--tenant", "tenant_id", type=click.UUID, default=None, help="Only this tenant.")
+@click.option("--period", default=None, callback=_period, help="Only this month (YYYY-MM).")
+def usage_rebuild(tenant_id: uuid.UUID | None, period: str | None) -> None:
+    """Recount usage from the messages table (after a lost Redis, say)."""
+    from redis.asyncio import Redis
+
+    from app.db import create_engine, session_factory
+    from app.models import load_all
+    from app.usage import service
+    from app.usage.meter import Meter
+
+    settings = _with_services(_settings())
+    load_all()
+
+    async def run() -> int:
+        engine = create_engine(_database_url(settings), pool=False)
+        assert settings.redis_url is not None
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await service.rebuild(
+                session_factory(engine), Meter(redis), tenant_id=tenant_id, period=period
+            )
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    click.echo(f"rebuilt {rows} usage counts from messages")
 
 
 @main.group()
@@ -517,7 +560,7 @@ def _fanout(options: Any) -> Callable[[Settings, Any], Any]:
     "--a-plan",
     "a_plans",
     multiple=True,
-    type=click.Choice(list(PLAN_LIMITS)),
+    type=click.Choice(plan_names()),
     default=("enterprise", "growth"),
     show_default=True,
     help="A's plan, which sets its send rate; one run per plan (repeatable). enterprise "

@@ -65,6 +65,8 @@ from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
 from app.tenants.api import TenantSettingsController, who_am_i
 from app.unsubscribe.tokens import UnsubscribeTokens
+from app.usage.api import get_usage
+from app.usage.meter import Meter
 from app.webhooks.api import WebhookEndpointController
 
 # The composition root may plug the queues' implementation into the domain; nothing else
@@ -137,7 +139,9 @@ def _lifespan(  # type: ignore[no-untyped-def]
         # Its own small pool: the writer runs one batch at a time and checks connections
         # itself, so it skips the per-checkout ping of the request pool.
         intake_engine = create_engine(urls.database_url, pool_size=2, pre_ping=False)
-        intake_writer = IntakeWriter(intake_engine, outbox)
+        meter = Meter(redis) if settings.metering else None
+        app.state.meter = meter
+        intake_writer = IntakeWriter(intake_engine, outbox, meter)
         intake_writer.start()
         services.outbox, services.intake_writer = outbox, intake_writer
         # Template previews render in processes of their own, killed at their deadline.
@@ -173,6 +177,7 @@ def api_router() -> Router:
         path="/v1",
         route_handlers=[
             who_am_i,
+            get_usage,
             TenantSettingsController,
             ApiKeyController,
             NotificationController,

@@ -16,4 +16,5 @@ def load_all() -> None:
     import app.recipients.models
     import app.templates.models
     import app.tenants.models
+    import app.usage.models
     import app.webhooks.models  # noqa: F401

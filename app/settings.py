@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from app.tenants import plans
+
 ENVIRONMENTS = ("development", "test", "production")
 LOG_FORMATS = ("console", "json")
 QUEUES = ("high", "normal", "low")
@@ -404,6 +406,20 @@ VARIABLES: tuple[Var, ...] = (
         "address space each render process may use (RLIMIT_AS), in MiB",
     ),
     Var(
+        "HERALD_PLANS_FILE",
+        None,
+        _text,
+        "the operator's plans (TOML: rates, monthly quotas, overage per plan); unset: the "
+        "shipped app/tenants/plans.toml",
+    ),
+    Var(
+        "HERALD_METERING",
+        "on",
+        _bool,
+        "count live messages per tenant and month in Redis (usage and quotas); off: no "
+        "counting and no quota enforcement",
+    ),
+    Var(
         "HERALD_STRIPE_SECRET_KEY",
         None,
         _stripe_key,
@@ -491,6 +507,8 @@ class Settings:
     smtp_url: str | None = None
     mail_from: str = "Herald <no-reply@localhost>"
     unsubscribe_mailto: str | None = None
+    plans_file: Path | None = None
+    metering: bool = True
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
@@ -531,6 +549,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if values[one] is not None and values[other] is None:
             raise SettingsError(other, f"must be set when {one} is (billing needs both)")
     secure = values["HERALD_SECURE_COOKIES"]
+    plans_file = Path(values["HERALD_PLANS_FILE"]) if values["HERALD_PLANS_FILE"] else None
+    try:
+        # Validated here, at start-up: a bad plans file stops the process with its reason.
+        plans.configure(plans_file, values["HERALD_BILLING_DEFAULT_PLAN"])
+    except plans.PlansFileError as error:
+        name = "HERALD_PLANS_FILE" if plans_file else "HERALD_BILLING_DEFAULT_PLAN"
+        raise SettingsError(name, str(error)) from None
     host, port = values["HERALD_HOST"], values["HERALD_PORT"]
     return Settings(
         env=env,
@@ -568,6 +593,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp_url=values["HERALD_SMTP_URL"],
         mail_from=values["HERALD_MAIL_FROM"],
         unsubscribe_mailto=values["HERALD_UNSUBSCRIBE_MAILTO"],
+        plans_file=plans_file,
+        metering=values["HERALD_METERING"],
         stripe_secret_key=values["HERALD_STRIPE_SECRET_KEY"],
         stripe_webhook_secret=values["HERALD_STRIPE_WEBHOOK_SECRET"],
         stripe_api_base=(values["HERALD_STRIPE_API_BASE"] or "").rstrip("/") or None,

@@ -17,6 +17,8 @@ tenants' event deliveries when due.
   (app/notifications/completion.py); the events outbox becomes deliveries
   (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
   attempted, rounds of up to 100 each, each taken by one sender (app/webhooks/delivery.py).
+- `flush_usage` (every USAGE_EVERY s): the usage counts in Redis are added to usage_counts,
+  exactly once per flush (app/usage/service.py).
 - `expire_logs` (once a minute): providers' receipts (with their events) and finished
   deliveries to tenants' endpoints past their plan's log retention are deleted, in batches
   of 5,000 (app/receipts/service.py, app/webhooks/delivery.py).
@@ -28,7 +30,7 @@ Each relay or sweep tick hands all it found to Redis in one call (the outbox's b
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all seven (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all eight (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -56,6 +58,8 @@ from app.delivery.sweeper import DueMessage, expired_claims, overdue
 from app.notifications import tallies
 from app.notifications.relay import stale_accepted
 from app.receipts import service as receipts
+from app.usage import service as usage
+from app.usage.meter import Meter
 from app.webhooks import delivery as webhook_delivery
 from jobs import queues
 
@@ -80,6 +84,7 @@ TALLY_ROUNDS = 20
 ROLLUP_EVERY = 10  # seconds
 ROLLUP_LIMIT = rollups.COMPACT_LIMIT
 ROLLUP_ROUNDS = 20
+USAGE_EVERY = 10  # seconds: how stale usage_counts may be behind Redis
 CRON_TIMEOUT = 60  # seconds; below the workers' job_timeout, so arq's in-progress TTL holds
 CRON_KEEP_RESULT = 300  # seconds a tick's id stays taken after its run
 
@@ -222,6 +227,16 @@ async def expire_logs(ctx: dict[str, Any]) -> int:
     return sum(counts.values())
 
 
+async def flush_usage(ctx: dict[str, Any]) -> int:
+    """Add the usage counted in Redis to PostgreSQL; the flushes applied."""
+    meter: Meter | None = ctx.get("meter")
+    if meter is None:
+        return 0
+    applied = await usage.flush(ctx["sessions"], meter)
+    _log("flush_usage", flushes=applied)
+    return applied
+
+
 async def end_billing_grace(ctx: dict[str, Any], *, now: datetime | None = None) -> int:
     """Move tenants past their grace period to the default plan; how many moved."""
     settings = ctx["settings"]
@@ -270,6 +285,13 @@ def cron_jobs() -> list[CronJob]:
             expire_logs,
             name="cron:expire_logs",
             second={EXPIRE_SECOND},
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            flush_usage,
+            name="cron:flush_usage",
+            second=set(range(9, 60, USAGE_EVERY)),
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

@@ -12,6 +12,7 @@ from app.delivery import outbox
 from app.delivery.service import Deliverer
 from app.notifications import failures
 from app.notifications.dispatch import dispatch as dispatch_notification
+from app.usage import recording
 from jobs import queues
 
 log = structlog.get_logger(__name__)
@@ -40,8 +41,10 @@ async def dispatch(ctx: dict[str, Any], notification_id: str) -> int:
                 notification_id=key,
                 renderer=ctx["renderer"],
                 enqueuer=queues.outbox(ctx["redis"]),
+                meter=ctx.get("meter"),
             )
             await session.commit()
+            await recording.record_committed(session, ctx.get("meter"))
     except Exception as error:
         async with ctx["sessions"]() as session:
             await failures.record_failure(session, notification_id=key, error=error)

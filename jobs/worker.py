@@ -35,6 +35,7 @@ from app.ratelimit.buckets import CostBuckets, TokenBuckets
 from app.settings import Settings
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
+from app.usage.meter import Meter
 from app.webhooks import delivery as webhook_delivery
 from jobs.cron import cron_jobs
 from jobs.functions import FUNCTIONS
@@ -104,6 +105,8 @@ async def worker_context(
                     sessions=sessions, http=http, settings=settings, router=router
                 ),
                 "renderer": Renderer(render_pool, CostBuckets(redis)),
+                # None: metering is off (HERALD_METERING), nothing counted nor flushed.
+                "meter": Meter(redis) if settings.metering else None,
                 "webhooks": webhook_delivery.Sender(
                     sessions=sessions,
                     client=http,

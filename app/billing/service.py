@@ -23,7 +23,8 @@ from app.audit import service as audit
 from app.auth import roles
 from app.billing.models import BillingAccount
 from app.settings import Settings
-from app.tenants.models import PLANS, Tenant
+from app.tenants import plans
+from app.tenants.models import Tenant
 
 # Subscription statuses that pay for the plan (past_due: within its grace period).
 PAYING = ("active", "trialing", "past_due")
@@ -43,7 +44,7 @@ class BillingError(Exception):
 def default_plan(settings: Settings) -> str:
     """The plan of a tenant that pays for none (an unknown name configured: free)."""
     plan = settings.billing_default_plan
-    return plan if plan in PLANS else "free"
+    return plan if plan in plans.plan_names() else "free"
 
 
 def plan_of_price(settings: Settings, price_id: str | None) -> str | None:
@@ -60,7 +61,7 @@ def entitled_plan(settings: Settings, account: BillingAccount | None, now: datet
     fallback = default_plan(settings)
     if account is None or account.subscription_status not in PAYING:
         return fallback
-    if account.plan is None or account.plan not in PLANS:
+    if account.plan is None or account.plan not in plans.plan_names():
         return fallback
     grace = timedelta(days=settings.billing_grace_days)
     if account.past_due_since is not None and now >= account.past_due_since + grace:
@@ -163,8 +164,8 @@ async def start_checkout(
     (only owners manage billing; None for an API key). The caller commits."""
     roles.require(role, "manage_billing")
     price = settings.stripe_prices.get(plan)
-    if price is None or plan not in PLANS:
-        sold = ", ".join(p for p in settings.stripe_prices if p in PLANS) or "none"
+    if price is None or plan not in plans.plan_names():
+        sold = ", ".join(p for p in settings.stripe_prices if p in plans.plan_names()) or "none"
         raise BillingError(422, "validation_error", f"plan: plans for sale: {sold}", "plan")
     account = await account_for_update(session, tenant_id=tenant_id)
     customer = await _customer(session, client, account)

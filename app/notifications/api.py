@@ -14,6 +14,7 @@ from app.apidoc import problem_responses
 from app.auth.keys import Principal
 from app.auth.middleware import requires_scope
 from app.channels import Channel
+from app.db import utcnow
 from app.dependencies import DbSession, IntakeDependency, OutboxDependency
 from app.notifications import intake, queries
 from app.notifications.schemas import (
@@ -38,6 +39,7 @@ from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, ProblemDetails, conversion_error, field_error, problem_body
 from app.receipts import service as receipts
+from app.usage.quota import QuotaExceeded
 
 ApiRequest = Request[Principal, None, Any]
 MessageStatus = Literal[
@@ -89,6 +91,8 @@ def _batch_result(
             f"{answer.original_id} with a different body; use a new key."
         )
         return _refused(request, index, 422, "idempotency_key_reused", [refusal], detail)
+    if isinstance(answer, QuotaExceeded):
+        return _refused(request, index, 429, "quota_exceeded", None, str(answer))
     if isinstance(answer, IntakeUnavailable):
         detail = (
             "The notification could not be stored; it was not accepted. Send it again with "
@@ -96,6 +100,21 @@ def _batch_result(
         )
         return _refused(request, index, 503, "unavailable", None, detail)
     raise answer  # not an answer a single POST would give: the handler's own failure
+
+
+def quota_problem(over: QuotaExceeded) -> Problem:
+    """429 `quota_exceeded`, naming the channel, the plan and when the quota resets."""
+    wait = max(1, int((over.resets_at - utcnow()).total_seconds()))
+    return Problem(
+        429,
+        "quota_exceeded",
+        str(over),
+        headers={"Retry-After": str(wait)},
+        channel=over.channel,
+        plan=over.plan,
+        remaining=over.left,
+        resets_at=over.resets_at.isoformat().replace("+00:00", "Z"),
+    )
 
 
 def _refused(
@@ -159,7 +178,13 @@ class NotificationController(Controller):
         guards=[requires_scope("send")],
         summary="Send a notification; 202 once it is durably accepted",
         responses=problem_responses(
-            {503: "The notification could not be stored; retry with the same Idempotency-Key."}
+            {
+                429: "Over the tenant's or the key's rate limit (`rate_limited`), or a "
+                "blocking plan's monthly quota for a channel has too little left "
+                "(`quota_exceeded`: `channel`, `plan`, `remaining`, `resets_at`); "
+                "`Retry-After` says when to come back.",
+                503: "The notification could not be stored; retry with the same Idempotency-Key.",
+            }
         ),
     )
     async def send(
@@ -189,6 +214,8 @@ class NotificationController(Controller):
             ) from None
         except intake.InvalidNotification as invalid:
             raise field_error(invalid.field, str(invalid)) from None
+        except QuotaExceeded as over:
+            raise quota_problem(over) from None
         except intake.IdempotencyConflict as conflict:
             raise Problem(
                 422,

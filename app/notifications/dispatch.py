@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +50,8 @@ from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
+from app.usage import quota, recording
+from app.usage.meter import Meter
 
 UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
@@ -114,11 +116,16 @@ async def dispatch(
     enqueuer: outbox.Outbox | None = None,
     clock: Callable[[], float] = time.monotonic,
     run_seconds: float = expansion.RUN_SECONDS,
+    meter: Meter | None = None,
 ) -> Dispatched:
     """Write the notification's messages (once) and return its queued messages in batches.
 
     An audience's dispatch (expansion.py) commits and enqueues as it goes, through
-    `enqueuer`, and hands back only the job that goes on with it, if one must."""
+    `enqueuer`, and hands back only the job that goes on with it, if one must.
+
+    The messages written are noted for usage (app/usage/recording.py): the caller counts
+    them after its commit; an audience's dispatch, which commits as it goes, counts them in
+    `meter` after each of its commits."""
     # The row lock serialises dispatch with cancellation of the same notification.
     notification = await session.scalar(
         select(Notification).where(Notification.id == notification_id).with_for_update()
@@ -149,7 +156,7 @@ async def dispatch(
             if enqueuer is None:
                 raise ValueError("an audience's dispatch needs an enqueuer: it enqueues as it goes")
             later = await _expand(
-                session, notification, renderer, tenant, enqueuer, clock, run_seconds
+                session, notification, renderer, tenant, enqueuer, clock, run_seconds, meter
             )
             return Dispatched([], notification.priority, later)
         later = None
@@ -226,7 +233,10 @@ async def _fan_out(
 ) -> datetime | None:
     """Write what can be rendered now; the time to carry on when the budget ran out."""
     found = await _sources(session, notification)
-    if found is None:
+    if found is None:  # failed: it will write nothing, its intake hold goes back
+        recording.note_done(
+            session, tenant_id=notification.tenant_id, notification_id=notification.id
+        )
         return None
     template, category = found
     wanted = notification.audience["recipients"]
@@ -246,6 +256,7 @@ async def _fan_out(
         return notification.dispatch_after
     found_ids = {p.external_id for p in people}
     unknown = [external_id for external_id in wanted if external_id not in found_ids]
+    recording.note_done(session, tenant_id=notification.tenant_id, notification_id=notification.id)
     notification.status = "dispatched"
     notification.dispatched_at = utcnow()
     notification.dispatch_after = None
@@ -265,6 +276,7 @@ async def _write(
     *,
     topic: str | None = None,
     held: bool = False,
+    queued_out: Counter[str] | None = None,
 ) -> float | None:
     """Plan, render and write the messages of `people` that an earlier run did not write;
     the seconds to wait when the render budget ran out part-way. `held`: written to be
@@ -307,6 +319,21 @@ async def _write(
                 message["next_attempt_at"] = "infinity"
     await bulk.insert_renders(session, renders)
     await bulk.insert(session, bulk.INSERT_MESSAGES, bulk.MESSAGE_COLUMNS, messages)
+    # Only rows no earlier run wrote are here (`written` above, under the notification's
+    # lock): each is counted once. A list's messages use up the hold its intake took; an
+    # audience's page is held and counted by the caller (`queued_out`).
+    queued = Counter(m["channel"] for m in messages if m["status"] == "queued")
+    if queued_out is not None:
+        queued_out.update(queued)
+    else:
+        recording.note(
+            session,
+            tenant_id=notification.tenant_id,
+            mode=notification.mode,
+            notification_id=notification.id,
+            queued=queued,
+            held=True,
+        )
     return rendering.wait
 
 
@@ -318,6 +345,7 @@ async def _expand(
     enqueuer: outbox.Outbox,
     clock: Callable[[], float],
     run_seconds: float,
+    meter: Meter | None = None,
 ) -> datetime | None:
     """Expand an audience page by page and release its held messages at the tenant's pace,
     committing each step, for up to `run_seconds`; when the next run is due (None: nothing
@@ -357,10 +385,11 @@ async def _expand(
         jobs: list[outbox.Job] = []
         if notification.status == "accepted" and sources is not None:
             wait = await _expand_page(
-                session, notification, renderer, tenant, sources, choices, topic
+                session, notification, renderer, tenant, sources, choices, topic, meter
             )
             if wait is not None:
                 await session.commit()
+                await recording.record_committed(session, meter)
                 return _defer(notification, wait)
         if notification.releasing and clock() >= next_release:
             if await expansion.still_queued(session, released) <= BACKLOG_SHARE * len(released):
@@ -396,6 +425,7 @@ async def _expand(
         # Handing over, due now: the relay enqueues the next run if its job is lost.
         notification.dispatch_after = None if done else utcnow() if over else utcnow() + lease
         await session.commit()
+        await recording.record_committed(session, meter)
         await enqueuer.enqueue_after_commit(jobs)
         if done:
             return None
@@ -457,14 +487,19 @@ async def _expand_page(
     sources: tuple[TemplateVersion, CategoryView],
     choices: list[expansion.ContentChoice] | None,
     topic: str | None,
+    meter: Meter | None = None,
 ) -> float | None:
     """Write the next page (in SQL, or per recipient when the content is personalised);
     the render budget's wait when it ran out part-way (the cursor stays)."""
     notification.releasing = True
     notification.dispatch_attempts = 0
     notification.dispatch_error = None
+    queued: Counter[str] = Counter()
     if choices is not None:
-        last = (await expansion.write_page(session, notification, choices, tenant)).last
+        page = await expansion.write_page(session, notification, choices, tenant)
+        queued.update(page.queued_by_channel)
+        await _meter_page(session, notification, tenant, queued, meter)
+        last = page.last
     else:
         people = await expansion.next_people(session, notification, PERSONAL_PAGE)
         wait = None
@@ -480,7 +515,9 @@ async def _expand_page(
                 people,
                 topic=topic,
                 held=True,
+                queued_out=queued,
             )
+        await _meter_page(session, notification, tenant, queued, meter)
         if wait is not None:
             return wait
         last = people[-1].id if people else None
@@ -489,7 +526,42 @@ async def _expand_page(
     if last is None:
         notification.status = "dispatched"
         notification.dispatched_at = utcnow()
+        recording.note_done(
+            session, tenant_id=notification.tenant_id, notification_id=notification.id
+        )
     return None
+
+
+async def _meter_page(
+    session: AsyncSession,
+    notification: Notification,
+    tenant: DeliverySettings,
+    queued: Counter[str],
+    meter: Meter | None,
+) -> None:
+    """Hold a broadcast page's messages against the tenant's quotas, skip (reason `quota`)
+    what a blocking plan's quota cannot hold, and note the rest to count after the commit."""
+    if meter is not None and notification.mode == "live" and queued:
+        over = await quota.cut(
+            session,
+            meter,
+            tenant_id=notification.tenant_id,
+            plan=tenant.plan,
+            notification_id=notification.id,
+            queued=dict(queued),
+        )
+        for channel, excess in over.items():
+            queued[channel] -= await expansion.skip_over_quota(
+                session, notification.id, channel, excess
+            )
+    recording.note(
+        session,
+        tenant_id=notification.tenant_id,
+        mode=notification.mode,
+        notification_id=notification.id,
+        queued=queued,
+        held=True,
+    )
 
 
 @dataclass

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -235,6 +235,7 @@ class Page:
     last: uuid.UUID | None  # the page's last recipient; None: the audience is done
     queued: int
     skipped: int
+    queued_by_channel: dict[str, int] = field(default_factory=dict)
 
 
 def _targets(page: Any, channels: list[str]) -> Any:
@@ -463,7 +464,7 @@ def page_statement(
         insert(Message)
         .from_select(list(bulk.MESSAGE_COLUMNS), rows)  # the columns dispatch's rows fill
         .on_conflict_do_nothing()
-        .returning(Message.status)
+        .returning(Message.status, Message.channel)
         .cte("written")
     )
     # PostgreSQL before 18 has no max(uuid): the page's last id, by its order.
@@ -471,11 +472,13 @@ def page_statement(
         select(page.c.id).order_by(page.c.id.desc()).limit(1).scalar_subquery().label("last")
     ).subquery("last")
     tally = (
-        select(written.c.status, func.count().label("n"))
-        .group_by(written.c.status)
+        select(written.c.status, written.c.channel, func.count().label("n"))
+        .group_by(written.c.status, written.c.channel)
         .subquery("tally")
     )
-    return select(last.c.last, tally.c.status, tally.c.n).select_from(last.outerjoin(tally, true()))
+    return select(last.c.last, tally.c.status, tally.c.channel, tally.c.n).select_from(
+        last.outerjoin(tally, true())
+    )
 
 
 async def write_page(
@@ -496,9 +499,41 @@ async def write_page(
     last = rows[0].last if rows else None
     if last is None:
         return Page(None, 0, 0)
-    counts = {row.status: row.n for row in rows if row.status is not None}
+    counts: dict[str, int] = {}
+    queued: dict[str, int] = {}
+    for row in rows:
+        if row.status is not None:
+            counts[row.status] = counts.get(row.status, 0) + row.n
+            if row.status == "queued":
+                queued[row.channel] = row.n
     notification.expansion_cursor = last
-    return Page(last, counts.get("queued", 0), counts.get("skipped", 0))
+    return Page(last, counts.get("queued", 0), counts.get("skipped", 0), queued)
+
+
+async def skip_over_quota(
+    session: AsyncSession, notification_id: uuid.UUID, channel: str, excess: int
+) -> int:
+    """Skip (reason `quota`) the `excess` newest held messages of the notification on
+    `channel`: the page just written, which the plan's quota cannot hold; how many."""
+    newest = (
+        select(Message.id)
+        .where(
+            Message.notification_id == notification_id,
+            Message.channel == channel,
+            Message.status == "queued",
+            Message.next_attempt_at == HELD,
+        )
+        .order_by(Message.id.desc())
+        .limit(excess)
+        .scalar_subquery()
+    )
+    skipped = await session.execute(
+        update(Message)
+        .where(Message.id.in_(newest))
+        .values(status="skipped", skip_reason="quota", next_attempt_at=None)
+        .returning(Message.id)
+    )
+    return len(skipped.all())
 
 
 async def next_people(

@@ -482,6 +482,10 @@ SKIP_REASONS: dict[str, str] = {
     ),
     "discarded": "Someone discarded it from the dead-letter queue; it will not be retried.",
     "erased": "The recipient was erased, and their unsent messages with them.",
+    "quota": (
+        "Your plan's monthly quota for this channel was used up when this broadcast reached "
+        "this recipient, so Herald did not send it. It resets at the start of next month."
+    ),
 }
 # Why a failed message failed, by error class (app/providers/base.py; `render` from dispatch).
 ERROR_CLASSES: dict[str, str] = {

@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 import structlog
 from prometheus_client import Histogram
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auth.keys import Principal
@@ -47,6 +48,9 @@ from app.recipients.schemas import RecipientInput
 from app.recipients.topics import existing_topics
 from app.recipients.validation import MAX_BATCH as MAX_RECIPIENT_BATCH
 from app.templates.service import latest_summaries
+from app.usage import quota
+from app.usage.meter import Meter
+from app.usage.quota import Ask
 
 log = structlog.get_logger(__name__)
 
@@ -124,9 +128,12 @@ class _Request:
 class IntakeWriter:
     """One per API process: queues accepts and writes them in batches, one batch at a time."""
 
-    def __init__(self, engine: AsyncEngine, queue: outbox.Outbox) -> None:
+    def __init__(
+        self, engine: AsyncEngine, queue: outbox.Outbox, meter: Meter | None = None
+    ) -> None:
         self._sessions = session_factory(engine)
         self._outbox = queue
+        self._meter = meter  # None: metering off, no quota enforced
         self._waiting: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -203,8 +210,10 @@ class IntakeWriter:
             raw = await connection.get_raw_connection()
             db = raw.driver_connection
             assert db is not None
+            held: list[tuple[uuid.UUID, uuid.UUID]] = []
             try:
                 await self._validate(session, db, batch)
+                held = await self._hold_quota(session, batch)
                 valid = [request for request in batch if request.row is not None]
                 inserted = await self._insert(db, valid)
                 await _upsert_inline(
@@ -214,11 +223,17 @@ class IntakeWriter:
                 if conflicted:
                     await self._replay(db, conflicted)
                 await session.commit()
-            except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-                # The writer's pool does not ping at checkout: a broken connection is
-                # dropped here, so the next batch gets a new one.
-                await connection.invalidate()
+            except BaseException as error:
+                await self._release(held)  # nothing of the batch was accepted
+                if isinstance(
+                    error, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+                ):
+                    # The writer's pool does not ping at checkout: a broken connection is
+                    # dropped here, so the next batch gets a new one.
+                    await connection.invalidate()
                 raise
+        # A request that lost its Idempotency-Key to another meanwhile holds nothing.
+        await self._release([h for h in held if h[1] not in inserted])
         accepted: list[AcceptedNotification] = []
         for request in valid:
             if request.row is not None and request.row["id"] in inserted:
@@ -283,6 +298,56 @@ class IntakeWriter:
             request.row["idempotency_key"] = request.idempotency_key
             request.row["trace_context"] = request.trace_context
             request.row["request_hash"] = request_hash(request.body)
+
+    async def _hold_quota(
+        self, session: AsyncSession, batch: list[_Request]
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Hold the quota each live request to a list of recipients will use, refusing the
+        requests it would take past a blocking plan's quota (app/usage/quota.py); the
+        (tenant, notification) pairs that hold some."""
+        if self._meter is None:
+            return []
+        asking: list[tuple[_Request, Ask]] = []
+        for request in batch:
+            row = request.row
+            if row is None or row["mode"] != "live" or "recipients" not in row["audience"]:
+                continue
+            ask = Ask(
+                row["tenant_id"],
+                request.principal.plan,
+                row["id"],
+                row["channels"],
+                len(row["audience"]["recipients"]),
+                row["send_at"],
+            )
+            asking.append((request, ask))
+        if not asking:
+            return []
+        try:
+            refusals = await quota.hold(session, self._meter, [ask for _, ask in asking])
+        except RedisError:
+            # Availability first: with Redis unreachable the batch is accepted unmetered at
+            # intake (dispatch still counts what it writes once Redis is back).
+            log.exception("quota not checked: Redis unreachable", size=len(asking))
+            return []
+        held = []
+        for (request, ask), refusal in zip(asking, refusals, strict=True):
+            if refusal is None:
+                held.append((ask.tenant_id, ask.notification_id))
+            else:
+                request.row = None
+                _fail(request, refusal)
+        return held
+
+    async def _release(self, holds: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """Give back what (tenant, notification) held: the notification was not accepted."""
+        if self._meter is None or not holds:
+            return
+        try:
+            await self._meter.release(holds)
+        except Exception:
+            # A hold not given back lapses at its expiry (app/usage/meter.py).
+            log.exception("quota holds not released", size=len(holds))
 
     async def _insert(self, db: Any, requests: Sequence[_Request]) -> set[uuid.UUID]:
         if not requests:

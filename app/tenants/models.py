@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CheckConstraint, String
+from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, CreatedAt, UuidPrimaryKey
 
-PLANS = ("free", "starter", "growth", "enterprise")
-
 
 class Tenant(UuidPrimaryKey, CreatedAt, Base):
     __tablename__ = "tenants"
-    __table_args__ = (CheckConstraint(f"plan IN {PLANS!r}", name="plan"),)
-
     name: Mapped[str] = mapped_column(String(200))
+    # A plan of the operator's plans file (app/tenants/plans.py): not a database constraint,
+    # since the operator adds plans without a migration.
     plan: Mapped[str] = mapped_column(String(32), default="free", server_default="free")
     # {channel: "pause" | "drop_noncritical"}; a channel absent from it flows normally.
     kill_switches: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default="{}")

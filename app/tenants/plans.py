@@ -1,4 +1,11 @@
-"""What each plan allows per tenant, in each mode: API request and send rates, render time.
+"""What each plan allows a tenant, read from the operator's plans file (TOML).
+
+A plan sets, per tenant and mode: API request and send rates, render time, log retention,
+dashboard members, and a monthly message quota per channel group with its overage policy
+("block": refused past the quota; "bill": allowed, and billed per 1,000 past it). The file
+is app/tenants/plans.toml unless HERALD_PLANS_FILE names another; it is validated strictly
+(unknown keys, wrong types, a missing plan are errors naming the place) when the settings
+are read at start-up, so a bad file stops the process instead of a tenant's send.
 
 Rates are tokens per second refilled into token buckets (app/ratelimit); a burst is a
 bucket's capacity, what may be spent at once after a quiet spell. Render time is in
@@ -9,7 +16,28 @@ budget only binds templates that run into the 100 ms render limit, over and over
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+DEFAULT_FILE = Path(__file__).with_name("plans.toml")
+FALLBACK_PLAN = "free"
+PLAN_NAME = re.compile(
+    r"[a-z][a-z0-9_-]{0,31}"
+)  # tenants.plan is 32 characters  # what an unknown plan gets: never more than the free plan
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PlansFileError(ValueError):
+    """The plans file cannot be used; the message names the file and the place."""
 
 
 @dataclass(frozen=True)
@@ -23,46 +51,140 @@ class PlanLimits:
     log_retention_days: int  # how long providers' receipts (and their events) are kept
 
 
-PLAN_LIMITS: dict[str, PlanLimits] = {
-    "free": PlanLimits(
-        api_rate=25,
-        api_burst=100,
-        send_rate=50,
-        send_burst=500,
-        render_ms_rate=200,
-        render_ms_burst=5_000,
-        log_retention_days=7,
-    ),
-    "starter": PlanLimits(
-        api_rate=100,
-        api_burst=200,
-        send_rate=200,
-        send_burst=1000,
-        render_ms_rate=500,
-        render_ms_burst=10_000,
-        log_retention_days=30,
-    ),
-    "growth": PlanLimits(
-        api_rate=500,
-        api_burst=1000,
-        send_rate=1000,
-        send_burst=2000,
-        render_ms_rate=1_000,
-        render_ms_burst=20_000,
-        log_retention_days=30,
-    ),
-    "enterprise": PlanLimits(
-        api_rate=5000,
-        api_burst=10000,
-        send_rate=20000,
-        send_burst=20000,
-        render_ms_rate=4_000,
-        render_ms_burst=60_000,
-        log_retention_days=90,
-    ),
-}
+class Quota(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Messages a month per channel group; None: no quota."""
+
+    email: Count | None = None
+    sms: Count | None = None
+    push: Count | None = None
+    webhook: Count | None = None
+    inbox: Count | None = None
 
 
-def limits_for(plan: str) -> PlanLimits:
-    """The plan's limits; an unknown plan gets the free plan's, never more."""
-    return PLAN_LIMITS.get(plan, PLAN_LIMITS["free"])
+class Plan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One plan as the file states it."""
+
+    api_rate: Positive
+    api_burst: Annotated[int, msgspec.Meta(ge=1)]
+    send_rate: Positive
+    send_burst: Annotated[int, msgspec.Meta(ge=1)]
+    render_ms_rate: Positive
+    render_ms_burst: Annotated[int, msgspec.Meta(ge=1)]
+    log_retention_days: Annotated[int, msgspec.Meta(ge=1, le=3650)]
+    members: Count = 0  # 0: no limit
+    overage: Literal["block", "bill"] = "block"
+    price_per_1000: str | None = None
+    stripe_price_id: str | None = None
+    quota: Quota = Quota()
+
+    def __post_init__(self) -> None:
+        if self.overage == "bill":
+            if self.price_per_1000 is None:
+                raise ValueError("overage = 'bill' needs price_per_1000")
+            try:
+                price = Decimal(self.price_per_1000)
+            except InvalidOperation:
+                raise ValueError("price_per_1000 must be a decimal string, e.g. '0.80'") from None
+            if not price.is_finite() or price < 0:
+                raise ValueError("price_per_1000 must be a decimal of 0 or more")
+        elif self.price_per_1000 is not None:
+            raise ValueError("price_per_1000 is only for overage = 'bill'")
+
+    @property
+    def limits(self) -> PlanLimits:
+        return PlanLimits(
+            self.api_rate,
+            self.api_burst,
+            self.send_rate,
+            self.send_burst,
+            self.render_ms_rate,
+            self.render_ms_burst,
+            self.log_retention_days,
+        )
+
+    def quota_for(self, channel: str) -> int | None:
+        """The channel group's monthly quota; None: no quota."""
+        quota: int | None = getattr(self.quota, channel, None)
+        return quota
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every plan of the file, and the plan a tenant gets when nothing says otherwise."""
+
+    plans: dict[str, Plan]
+    default_plan: str
+    source: Path
+
+    def get(self, name: str) -> Plan:
+        """The named plan; an unknown one gets the fallback's (free), never more."""
+        return self.plans.get(name) or self.plans[FALLBACK_PLAN]
+
+
+def load(path: Path, default_plan: str = FALLBACK_PLAN) -> Catalogue:
+    """Read and validate a plans file; PlansFileError says what is wrong and where."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PlansFileError(f"{path}: cannot be read ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise PlansFileError(f"{path}: not valid TOML ({error})") from None
+    unknown = sorted(set(raw) - {"plans"})
+    if unknown:
+        raise PlansFileError(f"{path}: unknown top-level key {unknown[0]!r} (only [plans.<name>])")
+    tables = raw.get("plans")
+    if not isinstance(tables, dict):
+        raise PlansFileError(f"{path}: no [plans.<name>] tables")
+    found: dict[str, Plan] = {}
+    for name, table in tables.items():
+        if not PLAN_NAME.fullmatch(name):
+            raise PlansFileError(f"{path}: plan name {name!r}: lowercase letters, digits, - or _")
+        try:
+            found[name] = msgspec.convert(table, Plan)
+        except msgspec.ValidationError as error:
+            # msgspec names the place from the plan's table (`$.quota.sms`): name the plan.
+            where = str(error).replace("`$", f"`plans.{name}").replace("`$`", f"`plans.{name}`")
+            if "`plans." not in where:
+                where += f" - in [plans.{name}]"
+            raise PlansFileError(f"{path}: {where}") from None
+    if FALLBACK_PLAN not in found:
+        raise PlansFileError(
+            f"{path}: a plan named {FALLBACK_PLAN!r} is required (unknown plans get its limits)"
+        )
+    if default_plan not in found:
+        raise PlansFileError(f"{path}: the default plan {default_plan!r} is not in the file")
+    return Catalogue(found, default_plan, path)
+
+
+_catalogue: Catalogue | None = None
+
+
+def configure(path: Path | None, default_plan: str | None = None) -> Catalogue:
+    """Load the operator's plans (the shipped file when `path` is None) for this process."""
+    global _catalogue
+    _catalogue = load(path or DEFAULT_FILE, default_plan or FALLBACK_PLAN)
+    return _catalogue
+
+
+def catalogue() -> Catalogue:
+    """This process's plans: as configured, else from HERALD_PLANS_FILE or the shipped file."""
+    if _catalogue is None:
+        named = os.environ.get("HERALD_PLANS_FILE") or None
+        return configure(
+            Path(named) if named else None, os.environ.get("HERALD_BILLING_DEFAULT_PLAN")
+        )
+    return _catalogue
+
+
+def plan(name: str) -> Plan:
+    """The plan a tenant's `plan` names (the free plan for a name the file lacks)."""
+    return catalogue().get(name)
+
+
+def limits_for(plan_name: str) -> PlanLimits:
+    """The plan's rates; an unknown plan gets the free plan's, never more."""
+    return plan(plan_name).limits
+
+
+def plan_names() -> list[str]:
+    return list(catalogue().plans)

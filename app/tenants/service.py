@@ -8,11 +8,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
+from app.tenants import plans
 from app.tenants.models import Tenant
 
 
 async def create_tenant(session: AsyncSession, *, name: str, actor: str) -> Tenant:
-    tenant = Tenant(name=name)
+    # A new tenant gets the operator's default plan (HERALD_BILLING_DEFAULT_PLAN).
+    tenant = Tenant(name=name, plan=plans.catalogue().default_plan)
     session.add(tenant)
     await session.flush()
     await audit.append(

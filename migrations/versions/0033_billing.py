@@ -2,7 +2,7 @@
 events already applied
 
 Revision ID: 0033_billing
-Revises: 0031_sso_configs
+Revises: 0032_usage
 Create Date: 2026-12-05 10:45:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0033_billing"
-down_revision = "0031_sso_configs"
+down_revision = "0032_usage"
 branch_labels = None
 depends_on = None
 
