@@ -1,4 +1,5 @@
-"""The billing page: the tenant's plan, its subscription's state, and the ways to Stripe's
+"""The billing page: the tenant's plan and this month's use of it by channel (live messages
+only: test mode never counts), its subscription's state, and the ways to Stripe's
 own pages (Checkout to subscribe or change plan, the Customer Portal for invoices and the
 payment method). Owners only: reading it too, as it shows what the tenant pays.
 
@@ -18,6 +19,7 @@ import stripe
 from litestar import Controller, Request, Response, get, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from redis.exceptions import RedisError
 
 from admin_ui.pages import CONTENT_SECURITY_POLICY, form_text, page, see_other
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
@@ -28,6 +30,8 @@ from app.billing.client import stripe_client
 from app.db import utcnow
 from app.dependencies import DbSession
 from app.settings import Settings
+from app.usage import service as usage_service
+from app.usage.meter import Meter
 
 STRIPE_PAGES = "https://checkout.stripe.com https://billing.stripe.com"
 NOTICES = {
@@ -61,6 +65,12 @@ async def _page(
 ) -> Response[Any]:
     settings = _settings(request)
     account = await billing.get_account(db_session, tenant_id=member.tenant.id)
+    state = request.app.state
+    meter: Meter = state.get("meter") or Meter(state.redis)
+    try:
+        usage = await usage_service.current(db_session, meter, tenant_id=member.tenant.id)
+    except RedisError:
+        usage = None  # the page still shows the plan; the meters say they are unavailable
     grace_ends = None
     if account is not None and account.past_due_since is not None:
         grace_ends = account.past_due_since + timedelta(days=settings.billing_grace_days)
@@ -76,6 +86,7 @@ async def _page(
         account=account,
         entitled=billing.entitled_plan(settings, account, utcnow()),
         grace_ends=grace_ends,
+        usage=usage,
         notice=NOTICES.get(notice, ""),
         error=error,
     )

@@ -31,6 +31,7 @@ async def test_an_owner_subscribes_and_reaches_the_portal(
         policy = shown.headers["content-security-policy"]
         assert "form-action 'self' https://checkout.stripe.com" in policy
         assert "Manage billing" not in shown.text  # no Stripe customer yet
+        assert 'id="usage-email"' in shown.text and 'id="usage-sms"' in shown.text
 
         portal_first = await post_form(client, "/billing/portal", {})
         assert portal_first.status_code == 409 and "subscribe first" in portal_first.text
