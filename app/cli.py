@@ -498,13 +498,37 @@ def _ratelimit(
     default=None,
     help="Serve with one API process under cProfile, writing DIR/api.prof.",
 )
+@click.option(
+    "--metered",
+    is_flag=True,
+    help="A live key on a plan blocking at a quota, run with usage metering on, then off.",
+)
 @API_PROCESSES_OPTION
 @JSON_OPTION
 def bench_ingest(
-    seconds: int, connections: int, profile: Path | None, api_processes: int, as_json: bool
+    seconds: int,
+    connections: int,
+    profile: Path | None,
+    metered: bool,
+    api_processes: int,
+    as_json: bool,
 ) -> None:
     """Single POST /v1/notifications: accepted and committed per second (uses wrk)."""
-    _bench(2, as_json, api_processes, _ingest(seconds, connections, api_processes, profile))
+    if not metered:
+        _bench(2, as_json, api_processes, _ingest(seconds, connections, api_processes, profile))
+        return
+    from bench import ingest
+
+    def run(settings: Settings, progress: Any) -> Any:
+        return ingest.metered(
+            settings,
+            progress,
+            seconds=seconds,
+            connections=connections,
+            api_processes=api_processes,
+        )
+
+    _bench(4, as_json, api_processes, run)
 
 
 @bench.command("e2e")

@@ -6,12 +6,19 @@ single-recipient notification with its own data. Then it counts the committed ro
 202 must be one. No worker runs: the dispatch jobs the API enqueued are removed afterwards,
 so no worker (nor a later benchmark) inherits the backlog. Its figure is divided by the
 `/healthz` requests/s of the same server set-up (the `healthz` ceiling).
+
+`--metered` measures what usage metering costs intake: the tenant has a live key on a plan
+that blocks at a quota (`bench`, added to a copy of the plans file with a quota no run
+reaches), so that every request reserves its message against the quota in Redis; the run is
+made twice, with HERALD_METERING on and off, and reported side by side. (A test key, as the
+plain run uses, is never metered.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -23,6 +30,7 @@ from app.delivery import outbox
 from app.notifications.models import Notification
 from app.seed import create_tenant_with_key
 from app.settings import Settings
+from app.tenants import plans
 from bench.common import (
     free_port,
     herald,
@@ -70,6 +78,54 @@ async def _committed(database_url: str, redis_url: str, tenant_id: uuid.UUID) ->
     return len(ids)
 
 
+BENCH_PLAN = """
+
+[plans.bench]
+api_rate = 100000
+api_burst = 100000
+send_rate = 20000
+send_burst = 20000
+render_ms_rate = 4000
+render_ms_burst = 60000
+log_retention_days = 7
+members = 0
+overage = "block"
+
+[plans.bench.quota]
+email = 1000000000
+"""
+
+
+def plans_with_bench(folder: Path) -> Path:
+    """The default plans file and a `bench` plan blocking at a quota no run reaches."""
+    path = folder / "plans.toml"
+    path.write_text(plans.DEFAULT_FILE.read_text() + BENCH_PLAN)
+    return path
+
+
+def metered(
+    settings: Settings, progress: Progress, *, seconds: int, connections: int, api_processes: int
+) -> list[Section]:
+    """The same live, quota-checked run with metering on, then off."""
+    sections = []
+    with tempfile.TemporaryDirectory() as folder:
+        plans_file = str(plans_with_bench(Path(folder)))
+        for metering in ("on", "off"):
+            section = run(
+                settings,
+                progress,
+                seconds=seconds,
+                connections=connections,
+                api_processes=api_processes,
+                mode="live",
+                plan="bench",
+                env={"HERALD_PLANS_FILE": plans_file, "HERALD_METERING": metering},
+            )
+            section.bench = f"ingest (live, metering {metering})"
+            sections.append(section)
+    return sections
+
+
 def run(
     settings: Settings,
     progress: Progress,
@@ -78,11 +134,14 @@ def run(
     connections: int,
     api_processes: int,
     profile: Path | None = None,
+    mode: str = "test",
+    plan: str = "enterprise",
+    env: dict[str, str] | None = None,
 ) -> Section:
     assert settings.database_url is not None and settings.redis_url is not None
     progress.stage("ingest: starting the API")
     tenant_id, secret = asyncio.run(
-        create_tenant_with_key(settings.database_url, "bench ingest", "test", plan="enterprise")
+        create_tenant_with_key(settings.database_url, "bench ingest", mode, plan=plan)
     )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -91,7 +150,7 @@ def run(
         profile.mkdir(parents=True, exist_ok=True)
         output = str(profile / "api.prof")
         command = [sys.executable, "-m", "bench.profiled", output, "api", "--port", str(port)]
-    with running([command], service_env(settings)):
+    with running([command], service_env(settings, **(env or {}))):
         wait_ready(url)
         prepare_tenant(url, secret, recipients=100)
         progress.stage(f"ingest: wrk POST /v1/notifications for {seconds} s")
