@@ -17,7 +17,10 @@ every other API process and worker:
 - `holds:<tenant>` and `hold-expiry:<tenant>`: what intake reserved for notifications not
   dispatched yet, per notification and channel. The quota check counts them as used; the
   dispatch that writes the messages takes them back, and a hold whose dispatch never came
-  (its API process died before the commit) lapses at its expiry.
+  (its API process died before the commit) lapses at its expiry. `held:<tenant>` keeps
+  their sum per channel, changed by every script that changes a hold, so that a check
+  reads one field per channel: summing every hold made each check cost as much as the
+  holds outstanding (a 4,500/s intake fell to 1,400/s).
 
 A period is a calendar month in UTC, written `YYYY-MM`. Only live messages are counted.
 """
@@ -78,8 +81,15 @@ for i = 1, #ARGV, 5 do
   if held ~= '' then
     local holds = prefix .. 'holds:' .. tenant
     local field = held .. '|' .. channel
-    if redis.call('HEXISTS', holds, field) == 1 then
-      if redis.call('HINCRBY', holds, field, -n) <= 0 then redis.call('HDEL', holds, field) end
+    local had = tonumber(redis.call('HGET', holds, field) or '0')
+    if had > 0 then
+      local used = math.min(had, n)
+      if had - used <= 0 then
+        redis.call('HDEL', holds, field)
+      else
+        redis.call('HINCRBY', holds, field, -used)
+      end
+      redis.call('HINCRBY', prefix .. 'held:' .. tenant, channel, -used)
     end
   end
 end
@@ -89,10 +99,17 @@ return 1
 # ARGV: groups of (tenant, notification id).
 _RELEASE = f"""
 local prefix = '{PREFIX}'
+local function drop(tenant, field, channel)
+  local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
+  local n = tonumber(redis.call('HGET', holds, field) or '0')
+  if n ~= 0 then
+    redis.call('HDEL', holds, field)
+    redis.call('HINCRBY', sums, channel, -n)
+  end
+end
 for i = 1, #ARGV, 2 do
-  local holds = prefix .. 'holds:' .. ARGV[i]
   for _, channel in ipairs({_CHANNELS_LUA}) do
-    redis.call('HDEL', holds, ARGV[i+1] .. '|' .. channel)
+    drop(ARGV[i], ARGV[i+1] .. '|' .. channel, channel)
   end
   redis.call('ZREM', prefix .. 'hold-expiry:' .. ARGV[i], ARGV[i+1])
 end
@@ -105,6 +122,14 @@ return 1
 # and what was left of it.
 _RESERVE = f"""
 local prefix = '{PREFIX}'
+local function drop(tenant, field, channel)
+  local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
+  local n = tonumber(redis.call('HGET', holds, field) or '0')
+  if n ~= 0 then
+    redis.call('HDEL', holds, field)
+    redis.call('HINCRBY', sums, channel, -n)
+  end
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {{}}
@@ -124,16 +149,14 @@ for r = 1, tonumber(ARGV[1]) do
     if held == nil then
       for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
         for _, channel in ipairs({_CHANNELS_LUA}) do
-          redis.call('HDEL', holds, gone .. '|' .. channel)
+          drop(tenant, gone .. '|' .. channel, channel)
         end
       end
       redis.call('ZREMRANGEBYSCORE', expiries, '-inf', now)
+      -- The running sums, one field per channel: never a walk of every hold.
       held = {{}}
-      local all = redis.call('HGETALL', holds)
-      for j = 1, #all, 2 do
-        local channel = string.match(all[j], '|([^|]+)$')
-        held[channel] = (held[channel] or 0) + tonumber(all[j+1])
-      end
+      local sums = redis.call('HGETALL', prefix .. 'held:' .. tenant)
+      for j = 1, #sums, 2 do held[sums[j]] = tonumber(sums[j+1]) end
       held_by[tenant] = held
     end
     local refused, left = 0, 0
@@ -149,6 +172,7 @@ for r = 1, tonumber(ARGV[1]) do
       for j = 0, k - 1 do
         local channel, n = ARGV[at + 3*j], tonumber(ARGV[at + 3*j + 1])
         redis.call('HINCRBY', holds, notif .. '|' .. channel, n)
+        redis.call('HINCRBY', prefix .. 'held:' .. tenant, channel, n)
         held[channel] = (held[channel] or 0) + n
       end
       redis.call('ZADD', expiries, expiry, notif)
@@ -172,17 +196,17 @@ local total = prefix .. 'total:' .. tenant .. ':' .. period
 if redis.call('HEXISTS', total, '_seeded') == 0 then return {{-1}} end
 local holds = prefix .. 'holds:' .. tenant
 local held = {{}}
-local all = redis.call('HGETALL', holds)
-for j = 1, #all, 2 do
-  local channel = string.match(all[j], '|([^|]+)$')
-  held[channel] = (held[channel] or 0) + tonumber(all[j+1])
-end
+local sums = redis.call('HGETALL', prefix .. 'held:' .. tenant)
+for j = 1, #sums, 2 do held[sums[j]] = tonumber(sums[j+1]) end
 local out = {{}}
 for i = 5, #ARGV, 3 do
   local channel, n, quota = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
   local used = tonumber(redis.call('HGET', total, channel) or '0') + (held[channel] or 0)
   local granted = math.min(n, math.max(0, quota - used))
-  if granted > 0 then redis.call('HINCRBY', holds, notif .. '|' .. channel, granted) end
+  if granted > 0 then
+    redis.call('HINCRBY', holds, notif .. '|' .. channel, granted)
+    redis.call('HINCRBY', prefix .. 'held:' .. tenant, channel, granted)
+  end
   table.insert(out, granted)
 end
 redis.call('ZADD', prefix .. 'hold-expiry:' .. tenant, expiry, notif)

@@ -8,6 +8,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ from app.runtime import ServiceUrls
 from app.tenants import plans
 from app.tenants.models import Tenant
 from app.usage import service
-from app.usage.meter import DELTA, Count, Meter, next_period_start, period_of
+from app.usage.meter import (
+    DELTA,
+    PREFIX,
+    Count,
+    Meter,
+    Reservation,
+    next_period_start,
+    period_of,
+)
 from jobs import functions, queues
 from tests.send_path import put_recipient, put_template, workers
 from tests.support import TenantKey, assert_problem, key_of, make_tenant, settings_for
@@ -407,3 +416,42 @@ async def test_a_broadcast_of_50_with_10_left_sends_10_and_skips_40_for_quota(
     assert channel(await usage_of(client, tenant), "inbox")["used"] == 10
     # Nothing is left for a one-recipient send either.
     assert_problem(await send(client, tenant, ["late"]), 429, "quota_exceeded")
+
+
+async def test_the_held_sums_follow_every_change_of_the_holds(meter: Meter, redis: Redis) -> None:
+    """The quota check reads one running sum per channel instead of every hold: holding,
+    taking, using up at dispatch, giving back and lapsing each keep it equal to the holds."""
+    tenant, period = uuid.uuid4(), period_of(utcnow())
+    await meter.seed(tenant, period, {})
+    later = utcnow() + timedelta(hours=1)
+    notes = [uuid.uuid4() for _ in range(4)]
+
+    def ask(note: uuid.UUID, email: int, sms: int) -> Reservation:
+        return Reservation(tenant, note, period, later, [("email", email, 100), ("sms", sms, 100)])
+
+    assert await meter.reserve([ask(notes[0], 5, 2), ask(notes[1], 7, 0)]) == [None, None]
+    assert await meter.take(Reservation(tenant, notes[2], period, later, [("email", 3, 100)]))
+    await meter.record([Count(tenant, period, "email", 4, held_for=notes[0])])  # 1 left held
+    await meter.record([Count(tenant, period, "email", 9, held_for=notes[1])])  # more than held
+    await meter.release([(tenant, notes[2])])
+
+    async def sums_and_holds() -> tuple[dict[str, int], dict[str, int]]:
+        raw_sums = await redis.hgetall(f"{PREFIX}held:{tenant}")  # type: ignore[misc]
+        sums = {k.decode(): int(v) for k, v in raw_sums.items() if int(v)}
+        holds: dict[str, int] = {}
+        raw = await redis.hgetall(f"{PREFIX}holds:{tenant}")  # type: ignore[misc]
+        for field, n in raw.items():
+            channel = field.decode().rsplit("|", 1)[1]
+            holds[channel] = holds.get(channel, 0) + int(n)
+        return sums, {k: v for k, v in holds.items() if v}
+
+    sums, holds = await sums_and_holds()
+    assert sums == holds == {"email": 1, "sms": 2}
+
+    # A hold whose dispatch never came lapses at its expiry, and leaves the sums with it.
+    await redis.zadd(f"{PREFIX}hold-expiry:{tenant}", {str(notes[3]): 0})  # type: ignore[misc]
+    await redis.hset(f"{PREFIX}holds:{tenant}", f"{notes[3]}|email", 50)  # type: ignore[misc]
+    await redis.hincrby(f"{PREFIX}held:{tenant}", "email", 50)  # type: ignore[misc]
+    assert await meter.reserve([ask(uuid.uuid4(), 1, 0)]) == [None]
+    sums, holds = await sums_and_holds()
+    assert sums == holds == {"email": 2, "sms": 2}
