@@ -496,7 +496,8 @@ def _ratelimit(
     "--profile",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Serve with one API process under cProfile, writing DIR/api.prof.",
+    help="Serve with one API process under cProfile, writing DIR/api.prof "
+    "(with --metered: DIR/on/api.prof and DIR/off/api.prof).",
 )
 @click.option(
     "--metered",
@@ -526,6 +527,7 @@ def bench_ingest(
             seconds=seconds,
             connections=connections,
             api_processes=api_processes,
+            profile=profile,
         )
 
     _bench(4, as_json, api_processes, run)

@@ -104,9 +104,16 @@ def plans_with_bench(folder: Path) -> Path:
 
 
 def metered(
-    settings: Settings, progress: Progress, *, seconds: int, connections: int, api_processes: int
+    settings: Settings,
+    progress: Progress,
+    *,
+    seconds: int,
+    connections: int,
+    api_processes: int,
+    profile: Path | None = None,
 ) -> list[Section]:
-    """The same live, quota-checked run with metering on, then off."""
+    """The same live, quota-checked run with metering on, then off (profiled: one server
+    process each, profiles in `profile`/on and `profile`/off)."""
     sections = []
     with tempfile.TemporaryDirectory() as folder:
         plans_file = str(plans_with_bench(Path(folder)))
@@ -120,6 +127,7 @@ def metered(
                 mode="live",
                 plan="bench",
                 env={"HERALD_PLANS_FILE": plans_file, "HERALD_METERING": metering},
+                profile=None if profile is None else profile / metering,
             )
             section.bench = f"ingest (live, metering {metering})"
             sections.append(section)
