@@ -57,8 +57,9 @@ class Ask:
     send_at: datetime | None
 
 
-def reservation(ask: Ask, now: datetime) -> Reservation | None:
-    """What to hold for `ask`; None when its plan blocks none of its channels."""
+def reservation(ask: Ask, now: datetime, period: str | None = None) -> Reservation | None:
+    """What to hold for `ask`; None when its plan blocks none of its channels. `period`:
+    now's, when the caller has it already (a batch computes it once)."""
     plan = plans.plan(ask.plan)
     if plan.overage != "block":
         return None
@@ -70,7 +71,7 @@ def reservation(ask: Ask, now: datetime) -> Reservation | None:
     if not wants:
         return None
     due = max(now, ask.send_at) if ask.send_at is not None else now
-    return Reservation(ask.tenant_id, ask.notification_id, period_of(now), due, wants)
+    return Reservation(ask.tenant_id, ask.notification_id, period or period_of(now), due, wants)
 
 
 async def hold(
@@ -79,8 +80,11 @@ async def hold(
     """Hold each ask's cost against its tenant's quota, in order; per ask, None (held, or
     nothing to hold) or why it was refused."""
     now = utcnow()
+    period = period_of(now)
     answers: list[QuotaExceeded | None] = [None] * len(asks)
-    todo = [(i, r) for i, ask in enumerate(asks) if (r := reservation(ask, now)) is not None]
+    todo = [
+        (i, r) for i, ask in enumerate(asks) if (r := reservation(ask, now, period)) is not None
+    ]
     for _ in range(3):  # a tenant's totals unseeded: seed them, then ask again
         if not todo:
             break

@@ -28,6 +28,7 @@ from app.usage.meter import (
     PREFIX,
     Count,
     Meter,
+    Refusal,
     Reservation,
     next_period_start,
     period_of,
@@ -455,3 +456,39 @@ async def test_the_held_sums_follow_every_change_of_the_holds(meter: Meter, redi
     assert await meter.reserve([ask(uuid.uuid4(), 1, 0)]) == [None]
     sums, holds = await sums_and_holds()
     assert sums == holds == {"email": 2, "sms": 2}
+
+
+async def test_one_reserve_call_answers_each_tenant_and_request_in_order(meter: Meter) -> None:
+    """Intake reserves a whole batch in one script call, grouped by tenant: each request is
+    answered for itself, in the order it came, whatever the tenants around it."""
+    period = period_of(utcnow())
+    first, second, unseeded = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await meter.seed(first, period, {"email": 95})
+    await meter.seed(second, period, {"sms": 0})
+    later = utcnow() + timedelta(hours=1)
+
+    def ask(tenant: uuid.UUID, *wants: tuple[str, int, int]) -> Reservation:
+        return Reservation(tenant, uuid.uuid4(), period, later, list(wants))
+
+    answers = await meter.reserve(
+        [
+            ask(first, ("email", 3, 100)),  # 98 of 100
+            ask(second, ("sms", 4, 5)),  # 4 of 5
+            ask(unseeded, ("email", 1, 100)),
+            ask(first, ("email", 3, 100)),  # 101: refused, 2 left
+            ask(second, ("push", 1, 10), ("sms", 2, 5)),  # sms 6 of 5: refused, 1 left
+            ask(first, ("email", 2, 100)),  # exactly 100
+            ask(second, ("sms", 1, 5)),  # exactly 5
+        ]
+    )
+    assert answers == [
+        None,
+        None,
+        Refusal("", -1),
+        Refusal("email", 2),
+        Refusal("sms", 1),
+        None,
+        None,
+    ]
+    # A refused request held nothing: its push is still free.
+    assert await meter.reserve([ask(second, ("push", 10, 10))]) == [None]
