@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 from litestar import Request
@@ -26,12 +26,15 @@ from litestar.middleware.session.client_side import ClientSideSessionBackend, Co
 from litestar.types import ASGIApp
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from admin_ui.pages import is_htmx
 from app.auth import accounts, roles, verification
 from app.auth.models import User
 from app.auth.sso import config as sso_config
 from app.dependencies import DbSession
 from app.settings import Settings
 from app.tenants.models import Tenant
+from app.usage import warnings as usage_warnings
+from app.usage.warnings import QuotaAlert
 
 SESSION_COOKIE = "herald_session"
 SESSION_MAX_AGE = 12 * 3600  # a working day; people sign in again the next morning
@@ -42,6 +45,10 @@ MODE = "mode"
 # The tenant whose identity provider signed this session in (admin_ui/sso.py), if any.
 SSO_TENANT = "sso_tenant"
 MODES = ("live", "test")
+# Who sees the quota banner: owners (who change the plan), and admins and developers (who
+# run what sends, and meet the 429s or the overage first). Viewers only read: nothing in
+# it is theirs to act on.
+QUOTA_ALERT_ROLES = frozenset({roles.OWNER, roles.ADMIN, roles.DEVELOPER})
 
 
 class SignInRequired(Exception):
@@ -60,6 +67,9 @@ class Member:
     mode: str = "live"
     # Every tenant the person belongs to (this one too), for the top bar's tenant switch.
     memberships: tuple[accounts.TenantAccess, ...] = ()
+    # The tenant's channel groups at 80 % or more of their quota this month: every full
+    # page's banner (layout.html), for the roles in QUOTA_ALERT_ROLES.
+    quota_alerts: tuple[QuotaAlert, ...] = ()
 
     @property
     def actor(self) -> str:
@@ -176,6 +186,12 @@ async def provide_member(request: Request[Any, Any, Any], db_session: DbSession)
     if member is None:
         end_session(request)
         raise SignInRequired
+    if member.role in QUOTA_ALERT_ROLES and not is_htmx(request):
+        # Full pages only: htmx answers are fragments, which the layout does not wrap.
+        found = await usage_warnings.alerts(
+            db_session, tenant_id=member.tenant.id, plan=member.tenant.plan
+        )
+        member = replace(member, quota_alerts=tuple(found))
     return member
 
 

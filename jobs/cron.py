@@ -18,7 +18,8 @@ tenants' event deliveries when due.
   (app/webhooks/fanout.py); deliveries to tenants' webhook endpoints that are due are
   attempted, rounds of up to 100 each, each taken by one sender (app/webhooks/delivery.py).
 - `flush_usage` (every USAGE_EVERY s): the usage counts in Redis are added to usage_counts,
-  exactly once per flush (app/usage/service.py).
+  exactly once per flush (app/usage/service.py); then the quota thresholds the flushed
+  counts reached are recorded and the tenants' owners mailed (app/usage/warnings.py).
 - `expire_logs` (once a minute): providers' receipts (with their events) and finished
   deliveries to tenants' endpoints past their plan's log retention are deleted, in batches
   of 5,000 (app/receipts/service.py, app/webhooks/delivery.py).
@@ -51,6 +52,7 @@ from prometheus_client import Counter
 
 from app import billing
 from app.analytics import rollups
+from app.auth.mailer import SystemMailer
 from app.billing import service as billing_service
 from app.db import utcnow
 from app.delivery import outbox
@@ -59,6 +61,7 @@ from app.notifications import tallies
 from app.notifications.relay import stale_accepted
 from app.receipts import service as receipts
 from app.usage import service as usage
+from app.usage import warnings as usage_warnings
 from app.usage.meter import Meter
 from app.webhooks import delivery as webhook_delivery
 from jobs import queues
@@ -227,13 +230,22 @@ async def expire_logs(ctx: dict[str, Any]) -> int:
     return sum(counts.values())
 
 
-async def flush_usage(ctx: dict[str, Any]) -> int:
-    """Add the usage counted in Redis to PostgreSQL; the flushes applied."""
+async def flush_usage(ctx: dict[str, Any], *, now: datetime | None = None) -> int:
+    """Add the usage counted in Redis to PostgreSQL, then warn the owners of tenants whose
+    flushed counts reached 80 % or 100 % of a quota; the flushes applied."""
     meter: Meter | None = ctx.get("meter")
     if meter is None:
         return 0
-    applied = await usage.flush(ctx["sessions"], meter)
+    touched: usage.Touched = set()
+    applied = await usage.flush(ctx["sessions"], meter, touched)
     _log("flush_usage", flushes=applied)
+    settings = ctx["settings"]
+    mailer = ctx.get("mailer") or SystemMailer(settings.smtp_url, settings.mail_from)
+    # After the flush's commit, never inside it; and the retries of mails an earlier run
+    # could not send ride on every tick, touched keys or not.
+    await usage_warnings.check(
+        ctx["sessions"], mailer, touched, public_url=settings.public_url, now=now
+    )
     return applied
 
 

@@ -96,6 +96,7 @@ async def worker_context(
         processes=settings.render_processes, memory_mb=settings.render_memory_mb
     )
     render_pool.start()
+    mailer = SystemMailer(settings.smtp_url, settings.mail_from)
     try:
         async with new_client() as http:
             yield {
@@ -107,12 +108,13 @@ async def worker_context(
                 "renderer": Renderer(render_pool, CostBuckets(redis)),
                 # None: metering is off (HERALD_METERING), nothing counted nor flushed.
                 "meter": Meter(redis) if settings.metering else None,
+                "mailer": mailer,  # Herald's own mail: quota warnings to tenants' owners
                 "webhooks": webhook_delivery.Sender(
                     sessions=sessions,
                     client=http,
                     keyring=crypto.keyring_for(settings),
                     allow_private=settings.allow_private_urls,
-                    mailer=SystemMailer(settings.smtp_url, settings.mail_from),
+                    mailer=mailer,
                 ),
             }
     finally:

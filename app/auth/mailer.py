@@ -1,4 +1,5 @@
-"""Herald's own mail to dashboard users (e-mail verification), through HERALD_SMTP_URL.
+"""Herald's own mail to dashboard users (e-mail verification, invitations, password resets,
+quota warnings), through HERALD_SMTP_URL.
 
 Not tenants' notifications, which go through their providers: this is the operator's SMTP
 server, named by `smtp://[user:password@]host[:port]` (STARTTLS whenever the server offers

@@ -1,11 +1,23 @@
-"""The usage tables: counts flushed from Redis, and the flushes already applied."""
+"""The usage tables: counts flushed from Redis, the flushes already applied, and the quota
+warnings given to tenants' owners."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, String, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    SmallInteger,
+    String,
+    func,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -31,3 +43,30 @@ class UsageFlush(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UsageWarning(Base):
+    """A threshold of a channel group's monthly quota that a tenant reached, recorded once
+    (app/usage/warnings.py): its owners are mailed about it, and `mailed_at` says they were."""
+
+    __tablename__ = "usage_warnings"
+    __table_args__ = (
+        CheckConstraint("threshold IN (80, 100)", name="threshold"),
+        # The mail round's search: warnings of a period not mailed yet (few, kept small).
+        Index(
+            "ix_usage_warnings_unmailed",
+            "period",
+            postgresql_where=text("mailed_at IS NULL"),
+        ),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    period: Mapped[date] = mapped_column(Date, primary_key=True)  # the month's first day
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    threshold: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # per cent
+    used: Mapped[int] = mapped_column(BigInteger)  # the count when the threshold was found
+    quota: Mapped[int] = mapped_column(BigInteger)  # the plan's quota it was judged against
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    mailed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

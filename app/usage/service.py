@@ -120,9 +120,23 @@ _APPLY = text(
 )
 
 
-async def apply(sessions: Callable[[], AsyncSession], meter: Meter, flush_id: str) -> bool:
-    """Add one flush's counts to PostgreSQL, once: False when it was applied before."""
+# (tenant, period, channel): what a flush changed, for the quota warnings (warnings.py).
+Touched = set[tuple[uuid.UUID, str, str]]
+
+
+async def apply(
+    sessions: Callable[[], AsyncSession],
+    meter: Meter,
+    flush_id: str,
+    touched: Touched | None = None,
+) -> bool:
+    """Add one flush's counts to PostgreSQL, once: False when it was applied before.
+
+    `touched` gathers the flush's keys either way: a run that applied it and died before
+    checking the warnings leaves them to this one."""
     counts = await meter.flush_counts(flush_id)
+    if touched is not None:
+        touched.update((c.tenant_id, c.period, c.channel) for c in counts)
     async with sessions() as session:
         first = await session.scalar(
             text("INSERT INTO usage_flushes (id) VALUES (:id) ON CONFLICT DO NOTHING RETURNING id"),
@@ -144,16 +158,19 @@ async def apply(sessions: Callable[[], AsyncSession], meter: Meter, flush_id: st
     return True
 
 
-async def flush(sessions: Callable[[], AsyncSession], meter: Meter) -> int:
+async def flush(
+    sessions: Callable[[], AsyncSession], meter: Meter, touched: Touched | None = None
+) -> int:
     """Move Redis's counts into PostgreSQL, exactly once; how many flushes were applied.
 
     Also finishes the flushes an earlier run left behind (a crash after the rename, or after
-    the commit): usage_flushes tells the ones PostgreSQL already has."""
+    the commit): usage_flushes tells the ones PostgreSQL already has. `touched` gathers the
+    (tenant, period, channel) keys of every flush seen."""
     token = await meter.lock()
     applied = 0
     try:
         for flush_id in await meter.rotate():
-            applied += await apply(sessions, meter, flush_id)
+            applied += await apply(sessions, meter, flush_id, touched)
             await meter.finish(flush_id)
     finally:
         await meter.unlock(token)
