@@ -47,12 +47,15 @@ def default_plan(settings: Settings) -> str:
     return plan if plan in plans.plan_names() else "free"
 
 
-def plan_of_price(settings: Settings, price_id: str | None) -> str | None:
-    """The plan HERALD_STRIPE_PRICES sells at this price, if any."""
-    for plan, price in settings.stripe_prices.items():
-        if price == price_id:
-            return plan
-    return None
+def prices() -> dict[str, str]:
+    """The plans for sale and their Stripe prices: each plan's `stripe_price_id` in the
+    plans file, the only place prices are named."""
+    return plans.catalogue().prices()
+
+
+def plan_of_price(price_id: str | None) -> str | None:
+    """The plan the plans file sells at this Stripe price, if any."""
+    return plans.catalogue().plan_of_price(price_id)
 
 
 def entitled_plan(settings: Settings, account: BillingAccount | None, now: datetime) -> str:
@@ -163,9 +166,10 @@ async def start_checkout(
     price (a second subscription would bill twice). `role`: the acting dashboard member's
     (only owners manage billing; None for an API key). The caller commits."""
     roles.require(role, "manage_billing")
-    price = settings.stripe_prices.get(plan)
-    if price is None or plan not in plans.plan_names():
-        sold = ", ".join(p for p in settings.stripe_prices if p in plans.plan_names()) or "none"
+    for_sale = prices()
+    price = for_sale.get(plan)
+    if price is None:
+        sold = ", ".join(for_sale) or "none"
         raise BillingError(422, "validation_error", f"plan: plans for sale: {sold}", "plan")
     account = await account_for_update(session, tenant_id=tenant_id)
     customer = await _customer(session, client, account)
