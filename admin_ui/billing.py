@@ -82,7 +82,7 @@ async def _page(
         billing_on=enabled(settings),
         plan=member.tenant.plan,
         default_plan=billing.default_plan(settings),
-        for_sale=[plan for plan in settings.stripe_prices if plan != member.tenant.plan],
+        for_sale=[plan for plan in billing.prices() if plan != member.tenant.plan],
         account=account,
         entitled=billing.entitled_plan(settings, account, utcnow()),
         grace_ends=grace_ends,

@@ -224,6 +224,7 @@ def usage_rebuild(tenant_id: uuid.UUID | None, period: str | None) -> None:
     """Recount usage from the messages table (after a lost Redis, say)."""
     from redis.asyncio import Redis
 
+    from app import billing
     from app.db import create_engine, session_factory
     from app.models import load_all
     from app.usage import service
@@ -238,7 +239,11 @@ def usage_rebuild(tenant_id: uuid.UUID | None, period: str | None) -> None:
         redis = Redis.from_url(settings.redis_url)
         try:
             return await service.rebuild(
-                session_factory(engine), Meter(redis), tenant_id=tenant_id, period=period
+                session_factory(engine),
+                Meter(redis),
+                tenant_id=tenant_id,
+                period=period,
+                bill_overage=billing.enabled(settings),
             )
         finally:
             await redis.aclose()

@@ -182,19 +182,6 @@ def _base_urls(value: str) -> dict[str, str]:
     return urls
 
 
-def _stripe_prices(value: str) -> dict[str, str]:
-    prices: dict[str, str] = {}
-    for part in value.split(","):
-        plan, sep, price = part.strip().partition("=")
-        plan, price = plan.strip(), price.strip()
-        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", plan) or not price:
-            raise ValueError("expected comma-separated plan=price_id pairs, e.g. pro=price_123")
-        if plan in prices or price in prices.values():
-            raise ValueError(f"{plan}={price}: each plan and each price may appear once")
-        prices[plan] = price
-    return prices
-
-
 def _stripe_key(value: str) -> str:
     if not value.startswith(("sk_live_", "sk_test_", "rk_live_", "rk_test_")):
         raise ValueError("expected a Stripe secret or restricted key (sk_… or rk_…)")
@@ -439,12 +426,6 @@ VARIABLES: tuple[Var, ...] = (
         "where the Stripe SDK sends API requests; unset: Stripe's own (tests point it elsewhere)",
     ),
     Var(
-        "HERALD_STRIPE_PRICES",
-        None,
-        _stripe_prices,
-        "the Stripe price of each paid plan, e.g. growth=price_123,enterprise=price_456",
-    ),
-    Var(
         "HERALD_STRIPE_METER_EVENT",
         "herald_overage",
         _text,
@@ -512,10 +493,18 @@ class Settings:
     stripe_secret_key: str | None = None
     stripe_webhook_secret: str | None = None
     stripe_api_base: str | None = None
-    stripe_prices: dict[str, str] = field(default_factory=dict)
     stripe_meter_event: str = "herald_overage"
     billing_default_plan: str = "free"
     billing_grace_days: int = 7
+
+
+# Variables Herald read once. Left set, each stops the process rather than be ignored: a
+# deployment still naming its prices there would sell nothing, and every subscription event
+# would move paying tenants to the default plan.
+RETIRED = {
+    "HERALD_STRIPE_PRICES": "name each plan's Stripe price as stripe_price_id in the plans "
+    "file (HERALD_PLANS_FILE; docs/operations/plans.md)",
+}
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -543,6 +532,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ):
             if values[required] is None:
                 raise SettingsError(required, "must be set when HERALD_ENV=production")
+    for name, instead in RETIRED.items():
+        if source.get(name):
+            raise SettingsError(name, f"is no longer read: {instead}")
     # Half a Stripe configuration would take payments it never hears about, or the reverse.
     stripe_pair = ("HERALD_STRIPE_SECRET_KEY", "HERALD_STRIPE_WEBHOOK_SECRET")
     for one, other in (stripe_pair, stripe_pair[::-1]):
@@ -598,7 +590,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stripe_secret_key=values["HERALD_STRIPE_SECRET_KEY"],
         stripe_webhook_secret=values["HERALD_STRIPE_WEBHOOK_SECRET"],
         stripe_api_base=(values["HERALD_STRIPE_API_BASE"] or "").rstrip("/") or None,
-        stripe_prices=values["HERALD_STRIPE_PRICES"] or {},
         stripe_meter_event=values["HERALD_STRIPE_METER_EVENT"],
         billing_default_plan=values["HERALD_BILLING_DEFAULT_PLAN"],
         billing_grace_days=values["HERALD_BILLING_GRACE_DAYS"],

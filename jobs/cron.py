@@ -26,12 +26,15 @@ tenants' event deliveries when due.
 - `end_billing_grace` (once a minute, with Stripe billing on): tenants whose failed payment
   is older than HERALD_BILLING_GRACE_DAYS go down to the default plan
   (app/billing/service.py).
+- `report_overage` (once a minute, with Stripe billing on): the overage outbox's reports
+  that are due are sent to Stripe's billing meter, a bounded batch a tick, each taken by one
+  worker; a failed one is tried again after a backoff (app/billing/overage.py).
 
 Each relay or sweep tick hands all it found to Redis in one call (the outbox's batched
 enqueue), whatever the number of jobs: a backlog after a lost Redis costs a round trip per
 tick, not per job.
 
-Every queue's worker registers all eight (jobs/worker.py). arq enqueues a tick under the job id
+Every queue's worker registers all nine (jobs/worker.py). arq enqueues a tick under the job id
 `cron:<name>:<tick in ms>`, and job ids are global to the Redis database, not per queue: one
 worker's enqueue wins and the others are refused while the job is queued or running. arq's
 cron default keep_result=0 would drop that id once the run ends, so a worker whose
@@ -53,7 +56,9 @@ from prometheus_client import Counter
 from app import billing
 from app.analytics import rollups
 from app.auth.mailer import SystemMailer
+from app.billing import overage
 from app.billing import service as billing_service
+from app.billing.client import stripe_client
 from app.db import utcnow
 from app.delivery import outbox
 from app.delivery.sweeper import DueMessage, expired_claims, overdue
@@ -80,6 +85,7 @@ EXPIRE_SECOND = 37  # once a minute: retention is counted in days
 EXPIRE_BATCH = 5_000
 EXPIRE_ROUNDS = 20
 GRACE_SECOND = 43  # once a minute: grace periods are counted in days
+OVERAGE_SECOND = 51  # once a minute: Stripe bills overage at the end of a billing period
 # A busy machine appends a few hundred deltas a second (a claim or an outcome batch writes
 # two to four): a tick's rounds cover many times that, and a backlog clears over ticks.
 TALLY_LIMIT = tallies.COMPACT_LIMIT
@@ -237,7 +243,9 @@ async def flush_usage(ctx: dict[str, Any], *, now: datetime | None = None) -> in
     if meter is None:
         return 0
     touched: usage.Touched = set()
-    applied = await usage.flush(ctx["sessions"], meter, touched)
+    # With billing on, the flush also writes the overage to report (cron:report_overage).
+    bill = billing.enabled(ctx["settings"])
+    applied = await usage.flush(ctx["sessions"], meter, touched, bill_overage=bill)
     _log("flush_usage", flushes=applied)
     settings = ctx["settings"]
     mailer = ctx.get("mailer") or SystemMailer(settings.smtp_url, settings.mail_from)
@@ -259,6 +267,18 @@ async def end_billing_grace(ctx: dict[str, Any], *, now: datetime | None = None)
         await session.commit()
     _log("end_billing_grace", moved=moved)
     return moved
+
+
+async def report_overage(ctx: dict[str, Any], *, now: datetime | None = None) -> int:
+    """Send the overage reports that are due to Stripe's billing meter; how many were."""
+    settings = ctx["settings"]
+    if not billing.enabled(settings):
+        return 0
+    async with stripe_client(settings) as client:
+        assert client is not None
+        tick = await overage.report_due(ctx["sessions"], client, settings, now=now or utcnow())
+    _log("report_overage", reported=tick.reported, retried=tick.retried, failed=tick.failed)
+    return tick.reported
 
 
 def cron_jobs() -> list[CronJob]:
@@ -311,6 +331,13 @@ def cron_jobs() -> list[CronJob]:
             end_billing_grace,
             name="cron:end_billing_grace",
             second={GRACE_SECOND},
+            timeout=CRON_TIMEOUT,
+            keep_result=CRON_KEEP_RESULT,
+        ),
+        cron(
+            report_overage,
+            name="cron:report_overage",
+            second={OVERAGE_SECOND},
             timeout=CRON_TIMEOUT,
             keep_result=CRON_KEEP_RESULT,
         ),

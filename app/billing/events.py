@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.billing.models import BillingAccount, StripeEvent
-from app.billing.service import account_for_update, plan_of_price, settle
+from app.billing.service import account_for_update, plan_of_price, prices, settle
 from app.settings import Settings
 from app.tenants.models import Tenant
 
@@ -149,7 +149,7 @@ async def _dispatch(
         _link_checkout(account, obj)
         return Received(event_id, kind, "applied", tenant_id)
     if kind.startswith("customer.subscription."):
-        if not _apply_subscription(settings, account, obj, kind, created):
+        if not _apply_subscription(account, obj, kind, created):
             return Received(event_id, kind, "out_of_order", tenant_id)
     elif not _apply_invoice(account, obj, kind, created):
         return Received(event_id, kind, "out_of_order", tenant_id)
@@ -202,7 +202,6 @@ def _link_checkout(account: BillingAccount, session: dict[str, Any]) -> None:
 
 
 def _apply_subscription(
-    settings: Settings,
     account: BillingAccount,
     subscription: dict[str, Any],
     kind: str,
@@ -223,29 +222,29 @@ def _apply_subscription(
         if account.subscription_event_at is not None and at < account.subscription_event_at:
             return False
     status = "canceled" if kind == "customer.subscription.deleted" else subscription.get("status")
-    item_id, price_id = _plan_item(settings, subscription)
+    item_id, price_id = _plan_item(subscription)
     account.subscription_id = sub_id
     account.subscription_created = born
     account.subscription_status = str(status)[:32] if status else None
     account.subscription_item_id = item_id
     account.price_id = price_id
-    account.plan = plan_of_price(settings, price_id)
+    account.plan = plan_of_price(price_id)
     account.subscription_event_at = at
     if account.subscription_status in ENDED:
         account.past_due_since = None  # nothing left to pay for
     return True
 
 
-def _plan_item(settings: Settings, subscription: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The item whose price is one of HERALD_STRIPE_PRICES (others, such as the metered
-    overage price, are not the plan); else the first item."""
+def _plan_item(subscription: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The item whose price is a plan's (stripe_price_id in the plans file; others, such as
+    the metered overage price, are not the plan); else the first item."""
     items = ((subscription.get("items") or {}).get("data")) or []
-    prices = set(settings.stripe_prices.values())
+    plan_prices = set(prices().values())
     found: tuple[str | None, str | None] = (None, None)
     for item in items:
         price = item.get("price") or {}
         price_id = price.get("id") if isinstance(price, dict) else price
-        if price_id in prices:
+        if price_id in plan_prices:
             return item.get("id"), price_id
         if found == (None, None):
             found = (item.get("id"), price_id)

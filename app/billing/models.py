@@ -1,12 +1,13 @@
 """billing_accounts: what Stripe says about each tenant's subscription; stripe_events: the
-ids of the webhook events already applied, so that a repeated delivery changes nothing."""
+ids of the webhook events already applied, so that a repeated delivery changes nothing;
+overage_reports: the outbox of overage to report to Stripe's billing meter."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, func, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -61,3 +62,39 @@ class StripeEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     created: Mapped[datetime]  # the event's own time at Stripe
     received_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class OverageReport(Base):
+    """Messages one usage flush took a tenant past its plan's quota in one period, to be
+    reported to Stripe's billing meter (app/billing/overage.py). Written in the flush's own
+    transaction, so exactly once per flush; `identifier` is the meter event's, the same on
+    every attempt, so Stripe bills a report sent twice once.
+
+    Due while `reported_at` and `failed_at` are NULL and `next_attempt_at` has come; a report
+    taken by a worker has `next_attempt_at` moved a lease ahead, so another worker leaves it."""
+
+    __tablename__ = "overage_reports"
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity"),
+        Index(
+            "ix_overage_reports_due",
+            "next_attempt_at",
+            postgresql_where=text("reported_at IS NULL AND failed_at IS NULL"),
+        ),
+    )
+
+    identifier: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    period: Mapped[str] = mapped_column(String(7))  # YYYY-MM, as in the identifier
+    flush_id: Mapped[str] = mapped_column(String(64))  # usage_flushes.id
+    quantity: Mapped[int] = mapped_column(BigInteger)  # messages past the quota
+    # When the flush committed: the meter event's timestamp (Stripe takes 35 days back).
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    reported_at: Mapped[datetime | None]
+    # Given up for good (too old for Stripe, no Stripe customer): `last_error` says why.
+    failed_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text)

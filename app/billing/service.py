@@ -47,12 +47,15 @@ def default_plan(settings: Settings) -> str:
     return plan if plan in plans.plan_names() else "free"
 
 
-def plan_of_price(settings: Settings, price_id: str | None) -> str | None:
-    """The plan HERALD_STRIPE_PRICES sells at this price, if any."""
-    for plan, price in settings.stripe_prices.items():
-        if price == price_id:
-            return plan
-    return None
+def prices() -> dict[str, str]:
+    """The plans for sale and their Stripe prices: each plan's `stripe_price_id` in the
+    plans file, the only place prices are named."""
+    return plans.catalogue().prices()
+
+
+def plan_of_price(price_id: str | None) -> str | None:
+    """The plan the plans file sells at this Stripe price, if any."""
+    return plans.catalogue().plan_of_price(price_id)
 
 
 def entitled_plan(settings: Settings, account: BillingAccount | None, now: datetime) -> str:
@@ -163,9 +166,10 @@ async def start_checkout(
     price (a second subscription would bill twice). `role`: the acting dashboard member's
     (only owners manage billing; None for an API key). The caller commits."""
     roles.require(role, "manage_billing")
-    price = settings.stripe_prices.get(plan)
-    if price is None or plan not in plans.plan_names():
-        sold = ", ".join(p for p in settings.stripe_prices if p in plans.plan_names()) or "none"
+    for_sale = prices()
+    price = for_sale.get(plan)
+    if price is None:
+        sold = ", ".join(for_sale) or "none"
         raise BillingError(422, "validation_error", f"plan: plans for sale: {sold}", "plan")
     account = await account_for_update(session, tenant_id=tenant_id)
     customer = await _customer(session, client, account)
@@ -270,23 +274,39 @@ async def report_overage(
     now: datetime,
 ) -> str | None:
     """Report `quantity` units of overage to the billing meter (HERALD_STRIPE_METER_EVENT)
-    for the tenant's customer; the identifier sent, or None when there is nothing to bill
-    (no quantity, or no Stripe customer)."""
+    for the tenant's customer, as of `now` (the event's timestamp); the identifier sent, or
+    None when there is nothing to bill (no quantity, or no Stripe customer).
+
+    Stripe refuses an identifier it already holds (for at least 24 hours): that refusal says
+    the report was made before, whose answer was lost to us, and counts as reported. Any
+    other Stripe error is raised."""
     identifier = overage_identifier(tenant_id, period, flush_id)
     if quantity <= 0:
         return None
     account = await get_account(session, tenant_id=tenant_id)
     if account is None or account.customer_id is None:
         return None
-    await client.v1.billing.meter_events.create_async(
-        {
-            "event_name": settings.stripe_meter_event,
-            "payload": {"stripe_customer_id": account.customer_id, "value": str(quantity)},
-            "identifier": identifier,
-            "timestamp": int(now.timestamp()),
-        }
-    )
+    try:
+        await client.v1.billing.meter_events.create_async(
+            {
+                "event_name": settings.stripe_meter_event,
+                "payload": {"stripe_customer_id": account.customer_id, "value": str(quantity)},
+                "identifier": identifier,
+                "timestamp": int(now.timestamp()),
+            }
+        )
+    except stripe.InvalidRequestError as error:
+        if not already_reported(error):
+            raise
     return identifier
+
+
+def already_reported(error: stripe.StripeError) -> bool:
+    """Whether Stripe refused a meter event because it holds one with that identifier: a 400
+    `invalid_request_error` "An event already exists with identifier …" (no error code sets
+    it apart; Stripe also answers `Stripe-Should-Retry: false`)."""
+    message = error.user_message or ""
+    return error.http_status == 400 and "already exists with identifier" in message
 
 
 async def end_expired_grace(

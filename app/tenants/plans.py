@@ -2,10 +2,13 @@
 
 A plan sets, per tenant and mode: API request and send rates, render time, log retention,
 dashboard members, and a monthly message quota per channel group with its overage policy
-("block": refused past the quota; "bill": allowed, and billed per 1,000 past it). The file
-is app/tenants/plans.toml unless HERALD_PLANS_FILE names another; it is validated strictly
-(unknown keys, wrong types, a missing plan are errors naming the place) when the settings
-are read at start-up, so a bad file stops the process instead of a tenant's send.
+("block": refused past the quota; "bill": allowed, and billed per 1,000 past it), and the
+Stripe price a paid plan is sold at (`stripe_price_id`: the one place prices are named, so
+that an operator with separate Stripe test and live accounts keeps a plans file for each).
+The file is app/tenants/plans.toml unless HERALD_PLANS_FILE names another; it is validated
+strictly (unknown keys, wrong types, a missing plan, two plans at one price are errors
+naming the place) when the settings are read at start-up, so a bad file stops the process
+instead of a tenant's send.
 
 Rates are tokens per second refilled into token buckets (app/ratelimit); a burst is a
 bucket's capacity, what may be spent at once after a quiet spell. Render time is in
@@ -74,7 +77,9 @@ class Plan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
     members: Count = 0  # 0: no limit
     overage: Literal["block", "bill"] = "block"
     price_per_1000: str | None = None
-    stripe_price_id: str | None = None
+    # The Stripe price a subscription to this plan pays (the only place prices are named):
+    # Checkout sells it, and a subscription at it gives the plan. None: not for sale.
+    stripe_price_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None = None
     quota: Quota = Quota()
 
     def __post_init__(self) -> None:
@@ -120,6 +125,17 @@ class Catalogue:
         """The named plan; an unknown one gets the fallback's (free), never more."""
         return self.plans.get(name) or self.plans[FALLBACK_PLAN]
 
+    def prices(self) -> dict[str, str]:
+        """The plans for sale, each with its Stripe price, in the file's order."""
+        return {n: p.stripe_price_id for n, p in self.plans.items() if p.stripe_price_id}
+
+    def plan_of_price(self, price_id: str | None) -> str | None:
+        """The plan sold at this Stripe price, if any (load makes it at most one)."""
+        for name, price in self.prices().items():
+            if price == price_id:
+                return name
+        return None
+
 
 def load(path: Path, default_plan: str = FALLBACK_PLAN) -> Catalogue:
     """Read and validate a plans file; PlansFileError says what is wrong and where."""
@@ -147,6 +163,18 @@ def load(path: Path, default_plan: str = FALLBACK_PLAN) -> Catalogue:
             if "`plans." not in where:
                 where += f" - in [plans.{name}]"
             raise PlansFileError(f"{path}: {where}") from None
+    sellers: dict[str, str] = {}
+    for name, found_plan in found.items():
+        price = found_plan.stripe_price_id
+        if price is None:
+            continue
+        if price in sellers:
+            # A subscription at that price could not tell which plan it pays for.
+            raise PlansFileError(
+                f"{path}: plans {sellers[price]!r} and {name!r} both have stripe_price_id "
+                f"{price!r}: a price sells one plan"
+            )
+        sellers[price] = name
     if FALLBACK_PLAN not in found:
         raise PlansFileError(
             f"{path}: a plan named {FALLBACK_PLAN!r} is required (unknown plans get its limits)"

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.billing import overage
 from app.channels import CHANNELS
 from app.db import utcnow
 from app.tenants import plans
@@ -122,6 +123,27 @@ _APPLY = text(
 
 # (tenant, period, channel): what a flush changed, for the quota warnings (warnings.py).
 Touched = set[tuple[uuid.UUID, str, str]]
+# _APPLY's upsert, giving back each row it changed: its count after, what this flush added,
+# and the tenant's plan (the overage to bill is read from them, in the same transaction).
+_APPLY_FLUSH = text(
+    """
+    WITH c AS (
+        SELECT c.tenant_id, c.period, c.channel, c.n, t.plan
+          FROM unnest(CAST(:tenants AS uuid[]), CAST(:periods AS date[]),
+                      CAST(:channels AS text[]), CAST(:ns AS bigint[]))
+               AS c(tenant_id, period, channel, n)
+          JOIN tenants AS t ON t.id = c.tenant_id
+    ), changed AS (
+        INSERT INTO usage_counts (tenant_id, period, channel, count)
+        SELECT tenant_id, period, channel, n FROM c
+        ON CONFLICT (tenant_id, period, channel)
+        DO UPDATE SET count = usage_counts.count + EXCLUDED.count
+        RETURNING tenant_id, period, channel, count
+    )
+    SELECT changed.tenant_id, changed.period, changed.channel, c.plan, changed.count, c.n
+      FROM changed JOIN c USING (tenant_id, period, channel)
+    """
+)
 
 
 async def apply(
@@ -129,11 +151,15 @@ async def apply(
     meter: Meter,
     flush_id: str,
     touched: Touched | None = None,
+    *,
+    bill_overage: bool = False,
 ) -> bool:
     """Add one flush's counts to PostgreSQL, once: False when it was applied before.
 
     `touched` gathers the flush's keys either way: a run that applied it and died before
-    checking the warnings leaves them to this one."""
+    checking the warnings leaves them to this one. `bill_overage` (billing on): what the
+    flush took tenants of a billing plan past their quota goes into the overage outbox in
+    the same transaction (app/billing/overage.py)."""
     counts = await meter.flush_counts(flush_id)
     if touched is not None:
         touched.update((c.tenant_id, c.period, c.channel) for c in counts)
@@ -145,8 +171,8 @@ async def apply(
         if first is None:
             return False
         if counts:
-            await session.execute(
-                _APPLY,
+            changed = await session.execute(
+                _APPLY_FLUSH,
                 {
                     "tenants": [c.tenant_id for c in counts],
                     "periods": [period_start(c.period) for c in counts],
@@ -154,23 +180,33 @@ async def apply(
                     "ns": [c.n for c in counts],
                 },
             )
+            if bill_overage:
+                changes = [
+                    overage.Change(tenant, _period_name(period), channel, plan, after, added)
+                    for tenant, period, channel, plan, after, added in changed.all()
+                ]
+                await overage.record(session, flush_id=flush_id, changes=changes)
         await session.commit()
     return True
 
 
 async def flush(
-    sessions: Callable[[], AsyncSession], meter: Meter, touched: Touched | None = None
+    sessions: Callable[[], AsyncSession],
+    meter: Meter,
+    touched: Touched | None = None,
+    *,
+    bill_overage: bool = False,
 ) -> int:
     """Move Redis's counts into PostgreSQL, exactly once; how many flushes were applied.
 
     Also finishes the flushes an earlier run left behind (a crash after the rename, or after
     the commit): usage_flushes tells the ones PostgreSQL already has. `touched` gathers the
-    (tenant, period, channel) keys of every flush seen."""
+    (tenant, period, channel) keys of every flush seen; `bill_overage`: as for apply."""
     token = await meter.lock()
     applied = 0
     try:
         for flush_id in await meter.rotate():
-            applied += await apply(sessions, meter, flush_id, touched)
+            applied += await apply(sessions, meter, flush_id, touched, bill_overage=bill_overage)
             await meter.finish(flush_id)
     finally:
         await meter.unlock(token)
@@ -197,12 +233,14 @@ async def rebuild(
     *,
     tenant_id: uuid.UUID | None = None,
     period: str | None = None,
+    bill_overage: bool = False,
 ) -> int:
     """Recompute usage_counts from `messages` (after a lost Redis, say) for one tenant, one
-    period, or everything; rows written. Pending deltas are flushed first, and Redis's totals
-    of the scope dropped (the next read seeds them from what is rebuilt). Counts recorded
-    while it runs may be counted twice: run it when dispatch is quiet, or for a past period."""
-    await flush(sessions, meter)
+    period, or everything; rows written. Pending deltas are flushed first (`bill_overage`:
+    as for apply), and Redis's totals of the scope dropped (the next read seeds them from
+    what is rebuilt). Counts recorded while it runs may be counted twice: run it when
+    dispatch is quiet, or for a past period. The recount itself bills no overage."""
+    await flush(sessions, meter, bill_overage=bill_overage)
     scope, params = "", dict[str, Any]()
     if tenant_id is not None:
         scope += " AND m.tenant_id = :tenant"

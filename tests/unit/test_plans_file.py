@@ -99,3 +99,19 @@ def test_settings_refuse_a_bad_plans_file_or_default_plan(tmp_path: Path) -> Non
         assert plans.catalogue().default_plan == "pro"
     finally:
         plans.configure(None)
+
+
+def test_the_plans_file_is_where_prices_are_named(tmp_path: Path) -> None:
+    pro = GOOD.replace("[plans.free]", "[plans.pro]")
+    loaded = plans.load(write(tmp_path, GOOD + pro + 'stripe_price_id = "price_pro"\n'))
+    assert loaded.prices() == {"pro": "price_pro"}
+    assert (loaded.plan_of_price("price_pro"), loaded.plan_of_price("price_x")) == ("pro", None)
+    assert loaded.plan_of_price(None) is None
+    # Two plans at one price: a subscription at it could not say which plan it pays for.
+    twice = GOOD + 'stripe_price_id = "price_1"\n' + pro + 'stripe_price_id = "price_1"\n'
+    with pytest.raises(PlansFileError) as error:
+        plans.load(write(tmp_path, twice))
+    assert "plans 'free' and 'pro' both have stripe_price_id 'price_1'" in str(error.value)
+    with pytest.raises(PlansFileError) as error:
+        plans.load(write(tmp_path, GOOD + 'stripe_price_id = ""\n'))
+    assert "plans.free.stripe_price_id" in str(error.value)

@@ -1,6 +1,11 @@
 """A local HTTP server answering the few Stripe API calls Herald makes, with the shapes
 Stripe documents, and recording each request as the SDK sent it (form-encoded, v1).
 
+Meter events are kept by identifier as Stripe keeps them: a second event with an identifier
+Stripe holds is refused (400 invalid_request_error "An event already exists with identifier
+…", `Stripe-Should-Retry: false`) and not counted. `fail_next` makes the next requests to a
+path fail, for tests of what Herald does then.
+
 It runs on a thread of its own (the standard library's threading server): the SDK under test
 reaches it over real HTTP, exactly as it reaches api.stripe.com.
 """
@@ -29,16 +34,31 @@ class Recorded:
 class FakeStripe:
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
-    # Meter events accepted, by identifier: a second event with one is not counted again.
+    # Meter events accepted (billed), by identifier: a second event with one is refused.
     meter_events: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per path, the statuses the next requests get instead of an answer.
+    failures: dict[str, list[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, path: str) -> list[Recorded]:
         with self.lock:
             return [r for r in self.requests if r.path == path]
 
+    def fail_next(self, path: str, times: int = 1, status: int = 500) -> None:
+        """The next `times` requests to `path` fail with `status` (an api_error, which the
+        SDK is told not to retry itself: each failure is one request)."""
+        with self.lock:
+            self.failures.setdefault(path, []).extend([status] * times)
+
     def answer(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         now = int(time.time())
+        with self.lock:
+            pending = self.failures.get(path)
+            status = pending.pop(0) if pending else None
+        if status is not None:
+            return status, {
+                "error": {"type": "api_error", "message": "An error occurred (as asked)."}
+            }
         if path == "/v1/customers":
             metadata = {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")}
             return 200, {
@@ -81,7 +101,16 @@ class FakeStripe:
         if path == "/v1/billing/meter_events":
             identifier = form.get("identifier") or uuid.uuid4().hex
             with self.lock:
-                self.meter_events.setdefault(identifier, form)
+                held = identifier in self.meter_events
+                if not held:
+                    self.meter_events[identifier] = form
+            if held:
+                return 400, {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "message": f"An event already exists with identifier {identifier}.",
+                    }
+                }
             return 200, {
                 "object": "billing.meter_event",
                 "created": now,
@@ -120,6 +149,8 @@ def start(fake: FakeStripe) -> ThreadingHTTPServer:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Request-Id", f"req_{uuid.uuid4().hex[:14]}")
+            if status >= 400:
+                self.send_header("Stripe-Should-Retry", "false")
             self.end_headers()
             self.wfile.write(data)
 

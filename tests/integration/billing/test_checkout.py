@@ -216,6 +216,9 @@ def test_half_a_stripe_configuration_is_refused(settings: Settings) -> None:
     with pytest.raises(SettingsError) as missing:
         settings_for(url, "redis://x", HERALD_STRIPE_SECRET_KEY="sk_test_1")
     assert missing.value.variable == "HERALD_STRIPE_WEBHOOK_SECRET"
+    # Prices are named in the plans file alone: the variable that named them once stops
+    # the process instead of leaving every plan unsold.
     with pytest.raises(SettingsError) as prices:
-        settings_for(url, "redis://x", HERALD_STRIPE_PRICES="growth")
+        settings_for(url, "redis://x", HERALD_STRIPE_PRICES="growth=price_1")
     assert prices.value.variable == "HERALD_STRIPE_PRICES"
+    assert "stripe_price_id in the plans file" in str(prices.value)
