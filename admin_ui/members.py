@@ -10,9 +10,15 @@ An invite made while the owner works on live data is mailed through Herald's sys
 made on test data it is not mailed but shown here, once, as the sandbox's copy of the mail
 (app/auth/members.py says why it is not put in the test delivery log).
 
+The page shows the members against the plan's limit ("N of M members"); an invite past
+the limit is refused as a form error naming the plan and the limit, with a link to the
+billing page.
+
 /invite/{token} is the link's page, open without a session: a person new to Herald names
 themselves and chooses a password; someone with an account signs in to the invited
-address (or, signed in to it already, only confirms). Opening it uses nothing up.
+address (or, signed in to it already, only confirms). Opening it uses nothing up. When the
+tenant's plan has no seat left (it was downgraded since the invite was made), the page
+says so instead of asking for anything (409), and the link keeps working for later.
 
 POST /tenants/switch moves the session to another tenant the person belongs to (a new
 session: new CSRF binding, the new tenant's default data mode); any other tenant is a 404.
@@ -92,15 +98,19 @@ async def _members_page(
     sandbox: SandboxMail | None = None,
     notice: str = "",
     error: str = "",
+    limit_reached: bool = False,
     status_code: int = 200,
 ) -> Response[Any]:
     people = await members.list_members(db_session, tenant_id=member.tenant.id)
     invites = await members.list_invites(db_session, tenant_id=member.tenant.id)
+    seats = await members.seats(db_session, tenant_id=member.tenant.id)
     return page(
         "members/members.html",
         status_code=status_code,
         member=member,
         people=people,
+        seats=seats,
+        limit_reached=limit_reached,
         invites=invites[: members.MAX_PENDING_INVITES],
         form=form or InviteForm(),
         sandbox=sandbox,
@@ -164,7 +174,13 @@ class MembersController(Controller):
             form = InviteForm(
                 email=form.email, role=role, errors={error.field or "email": str(error)}
             )
-            response = await _members_page(db_session, member, form=form, status_code=status)
+            response = await _members_page(
+                db_session,
+                member,
+                form=form,
+                limit_reached=isinstance(error, members.MembersLimitReached),
+                status_code=status,
+            )
             if isinstance(error, TooManyAttempts):
                 response.headers["Retry-After"] = str(error.retry_after)
             return response
@@ -282,6 +298,9 @@ class InviteController(Controller):
         found = await members.open_invite(db_session, token=token)
         if found is None:
             return page("members/invite.html", status_code=404, invite=None, errors={})
+        refusal = await members.invite_refusal(db_session, found=found)
+        if refusal is not None:
+            return _full_page(found, refusal)
         return await _invite_page(request, db_session, found, token)
 
     @post("/{token:str}")
@@ -313,6 +332,11 @@ class InviteController(Controller):
                     name=name[: accounts.MAX_NAME_LENGTH + 1],
                     password=password,
                 )
+        except members.MembersLimitReached as refusal:
+            # Nothing of this attempt stays (the account, the invite's use): the link works
+            # again once the tenant has a seat.
+            await db_session.rollback()
+            return _full_page(found, refusal)
         except (AccountError, MemberError) as error:
             if str(error) == members.INVALID_LINK:
                 return page("members/invite.html", status_code=404, invite=None, errors={})
@@ -341,6 +365,11 @@ class InviteController(Controller):
                 secure=settings.secure_cookies,
             )
         return response
+
+
+def _full_page(found: members.OpenInvite, refusal: members.MembersLimitReached) -> Response[Any]:
+    """The invite works, but its tenant's plan has no seat for it now."""
+    return page("members/invite.html", status_code=409, invite=found, full=str(refusal), errors={})
 
 
 def _signed_in_as(signed_in: Member | None, found: members.OpenInvite) -> bool:

@@ -7,6 +7,18 @@ always keeps at least one owner: demoting or removing its last owner is refused
 row (`FOR UPDATE`), so two owners demoting each other at once cannot leave it with none.
 Every change is written to the audit log.
 
+The plan's members limit (`members` in the plans file, app/tenants/plans.py; 0: no limit)
+bounds a tenant's members. Pending invites hold a seat each: inviting is refused once
+members and pending (unexpired) invites together reach the limit. Joining (accepting an
+invite, or a first single sign-on of a tenant's domain, app/auth/sso/signin.py) is checked
+again, against the members alone for an invite (its seat was counted when it was made),
+against members and the other pending invites for single sign-on (which had no seat):
+a plan downgraded since the invite was made refuses the acceptance, and the invite stays
+usable until it expires, for when the tenant upgrades or frees a seat. Every check and
+the write it guards run under the tenant row's lock, so two joins at once cannot pass the
+limit together. A downgrade never removes anyone: a tenant over its new limit keeps its
+members and admits no one until it is back under it.
+
 Invitations. An invite names an e-mail address and a role; its link carries a random token
 of which only the SHA-256 is stored. It works once (accepting deletes the row, in the
 statement that checks it), for `INVITE_LIFETIME`; inviting the same address again replaces
@@ -52,6 +64,7 @@ from app.auth.accounts import AccountError, Client, Guards, TooManyAttempts, nor
 from app.auth.models import MemberInvite, Membership, User
 from app.auth.throttle import INVITE_ACCEPT_PER_NETWORK, INVITES_PER_TENANT, AccountThrottle
 from app.db import utcnow
+from app.tenants import plans
 from app.tenants.models import Tenant
 
 INVITE_LIFETIME = timedelta(days=7)
@@ -82,6 +95,33 @@ class LastOwner(MemberError):
 
 
 @dataclass(frozen=True)
+class Seats:
+    """A tenant's members against its plan's limit."""
+
+    plan: str  # the plan's name (an unknown one: the fallback plan whose limits apply)
+    limit: int  # 0: no limit
+    members: int
+    invites: int  # pending and unexpired
+
+    def full(self, *, counting_invites: bool) -> bool:
+        """No seat left for one more member (pending invites taking theirs, if counted)."""
+        taken = self.members + (self.invites if counting_invites else 0)
+        return self.limit > 0 and taken >= self.limit
+
+
+def _people(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+class MembersLimitReached(MemberError):
+    """The plan allows no more members; the message says so for whoever is refused."""
+
+    def __init__(self, message: str, seats: Seats) -> None:
+        super().__init__(message, field="email")
+        self.seats = seats
+
+
+@dataclass(frozen=True)
 class MemberRow:
     user_id: uuid.UUID
     name: str
@@ -106,6 +146,7 @@ class OpenInvite:
     role: str
     expires_at: datetime
     has_account: bool
+    tenant_id: uuid.UUID
 
 
 def _digest(token: str) -> bytes:
@@ -146,9 +187,102 @@ async def list_invites(session: AsyncSession, *, tenant_id: uuid.UUID) -> list[M
     return list(result.all())
 
 
-async def _lock_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> None:
-    """Membership changes of one tenant, one at a time (until the caller commits)."""
-    await session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+async def _lock_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> str | None:
+    """Membership changes of one tenant, one at a time (until the caller commits); the
+    tenant's plan as the lock found it (None: no such tenant). A plan change (billing's
+    `settle`) locks the same row, so a check made under this lock sees the plan current."""
+    plan: str | None = await session.scalar(
+        select(Tenant.plan).where(Tenant.id == tenant_id).with_for_update()
+    )
+    return plan
+
+
+async def _seats(
+    session: AsyncSession, tenant_id: uuid.UUID, plan_name: str, *, but: str | None = None
+) -> Seats:
+    """The tenant's seats; `but`: an address whose own pending invite is not counted (it is
+    being replaced, or used)."""
+    known = plan_name if plan_name in plans.plan_names() else plans.FALLBACK_PLAN
+    members = await session.scalar(
+        select(func.count()).where(Membership.tenant_id == tenant_id)  # ix_memberships_tenant_id
+    )
+    pending = select(func.count()).where(
+        MemberInvite.tenant_id == tenant_id, MemberInvite.expires_at > func.now()
+    )
+    if but is not None:
+        pending = pending.where(func.lower(MemberInvite.email) != but.lower())
+    invites = await session.scalar(pending)
+    return Seats(known, plans.plan(known).members, members or 0, invites or 0)
+
+
+async def seats(session: AsyncSession, *, tenant_id: uuid.UUID) -> Seats:
+    """The tenant's members and pending invites against its plan's limit (for display)."""
+    plan_name = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
+    return await _seats(session, tenant_id, plan_name or plans.FALLBACK_PLAN)
+
+
+def _invite_refusal(seats: Seats) -> MembersLimitReached:
+    pending = f" and {_people(seats.invites, 'invitation', 'invitations')} pending"
+    return MembersLimitReached(
+        f"The {seats.plan} plan allows {_people(seats.limit, 'member', 'members')}: this "
+        f"tenant has {seats.members}{pending if seats.invites else ''}. Upgrade the plan on "
+        "the billing page, or remove a member or revoke an invitation, to invite someone "
+        "else.",
+        seats,
+    )
+
+
+def join_refusal(
+    seats: Seats, *, tenant_name: str, email: str, counting_invites: bool
+) -> MembersLimitReached:
+    """Why `email` cannot join now: for the person joining, who cannot change the plan."""
+    pending = ""
+    if counting_invites and seats.invites:
+        pending = f" (and {_people(seats.invites, 'invitation', 'invitations')} pending)"
+    return MembersLimitReached(
+        f"{tenant_name} is on the {seats.plan} plan, which allows "
+        f"{_people(seats.limit, 'member', 'members')}, and has "
+        f"{seats.members}{pending} already, so {email} cannot join it now. Ask one of its "
+        "owners to upgrade the plan or to remove a member.",
+        seats,
+    )
+
+
+async def _is_member(session: AsyncSession, tenant_id: uuid.UUID, email: str) -> bool:
+    found = await session.scalar(
+        select(Membership.user_id)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
+    )
+    return found is not None
+
+
+async def check_join(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    email: str,
+    counting_invites: bool,
+    lock: bool = True,
+) -> None:
+    """MembersLimitReached when `email`, not a member yet, would take a seat the tenant's
+    plan does not have; nothing for one already a member (joining changes nothing). With
+    `lock` (the default) the tenant row is locked first, so the check holds until the
+    caller commits the membership; without it, it is an early answer that the locked
+    check repeats. `counting_invites`: the joiner has no seat of their own (single
+    sign-on), so pending invites of other addresses keep theirs."""
+    if lock:
+        plan_name = await _lock_tenant(session, tenant_id)
+    else:
+        plan_name = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
+    if plan_name is None or await _is_member(session, tenant_id, email):
+        return
+    found = await _seats(session, tenant_id, plan_name, but=email)
+    if found.full(counting_invites=counting_invites):
+        name = await session.scalar(select(Tenant.name).where(Tenant.id == tenant_id))
+        raise join_refusal(
+            found, tenant_name=name or "This tenant", email=email, counting_invites=counting_invites
+        )
 
 
 async def invite(
@@ -173,15 +307,14 @@ async def invite(
     _check_role(role)
     if delivery not in (MAIL, SANDBOX):
         raise ValueError(f"unknown delivery {delivery!r}")
-    await _lock_tenant(session, tenant_id)
-    member = await session.scalar(
-        select(Membership.user_id)
-        .join(User, User.id == Membership.user_id)
-        .where(Membership.tenant_id == tenant_id, func.lower(User.email) == email.lower())
-    )
-    if member is not None:
+    plan_name = await _lock_tenant(session, tenant_id)
+    if await _is_member(session, tenant_id, email):
         raise MemberError(f"{email} is a member already.", field="email")
     # Every check comes before the first write: a refused invite leaves nothing to undo.
+    # The address's own pending invite is replaced below: its seat passes to the new one.
+    taken = await _seats(session, tenant_id, plan_name or plans.FALLBACK_PLAN, but=email)
+    if taken.full(counting_invites=True):
+        raise _invite_refusal(taken)
     others = await session.scalar(
         select(func.count()).where(
             MemberInvite.tenant_id == tenant_id,
@@ -295,7 +428,26 @@ async def open_invite(session: AsyncSession, *, token: str) -> OpenInvite | None
     user = await session.scalar(
         select(User.id).where(func.lower(User.email) == found.email.lower())
     )
-    return OpenInvite(tenant_name, found.email, found.role, found.expires_at, user is not None)
+    return OpenInvite(
+        tenant_name, found.email, found.role, found.expires_at, user is not None, found.tenant_id
+    )
+
+
+async def invite_refusal(session: AsyncSession, *, found: OpenInvite) -> MembersLimitReached | None:
+    """Why the invite cannot be accepted now (its tenant has no seat left), if it cannot:
+    an early answer, before anyone types a password; accepting checks again under the
+    lock."""
+    try:
+        await check_join(
+            session,
+            tenant_id=found.tenant_id,
+            email=found.email,
+            counting_invites=False,
+            lock=False,
+        )
+    except MembersLimitReached as refusal:
+        return refusal
+    return None
 
 
 @dataclass(frozen=True)
@@ -307,9 +459,17 @@ class Accepted:
 
 
 async def take_invite(session: AsyncSession, *, token: str) -> Accepted | None:
-    """Use up a valid link (in the caller's transaction): None when it does not work."""
+    """Use up a valid link (in the caller's transaction): None when it does not work.
+    The tenant row is locked first (as every membership change locks it before touching
+    an invite), and stays locked for `join`'s check until the caller commits."""
     if not _plausible(token):
         return None
+    tenant_id = await session.scalar(
+        select(MemberInvite.tenant_id).where(MemberInvite.token_hash == _digest(token))
+    )
+    if tenant_id is None:
+        return None
+    await _lock_tenant(session, tenant_id)
     row = (
         await session.execute(
             delete(MemberInvite)
@@ -329,9 +489,15 @@ async def take_invite(session: AsyncSession, *, token: str) -> Accepted | None:
 
 async def join(session: AsyncSession, *, accepted: Accepted, user: User) -> str:
     """Make `user` (whose address the invite named) a member with the invite's role, in the
-    caller's transaction; one already a member keeps the role they have. Their role."""
+    caller's transaction; one already a member keeps the role they have. Their role.
+    MembersLimitReached when the tenant's plan has no seat left (a downgrade since the
+    invite was made): the caller rolls back, and the invite works again later."""
     if user.email.lower() != accepted.email.lower():
         raise MemberError(f"This invitation is for {accepted.email}.")
+    # The invite's seat was counted when it was made: only members are counted now.
+    await check_join(
+        session, tenant_id=accepted.tenant_id, email=user.email, counting_invites=False
+    )
     await session.execute(
         insert(Membership)
         .values(user_id=user.id, tenant_id=accepted.tenant_id, role=accepted.role)
@@ -476,6 +642,9 @@ async def accept_as_new_person(
         raise AccountError(INVALID_LINK)
     if found.has_account:
         raise AccountError(f"{found.email} has a Herald account: sign in to it to join.")
+    refusal = await invite_refusal(session, found=found)
+    if refusal is not None:
+        raise refusal
     await session.commit()  # hand the connection back while hashing
     password_hash = await guards.passwords.hash(password)
     accepted = await take_invite(session, token=token)
@@ -506,6 +675,9 @@ async def accept_as_user(
     found = await open_invite(session, token=token)
     if found is None:
         raise AccountError(INVALID_LINK)
+    refusal = await invite_refusal(session, found=found)
+    if refusal is not None:
+        raise refusal
     device_token = None
     user = signed_in
     if user is None or user.email.lower() != found.email.lower():

@@ -6,6 +6,9 @@ of the tenant with that address signs in. Anyone else joins the tenant (just in 
 the configured default role when the address's domain is one of the tenant's SSO domains, as
 a new user (with no usable password: an unguessable one, hashed) or as an existing Herald
 user who belongs to other tenants; otherwise they are refused and told to ask for an invite.
+Joining takes a seat of the tenant's plan (app/auth/members.py): when its members and the
+invites pending for other addresses fill the plan's `members`, the person is refused and
+told so; one who had an invite pending joins in its seat, and the invite is dropped.
 
 "Require SSO" refuses password sign-in to the tenant's members except its owners: owners
 keep their password as the way back in (break-glass) should the provider fail or the
@@ -18,14 +21,14 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
-from app.auth import roles
+from app.auth import members, roles
 from app.auth.accounts import MAX_EMAIL_LENGTH, MAX_NAME_LENGTH, AccountError, normalise_email
-from app.auth.models import Membership, User
+from app.auth.models import MemberInvite, Membership, User
 from app.auth.passwords import Passwords
 from app.auth.sso.config import domains_of, tenants_requiring_sso
 from app.auth.sso.models import SsoConfig
@@ -73,6 +76,17 @@ async def sign_in(
             f"{email} is not a member of this Herald account, and people of {domain} do not "
             "join it by signing in. Ask one of its owners to invite you."
         )
+    # Under the tenant row's lock until the caller commits: joins one at a time.
+    try:
+        await members.check_join(session, tenant_id=tenant_id, email=email, counting_invites=True)
+    except members.MembersLimitReached as refusal:
+        raise SignInFailed(str(refusal)) from None
+    # Their pending invite, if any, is moot now: its seat is the one they take.
+    await session.execute(
+        delete(MemberInvite).where(
+            MemberInvite.tenant_id == tenant_id, func.lower(MemberInvite.email) == email.lower()
+        )
+    )
     if user is None:
         user = await _new_user(session, passwords, email=email, name=identity.name)
     session.add(Membership(user_id=user.id, tenant_id=tenant_id, role=config.default_role))

@@ -30,6 +30,8 @@ from app.auth.throttle import INVITES_PER_TENANT
 from app.db import session_factory, utcnow
 from app.main import create_app
 from app.runtime import ServiceUrls
+from app.tenants import plans
+from app.tenants.models import Tenant
 from tests.dashboard import (
     PASSWORD,
     browser,
@@ -96,6 +98,16 @@ async def add_member(session: AsyncSession, tenant_id: uuid.UUID, role: str, ema
     session.add(Membership(user_id=user.id, tenant_id=tenant_id, role=role))
     await session.commit()
     return user
+
+
+async def without_members_limit(session: AsyncSession, owner_email: str) -> None:
+    """Put the owner's tenant on a plan of the configured file with no members limit, for
+    the tests of the other bounds on invitations (tests/integration/dashboard/
+    test_members_limit.py tests the limit)."""
+    unlimited = next(name for name, plan in plans.catalogue().plans.items() if plan.members == 0)
+    tenant_id = await tenant_of(session, owner_email)
+    await session.execute(update(Tenant).where(Tenant.id == tenant_id).values(plan=unlimited))
+    await session.commit()
 
 
 async def user_by_email(session: AsyncSession, email: str) -> User:
@@ -350,6 +362,7 @@ async def test_invitations_are_bounded_and_checked(
     client: httpx.AsyncClient, session: AsyncSession
 ) -> None:
     email = await owner_on(client, "test")
+    await without_members_limit(session, email)
     bad = await invite(client, "not-an-address")
     assert bad.status_code == 422 and 'id="error-email"' in bad.text
     long = await invite(client, "a" * 400 + "@acme.example")
@@ -528,7 +541,7 @@ async def test_mailed_invitations_are_limited_per_tenant(
     box, _ = mailbox
     limit = INVITES_PER_TENANT.burst
     async with browser(mailing_app) as owner:
-        await owner_on(owner, "live", verify=session)
+        await without_members_limit(session, await owner_on(owner, "live", verify=session))
         for _ in range(limit):
             assert (await invite(owner, unique_email("mailed"))).status_code == 303
         over = await invite(owner, unique_email("one-too-many"))
