@@ -428,5 +428,36 @@ async def test_the_dashboard_shows_the_refusal(
         assert "Refused: larger than the quota left" in refusal
         assert "quota-test" in refusal and "50 recipients" in refusal
         assert "no message was written or counted" in refusal
+        assert "Never: it was refused" in page.text
         listed = await viewer.get("/notifications?status=refused")
         assert listed.status_code == 200 and notification_id in listed.text
+
+
+async def test_a_run_that_held_the_audience_and_died_before_its_commit_holds_nothing_twice(
+    client: httpx.AsyncClient, session: AsyncSession, service_urls: ServiceUrls, redis: Redis
+) -> None:
+    """The hold is in Redis before the first page commits: a run killed between the two
+    leaves the hold and no `quota_held`. The next run holds again in its place, not on top of
+    it (10 left, 10 asked: it fits), and sends every message once."""
+    tenant = await on_plan(session, "quota-test")
+    await choose(client, tenant, "refuse")
+    await audience_of(client, tenant, 10)
+    await leave(client, tenant, 10)
+    notification_id = await broadcast(client, tenant)
+    # What the dead run left: the audience held for this notification, nothing committed.
+    meter = Meter(redis)
+    period = period_of(utcnow())
+    lost_run = Reservation(
+        tenant.tenant_id,
+        uuid.UUID(notification_id),
+        period,
+        utcnow(),
+        [("inbox", 10, 1000)],
+    )
+    assert await meter.reserve([lost_run]) == [None]
+    assert await holds_of(redis, tenant, notification_id) == {"inbox": 10}
+
+    await dispatch(service_urls, notification_id)
+    assert await messages_of(session, notification_id) == {("queued", None): 10}
+    assert await holds_of(redis, tenant, notification_id) == {}
+    await exactly_left(client, tenant, 0)
