@@ -30,7 +30,7 @@ from admin_ui.query_params import read_cursor
 from admin_ui.session import Member, SignedInMember, provide_member, refused, require
 from app.auth import roles
 from app.dependencies import DbSession, OutboxDependency
-from app.notifications import queries, tallies
+from app.notifications import log, queries, tallies
 from app.notifications.models import MESSAGE_STATUSES, NOTIFICATION_STATUSES, Notification
 from app.notifications.queries import NotificationFilters
 
@@ -186,6 +186,7 @@ class NotificationsController(Controller):
         return page(
             "notifications/detail.html",
             targets=Targets.of(notification),
+            refusal=log.why_refused(notification),
             **_panel_context(member, notification, counts, NOTICES.get(done, "")),
         )
 

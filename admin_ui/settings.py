@@ -4,7 +4,9 @@
   non-critical messages (critical categories still flow), or let it flow;
 - the retry policy: how many attempts within how many hours before a message goes to the
   dead-letter queue (bounds in app/delivery/retry.py);
-- the default locale of recipients who have none.
+- the default locale of recipients who have none;
+- what a broadcast larger than what is left of the plan's quota does: go out up to the
+  quota, or be refused whole (app/usage/overflow.py).
 
 These are the tenant's and apply to both data modes. Changing them is for owners and admins
 (manage_settings), checked here and by the service; each change is audited. Lifting a pause
@@ -28,6 +30,7 @@ from app.delivery import held
 from app.delivery.retry import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
 from app.dependencies import DbSession, OutboxDependency
 from app.tenants import delivery_controls as controls
+from app.usage import overflow
 
 SWITCH_CHOICES = {
     "off": "Sending",
@@ -43,6 +46,17 @@ NOTICES = {
     "switch": "Kill switch changed.",
     "retry": "Retry policy saved. It applies to attempts scheduled from now on.",
     "locale": "Default locale saved.",
+    "quota": "Saved. It applies to broadcasts dispatched from now on.",
+}
+QUOTA_CHOICES = {
+    "send_partial": (
+        "Send up to the quota",
+        "What the quota cannot hold is skipped (reason: quota); the rest goes out.",
+    ),
+    "refuse": (
+        "Refuse the whole broadcast",
+        "Nothing is sent; the notification ends refused, and the quota is left as it was.",
+    ),
 }
 MAX_NUMBER_TEXT = 12
 MAX_LOCALE_TEXT = 35
@@ -66,6 +80,7 @@ async def _settings_page(
         "max_attempts": str(policy.max_attempts),
         "window_hours": f"{policy.window_hours:g}",
         "default_locale": delivery.default_locale or "",
+        "on_quota_exceeded": delivery.on_quota_exceeded,
         **(values or {}),
     }
     return page(
@@ -80,6 +95,7 @@ async def _settings_page(
         values=shown,
         attempts_range=MAX_ATTEMPTS_RANGE,
         hours_range=WINDOW_HOURS_RANGE,
+        quota_choices=QUOTA_CHOICES,
         notice=NOTICES.get(notice, ""),
         errors=errors or {},
     )
@@ -200,3 +216,31 @@ class SettingsController(Controller):
             )
         await db_session.commit()
         return see_other(request, "/settings?notice=locale")
+
+    @post("/on-quota-exceeded")
+    async def set_on_quota_exceeded(
+        self, request: Request[Any, Any, Any], db_session: DbSession, member: SignedInMember
+    ) -> Response[Any]:
+        require(member, "manage_settings")
+        choice = form_text(await request.form(), "on_quota_exceeded")
+        if choice not in overflow.CHOICES:
+            return await _settings_page(
+                db_session,
+                member,
+                errors={"on_quota_exceeded": "Choose to send up to the quota or to refuse."},
+                status_code=422,
+            )
+        try:
+            await controls.set_on_quota_exceeded(
+                db_session,
+                tenant_id=member.tenant.id,
+                choice=choice,
+                actor=member.actor,
+                role=member.role,
+            )
+        except roles.RoleNotAllowed as error:
+            raise refused(member, error) from None
+        except controls.TenantNotFound:
+            raise NotFoundException("This tenant no longer exists.") from None
+        await db_session.commit()
+        return see_other(request, "/settings?notice=quota")

@@ -49,6 +49,7 @@ _HELP = {
     "message.opened": "The recipient opened it",
     "message.clicked": "The recipient clicked a link in it",
     "notification.completed": "Every message of a notification is done",
+    "notification.refused": "A broadcast was refused whole: larger than the quota left",
     "recipient.unsubscribed": "A recipient unsubscribed",
     "recipient.suppressed": "An address is suppressed (hard bounce, complaint)",
 }

@@ -39,6 +39,7 @@ from app.notifications.writer import IntakeUnavailable
 from app.pagination import MAX_LIMIT
 from app.problems import Problem, ProblemDetails, conversion_error, field_error, problem_body
 from app.receipts import service as receipts
+from app.usage import overflow
 from app.usage.quota import QuotaExceeded
 
 ApiRequest = Request[Principal, None, Any]
@@ -298,6 +299,7 @@ class NotificationController(Controller):
             problems=n.problems,
             messages=[message_out(m) for m in view.messages],
             has_more_messages=view.has_more_messages,
+            on_quota_exceeded=overflow.own(n.on_quota_exceeded),
         )
 
     @post(

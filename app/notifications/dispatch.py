@@ -14,6 +14,11 @@ the budget runs out part-way, the messages rendered so far are written (and go o
 notification stays `accepted` with `dispatch_after` set, and the caller dispatches it again
 then: that run skips every (recipient, channel, address) already written and reuses the
 shared renders already made, so a large personalised send proceeds at the tenant's pace.
+
+A broadcast larger than what is left of a blocking plan's quota goes out up to the quota,
+or, when the tenant or the notification chose `refuse` (app/usage/overflow.py), is counted
+and held whole before its first page and, when it does not fit, ends `refused` with no
+message written (`_hold_audience`).
 """
 
 from __future__ import annotations
@@ -50,8 +55,11 @@ from app.templates.rendering import RenderFailed, is_personalised
 from app.templates.service import get_template
 from app.tenants.delivery_controls import DeliverySettings, get_delivery_settings
 from app.tenants.plans import limits_for
-from app.usage import quota, recording
+from app.usage import overflow, quota, recording
 from app.usage.meter import Meter
+from app.usage.quota import QuotaExceeded
+from app.webhooks.events import Event
+from app.webhooks.events import record as record_events
 
 UNPACED_CHANNELS = ("inbox",)  # Herald's own store: no tokens (app/delivery/routing.py)
 MIN_DEFER = timedelta(seconds=1)  # a dispatch out of render budget waits at least this
@@ -137,9 +145,13 @@ async def dispatch(
         and notification.releasing
     ):
         await _cancel_held(session, notification)
+        # It writes no more: what its audience still holds of the quota goes back.
+        recording.note_done(
+            session, tenant_id=notification.tenant_id, notification_id=notification.id
+        )
         return Dispatched([])
     # Paused: resuming it enqueues its dispatch again (queries.resume).
-    if notification is None or notification.status in ("cancelled", "failed", "paused"):
+    if notification is None or notification.status in ("cancelled", "failed", "paused", "refused"):
         return Dispatched([])
     with tracer().start_as_current_span(
         "herald.dispatch",
@@ -359,6 +371,8 @@ async def _expand(
         sources = await _sources(session, notification)
         if sources is None:
             return None
+        if not await _hold_audience(session, notification, tenant, meter):
+            return None  # refused whole: nothing to write
         template = sources[0]
         if not expansion.personalised(
             template, notification.channels, notification.locale, tenant.default_locale
@@ -532,6 +546,96 @@ async def _expand_page(
     return None
 
 
+async def _hold_audience(
+    session: AsyncSession,
+    notification: Notification,
+    tenant: DeliverySettings,
+    meter: Meter | None,
+) -> bool:
+    """Under `refuse`, before the broadcast's first page: count its audience and hold it
+    whole against the quota; False when it does not fit, the notification then refused.
+
+    Test mode, a plan that bills its overage, channels without a quota and metering off
+    are never refused. Counted once: `quota_held` is committed with the first page (or the
+    render budget's deferral), and a broadcast whose first page is written is past
+    refusing (its pages go on up to the quota)."""
+    if (
+        meter is None
+        or notification.mode != "live"
+        or notification.quota_held
+        or notification.expansion_cursor is not None
+        or overflow.chosen(notification.on_quota_exceeded, tenant.on_quota_exceeded) != "refuse"
+    ):
+        return True
+    bound = quota.audience_bound(tenant.plan, notification.channels)
+    if bound is None:
+        return True
+    recipients = await expansion.audience_size(session, notification, bound)
+    over = await quota.hold_audience(
+        session,
+        meter,
+        tenant_id=notification.tenant_id,
+        plan=tenant.plan,
+        notification_id=notification.id,
+        channels=notification.channels,
+        recipients=recipients,
+    )
+    if over is None:
+        notification.quota_held = True
+        return True
+    await _refuse(session, notification, over, recipients, at_least=recipients >= bound)
+    return False
+
+
+async def _refuse(
+    session: AsyncSession,
+    notification: Notification,
+    over: QuotaExceeded,
+    recipients: int,
+    *,
+    at_least: bool,
+) -> None:
+    """End the notification `refused` for its quota, with the reason where the tenant reads
+    it (GET /v1/notifications/{id}, the dashboard) and the `notification.refused` event."""
+    resets_at = over.resets_at.isoformat().replace("+00:00", "Z")
+    size = f"at least {recipients}" if at_least else str(recipients)
+    reason = {
+        "channel": over.channel,
+        "plan": over.plan,
+        "remaining": over.left,
+        "recipients": recipients,
+        "resets_at": resets_at,
+        "detail": (
+            f"The audience ({size} recipients) is larger than the {over.left} {over.channel} "
+            f"message(s) left of the {over.plan} plan's monthly quota; nothing was sent. "
+            f"The quota resets at {resets_at}."
+        ),
+    }
+    notification.status = "refused"
+    notification.problems = {**notification.problems, "quota_exceeded": reason}
+    notification.dispatch_attempts = 0
+    notification.dispatch_error = None
+    notification.dispatch_after = None
+    notification.releasing = False
+    await record_events(
+        session,
+        [
+            Event(
+                tenant_id=notification.tenant_id,
+                mode=notification.mode,
+                type="notification.refused",
+                ordering_key=str(notification.id),
+                data={
+                    "notification_id": str(notification.id),
+                    "reason": "quota_exceeded",
+                    **{k: v for k, v in reason.items() if k != "detail"},
+                },
+            )
+        ],
+        utcnow(),
+    )
+
+
 async def _meter_page(
     session: AsyncSession,
     notification: Notification,
@@ -549,6 +653,7 @@ async def _meter_page(
             plan=tenant.plan,
             notification_id=notification.id,
             queued=dict(queued),
+            held=notification.quota_held,
         )
         for channel, excess in over.items():
             queued[channel] -= await expansion.skip_over_quota(

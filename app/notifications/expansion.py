@@ -339,12 +339,15 @@ def _skip_reason(
     return case(*whens, else_=None)
 
 
-def _page(notification: Notification, audience: Audience, size: int) -> Any:
-    """The audience's next `size` recipients in id order, after the cursor.
+def _page(
+    notification: Notification, audience: Audience, size: int, *, from_start: bool = False
+) -> Any:
+    """The audience's next `size` recipients in id order, after the cursor (`from_start`:
+    the first `size`).
 
     A topic's page is walked on its members' primary key (tenant, mode, topic, recipient),
     which gives the order by itself: the plan is the same whatever the statistics say."""
-    after = notification.expansion_cursor
+    after = None if from_start else notification.expansion_cursor
     columns = (
         Recipient.id,
         Recipient.external_id,
@@ -388,6 +391,16 @@ def _page(notification: Notification, audience: Audience, size: int) -> Any:
         .order_by(Recipient.id)
         .limit(size)
     )
+
+
+async def audience_size(session: AsyncSession, notification: Notification, bound: int) -> int:
+    """How many recipients the audience has now, counted up to `bound`: one statement over
+    the selection its pages walk, from the start, that reads at most `bound` of them."""
+    selection = _page(notification, audience_of(notification), bound, from_start=True)
+    found = await session.scalar(
+        select(func.count()).select_from(selection.order_by(None).subquery("audience"))
+    )
+    return int(found or 0)
 
 
 def page_statement(

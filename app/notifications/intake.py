@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from app.audiences import service as audiences
 from app.audiences.schemas import Audience
@@ -122,7 +123,24 @@ def notification_row(
         "send_at": _send_at(body.send_at),
         "status": "accepted",
         "created_at": utcnow(),
+        "on_quota_exceeded": _on_quota_exceeded(body),
     }
+
+
+def _on_quota_exceeded(body: NotificationCreate) -> str | None:
+    """The request's choice for a broadcast larger than the quota left (None: the tenant's).
+
+    A list of recipients has no such choice: its size is known at intake, where a list over
+    quota is refused whole (429), so a `send_partial` there could only mislead."""
+    if body.on_quota_exceeded is UNSET:
+        return None
+    if not isinstance(body.to, Audience):
+        raise InvalidNotification(
+            "on_quota_exceeded",
+            "only for an audience (a topic, all or a filter); a list of recipients over "
+            "quota is refused whole when it is sent",
+        )
+    return body.on_quota_exceeded
 
 
 def _audience(to: list[str | RecipientInput] | Audience) -> dict[str, Any]:

@@ -484,9 +484,12 @@ SKIP_REASONS: dict[str, str] = {
     "erased": "The recipient was erased, and their unsent messages with them.",
     "quota": (
         "Your plan's monthly quota for this channel was used up when this broadcast reached "
-        "this recipient, so Herald did not send it. It resets at the start of next month."
+        "this recipient, so Herald did not send it. It resets at the start of next month. "
+        "A broadcast larger than the quota left can be refused whole instead (your settings, "
+        "or the notification's on_quota_exceeded)."
     ),
 }
+
 # Why a failed message failed, by error class (app/providers/base.py; `render` from dispatch).
 ERROR_CLASSES: dict[str, str] = {
     "transient": (
@@ -546,6 +549,21 @@ def why_not_sent(message: Message) -> str | None:
     if status == "queued" and message.next_attempt_at is not None and message.attempts == 0:
         return "It is waiting for its turn: held by a pause, a schedule or your sending rate."
     return None
+
+
+def why_refused(notification: Notification) -> str | None:
+    """Why a broadcast was refused whole, in plain words; None for one that was not."""
+    reason = (
+        notification.problems.get("quota_exceeded") if notification.status == "refused" else None
+    )
+    if not isinstance(reason, dict):
+        return None
+    return (
+        f"{reason.get('detail', 'It was larger than what was left of the quota.')} It was set "
+        "to be refused whole rather than sent up to the quota (your settings, or this "
+        "notification's on_quota_exceeded): no message was written or counted, and the quota "
+        "is as it was."
+    )
 
 
 @dataclass(frozen=True)

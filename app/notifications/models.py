@@ -30,9 +30,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, CreatedAt, UuidPrimaryKey
 from app.modes import mode_check, mode_column
+from app.usage import overflow
 
 PRIORITIES = ("high", "normal", "low")
-NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "failed")
+# `refused`: a broadcast refused whole at dispatch, larger than its quota's remainder
+# (app/usage/overflow.py); it wrote no message.
+NOTIFICATION_STATUSES = ("accepted", "dispatched", "paused", "cancelled", "failed", "refused")
 # The send path's statuses, then those only providers' receipts set (app/receipts/progress.py):
 # they move a sent message forward only, and bounced, complained and undelivered are final.
 SEND_STATUSES = ("queued", "sending", "sent", "retrying", "failed", "skipped", "cancelled")
@@ -54,6 +57,7 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
         UniqueConstraint("tenant_id", "mode", "idempotency_key"),
         CheckConstraint(f"priority IN {PRIORITIES!r}", name="priority"),
         CheckConstraint(f"status IN {NOTIFICATION_STATUSES!r}", name="status"),
+        CheckConstraint(overflow.CHECK, name="on_quota_exceeded"),
         Index("ix_notifications_tenant_id_mode_id", "tenant_id", "mode", "id"),
         # The delivery log's template filter: the template's notifications, newest first.
         Index(
@@ -121,6 +125,12 @@ class Notification(UuidPrimaryKey, CreatedAt, Base):
     # When it was first seen dispatched with no message queued, sending or retrying (and its
     # notification.completed event written); app/webhooks/completion.py.
     completed_at: Mapped[datetime | None]
+    # What the request chose for a broadcast larger than the quota left (null: the tenant's
+    # setting at dispatch); app/usage/overflow.py.
+    on_quota_exceeded: Mapped[str | None] = mapped_column(String(16))
+    # Its audience was counted and held whole against the quota before its first page
+    # (`refuse`): its pages use that hold, and a re-run does not count it again.
+    quota_held: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
 
 
 class Render(UuidPrimaryKey, Base):

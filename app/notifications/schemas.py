@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from app.audiences.schemas import Audience
 from app.categories.keys import KEY_SCHEMA as CATEGORY_KEY_SCHEMA
@@ -15,6 +16,7 @@ from app.problems import ProblemDetails
 from app.recipients.schemas import Locale, RecipientInput
 from app.recipients.validation import EXTERNAL_ID_SCHEMA, MAX_EXTERNAL_ID
 from app.templates.validation import KEY_PATTERN
+from app.usage.overflow import OnQuotaExceeded
 
 MAX_RECIPIENTS = 1_000
 MAX_DATA_BYTES = 64 * 1024
@@ -56,6 +58,7 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
             "template": "welcome",
             "to": {"filter": {"op": "equals", "field": "data.plan", "value": "pro"}},
         },
+        {"template": "digest", "to": {"topic": "weekly"}, "on_quota_exceeded": "refuse"},
     ]
 
     template: Annotated[
@@ -96,6 +99,25 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
         | None
     ) = None
     locale: Annotated[Locale, msgspec.Meta(min_length=2)] | None = None
+    # UNSET when left out, and then left out of the request hash too: a body without it
+    # hashes as it did before the member existed, so its Idempotency-Key still replays.
+    on_quota_exceeded: (
+        Annotated[
+            OnQuotaExceeded,
+            msgspec.Meta(
+                description=(
+                    "For an audience (topic, all, filter) on a plan that blocks at its quota: "
+                    "`send_partial` sends up to what is left of the month's quota and skips "
+                    "the rest (`skip_reason` `quota`); `refuse` sends nothing when the "
+                    "audience is larger than what is left, and the notification ends "
+                    "`refused`. Left out: the tenant's setting (`GET /v1/tenant/"
+                    "on-quota-exceeded`) when it is dispatched. Not for a list of recipients "
+                    "(422): a list over quota is refused whole at intake (429)."
+                )
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class NotificationBatchItem(NotificationCreate, forbid_unknown_fields=True):
@@ -201,7 +223,16 @@ class MessageOut(msgspec.Struct):
 class NotificationOut(msgspec.Struct):
     id: uuid.UUID
     object: Literal["notification"]
-    status: str
+    status: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "`accepted`, `dispatched`, `paused`, `cancelled`, `failed` (`problems` says "
+                "why), or `refused`: a broadcast larger than what was left of the quota, "
+                "refused whole at dispatch (`problems.quota_exceeded`)."
+            )
+        ),
+    ]
     mode: str
     template: str
     template_version: int
@@ -212,9 +243,23 @@ class NotificationOut(msgspec.Struct):
     created_at: datetime
     dispatched_at: datetime | None
     counts: dict[str, int]
-    problems: dict[str, Any]
+    problems: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description=(
+                "What went wrong: `unknown_recipients`, `template` or `category` (deleted "
+                "after it was accepted), `dispatch` (why it failed), or `quota_exceeded` "
+                "(why it was refused: `channel`, `plan`, `remaining`, `recipients`, "
+                "`resets_at`, `detail`)."
+            )
+        ),
+    ]
     messages: list[MessageOut]
     has_more_messages: bool
+    on_quota_exceeded: Annotated[
+        OnQuotaExceeded | None,
+        msgspec.Meta(description="The request's own choice; null: the tenant's setting."),
+    ] = None
 
 
 class AttemptOut(msgspec.Struct):

@@ -70,16 +70,18 @@ class IntakeUnavailable(Exception):
 _INSERT = """
 INSERT INTO notifications (id, tenant_id, api_key_id, mode, idempotency_key, request_hash,
                            template_key, template_version, category, channels, audience, data,
-                           locale, priority, send_at, status, created_at, trace_context)
+                           locale, priority, send_at, status, created_at, trace_context,
+                           on_quota_exceeded)
 SELECT id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_key,
        template_version, category, string_to_array(channels, ','), audience::jsonb, data::jsonb,
-       locale, priority, send_at, 'accepted', created_at, trace_context
+       locale, priority, send_at, 'accepted', created_at, trace_context, on_quota_exceeded
   FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
               $7::text[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[],
-              $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::text[])
+              $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::text[],
+              $18::text[])
        AS v(id, tenant_id, api_key_id, mode, idempotency_key, request_hash, template_key,
             template_version, category, channels, audience, data, locale, priority, send_at,
-            created_at, trace_context)
+            created_at, trace_context, on_quota_exceeded)
 ON CONFLICT (tenant_id, mode, idempotency_key) DO NOTHING
 RETURNING id
 """
@@ -110,6 +112,7 @@ _INSERT_COLUMNS = (
     "send_at",
     "created_at",
     "trace_context",
+    "on_quota_exceeded",
 )
 _JSON_COLUMNS = ("audience", "data")
 

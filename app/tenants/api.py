@@ -1,8 +1,9 @@
 """/v1/tenant: who the calling key belongs to, and the tenant's delivery settings.
 
 Reading the settings needs `read`, changing them `manage` and a live key. Kill switches, the
-retry policy and the default locale are the tenant's, not the key's, and they govern live
-sending: a test key may read them but not change them.
+retry policy, the default locale and what a broadcast larger than the quota left does are
+the tenant's, not the key's, and they govern live sending: a test key may read them but not
+change them.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ from app.tenants.schemas import (
     KillSwitchChange,
     KillSwitches,
     KillSwitchUpdate,
+    OnQuotaExceededOut,
+    OnQuotaExceededUpdate,
     RetryPolicyOut,
     RetryPolicyUpdate,
 )
 from app.tenants.service import get_tenant
+from app.usage import overflow
+from app.usage.overflow import OnQuotaExceeded
 
 ApiRequest = Request[Principal, None, Any]
 READ = [requires_scope("read")]
@@ -55,6 +60,7 @@ class TenantOut(msgspec.Struct):
     kill_switches: dict[str, str]
     retry_policy: RetryPolicyOut
     default_locale: str | None
+    on_quota_exceeded: OnQuotaExceeded
 
 
 def _gone() -> Problem:
@@ -83,6 +89,7 @@ async def who_am_i(request: ApiRequest, db_session: DbSession) -> TenantOut:
         kill_switches=dict(controls.switches_of(tenant.kill_switches)),
         retry_policy=RetryPolicyOut.of(RetryPolicy.of(tenant.retry_policy)),
         default_locale=tenant.default_locale,
+        on_quota_exceeded=overflow.chosen(None, tenant.on_quota_exceeded),
     )
 
 
@@ -197,3 +204,42 @@ class TenantSettingsController(Controller):
             raise _gone() from None
         await db_session.commit()
         return DefaultLocaleOut("default_locale", locale)
+
+    @get(
+        "/on-quota-exceeded",
+        guards=READ,
+        summary="What a broadcast larger than the quota left does",
+    )
+    async def get_on_quota_exceeded(
+        self, request: ApiRequest, db_session: DbSession
+    ) -> OnQuotaExceededOut:
+        try:
+            choice = await controls.get_on_quota_exceeded(
+                db_session, tenant_id=request.user.tenant_id
+            )
+        except controls.TenantNotFound:
+            raise _gone() from None
+        return OnQuotaExceededOut("on_quota_exceeded", choice)
+
+    @put(
+        "/on-quota-exceeded",
+        guards=MANAGE,
+        status_code=200,
+        summary="Send a broadcast larger than the quota left up to the quota, or refuse it whole",
+    )
+    async def put_on_quota_exceeded(
+        self, request: ApiRequest, db_session: DbSession, data: JSONBody[OnQuotaExceededUpdate]
+    ) -> OnQuotaExceededOut:
+        try:
+            choice = await controls.set_on_quota_exceeded(
+                db_session,
+                tenant_id=request.user.tenant_id,
+                choice=data.on_quota_exceeded,
+                actor=request.user.actor,
+            )
+        except controls.SettingInvalid as error:
+            raise field_error(error.field, error.message) from None
+        except controls.TenantNotFound:
+            raise _gone() from None
+        await db_session.commit()
+        return OnQuotaExceededOut("on_quota_exceeded", choice)

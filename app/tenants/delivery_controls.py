@@ -1,4 +1,5 @@
-"""A tenant's delivery controls: kill switches per channel, the retry policy, the default locale.
+"""A tenant's delivery controls: kill switches per channel, the retry policy, the default
+locale, and what a broadcast larger than the quota left does.
 
 These are the tenant's own settings, stored on its row; what they mean to messages belongs
 to delivery: the retry policy's bounds and schedule to app/delivery/retry.py, what a kill
@@ -18,6 +19,10 @@ read by delivery through `RetryPolicy.of`.
 
 The default locale (tenants.default_locale, a normalised tag or null) is the locale of
 recipients who have none, and the last fallback before a template's own content.
+
+What a broadcast larger than a blocking plan's quota left does (tenants.on_quota_exceeded,
+`send_partial` or `refuse`) is read by dispatch when it sizes the audience
+(app/usage/overflow.py); a notification's own choice wins over it.
 
 Each change is one UPDATE of the tenant row (`||`, `-`, a whole-value SET), so changes
 racing on different channels all stick, and is audited in the caller's transaction.
@@ -41,6 +46,8 @@ from app.delivery.held import drop_waiting_noncritical
 from app.delivery.retry import RetryPolicy, RetryPolicyInvalid
 from app.recipients.validation import RecipientInvalid, normalise_locale
 from app.tenants.models import Tenant
+from app.usage import overflow
+from app.usage.overflow import OnQuotaExceeded
 
 KillSwitch = Literal["pause", "drop_noncritical"]
 KILL_SWITCHES: tuple[KillSwitch, ...] = ("pause", "drop_noncritical")
@@ -101,20 +108,22 @@ class DeliverySettings:
     kill_switches: dict[str, KillSwitch]
     default_locale: str | None
     plan: str = "free"  # whose render budget dispatch draws on
+    on_quota_exceeded: OnQuotaExceeded = overflow.DEFAULT  # a broadcast larger than the quota
 
 
 async def get_delivery_settings(session: AsyncSession, *, tenant_id: uuid.UUID) -> DeliverySettings:
-    """Kill switches, default locale and plan; none of the first two for an unknown tenant."""
+    """Kill switches, default locale, plan and quota choice; none of the first two for an
+    unknown tenant."""
     row = (
         await session.execute(
-            select(Tenant.kill_switches, Tenant.default_locale, Tenant.plan).where(
-                Tenant.id == tenant_id
-            )
+            select(
+                Tenant.kill_switches, Tenant.default_locale, Tenant.plan, Tenant.on_quota_exceeded
+            ).where(Tenant.id == tenant_id)
         )
     ).first()
     if row is None:
         return DeliverySettings({}, None)
-    return DeliverySettings(switches_of(row[0]), row[1], row[2])
+    return DeliverySettings(switches_of(row[0]), row[1], row[2], overflow.chosen(None, row[3]))
 
 
 # The CTE locks the row first, so `previous` is what this change replaces even when another
@@ -275,3 +284,51 @@ async def set_default_locale(
         details={"default_locale": stored, "previous": row[0]},
     )
     return stored
+
+
+async def get_on_quota_exceeded(session: AsyncSession, *, tenant_id: uuid.UUID) -> OnQuotaExceeded:
+    row = (
+        await session.execute(select(Tenant.on_quota_exceeded).where(Tenant.id == tenant_id))
+    ).first()
+    if row is None:
+        raise TenantNotFound(str(tenant_id))
+    return overflow.chosen(None, row[0])
+
+
+# The CTE locks the row first, so `previous` is what this change replaces.
+_SET_ON_QUOTA = text(
+    """
+    WITH old AS (SELECT id, on_quota_exceeded FROM tenants WHERE id = :tenant_id FOR UPDATE)
+    UPDATE tenants AS t SET on_quota_exceeded = :choice
+      FROM old
+     WHERE t.id = old.id
+    RETURNING old.on_quota_exceeded
+    """
+).bindparams(bindparam("choice", type_=String))
+
+
+async def set_on_quota_exceeded(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID,
+    choice: str,
+    actor: str,
+    role: str | None = None,
+) -> OnQuotaExceeded:
+    """Set what a broadcast larger than the quota left does (`send_partial` or `refuse`) in
+    the caller's transaction; audited. `role` as set_kill_switch's."""
+    roles.require(role, "manage_settings")
+    if choice not in overflow.CHOICES:
+        raise SettingInvalid("on_quota_exceeded", f"one of {', '.join(overflow.CHOICES)}")
+    row = (await session.execute(_SET_ON_QUOTA, {"tenant_id": tenant_id, "choice": choice})).first()
+    if row is None:
+        raise TenantNotFound(str(tenant_id))
+    await audit.append(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="tenant.on_quota_exceeded",
+        target=str(tenant_id),
+        details={"on_quota_exceeded": choice, "previous": row[0]},
+    )
+    return overflow.chosen(None, choice)

@@ -1,4 +1,5 @@
-"""Bodies of /v1/tenant and its settings (kill switches, retry policy, default locale).
+"""Bodies of /v1/tenant and its settings (kill switches, retry policy, default locale, what a
+broadcast larger than the quota left does).
 
 Limits are checked again by app/tenants/delivery_controls.py (the retry policy's bounds
 are app/delivery/retry.py's), which Python callers reach without msgspec's decoding.
@@ -12,6 +13,7 @@ import msgspec
 
 from app.delivery.retry import MAX_ATTEMPTS_RANGE, WINDOW_HOURS_RANGE, RetryPolicy
 from app.recipients.schemas import Locale
+from app.usage.overflow import OnQuotaExceeded
 
 KillSwitchMode = Literal["pause", "drop_noncritical", "off"]
 
@@ -84,3 +86,22 @@ class DefaultLocaleUpdate(msgspec.Struct, forbid_unknown_fields=True):
 class DefaultLocaleOut(msgspec.Struct):
     object: Literal["default_locale"]
     default_locale: str | None
+
+
+class OnQuotaExceededUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """The PUT body: what a broadcast (a topic, everyone, a filter) larger than what is left
+    of a blocking plan's monthly quota does: `send_partial`, sent up to the quota and the
+    rest skipped with reason `quota`; or `refuse`, nothing sent and the notification ended
+    `refused`. A notification's own `on_quota_exceeded` wins over it."""
+
+    openapi_examples: ClassVar[list[dict[str, Any]]] = [
+        {"on_quota_exceeded": "refuse"},
+        {"on_quota_exceeded": "send_partial"},
+    ]
+
+    on_quota_exceeded: OnQuotaExceeded
+
+
+class OnQuotaExceededOut(msgspec.Struct):
+    object: Literal["on_quota_exceeded"]
+    on_quota_exceeded: OnQuotaExceeded

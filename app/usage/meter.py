@@ -228,6 +228,37 @@ redis.call('ZADD', prefix .. 'hold-expiry:' .. tenant, expiry, notif)
 return out
 """
 
+# ARGV as _TAKE's. Each n is first covered by what the notification holds already (a
+# broadcast's audience, held whole before its first page), then by as much as the quota has
+# left for the rest (recipients who joined after the count): the amounts covered, in order,
+# or {-1} when the tenant's totals need seeding first.
+_TAKE_HELD = f"""
+local prefix = '{PREFIX}'
+local tenant, period, notif, expiry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local total = prefix .. 'total:' .. tenant .. ':' .. period
+if redis.call('HEXISTS', total, '_seeded') == 0 then return {{-1}} end
+local holds = prefix .. 'holds:' .. tenant
+local held = {{}}
+local sums = redis.call('HGETALL', prefix .. 'held:' .. tenant)
+for j = 1, #sums, 2 do held[sums[j]] = tonumber(sums[j+1]) end
+local out = {{}}
+for i = 5, #ARGV, 3 do
+  local channel, n, quota = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local have = tonumber(redis.call('HGET', holds, notif .. '|' .. channel) or '0')
+  local covered = math.min(n, math.max(0, have))
+  -- The notification's own hold is in the sum already: what is beyond it needs room past it.
+  local used = tonumber(redis.call('HGET', total, channel) or '0') + (held[channel] or 0)
+  local more = math.min(n - covered, math.max(0, quota - used))
+  if more > 0 then
+    redis.call('HINCRBY', holds, notif .. '|' .. channel, more)
+    redis.call('HINCRBY', prefix .. 'held:' .. tenant, channel, more)
+  end
+  table.insert(out, covered + more)
+end
+redis.call('ZADD', prefix .. 'hold-expiry:' .. tenant, expiry, notif)
+return out
+"""
+
 # ARGV: tenant, period, then (channel, count in PostgreSQL) pairs. Run under the flush lock.
 _SEED = f"""
 local prefix = '{PREFIX}'
@@ -303,6 +334,7 @@ class Meter:
         self._reserve = redis.register_script(_RESERVE)
         self._seed = redis.register_script(_SEED)
         self._take = redis.register_script(_TAKE)
+        self._take_held = redis.register_script(_TAKE_HELD)
         self._rotate = redis.register_script(_ROTATE)
         self._unlock = redis.register_script(_UNLOCK)
 
@@ -362,6 +394,22 @@ class Meter:
             args += [channel, n, quota]
         granted = [int(v) for v in await self._take(args=args)]
         return None if granted == [-1] else granted
+
+    async def take_held(self, reservation: Reservation) -> list[int] | None:
+        """As `take`, but what the notification holds already covers each n first, and the
+        quota only what is beyond it; what is covered per channel, in order (None: the
+        tenant's totals must be seeded first). The hold's expiry moves on with it."""
+        expiry = int(reservation.expires_at.timestamp() * 1000) + HOLD_GRACE_MS
+        args: list[Any] = [
+            str(reservation.tenant_id),
+            reservation.period,
+            str(reservation.notification_id),
+            expiry,
+        ]
+        for channel, n, quota in reservation.wants:
+            args += [channel, n, quota]
+        covered = [int(v) for v in await self._take_held(args=args)]
+        return None if covered == [-1] else covered
 
     async def used(self, tenant_id: uuid.UUID, period: str) -> dict[str, int] | None:
         """The period's totals per channel; None when not seeded yet."""

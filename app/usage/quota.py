@@ -11,9 +11,20 @@ back what was not used (recipients skipped, unknown, opted out). Plans whose ove
 "bill" are never refused here: what goes past their quota is billed.
 
 Audiences materialised later (a topic, everyone, a filter) are not refused at intake: their
-size is known only when dispatch expands them. Dispatch holds each page's messages as it
-writes them (`cut`), and what the quota cannot hold is skipped with reason `quota`: the
-broadcast goes out up to the quota.
+size is known only when dispatch expands them. What happens then is the tenant's choice, or
+the notification's (app/usage/overflow.py):
+
+- `send_partial`: dispatch holds each page's messages as it writes them (`cut`), and what
+  the quota cannot hold is skipped with reason `quota`: the broadcast goes out up to the
+  quota.
+- `refuse`: before the first page, dispatch counts the audience (at most `audience_bound`
+  recipients: past the largest quota it cannot fit anyway) and holds that many messages
+  per channel with a quota at once, all or nothing (`hold_audience`, the same script as
+  intake's). Not held: the notification is refused, and nothing was held for it. Held: each
+  page is covered by that hold first (`cut` with `held`), so that it is used up as an
+  intake hold is, and only what goes beyond it (recipients who joined after the count, a
+  recipient's extra push devices) is taken from what the quota has left, up to the quota;
+  what the hold has left when the last page is written goes back.
 """
 
 from __future__ import annotations
@@ -107,6 +118,38 @@ async def hold(
     return answers
 
 
+def audience_bound(plan: str, channels: Sequence[str]) -> int | None:
+    """How many of an audience's recipients to count, at most, to know whether it fits: one
+    more than the largest quota among its channels (more cannot fit whatever is left);
+    None when the plan blocks none of its channels (nothing to refuse)."""
+    limits = plans.plan(plan)
+    if limits.overage != "block":
+        return None
+    quotas = [q for channel in channels if (q := limits.quota_for(channel)) is not None]
+    return max(quotas) + 1 if quotas else None
+
+
+async def hold_audience(
+    session: AsyncSession,
+    meter: Meter,
+    *,
+    tenant_id: uuid.UUID,
+    plan: str,
+    notification_id: uuid.UUID,
+    channels: Sequence[str],
+    recipients: int,
+) -> QuotaExceeded | None:
+    """Hold a broadcast's whole audience (`recipients` messages on each of its channels with
+    a quota) against a blocking plan's quotas, all or nothing; why not, or None (held)."""
+    # A run that held it before and died before its commit wrote no page: its hold goes, so
+    # that it is not counted twice against the quota.
+    await meter.release([(tenant_id, notification_id)])
+    [answer] = await hold(
+        session, meter, [Ask(tenant_id, plan, notification_id, channels, recipients, None)]
+    )
+    return answer
+
+
 async def cut(
     session: AsyncSession,
     meter: Meter,
@@ -115,20 +158,24 @@ async def cut(
     plan: str,
     notification_id: uuid.UUID,
     queued: dict[str, int],
+    held: bool = False,
 ) -> dict[str, int]:
     """Hold a broadcast page's queued messages against a blocking plan's quotas; per
-    channel, how many the quota cannot hold (to skip)."""
+    channel, how many the quota cannot hold (to skip). `held`: the notification's audience
+    was held whole before its first page (`hold_audience`); that hold covers the page
+    first."""
     now = utcnow()
     ask = Ask(tenant_id, plan, notification_id, [c for c, n in queued.items() if n], 1, None)
     wanted = reservation(ask, now)
     if wanted is None:
         return {}
     wants = [(channel, queued[channel], quota) for channel, _, quota in wanted.wants]
-    held = Reservation(tenant_id, notification_id, wanted.period, now, wants)
-    granted = await meter.take(held)
+    page = Reservation(tenant_id, notification_id, wanted.period, now, wants)
+    take = meter.take_held if held else meter.take
+    granted = await take(page)
     if granted is None:
-        await service.seed(session, meter, tenant_id=tenant_id, period=held.period)
-        granted = await meter.take(held)
+        await service.seed(session, meter, tenant_id=tenant_id, period=page.period)
+        granted = await take(page)
         if granted is None:
             raise RuntimeError("usage totals could not be seeded")
     return {

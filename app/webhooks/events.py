@@ -1,14 +1,14 @@
 """The events Herald sends to tenants' webhook endpoints: their types, and writing them.
 
 Events are written to the `webhook_events` outbox by the transaction that makes the change
-they describe (a message's outcome or receipt, a suppression, a completed notification), so
-that no committed change goes without its event and no rolled-back one has one. Each write
-is one statement for a whole batch, and keeps only the events that some endpoint of the
-tenant's mode wants (enabled, and subscribed to the type or to every type): a tenant without
-endpoints pays one index probe per event, and stores nothing. The send path's outcomes are
-the most frequent change: the outcome writer writes their events inside its own UPDATE, with
-the SQL fragments below (app/delivery/outcomes.py). app/webhooks/fanout.py turns the outbox
-into deliveries.
+they describe (a message's outcome or receipt, a suppression, a completed or refused
+notification), so that no committed change goes without its event and no rolled-back one
+has one. Each write is one statement for a whole batch, and keeps only the events that some
+endpoint of the tenant's mode wants (enabled, and subscribed to the type or to every type):
+a tenant without endpoints pays one index probe per event, and stores nothing. The send
+path's outcomes are the most frequent change: the outcome writer writes their events inside
+its own UPDATE, with the SQL fragments below (app/delivery/outcomes.py).
+app/webhooks/fanout.py turns the outbox into deliveries.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ EVENT_TYPES = (
     "message.opened",
     "message.clicked",
     "notification.completed",
+    "notification.refused",
     "recipient.unsubscribed",
     "recipient.suppressed",
 )

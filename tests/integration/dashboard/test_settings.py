@@ -1,6 +1,7 @@
-"""The settings page over HTTP: kill switches, retry policy and default locale; each change
-reaches the tenant's stored controls (what delivery reads), is audited, and is refused to
-roles below admin, without a CSRF token, and when out of bounds."""
+"""The settings page over HTTP: kill switches, retry policy, default locale and what a
+broadcast larger than the quota left does; each change reaches the tenant's stored controls
+(what delivery reads), is audited, and is refused to roles below admin, without a CSRF
+token, and when out of bounds."""
 
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ async def test_every_settings_post_refuses_viewers_developers_and_missing_csrf(
         ("/settings/kill-switches/email", {"mode": "pause"}),
         ("/settings/retry-policy", {"max_attempts": "3", "window_hours": "2"}),
         ("/settings/default-locale", {"default_locale": "de"}),
+        ("/settings/on-quota-exceeded", {"on_quota_exceeded": "refuse"}),
     )
     for role in ("viewer", "developer"):
         async with signed_in(app, session, tenant.tenant_id, role) as member:
@@ -126,6 +128,43 @@ async def test_every_settings_post_refuses_viewers_developers_and_missing_csrf(
     policy = await controls.get_retry_policy(session, tenant_id=tenant.tenant_id)
     assert policy.max_attempts == 8
     assert await controls.get_default_locale(session, tenant_id=tenant.tenant_id) is None
+    assert (
+        await controls.get_on_quota_exceeded(session, tenant_id=tenant.tenant_id) == "send_partial"
+    )
+
+
+async def test_a_broadcast_over_quota_is_sent_in_part_or_refused_as_chosen(
+    app: Litestar, session: AsyncSession, tenant: TenantKey
+) -> None:
+    async with signed_in(app, session, tenant.tenant_id, "viewer") as viewer:
+        form = (await viewer.get("/settings")).text.split('id="on-quota-exceeded"', 1)[1]
+        form = form.split("</form>", 1)[0]
+        assert 'value="send_partial" checked disabled' in form  # the default, read only
+        assert "<button" not in form
+    async with signed_in(app, session, tenant.tenant_id, "admin") as admin:
+        saved = await post_form(
+            admin, "/settings/on-quota-exceeded", {"on_quota_exceeded": "refuse"}
+        )
+        assert saved.status_code == 303
+        assert saved.headers["location"] == "/settings?notice=quota"
+        session.expire_all()
+        assert await controls.get_on_quota_exceeded(session, tenant_id=tenant.tenant_id) == "refuse"
+        delivery = await controls.get_delivery_settings(session, tenant_id=tenant.tenant_id)
+        assert delivery.on_quota_exceeded == "refuse"  # what dispatch reads
+        page = (await admin.get("/settings?notice=quota")).text
+        assert 'value="refuse" checked>' in page and "broadcasts dispatched from now on" in page
+
+        bad = await post_form(admin, "/settings/on-quota-exceeded", {"on_quota_exceeded": "half"})
+        assert bad.status_code == 422 and "Choose to send up to the quota or to refuse" in bad.text
+        session.expire_all()
+        assert await controls.get_on_quota_exceeded(session, tenant_id=tenant.tenant_id) == "refuse"
+    [entry] = await session.scalars(
+        select(AuditEntry.details).where(
+            AuditEntry.tenant_id == tenant.tenant_id,
+            AuditEntry.action == "tenant.on_quota_exceeded",
+        )
+    )
+    assert entry == {"on_quota_exceeded": "refuse", "previous": "send_partial"}
 
 
 async def test_settings_are_the_members_own_tenants(
