@@ -507,7 +507,11 @@ def _ratelimit(
 @click.option(
     "--metered",
     is_flag=True,
-    help="A live key on a plan blocking at a quota, run with usage metering on, then off.",
+    help="A live key on a plan blocking at a quota, run with usage metering on and off, "
+    "alternately, and metering's cost (at most 5 %).",
+)
+@click.option(
+    "--rounds", default=2, show_default=True, help="With --metered: runs of each, alternating."
 )
 @API_PROCESSES_OPTION
 @JSON_OPTION
@@ -516,6 +520,7 @@ def bench_ingest(
     connections: int,
     profile: Path | None,
     metered: bool,
+    rounds: int,
     api_processes: int,
     as_json: bool,
 ) -> None:
@@ -532,10 +537,11 @@ def bench_ingest(
             seconds=seconds,
             connections=connections,
             api_processes=api_processes,
+            rounds=rounds,
             profile=profile,
         )
 
-    _bench(4, as_json, api_processes, run)
+    _bench(4 * rounds, as_json, api_processes, run)
 
 
 @bench.command("e2e")
