@@ -137,6 +137,7 @@ class IntakeWriter:
         self._sessions = session_factory(engine)
         self._outbox = queue
         self._meter = meter  # None: metering off, no quota enforced
+        self._leases = quota.Leases(meter) if meter is not None else None
         self._waiting: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -327,7 +328,9 @@ class IntakeWriter:
         if not asking:
             return []
         try:
-            refusals = await quota.hold(session, self._meter, [ask for _, ask in asking])
+            refusals = await quota.hold(
+                session, self._meter, [ask for _, ask in asking], self._leases
+            )
         except RedisError:
             # Availability first: with Redis unreachable the batch is accepted unmetered at
             # intake (dispatch still counts what it writes once Redis is back).

@@ -259,6 +259,49 @@ redis.call('ZADD', prefix .. 'hold-expiry:' .. tenant, expiry, notif)
 return out
 """
 
+# ARGV: tenant, period, lease id, expiry (ms), then (channel, n, quota, floor) groups. Holds
+# n of a channel for an API process to hand out itself (app/usage/quota.py Leases), only if
+# what the quota has left after it is at least `floor`: a lease is never taken near a quota.
+# A lease is a hold like any other (counted as used by every check, lapsing at its expiry);
+# the amounts held, in order, or {-1} when the tenant's totals need seeding first.
+_LEASE = f"""
+local prefix = '{PREFIX}'
+local tenant, period, lease, expiry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local total = prefix .. 'total:' .. tenant .. ':' .. period
+if redis.call('HEXISTS', total, '_seeded') == 0 then return {{-1}} end
+local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
+local expiries = prefix .. 'hold-expiry:' .. tenant
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
+  for _, channel in ipairs({_CHANNELS_LUA}) do
+    local n = tonumber(redis.call('HGET', holds, gone .. '|' .. channel) or '0')
+    if n ~= 0 then
+      redis.call('HDEL', holds, gone .. '|' .. channel)
+      redis.call('HINCRBY', sums, channel, -n)
+    end
+  end
+  redis.call('ZREM', expiries, gone)
+end
+local out, granted = {{}}, false
+for i = 5, #ARGV, 4 do
+  local channel, n = ARGV[i], tonumber(ARGV[i+1])
+  local quota, floor = tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
+  local used = tonumber(redis.call('HGET', total, channel) or '0')
+    + tonumber(redis.call('HGET', sums, channel) or '0')
+  if quota - used - n >= floor then
+    redis.call('HINCRBY', holds, lease .. '|' .. channel, n)
+    redis.call('HINCRBY', sums, channel, n)
+    table.insert(out, n)
+    granted = true
+  else
+    table.insert(out, 0)
+  end
+end
+if granted then redis.call('ZADD', expiries, expiry, lease) end
+return out
+"""
+
 # ARGV: tenant, period, then (channel, count in PostgreSQL) pairs. Run under the flush lock.
 _SEED = f"""
 local prefix = '{PREFIX}'
@@ -334,6 +377,7 @@ class Meter:
         self._reserve = redis.register_script(_RESERVE)
         self._seed = redis.register_script(_SEED)
         self._take = redis.register_script(_TAKE)
+        self._lease = redis.register_script(_LEASE)
         self._take_held = redis.register_script(_TAKE_HELD)
         self._rotate = redis.register_script(_ROTATE)
         self._unlock = redis.register_script(_UNLOCK)
@@ -410,6 +454,22 @@ class Meter:
             args += [channel, n, quota]
         covered = [int(v) for v in await self._take_held(args=args)]
         return None if covered == [-1] else covered
+
+    async def lease(
+        self,
+        tenant_id: uuid.UUID,
+        period: str,
+        expires_at_ms: int,
+        wants: Sequence[tuple[str, int, int, int]],
+    ) -> list[int] | None:
+        """Hold each (channel, n, quota, floor)'s n for a lease lapsing at `expires_at_ms`,
+        where the quota keeps at least `floor` left after it; what was held per channel, in
+        order (None: the tenant's totals must be seeded first)."""
+        args: list[Any] = [str(tenant_id), period, f"lease-{uuid.uuid4()}", expires_at_ms]
+        for want in wants:
+            args += list(want)
+        granted = [int(v) for v in await self._lease(args=args)]
+        return None if granted == [-1] else granted
 
     async def used(self, tenant_id: uuid.UUID, period: str) -> dict[str, int] | None:
         """The period's totals per channel; None when not seeded yet."""

@@ -29,17 +29,23 @@ the notification's (app/usage/overflow.py):
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import structlog
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.tenants import plans
 from app.usage import service
 from app.usage.meter import Meter, Reservation, next_period_start, period_of
+
+log = structlog.get_logger(__name__)
 
 
 class QuotaExceeded(Exception):
@@ -85,17 +91,125 @@ def reservation(ask: Ask, now: datetime, period: str | None = None) -> Reservati
     return Reservation(ask.tenant_id, ask.notification_id, period or period_of(now), due, wants)
 
 
+# A lease is a thousandth of the channel's quota, at most LEASE_MAX messages; a quota whose
+# lease would be smaller than LEASE_MIN is never leased (each batch asks Redis). A lease is
+# taken only while the quota keeps LEASE_FLOOR leases' worth left after it, handed out by
+# its process for LEASE_SECONDS, and lapses in Redis LEASE_GRACE_SECONDS after that.
+LEASE_SHARE = 1_000
+LEASE_MAX = 1_000
+LEASE_MIN = 50
+LEASE_FLOOR = 20
+LEASE_SECONDS = 5.0
+LEASE_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class _Lease:
+    left: int
+    until: float  # the event loop's clock
+
+
+class Leases:
+    """Quota an API process hands out itself, far from a quota, so that a batch asks Redis
+    nothing: a round trip in each intake batch cost intake about 14 % of its throughput.
+
+    A lease is a hold in Redis (meter.py `lease`) like an intake hold: every process's
+    check counts it as used, so that what the leases and the exact checks hand out together
+    never exceeds the quota. It is taken only far from the quota (LEASE_FLOOR leases' worth
+    left after it), so that near a quota every request is decided by the exact check, one
+    at a time in Redis. Messages handed out from a lease use it up at dispatch without
+    giving it back (their notification holds nothing of its own), so the lease keeps
+    counting them as held, beside their count, until it lapses (LEASE_SECONDS +
+    LEASE_GRACE_SECONDS): for those seconds a quota looks fuller than it is by at most a
+    lease per process, which can only refuse early, never let through more than the quota.
+    A lease is asked for in the background when missing, half used or half expired.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._leases: dict[tuple[uuid.UUID, str, str], _Lease] = {}
+        self._asking: set[tuple[uuid.UUID, str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def size(quota: int) -> int:
+        return min(LEASE_MAX, quota // LEASE_SHARE)
+
+    def cover(self, wanted: Reservation) -> bool:
+        """Hand out `wanted` from this process's leases when each of its channels has
+        enough left (then True); nothing is taken otherwise."""
+        now = asyncio.get_running_loop().time()
+        taking = []
+        for channel, n, _ in wanted.wants:
+            lease = self._leases.get((wanted.tenant_id, wanted.period, channel))
+            if lease is None or lease.until <= now or lease.left < n:
+                return False
+            taking.append((lease, n))
+        for lease, n in taking:
+            lease.left -= n
+        return True
+
+    def top_up(self, reservations: Sequence[Reservation]) -> None:
+        """Ask for a new lease, in the background, for each leasable channel asked for
+        whose lease is missing, half used or half expired."""
+        now = asyncio.get_running_loop().time()
+        wanted: dict[tuple[uuid.UUID, str], list[tuple[str, int, int, int]]] = {}
+        for r in reservations:
+            for channel, _, quota in r.wants:
+                size = self.size(quota)
+                key = (r.tenant_id, r.period, channel)
+                if size < LEASE_MIN or key in self._asking:
+                    continue
+                lease = self._leases.get(key)
+                if (
+                    lease is not None
+                    and lease.left * 2 >= size
+                    and (lease.until - now) * 2 >= LEASE_SECONDS
+                ):
+                    continue
+                self._asking.add(key)
+                wants = wanted.setdefault((r.tenant_id, r.period), [])
+                wants.append((channel, size, quota, size * LEASE_FLOOR))
+        for (tenant_id, period), wants in wanted.items():
+            task = asyncio.create_task(self._lease(tenant_id, period, wants))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _lease(
+        self, tenant_id: uuid.UUID, period: str, wants: list[tuple[str, int, int, int]]
+    ) -> None:
+        expires_ms = int((time.time() + LEASE_SECONDS + LEASE_GRACE_SECONDS) * 1000)
+        try:
+            granted = await self._meter.lease(tenant_id, period, expires_ms, wants)
+            until = asyncio.get_running_loop().time() + LEASE_SECONDS
+            for (channel, *_), n in zip(wants, granted or [], strict=False):
+                key = (tenant_id, period, channel)
+                if n > 0:
+                    # What the lease it replaces had left lapses with it in Redis.
+                    self._leases[key] = _Lease(n, until)
+                else:  # near the quota: no lease, every request is checked in Redis
+                    self._leases.pop(key, None)
+        except RedisError:
+            log.warning("quota lease not taken: Redis unreachable", tenant_id=str(tenant_id))
+        finally:
+            self._asking.difference_update((tenant_id, period, w[0]) for w in wants)
+
+
 async def hold(
-    session: AsyncSession, meter: Meter, asks: Sequence[Ask]
+    session: AsyncSession, meter: Meter, asks: Sequence[Ask], leases: Leases | None = None
 ) -> list[QuotaExceeded | None]:
     """Hold each ask's cost against its tenant's quota, in order; per ask, None (held, or
-    nothing to hold) or why it was refused."""
+    nothing to hold) or why it was refused. With `leases`, what this process's leases cover
+    is handed out from them, and only the rest is asked of Redis."""
     now = utcnow()
     period = period_of(now)
     answers: list[QuotaExceeded | None] = [None] * len(asks)
     todo = [
         (i, r) for i, ask in enumerate(asks) if (r := reservation(ask, now, period)) is not None
     ]
+    wanted = [r for _, r in todo]
+    if leases is not None:
+        todo = [(i, r) for i, r in todo if not leases.cover(r)]
     for _ in range(3):  # a tenant's totals unseeded: seed them, then ask again
         if not todo:
             break
@@ -115,6 +229,8 @@ async def hold(
         todo = unseeded
     if todo:
         raise RuntimeError("usage totals could not be seeded")
+    if leases is not None:  # after the checks: a tenant's totals are seeded by now
+        leases.top_up(wanted)
     return answers
 
 
