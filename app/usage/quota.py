@@ -8,7 +8,8 @@ dispatch writes, which may exceed the hold), in one Lua script per intake batch
 (meter.py): used + held + asked must fit the quota, else the request is refused and nothing
 is held for it. Dispatch takes the hold back as it counts the messages it writes, and gives
 back what was not used (recipients skipped, unknown, opted out). Plans whose overage is
-"bill" are never refused here: what goes past their quota is billed.
+"bill" are never refused here: what goes past their quota is billed. Far from a quota, an
+API process hands out quota it leased instead of asking Redis per batch (`Leases`).
 
 Audiences materialised later (a topic, everyone, a filter) are not refused at intake: their
 size is known only when dispatch expands them. What happens then is the tenant's choice, or
