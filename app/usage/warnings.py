@@ -266,7 +266,15 @@ async def mail_owners(
             )
             # One message to all of them: they are the tenant's owners, who see each other
             # on the members page, and one send makes the row's mailed_at true for all.
-            if await mailer.send(to=", ".join(owners[tenant_id]), subject=subject, text=body):
+            try:
+                delivered = await mailer.send(
+                    to=", ".join(owners[tenant_id]), subject=subject, text=body
+                )
+            except Exception:
+                # One tenant's mail that cannot even be written must not stop the others'.
+                log.exception("quota warning not mailed", tenant_id=str(tenant_id))
+                delivered = False
+            if delivered:
                 await session.execute(_MAILED, {**key, "thresholds": [r.threshold for r in taken]})
                 await session.commit()
                 sent += 1
@@ -309,6 +317,9 @@ def warning_mail(
 ) -> tuple[str, str]:
     """Subject and text of a quota warning, in the terms of the tenant's current plan."""
     plan = plans.plan(plan_name)
+    # A tenant's name is the tenant's to choose: a line break in it would make the subject
+    # a header no mail can carry (and could add headers of its own).
+    tenant_name = " ".join(tenant_name.split())
     name = CHANNEL_NAMES.get(channel, channel)
     resets = f"{resets_at.day} {resets_at:%B %Y}, 00:00 UTC"
     if threshold >= 100:

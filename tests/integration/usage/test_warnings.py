@@ -246,6 +246,34 @@ async def test_80_percent_mails_each_verified_owner_once_then_100_percent_once_m
         assert mails_to(box, nobody) == []
 
 
+async def test_a_tenant_name_with_line_breaks_is_mailed_on_one_line(
+    session: AsyncSession,
+    meter: Meter,
+    ctx: dict[str, Any],
+    mailbox: tuple[Mailbox, int],
+) -> None:
+    """A tenant's name is its own to choose: a line break in it neither breaks the warning
+    mail (nor anyone else's) nor adds a header."""
+    box, _ = mailbox
+    tenant = await on_plan(session, "warn-block")
+    await session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant.tenant_id)
+        .values(name="Acme\r\nBcc: someone@example.com")
+    )
+    await session.commit()
+    owner = await person(session, tenant, "owner")
+    other = await on_plan(session, "warn-block")
+    other_owner = await person(session, other, "owner")
+    await count(meter, tenant, 16)
+    await count(meter, other, 16)
+    await cron.flush_usage(ctx)
+    [(subject, _)] = mails_to(box, owner)
+    assert "Acme Bcc: someone@example.com has used 80 %" in subject
+    assert len(mails_to(box, other_owner)) == 1
+    assert mails_to(box, "someone@example.com") == []
+
+
 async def test_70_to_100_percent_in_one_flush_is_one_mail_about_100(
     session: AsyncSession,
     engine: AsyncEngine,
