@@ -40,7 +40,9 @@ class SystemMailer:
         message = EmailMessage()
         message["From"] = self.mail_from
         message["To"] = to
-        message["Subject"] = subject
+        # Subjects carry names people choose (a tenant's, an inviter's): a line break in one
+        # would make a header no mail can carry, or add headers of its own.
+        message["Subject"] = " ".join(subject.split())
         message["Date"] = formatdate(usegmt=True)
         message["Message-ID"] = make_msgid(domain=parseaddr(self.mail_from)[1].rpartition("@")[2])
         message.set_content(text)

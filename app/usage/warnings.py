@@ -317,9 +317,6 @@ def warning_mail(
 ) -> tuple[str, str]:
     """Subject and text of a quota warning, in the terms of the tenant's current plan."""
     plan = plans.plan(plan_name)
-    # A tenant's name is the tenant's to choose: a line break in it would make the subject
-    # a header no mail can carry (and could add headers of its own).
-    tenant_name = " ".join(tenant_name.split())
     name = CHANNEL_NAMES.get(channel, channel)
     resets = f"{resets_at.day} {resets_at:%B %Y}, 00:00 UTC"
     if threshold >= 100:
