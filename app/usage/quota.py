@@ -108,6 +108,7 @@ LEASE_GRACE_SECONDS = 5.0
 class _Lease:
     left: int
     until: float  # the event loop's clock
+    quota: int  # the quota it was taken under: another plan's asks are checked in Redis
 
 
 class Leases:
@@ -141,9 +142,9 @@ class Leases:
         enough left (then True); nothing is taken otherwise."""
         now = asyncio.get_running_loop().time()
         taking = []
-        for channel, n, _ in wanted.wants:
+        for channel, n, quota in wanted.wants:
             lease = self._leases.get((wanted.tenant_id, wanted.period, channel))
-            if lease is None or lease.until <= now or lease.left < n:
+            if lease is None or lease.until <= now or lease.left < n or lease.quota != quota:
                 return False
             taking.append((lease, n))
         for lease, n in taking:
@@ -164,6 +165,7 @@ class Leases:
                 lease = self._leases.get(key)
                 if (
                     lease is not None
+                    and lease.quota == quota
                     and lease.left * 2 >= size
                     and (lease.until - now) * 2 >= LEASE_SECONDS
                 ):
@@ -183,11 +185,11 @@ class Leases:
         try:
             granted = await self._meter.lease(tenant_id, period, expires_ms, wants)
             until = asyncio.get_running_loop().time() + LEASE_SECONDS
-            for (channel, *_), n in zip(wants, granted or [], strict=False):
+            for (channel, _, quota, _), n in zip(wants, granted or [], strict=False):
                 key = (tenant_id, period, channel)
                 if n > 0:
                     # What the lease it replaces had left lapses with it in Redis.
-                    self._leases[key] = _Lease(n, until)
+                    self._leases[key] = _Lease(n, until, quota)
                 else:  # near the quota: no lease, every request is checked in Redis
                     self._leases.pop(key, None)
         except RedisError:

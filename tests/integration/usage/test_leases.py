@@ -44,6 +44,19 @@ overage = "block"
 
 [plans.lease-test.quota]
 inbox = {QUOTA}
+
+[plans.lease-bigger]
+api_rate = 10000
+api_burst = 10000
+send_rate = 1000
+send_burst = 1000
+render_ms_rate = 1000
+render_ms_burst = 20000
+log_retention_days = 7
+overage = "block"
+
+[plans.lease-bigger.quota]
+inbox = {2 * QUOTA}
 """
 
 
@@ -112,6 +125,25 @@ async def test_far_from_its_quota_intake_hands_out_a_lease_without_asking_redis(
     # The lease counts as held for every other process's check.
     sums = await redis.hgetall(f"{PREFIX}held:{tenant.tenant_id}")  # type: ignore[misc]
     assert int(sums[b"inbox"]) == 1 + 1_000
+
+
+async def test_a_lease_taken_under_another_plan_is_not_used(
+    client: httpx.AsyncClient, session: AsyncSession, redis: Redis
+) -> None:
+    """A lease is handed out only under the quota it was taken for: after a plan change the
+    next request is checked in Redis against the new quota."""
+    tenant = await on_lease_plan(session)
+    await put_template(client, tenant, "hi", INBOX)
+    assert (await send(client, tenant, ["a"])).status_code == 202
+    assert await lease_taken(redis, tenant.tenant_id)
+    await session.execute(
+        update(Tenant).where(Tenant.id == tenant.tenant_id).values(plan="lease-bigger")
+    )
+    await session.commit()
+    await asyncio.sleep(1.1)  # API keys cache their tenant's plan for up to a second
+    after = await send(client, tenant, ["b"])
+    assert after.status_code == 202, after.text
+    assert f"{after.json()['id']}|inbox" in await holds(redis, tenant.tenant_id)
 
 
 async def test_near_its_quota_no_lease_is_taken_and_each_request_is_checked(
