@@ -58,7 +58,7 @@ class NotificationCreate(msgspec.Struct, forbid_unknown_fields=True):
             "template": "welcome",
             "to": {"filter": {"op": "equals", "field": "data.plan", "value": "pro"}},
         },
-        {"template": "digest", "to": {"topic": "weekly"}, "on_quota_exceeded": "refuse"},
+        {"template": "welcome", "to": {"all": True}, "on_quota_exceeded": "refuse"},
     ]
 
     template: Annotated[

@@ -26,6 +26,7 @@ from jsonschema import Draft202012Validator
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audiences.filters import COLUMNS as FILTER_COLUMNS
 from app.openapi import openapi_document
 from app.providers.credentials import SPECS, InvalidProviderConfig, normalize
 from app.tenants.models import Tenant
@@ -221,8 +222,15 @@ def _notification(body: dict[str, Any]) -> None:
             body["send_at"] = None  # at most 90 days ahead
     if isinstance(body["to"], dict):  # an audience: a topic must exist, and one kind is given
         given = body["to"].get("filter")
+        if given is not None and given.get("field") in FILTER_COLUMNS:
+            # A recipient's own column (not one of its data) is compared with strings.
+            if "value" in given:
+                given["value"] = str(given["value"])
+            if "values" in given:
+                given["values"] = [str(v) for v in given["values"]]
         body["to"] = {"filter": given} if given is not None else {"all": True}
         return
+    body.pop("on_quota_exceeded", None)  # an audience's choice: a list is refused whole
     for item in body["to"]:
         if isinstance(item, dict):
             _recipient(item)
