@@ -102,6 +102,7 @@ LEASE_MIN = 50
 LEASE_FLOOR = 20
 LEASE_SECONDS = 5.0
 LEASE_GRACE_SECONDS = 5.0
+LEASES_KEPT = 10_000  # past this many (tenant, month, channel) leases, the lapsed are dropped
 
 
 @dataclass
@@ -155,6 +156,8 @@ class Leases:
         """Ask for a new lease, in the background, for each leasable channel asked for
         whose lease is missing, half used or half expired."""
         now = asyncio.get_running_loop().time()
+        if len(self._leases) > LEASES_KEPT:  # tenants gone quiet, months gone by
+            self._leases = {k: v for k, v in self._leases.items() if v.until > now}
         wanted: dict[tuple[uuid.UUID, str], list[tuple[str, int, int, int]]] = {}
         for r in reservations:
             for channel, _, quota in r.wants:
