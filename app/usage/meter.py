@@ -98,8 +98,10 @@ end
 return 1
 """
 
-# ARGV: groups of (tenant, notification id).
-_RELEASE = f"""
+# What every script that changes holds shares: `drop` gives back one hold field and takes
+# it off the tenant's running sum; `lapse` drops every hold of the tenant whose expiry has
+# passed; `clock_ms` is Redis's own time.
+_HOLDS_LUA = f"""
 local prefix = '{PREFIX}'
 local function drop(tenant, field, channel)
   local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
@@ -109,6 +111,25 @@ local function drop(tenant, field, channel)
     redis.call('HINCRBY', sums, channel, -n)
   end
 end
+local function clock_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+local function lapse(tenant, now)
+  local expiries = prefix .. 'hold-expiry:' .. tenant
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
+    for _, channel in ipairs({_CHANNELS_LUA}) do
+      drop(tenant, gone .. '|' .. channel, channel)
+    end
+    redis.call('ZREM', expiries, gone)
+  end
+end
+"""
+
+# ARGV: groups of (tenant, notification id).
+_RELEASE = (
+    _HOLDS_LUA
+    + f"""
 for i = 1, #ARGV, 2 do
   for _, channel in ipairs({_CHANNELS_LUA}) do
     drop(ARGV[i], ARGV[i+1] .. '|' .. channel, channel)
@@ -117,6 +138,7 @@ for i = 1, #ARGV, 2 do
 end
 return 1
 """
+)
 
 # ARGV[1]: MessagePack of the requests grouped by tenant and period, in order:
 # [[tenant, period, [[notification id, expiry (ms since the epoch, a string), channel, n,
@@ -126,24 +148,16 @@ return 1
 # -1 when the tenant's totals need seeding first, 0 when refused. Each tenant's totals, holds
 # and sums are read once per group and written once per group and channel, besides one
 # HINCRBY per held (request, channel).
-_RESERVE = f"""
-local prefix = '{PREFIX}'
-local function drop(tenant, field, channel)
-  local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
-  local n = tonumber(redis.call('HGET', holds, field) or '0')
-  if n ~= 0 then
-    redis.call('HDEL', holds, field)
-    redis.call('HINCRBY', sums, channel, -n)
-  end
-end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local out = {{}}
+_RESERVE = (
+    _HOLDS_LUA
+    + """
+local now = clock_ms()
+local out = {}
 local groups = cmsgpack.unpack(ARGV[1])
 for g = 1, #groups do
   local tenant, period, asks = groups[g][1], groups[g][2], groups[g][3]
   local raw = redis.call('HGETALL', prefix .. 'total:' .. tenant .. ':' .. period)
-  local used, seeded = {{}}, false
+  local used, seeded = {}, false
   for j = 1, #raw, 2 do
     if raw[j] == '_seeded' then seeded = true else used[raw[j]] = tonumber(raw[j+1]) end
   end
@@ -155,14 +169,9 @@ for g = 1, #groups do
     local holds = prefix .. 'holds:' .. tenant
     local expiries = prefix .. 'hold-expiry:' .. tenant
     local sums = prefix .. 'held:' .. tenant
-    for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
-      for _, channel in ipairs({_CHANNELS_LUA}) do
-        drop(tenant, gone .. '|' .. channel, channel)
-      end
-      redis.call('ZREM', expiries, gone)
-    end
+    lapse(tenant, now)
     -- The running sums, one field per channel: never a walk of every hold.
-    local held, added, expiring = {{}}, {{}}, {{}}
+    local held, added, expiring = {}, {}, {}
     local pairs_ = redis.call('HGETALL', sums)
     for j = 1, #pairs_, 2 do held[pairs_[j]] = tonumber(pairs_[j+1]) end
     for a = 1, #asks do
@@ -200,6 +209,7 @@ for g = 1, #groups do
 end
 return out
 """
+)
 
 # ARGV: tenant, period, notification id, expiry (ms), then (channel, n, quota) triples. Holds
 # for the notification as much of each n as its channel's quota has left; the amounts held,
@@ -264,26 +274,16 @@ return out
 # what the quota has left after it is at least `floor`: a lease is never taken near a quota.
 # A lease is a hold like any other (counted as used by every check, lapsing at its expiry);
 # the amounts held, in order, or {-1} when the tenant's totals need seeding first.
-_LEASE = f"""
-local prefix = '{PREFIX}'
+_LEASE = (
+    _HOLDS_LUA
+    + """
 local tenant, period, lease, expiry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local total = prefix .. 'total:' .. tenant .. ':' .. period
-if redis.call('HEXISTS', total, '_seeded') == 0 then return {{-1}} end
+if redis.call('HEXISTS', total, '_seeded') == 0 then return {-1} end
 local holds, sums = prefix .. 'holds:' .. tenant, prefix .. 'held:' .. tenant
 local expiries = prefix .. 'hold-expiry:' .. tenant
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', expiries, '-inf', now)) do
-  for _, channel in ipairs({_CHANNELS_LUA}) do
-    local n = tonumber(redis.call('HGET', holds, gone .. '|' .. channel) or '0')
-    if n ~= 0 then
-      redis.call('HDEL', holds, gone .. '|' .. channel)
-      redis.call('HINCRBY', sums, channel, -n)
-    end
-  end
-  redis.call('ZREM', expiries, gone)
-end
-local out, granted = {{}}, false
+lapse(tenant, clock_ms())
+local out, granted = {}, false
 for i = 5, #ARGV, 4 do
   local channel, n = ARGV[i], tonumber(ARGV[i+1])
   local quota, floor = tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
@@ -301,6 +301,7 @@ end
 if granted then redis.call('ZADD', expiries, expiry, lease) end
 return out
 """
+)
 
 # ARGV: tenant, period, then (channel, count in PostgreSQL) pairs. Run under the flush lock.
 _SEED = f"""
