@@ -26,6 +26,7 @@ from app.auth import keys
 from app.settings import Settings, load_settings
 from app.templates.pool import RenderPool
 from app.templates.renderer import Renderer
+from app.tenants import plans
 from app.tenants.service import create_tenant
 
 
@@ -270,3 +271,23 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
     assert body["status"] == status
     assert body["detail"]
     return body
+
+
+@contextmanager
+def plans_with(folder: Path, extra: str) -> Iterator[Path]:
+    """The shipped plans plus `extra` (TOML), configured for the block and named in the
+    environment too, so that settings read in a test (settings_for) configure the same plans;
+    what was configured before comes back after."""
+    path = folder / "plans.toml"
+    path.write_text(plans.DEFAULT_FILE.read_text() + extra)
+    before = os.environ.get("HERALD_PLANS_FILE")
+    os.environ["HERALD_PLANS_FILE"] = str(path)
+    plans.configure(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            del os.environ["HERALD_PLANS_FILE"]
+        else:
+            os.environ["HERALD_PLANS_FILE"] = before
+        plans.configure(Path(before) if before is not None else None)

@@ -11,7 +11,6 @@ billing's settle changes it.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,7 +29,6 @@ from app.auth.sso import oidc
 from app.db import session_factory
 from app.main import create_app
 from app.runtime import ServiceUrls
-from app.tenants import plans
 from app.tenants.models import Tenant
 from tests.dashboard import PASSWORD, browser, post_form, sign_up, unique_email
 from tests.integration.dashboard.test_members import (
@@ -50,7 +48,7 @@ from tests.integration.dashboard.test_sso import (
     start_sso,
 )
 from tests.oidc_provider import TokenForge, token_forge
-from tests.support import serving, settings_for
+from tests.support import plans_with, serving, settings_for
 
 RATES = """\
 api_rate = 25
@@ -67,15 +65,9 @@ SANDBOX_LINK = re.compile(r'id="sandbox-link" href="[^"]*?(/invite/[^"]+)"')
 
 @pytest.fixture(scope="module", autouse=True)
 def member_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = tmp_path_factory.mktemp("plans") / "plans.toml"
     extra = "".join(f"\n[plans.{name}]\n{RATES}members = {n}\n" for name, n in SIZES.items())
-    path.write_text(plans.DEFAULT_FILE.read_text() + extra)
-    # In the environment too: settings read in a test (settings_for) configure the plans.
-    os.environ["HERALD_PLANS_FILE"] = str(path)
-    plans.configure(path)
-    yield
-    del os.environ["HERALD_PLANS_FILE"]
-    plans.configure(None)
+    with plans_with(tmp_path_factory.mktemp("plans"), extra):
+        yield
 
 
 async def on_plan(session: AsyncSession, tenant_id: uuid.UUID, plan: str) -> None:

@@ -7,7 +7,6 @@ Held whole and fitting: every message goes, its hold used up and the rest given 
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -25,7 +24,6 @@ from app.notifications.intake import request_hash
 from app.notifications.schemas import NotificationCreate
 from app.runtime import ServiceUrls
 from app.settings import Settings
-from app.tenants import plans
 from app.tenants.models import Tenant
 from app.usage.meter import PREFIX, Meter, Reservation, next_period_start, period_of
 from app.webhooks.models import WebhookEvent
@@ -33,7 +31,7 @@ from jobs import functions, queues
 from tests.integration.dashboard.people import signed_in
 from tests.integration.webhooks.endpoints import endpoint_at
 from tests.send_path import put_recipient, put_template, workers
-from tests.support import TenantKey, assert_problem, key_of, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, key_of, make_tenant, plans_with, settings_for
 
 INBOX = {"inbox": {"title": "Hi", "body": "Hello"}}
 
@@ -70,14 +68,8 @@ inbox = 10
 
 @pytest.fixture(scope="module", autouse=True)
 def quota_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = tmp_path_factory.mktemp("plans") / "plans.toml"
-    path.write_text(plans.DEFAULT_FILE.read_text() + QUOTA_PLANS)
-    # In the environment too: settings read in a test (settings_for) configure the plans.
-    os.environ["HERALD_PLANS_FILE"] = str(path)
-    plans.configure(path)
-    yield
-    del os.environ["HERALD_PLANS_FILE"]
-    plans.configure(None)
+    with plans_with(tmp_path_factory.mktemp("plans"), QUOTA_PLANS):
+        yield
 
 
 @pytest.fixture

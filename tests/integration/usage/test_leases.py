@@ -8,7 +8,6 @@ what the API answers; nothing of Herald's is patched.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -21,12 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.runtime import ServiceUrls
-from app.tenants import plans
 from app.tenants.models import Tenant
 from app.usage import quota
 from app.usage.meter import PREFIX, Meter, Refusal, Reservation, period_of
 from tests.send_path import put_template
-from tests.support import TenantKey, make_tenant
+from tests.support import TenantKey, make_tenant, plans_with
 
 INBOX = {"inbox": {"title": "Hi", "body": "Hello"}}
 QUOTA = 1_000_000  # leases of 1,000, taken while 20,000 are left after them
@@ -62,13 +60,8 @@ inbox = {2 * QUOTA}
 
 @pytest.fixture(scope="module", autouse=True)
 def lease_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = tmp_path_factory.mktemp("plans") / "plans.toml"
-    path.write_text(plans.DEFAULT_FILE.read_text() + LEASE_PLAN)
-    os.environ["HERALD_PLANS_FILE"] = str(path)
-    plans.configure(path)
-    yield
-    del os.environ["HERALD_PLANS_FILE"]
-    plans.configure(None)
+    with plans_with(tmp_path_factory.mktemp("plans"), LEASE_PLAN):
+        yield
 
 
 @pytest.fixture

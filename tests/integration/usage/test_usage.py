@@ -5,7 +5,6 @@ refuses (a blocking plan's quota, atomically across concurrent requests)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -35,7 +34,7 @@ from app.usage.meter import (
 )
 from jobs import functions, queues
 from tests.send_path import put_recipient, put_template, workers
-from tests.support import TenantKey, assert_problem, key_of, make_tenant, settings_for
+from tests.support import TenantKey, assert_problem, key_of, make_tenant, plans_with, settings_for
 
 INBOX = {"inbox": {"title": "Hi", "body": "Hello"}}
 
@@ -58,14 +57,8 @@ inbox = 1000
 
 @pytest.fixture(scope="module", autouse=True)
 def quota_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = tmp_path_factory.mktemp("plans") / "plans.toml"
-    path.write_text(plans.DEFAULT_FILE.read_text() + QUOTA_PLAN)
-    # In the environment too: settings read in a test (settings_for) configure the plans.
-    os.environ["HERALD_PLANS_FILE"] = str(path)
-    plans.configure(path)
-    yield
-    del os.environ["HERALD_PLANS_FILE"]
-    plans.configure(None)
+    with plans_with(tmp_path_factory.mktemp("plans"), QUOTA_PLAN):
+        yield
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ the `flush_usage` cron job, which runs the check after the flush."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,7 +39,7 @@ from tests.dashboard import PASSWORD, browser, sign_in, unique_email
 from tests.fakes import Mailbox
 from tests.integration.dashboard.as_member import post
 from tests.send_path import put_recipient, put_template, workers
-from tests.support import TenantKey, free_port, key_of, make_tenant, settings_for
+from tests.support import TenantKey, free_port, key_of, make_tenant, plans_with, settings_for
 
 MAIL_FROM = "Herald <accounts@herald.test>"
 PUBLIC_URL = "http://herald.test"
@@ -92,13 +91,8 @@ email = 1000
 
 @pytest.fixture(scope="module", autouse=True)
 def warning_plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    path = tmp_path_factory.mktemp("plans") / "plans.toml"
-    path.write_text(plans.DEFAULT_FILE.read_text() + WARNING_PLANS)
-    os.environ["HERALD_PLANS_FILE"] = str(path)
-    plans.configure(path)
-    yield
-    del os.environ["HERALD_PLANS_FILE"]
-    plans.configure(None)
+    with plans_with(tmp_path_factory.mktemp("plans"), WARNING_PLANS):
+        yield
 
 
 @pytest.fixture
